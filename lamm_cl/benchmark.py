@@ -1,0 +1,186 @@
+"""From a loaded dataset and the benchmark section to a class-incremental plan and its Avalanche streams.
+
+The plan fixes the class order, which classes each experience brings, and
+(few-shot) which training images are used. Labels are remapped so that the
+order's i-th class is label i, and class names follow the labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from lamm_cl.config import BenchmarkConfig
+from lamm_cl.data.base import DatasetParts
+from lamm_cl.errors import ConfigError
+
+
+@dataclass
+class Plan:
+    """A class-incremental split of one dataset for one seed.
+
+    Attributes:
+        dataset: the dataset's name.
+        class_order: original labels, in order (order[i] becomes label i).
+        class_names: names by new label.
+        experiences: new labels of each experience's classes.
+        train_index, test_index: indices into the dataset's train/test samples, per experience.
+        template: the prompt template.
+        order_name: how the order was made (``icarl``, ``seeded(1993)``, ``explicit``).
+    """
+
+    dataset: str
+    class_order: list[int]
+    class_names: list[str]
+    experiences: list[list[int]]
+    train_index: list[np.ndarray]
+    test_index: list[np.ndarray]
+    template: str
+    order_name: str
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.experiences)
+
+    def describe(self) -> list[str]:
+        """One line per experience: its classes and image counts."""
+        lines = []
+        for t, cls in enumerate(self.experiences):
+            names = ", ".join(self.class_names[c] for c in cls[:6]) + (", ..." if len(cls) > 6 else "")
+            lines.append(f"experience {t}: {len(cls)} classes ({names}); "
+                         f"{len(self.train_index[t])} train / {len(self.test_index[t])} test images")
+        return lines
+
+
+def resolve_class_order(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> tuple[list[int], str]:
+    """The class order (original labels) and a name for it."""
+    n = len(parts.classnames)
+    order = b.class_order
+    if order == "icarl":
+        from lamm_cl.data.orders import ICARL_CIFAR100_ORDER
+
+        if n != len(ICARL_CIFAR100_ORDER):
+            raise ConfigError(f"benchmark.class_order: icarl is the 100-class CIFAR-100 order; "
+                              f"{parts.name} has {n} classes")
+        return list(ICARL_CIFAR100_ORDER), "icarl"
+    if order == "seeded":
+        s = seed if b.order_seed is None else b.order_seed
+        return np.random.default_rng(s).permutation(n).tolist(), f"seeded({s})"
+    bad = [c for c in order if not 0 <= c < n]
+    if bad:
+        raise ConfigError(f"benchmark.class_order: class ids {bad[:5]} are outside 0..{n - 1} of {parts.name}")
+    if len(set(order)) != len(order):
+        raise ConfigError("benchmark.class_order: a class id is listed twice")
+    return list(order), "explicit"
+
+
+def split_counts(n_classes: int, b: BenchmarkConfig) -> list[int]:
+    """Classes per experience. An uneven ``n_experiences`` gives the first experiences one class more."""
+    if b.classes_per_experience is not None:
+        if sum(b.classes_per_experience) != n_classes:
+            raise ConfigError(f"benchmark.classes_per_experience: sums to {sum(b.classes_per_experience)} "
+                              f"but the class order has {n_classes} classes")
+        return list(b.classes_per_experience)
+    n = b.n_experiences
+    if n > n_classes:
+        raise ConfigError(f"benchmark.n_experiences: {n} experiences cannot be made from {n_classes} classes")
+    base, extra = divmod(n_classes, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
+    """Build the class-incremental plan of ``parts`` for run seed ``seed``.
+
+    Raises:
+        ConfigError: an impossible split (more experiences than classes, counts that do not
+            add up, ``shots`` larger than a class has, a class with no test images).
+    """
+    order, order_name = resolve_class_order(parts, b, seed)
+    counts = split_counts(len(order), b)
+    tr_labels, te_labels = parts.train.labels, parts.test.labels
+    rng = np.random.default_rng(seed)
+    experiences, train_index, test_index = [], [], []
+    start = 0
+    for count in counts:
+        new_labels = list(range(start, start + count))
+        start += count
+        tr, te = [], []
+        for c in new_labels:
+            orig = order[c]
+            idx_tr = np.flatnonzero(tr_labels == orig)
+            idx_te = np.flatnonzero(te_labels == orig)
+            if len(idx_te) == 0:
+                raise ConfigError(f"benchmark: class {parts.classnames[orig]!r} has no test images in {parts.name}")
+            if b.shots is not None:
+                if len(idx_tr) < b.shots:
+                    raise ConfigError(f"benchmark.shots: {b.shots} shots asked, but class "
+                                      f"{parts.classnames[orig]!r} has only {len(idx_tr)} training images")
+                idx_tr = np.sort(rng.choice(idx_tr, size=b.shots, replace=False))
+            if len(idx_tr) == 0:
+                raise ConfigError(f"benchmark: class {parts.classnames[orig]!r} has no training images in {parts.name}")
+            tr.append(idx_tr)
+            te.append(idx_te)
+        experiences.append(new_labels)
+        train_index.append(np.concatenate(tr))
+        test_index.append(np.concatenate(te))
+    return Plan(
+        dataset=parts.name,
+        class_order=order,
+        class_names=[parts.classnames[o] for o in order],
+        experiences=experiences,
+        train_index=train_index,
+        test_index=test_index,
+        template=b.template or parts.template,
+        order_name=order_name,
+    )
+
+
+class LabelledTensorDataset(torch.utils.data.Dataset):
+    """Samples given by a function of an index, with integer targets (what Avalanche wraps)."""
+
+    def __init__(self, get: Callable[[int], torch.Tensor], targets: Sequence[int]):
+        self._get = get
+        self.targets = [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self._get(i), self.targets[i]
+
+
+def make_streams(plan: Plan, train_x: Callable[[int, np.ndarray], Callable[[int], torch.Tensor]],
+                 test_x: Callable[[int, np.ndarray], Callable[[int], torch.Tensor]],
+                 train_labels: np.ndarray, test_labels: np.ndarray):
+    """Build the Avalanche scenario of a plan.
+
+    Args:
+        plan: the split.
+        train_x, test_x: ``(experience, indices) -> (i -> input tensor)``: how to read the
+            inputs (cached features or preprocessed images) of those dataset indices.
+        train_labels, test_labels: the dataset's original labels of every sample.
+    Returns:
+        An Avalanche scenario with ``train_stream`` and ``test_stream``, one experience per
+        plan experience, each knowing its ``classes_in_this_experience``.
+    """
+    from avalanche.benchmarks import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
+
+    remap = np.full(max(plan.class_order) + 1, -1, dtype=np.int64)
+    remap[plan.class_order] = np.arange(len(plan.class_order))
+
+    def make(t: int, idx: np.ndarray, read, labels: np.ndarray):
+        ds = LabelledTensorDataset(read(t, idx), remap[labels[idx]])
+        return _make_taskaware_classification_dataset(ds, task_labels=0)
+
+    train = [make(t, idx, train_x, train_labels) for t, idx in enumerate(plan.train_index)]
+    test = [make(t, idx, test_x, test_labels) for t, idx in enumerate(plan.test_index)]
+    return with_classes_timeline(benchmark_from_datasets(train=train, test=test))
+
+
+def seen_classes(plan: Plan, upto: int) -> int:
+    """Number of classes seen after experience ``upto`` (labels 0..n-1)."""
+    return sum(len(e) for e in plan.experiences[: upto + 1])

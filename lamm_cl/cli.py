@@ -1,0 +1,107 @@
+"""The ``lamm-cl`` command: the only place that parses arguments, prints and exits.
+
+Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from lamm_cl.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lamm-cl", description="Continual-learning benchmarks for CLIP (LAMM and baselines).")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a benchmark config")
+    r.add_argument("config", help="a benchmark YAML, e.g. benchmarks/quickstart.yaml")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set strategies.1.epochs=1 (repeatable)")
+    r.add_argument("--output", help="results folder (default: the config's output, else results/<name>)")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides the config)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
+    rep.add_argument("results_dir")
+    rep.add_argument("--format", dest="formats", action="append", choices=["png", "svg", "pdf"],
+                     help="plot format (repeatable; default png)")
+    return p
+
+
+class _ArgError(UserError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    pass
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _summary_table(records) -> str:
+    from lamm_cl.metrics import summarize
+
+    head = f"{'strategy':<16} {'seed':>4} {'Avg':>7} {'Last':>7} {'Forget':>7} {'BWT':>7}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        s = summarize(r.matrix, r.test_counts)
+        lines.append(f"{r.strategy:<16} {r.seed:>4} {s['avg_incremental_accuracy']:>7.2f} {s['last_accuracy']:>7.2f} "
+                     f"{s['forgetting']:>7.2f} {s['bwt']:>7.2f}")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from lamm_cl import config as config_mod
+
+    cfg = config_mod.load(args.config, args.overrides)
+    from lamm_cl.runner import output_dir, run
+
+    out = output_dir(cfg, args.output)
+    _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
+         f"strategies {', '.join(e.name for e in cfg.strategies)}, seeds {cfg.seeds} -> {out}")
+    if cfg.model.pretrained == "none":
+        _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
+             "pipeline works and say nothing about pretrained CLIP.")
+    records = run(cfg, out, device=args.device, progress=not args.no_progress, log=_say)
+    from lamm_cl.report import build_report
+
+    build_report(out)
+    _say("")
+    _say(_summary_table(records))
+    _say("")
+    _say(f"Avg = average incremental accuracy (%), Last = accuracy after the last experience (%), "
+         f"Forget = average forgetting, BWT = backward transfer. Results, plots and report.md: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from lamm_cl.report import build_report
+
+    written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]))
+    _say(f"wrote {len(written)} files under {args.results_dir}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``lamm-cl`` console script."""
+    args = _parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*No loggers specified.*")
+    warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
+    warnings.filterwarnings("ignore", message=".*random weights.*")
+    try:
+        handler = {"run": cmd_run, "report": cmd_report}[args.command]
+        return handler(args)
+    except UserError as e:
+        print(f"lamm-cl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lamm-cl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

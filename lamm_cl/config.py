@@ -1,0 +1,359 @@
+"""The YAML a user writes, as typed and validated dataclasses (DESIGN section 9).
+
+YAML stays plain data; :func:`parse` turns it into :class:`Config`. Unknown
+keys, wrong types and missing required fields raise :class:`ConfigError` with
+the key's full path, e.g. ``strategies[1].lr: expected a number, got 'fast'``.
+Strategy entries are checked against the options dataclass their strategy
+registered, so a plugin's own keys are validated the same way.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from lamm_cl.errors import ConfigError
+
+
+@dataclass
+class BenchmarkConfig:
+    dataset: str  # digits | cifar100 | imagefolder | one of the 11 CoOp datasets
+    root: str = "~/data"  # where the dataset lives (CoOp layout, ImageFolder tree, CIFAR pickles)
+    download: bool = False  # fetch where the source allows (CIFAR-100)
+    n_experiences: Optional[int] = None  # equal split of the classes ...
+    classes_per_experience: Optional[list[int]] = None  # ... or an explicit count per experience
+    class_order: Union[Literal["icarl", "seeded"], list[int]] = "seeded"  # or an explicit list of class ids
+    order_seed: Optional[int] = None  # seed of a seeded order; null: the run's seed
+    shots: Optional[int] = None  # k training images per class, drawn with the run's seed
+    template: Optional[str] = None  # prompt template with {}; null: the dataset's own
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ViT-B-16"  # any open_clip architecture, or lamm-tiny
+    pretrained: str = "openai"  # open_clip tag | path to a checkpoint file | none
+
+
+@dataclass
+class FeaturesConfig:
+    cache: bool = True  # share frozen image features across strategies, seeds and runs
+    cache_dir: Optional[str] = None  # default: the user's cache folder
+    train_views: int = 0  # augmented views cached per training image; 0: centre crop only
+
+
+@dataclass
+class StrategyEntry:
+    """One entry of ``strategies:``: a registered name and that strategy's options."""
+
+    name: str
+    options: Any  # an instance of the strategy's options dataclass
+    raw: dict  # the entry as written (after --set), for the resolved config
+
+
+@dataclass
+class Config:
+    name: str  # results go to results/<name>/ unless `output` is set
+    benchmark: BenchmarkConfig
+    strategies: list[StrategyEntry] = field(default_factory=list)  # run in this order, each on the same benchmark
+    output: Optional[str] = None  # results folder
+    seeds: list[int] = field(default_factory=lambda: [0])  # one full run per seed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    plugins: list[str] = field(default_factory=list)  # extra strategy plugin files (.py)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    source: Optional[str] = None  # the YAML file this came from (not a YAML key)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data (what ``config.yaml`` in the results holds)."""
+        out = {
+            "name": self.name,
+            "output": self.output,
+            "seeds": list(self.seeds),
+            "device": self.device,
+            "plugins": list(self.plugins),
+            "benchmark": dataclasses.asdict(self.benchmark),
+            "model": dataclasses.asdict(self.model),
+            "features": dataclasses.asdict(self.features),
+            "strategies": [{"name": s.name, **_plain(dataclasses.asdict(s.options))} for s in self.strategies],
+        }
+        return out
+
+
+def _plain(d: dict) -> dict:
+    return {k: v for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------
+# generic typed conversion
+# ---------------------------------------------------------------------------
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        return "a mapping"
+    if origin is Union:
+        return ", or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _fail(path: str, tp, value) -> ConfigError:
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return ConfigError(f"{path}: expected {_describe(tp)}, got {shown}")
+
+
+def convert(tp, value, path: str):
+    """Check ``value`` against type ``tp`` and return it converted (ints accepted as floats).
+
+    Raises:
+        ConfigError: naming ``path``.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got null")
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return convert(a, value, path)
+            except ConfigError:
+                continue
+        raise _fail(path, tp, value)
+    if value is None:
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _fail(path, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _fail(path, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _fail(path, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _fail(path, tp, value)
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(next(a for a in typing.get_args(tp) if a == value)):
+            return value
+        raise _fail(path, tp, value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _fail(path, tp, value)
+        (item,) = typing.get_args(tp)
+        return [convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(path, tp, value)
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def from_dict(cls, data, path: str, skip: tuple[str, ...] = ()):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields and key not in skip:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}{key}: unknown key; known keys here: {known}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = convert(hints[name], data[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# loading, overrides, validation
+# ---------------------------------------------------------------------------
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML config file as plain data.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or not a mapping.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e.__class__.__name__}: {e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: broken YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``--set dotted.key=value`` to raw config data, in place.
+
+    The value is read as YAML (``1`` is an int, ``[1, 2]`` a list, ``null`` None).
+    A numeric part indexes a list: ``strategies.1.epochs=1``.
+
+    Raises:
+        ConfigError: malformed assignment, or a path through something that is not there.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected dotted.key=value")
+    key, _, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"--set {assignment}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = data
+    walked = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(walked) or "config"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {where} is a list of {len(node)}; {part!r} is not an index in it")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {where} is not a mapping or a list")
+        walked.append(part)
+
+
+def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Config:
+    """Turn raw config data into a validated :class:`Config`.
+
+    Args:
+        data: the YAML as plain data (after overrides).
+        source: the file it came from, for messages and the results.
+        strategy_options: ``name -> options dataclass``; defaults to the strategy
+            registry (which loads the built-ins, the config's plugin files and
+            entry points).
+    """
+    data = copy.deepcopy(data)
+    cfg = from_dict(Config, data, "", skip=("strategies", "source"))
+    if "strategies" not in data:
+        raise ConfigError("strategies: required key is missing")
+    raw = data["strategies"]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("strategies: expected a non-empty list of {name: ...} entries")
+    if not cfg.seeds:
+        raise ConfigError("seeds: expected at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: a seed is repeated in {cfg.seeds}")
+    if strategy_options is None:
+        from lamm_cl import registry
+
+        registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
+        strategy_options = registry.options_of
+    entries = []
+    for i, item in enumerate(raw):
+        path = f"strategies[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: expected a mapping with a `name`, got {type(item).__name__}")
+        if "name" not in item:
+            raise ConfigError(f"{path}.name: required key is missing")
+        name = item["name"]
+        if not isinstance(name, str):
+            raise _fail(f"{path}.name", str, name)
+        try:
+            opts_cls = strategy_options(name) if callable(strategy_options) else strategy_options[name]
+        except (ConfigError, KeyError) as e:
+            raise ConfigError(f"{path}.name: {e.args[0] if isinstance(e, ConfigError) else 'unknown strategy ' + repr(name)}") from None
+        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k != "name"}, path)
+        check = getattr(opts, "validate", None)
+        if check is not None:
+            check(path)
+        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item)))
+    names = [e.name for e in entries]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"strategies: {', '.join(sorted(dup))} listed twice; results are kept per strategy name")
+    cfg.strategies = entries
+    cfg.source = source
+    _check_benchmark(cfg.benchmark)
+    if cfg.features.train_views < 0:
+        raise ConfigError(f"features.train_views: expected 0 or more, got {cfg.features.train_views}")
+    return cfg
+
+
+def _check_benchmark(b: BenchmarkConfig) -> None:
+    if b.n_experiences is not None and b.classes_per_experience is not None:
+        raise ConfigError("benchmark: give n_experiences or classes_per_experience, not both")
+    if b.n_experiences is None and b.classes_per_experience is None:
+        raise ConfigError("benchmark.n_experiences: required (or give benchmark.classes_per_experience)")
+    if b.n_experiences is not None and b.n_experiences < 1:
+        raise ConfigError(f"benchmark.n_experiences: expected 1 or more, got {b.n_experiences}")
+    if b.classes_per_experience is not None:
+        for i, n in enumerate(b.classes_per_experience):
+            if n < 1:
+                raise ConfigError(f"benchmark.classes_per_experience[{i}]: expected 1 or more, got {n}")
+        if not b.classes_per_experience:
+            raise ConfigError("benchmark.classes_per_experience: expected a non-empty list")
+    if b.shots is not None and b.shots < 1:
+        raise ConfigError(f"benchmark.shots: expected 1 or more, got {b.shots}")
+    if b.template is not None and b.template.count("{}") != 1:
+        raise ConfigError(f"benchmark.template: expected exactly one {{}} for the class name, got {b.template!r}")
+
+
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy_options=None) -> Config:
+    """Load, override and validate a config file.
+
+    Example:
+        >>> cfg = load("benchmarks/quickstart.yaml", ["strategies.1.epochs=1"])  # doctest: +SKIP
+    """
+    data = load_yaml(path)
+    for o in overrides:
+        apply_override(data, o)
+    return parse(data, source=str(path), strategy_options=strategy_options)

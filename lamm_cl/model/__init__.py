@@ -1,0 +1,1 @@
+"""The frozen CLIP bundle and the prompt building blocks strategies share."""

@@ -1,0 +1,235 @@
+"""Frozen CLIP from open_clip, with a text encoder driven from token embeddings.
+
+The architecture and its weights are named apart (``ViT-B-16`` + ``openai``).
+``lamm-tiny`` is a registered miniature architecture (width 64, 2 layers,
+32 px) for tests and the offline quickstart.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lamm_cl.errors import ConfigError, DataNotFoundError
+
+TINY_ARCH = "lamm-tiny"
+_CONFIG_DIR = Path(__file__).parent / "configs"
+_INIT_SEED = 0  # random weights (`pretrained: none`) are drawn with a fixed seed, so features are shareable
+
+
+def _open_clip():
+    import open_clip
+
+    if TINY_ARCH not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR)
+    return open_clip
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return os.sep in pretrained or "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def weights_identity(arch: str, pretrained: str) -> str:
+    """A string that changes whenever the weights do: the tag, or a hash of the checkpoint file."""
+    if pretrained == "none":
+        return f"{arch}:none:seed{_INIT_SEED}"
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"{arch}:file:{h.hexdigest()[:20]}"
+    return f"{arch}:{pretrained}"
+
+
+@dataclass
+class TokenizedPrompts:
+    """Token ids of prompts, cut after the longest EOT.
+
+    Attributes:
+        ids: int64 ``[N, L]``, L = 1 + the largest EOT position.
+        eot: int64 ``[N]``, the EOT position of each prompt.
+    """
+
+    ids: torch.Tensor
+    eot: torch.Tensor
+
+
+class FrozenCLIP:
+    """A frozen open_clip CLIP model plus what strategies need around it.
+
+    Attributes:
+        model: the open_clip model (every parameter ``requires_grad=False``).
+        preprocess: the evaluation transform (resize, centre crop, normalise).
+        tokenizer: open_clip's tokenizer for ``arch``.
+        arch, pretrained: the names the model was built from.
+        identity: weights identity for cache keys (see :func:`weights_identity`).
+        device: where the model lives.
+    """
+
+    def __init__(self, model, preprocess: Callable, tokenizer, arch: str, pretrained: str, device: torch.device):
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.arch = arch
+        self.pretrained = pretrained
+        self.identity = weights_identity(arch, pretrained)
+        self.device = device
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    # -- sizes ---------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        """Width of the joint image/text feature space."""
+        return int(self.model.text_projection.shape[1])
+
+    @property
+    def token_width(self) -> int:
+        """Width of a token embedding (what a label vector or context vector is)."""
+        return int(self.model.token_embedding.weight.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature, exponentiated (alpha in the LAMM notation)."""
+        return float(self.model.logit_scale.exp())
+
+    # -- text ----------------------------------------------------------------
+    def token_ids(self, text: str) -> list[int]:
+        """BPE ids of ``text`` without SOS/EOT."""
+        ids = self.tokenizer([text])[0].tolist()
+        eot = int(torch.tensor(ids).argmax())
+        return ids[1:eot]
+
+    @property
+    def sos_id(self) -> int:
+        return int(self.tokenizer([""])[0][0])
+
+    @property
+    def eot_id(self) -> int:
+        return int(self.tokenizer([""])[0][1])
+
+    def tokenize(self, texts: Sequence[str]) -> TokenizedPrompts:
+        """Tokenize ``texts`` and cut every row after the longest EOT."""
+        ids = self.tokenizer(list(texts))
+        eot = ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        return TokenizedPrompts(ids[:, : int(eot.max()) + 1].contiguous(), eot)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[N, L, W]`` of token ids (no positional part)."""
+        return self.model.token_embedding(ids.to(self.device))
+
+    def encode_text_embeddings(self, emb: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Run CLIP's text tower from token embeddings.
+
+        The mask is causal and CLIP pools at EOT, so a prompt cut after its EOT
+        gives the same feature as the full context; ``emb`` may be any length up
+        to the context length.
+
+        Args:
+            emb: ``[N, L, W]`` token embeddings (trainable vectors spliced in).
+            eot: ``[N]`` EOT position of each row.
+        Returns:
+            ``[N, D]`` text features, not normalised.
+        """
+        m = self.model
+        length = emb.shape[1]
+        x = emb + m.positional_embedding[:length].to(emb.dtype)
+        mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
+        x = m.transformer(x, attn_mask=mask)
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot.to(x.device)]
+        proj = m.text_projection
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Text features ``[N, D]`` (not normalised) of plain prompts, cut after the longest EOT."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tok = self.tokenize(texts[i : i + batch_size])
+            out.append(self.encode_text_embeddings(self.embed_tokens(tok.ids), tok.eot))
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+
+    # -- images --------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features ``[N, D]`` (not normalised) of preprocessed images ``[N, 3, H, W]``."""
+        return self.model.encode_image(images.to(self.device))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch.
+
+    Raises:
+        ConfigError: CUDA was asked for but is not available, or the name is not a device.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device: {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} asked for, but CUDA is not available here; use auto or cpu")
+    return dev
+
+
+def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -> FrozenCLIP:
+    """Build a frozen CLIP from an open_clip architecture name and its weights.
+
+    Args:
+        arch: an open_clip architecture (``ViT-B-16``) or ``lamm-tiny``.
+        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, or ``none``.
+        device: where to put it.
+    Raises:
+        ConfigError: unknown architecture or tag.
+        DataNotFoundError: a checkpoint file is missing or a tag cannot be downloaded.
+    """
+    open_clip = _open_clip()
+    device = torch.device(device)
+    if arch not in open_clip.list_models():
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}; try `python -c \"import open_clip; "
+                          f"print(open_clip.list_models())\"` or {TINY_ARCH!r} for the tiny offline model")
+    weights = None
+    if pretrained == "none":
+        warnings.warn(f"model.pretrained: none -- {arch} has random weights; its accuracies say nothing "
+                      "about pretrained CLIP", stacklevel=2)
+    elif _looks_like_path(pretrained) or Path(pretrained).expanduser().exists():
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise DataNotFoundError(f"model.pretrained: checkpoint file {path} not found; give an existing "
+                                    "file, an open_clip tag such as 'openai', or 'none'")
+        weights = str(path)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            raise ConfigError(f"model.pretrained: {pretrained!r} is not a tag of {arch}; known: "
+                              f"{', '.join(tags) or '(none)'}, or a checkpoint file, or 'none'")
+        weights = pretrained
+    torch.manual_seed(_INIT_SEED)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
+    except (OSError, RuntimeError, ValueError) as e:
+        if weights is None:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataNotFoundError(f"model.pretrained: could not load {arch} weights {weights!r} ({first}); "
+                                "when offline, download once elsewhere and give the checkpoint file's path") from None
+    return FrozenCLIP(model, preprocess, open_clip.get_tokenizer(arch), arch, pretrained, device)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dimension."""
+    return F.normalize(x, dim=-1)

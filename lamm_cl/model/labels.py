@@ -1,0 +1,101 @@
+"""LAMM's growing label-embedding table (an Avalanche DynamicModule).
+
+Every class owns k trainable vectors of the token-embedding width that stand in
+for the first k BPE pieces of its name. At each training experience the table
+appends vectors for the experience's new classes and freezes every earlier
+class's vectors, so an old class's prompt -- and its text feature -- never
+changes again.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+from avalanche.models import DynamicModule
+
+from lamm_cl.model.prompts import ClassPrompts
+
+LabelTokens = Union[str, int]  # "min" | "all" | int
+
+
+def label_token_counts(prompts: ClassPrompts, label_tokens: LabelTokens) -> list[int]:
+    """k per class.
+
+    ``min``: the shortest name length in the benchmark, for every class (what the
+    LAMM reference code does); ``all``: every piece of each name; an int k: k
+    pieces, or the whole name when it is shorter.
+    """
+    lengths = [len(n) for n in prompts.name_ids]
+    if label_tokens == "min":
+        return [min(lengths)] * len(lengths)
+    if label_tokens == "all":
+        return lengths
+    if isinstance(label_tokens, int) and not isinstance(label_tokens, bool) and label_tokens >= 1:
+        return [min(label_tokens, n) for n in lengths]
+    raise ValueError(f"label_tokens must be 'min', 'all' or a positive int, got {label_tokens!r}")
+
+
+class LabelTable(DynamicModule):
+    """Per-class label vectors M_c with frozen copies M0_c of CLIP's name embeddings.
+
+    Args:
+        word_embedding: CLIP's token-embedding table ``[V, W]`` (read, never trained).
+        prompts: the benchmark's per-class token layout.
+        label_tokens: ``"min"``, ``"all"`` or an int (see :func:`label_token_counts`).
+        label_init: ``"name"`` (the name's own embeddings) or ``"random"`` (N(0, 0.02^2)).
+    """
+
+    def __init__(self, word_embedding: torch.Tensor, prompts: ClassPrompts,
+                 label_tokens: LabelTokens = "min", label_init: str = "name"):
+        super().__init__()
+        if label_init not in ("name", "random"):
+            raise ValueError(f"label_init must be 'name' or 'random', got {label_init!r}")
+        self.k = label_token_counts(prompts, label_tokens)
+        self.label_init = label_init
+        self._prompts = prompts
+        self._words = word_embedding.detach()
+        self.vectors = nn.ParameterDict()
+        self.classes: list[int] = []  # in the order they were added
+        self.trainable: list[int] = []  # the classes of the experience being trained
+
+    def original(self, c: int) -> torch.Tensor:
+        """M0_c: CLIP's embeddings of the first k pieces of class c's name."""
+        return getattr(self, f"m0_{c}")
+
+    def add_classes(self, new: Sequence[int]) -> None:
+        """Append vectors for ``new`` classes and freeze every class added before."""
+        for p in self.vectors.values():
+            p.requires_grad_(False)
+        self.trainable = []
+        for c in sorted(int(c) for c in new):
+            if str(c) in self.vectors:
+                continue
+            ids = torch.tensor(self._prompts.name_ids[c][: self.k[c]])
+            m0 = self._words[ids].clone()
+            self.register_buffer(f"m0_{c}", m0)
+            init = m0.clone() if self.label_init == "name" else torch.randn_like(m0) * 0.02
+            self.vectors[str(c)] = nn.Parameter(init)
+            self.classes.append(c)
+            self.trainable.append(c)
+
+    def adaptation(self, experience) -> None:
+        """Avalanche hook: grow by the experience's classes that are not in the table yet.
+
+        Evaluation on classes already here changes nothing (no freezing, no growth).
+        """
+        new = [c for c in experience.classes_in_this_experience if str(int(c)) not in self.vectors]
+        if new:
+            self.add_classes(new)
+
+    def as_mapping(self, classes: Sequence[int]) -> dict[int, torch.Tensor]:
+        """class -> its current vectors, for :meth:`PromptEncoder.encode`."""
+        return {int(c): self.vectors[str(int(c))] for c in classes}
+
+    def originals(self, classes: Sequence[int]) -> dict[int, torch.Tensor]:
+        """class -> M0_c, for encoding the prompts with CLIP's own name embeddings."""
+        return {int(c): self.original(int(c)) for c in classes}
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - a table, not a layer
+        raise TypeError("LabelTable is read through as_mapping(); it has no forward")

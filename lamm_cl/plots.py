@@ -1,0 +1,244 @@
+"""Figures drawn from result files (never from strategies), saved deterministically.
+
+Every function takes runs grouped by strategy (``{strategy: [RunRecord, ...]}``
+in display order) and returns a :class:`matplotlib.figure.Figure`; nothing
+touches pyplot's global state, so importing or calling this module never
+changes the user's backend. :func:`save_figure` writes a figure atomically and
+strips dates from the file, so drawing the same results twice gives the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lamm_cl import metrics
+from lamm_cl.results import RunRecord, atomic_write_bytes
+
+__all__ = [
+    "FORMATS",
+    "strategy_colors",
+    "safe_name",
+    "save_figure",
+    "plot_seen_accuracy",
+    "plot_accuracy_matrix",
+    "plot_final_accuracy_forgetting",
+    "plot_old_new_accuracy",
+]
+
+Groups = Mapping[str, Sequence[RunRecord]]
+
+FORMATS = ("png", "svg", "pdf")
+
+# Without these, PNG/PDF/SVG files carry the matplotlib version and a creation
+# date, and SVG element ids are random: two identical reports would differ.
+_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+_RC = {"svg.hashsalt": "lamm-cl", "svg.fonttype": "path", "pdf.fonttype": 42}
+_DPI = 150
+
+
+def strategy_colors(strategies: Sequence[str]) -> Dict[str, Tuple[float, float, float, float]]:
+    """One colour per strategy, fixed by its position in ``strategies`` (tab10, then tab20)."""
+    cmap = matplotlib.colormaps["tab10" if len(strategies) <= 10 else "tab20"]
+    return {s: cmap(i % cmap.N) for i, s in enumerate(strategies)}
+
+
+def safe_name(name: str) -> str:
+    """``name`` reduced to characters safe in a file name (for ``accuracy_matrix_<strategy>``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "strategy"
+
+
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> List[Path]:
+    """Save ``fig`` as ``stem.<fmt>`` for each format, atomically and without dates.
+
+    The figure is rendered into memory and written with
+    :func:`lamm_cl.results.atomic_write_bytes` (temporary name, then rename).
+
+    Returns:
+        The paths written, one per format.
+    """
+    out = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown figure format {fmt!r}; choose from {', '.join(FORMATS)}")
+        buf = io.BytesIO()
+        with matplotlib.rc_context(_RC):
+            fig.savefig(buf, format=fmt, dpi=_DPI, metadata=_METADATA[fmt])
+        out.append(atomic_write_bytes(Path(stem).with_name(f"{Path(stem).name}.{fmt}"), buf.getvalue()))
+    return out
+
+
+def _figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # attach an Agg canvas explicitly: no pyplot, no backend switch
+    axes = fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0]
+    return fig, axes
+
+
+def _mean_std(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray | None]:
+    """Mean over seeds (axis 0) and the sample std (ddof=1), or ``None`` with a single seed."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if values.shape[0] > 1 else None
+    return mean, std
+
+
+def _n_experiences(groups: Groups) -> int:
+    return next(iter(groups.values()))[0].n_experiences
+
+
+def _experience_ticks(ax, groups: Groups, label_classes: bool = True) -> None:
+    T = _n_experiences(groups)
+    x = np.arange(T)
+    if T > 25:  # too many to label each; let matplotlib choose
+        ax.set_xlabel("Experience")
+        return
+    ax.set_xticks(x)
+    if label_classes:
+        first = next(iter(groups.values()))[0]
+        seen = np.cumsum([len(e) for e in first.experiences])
+        ax.set_xticklabels([f"{i}\n({n})" for i, n in zip(x, seen)])
+        ax.set_xlabel("Experience (classes seen)")
+    else:
+        ax.set_xlabel("Experience")
+
+
+def _line(ax, x, values, color, label, linestyle="-") -> None:
+    mean, std = _mean_std(values)
+    ax.plot(x, mean, color=color, label=label, marker="o", markersize=3.5, linestyle=linestyle, linewidth=1.6)
+    if std is not None:
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
+
+
+def _legend(fig: Figure, ax) -> None:
+    # Outside the axes, so it never hides a line or a bar.
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, title="Strategy", loc="outside right upper", fontsize="small")
+
+
+def _seeds_note(groups: Groups) -> str:
+    n = sorted({len(runs) for runs in groups.values()})
+    if n == [1]:
+        return "one seed"
+    return "mean ± std over seeds"
+
+
+def plot_seen_accuracy(groups: Groups, colors: Mapping[str, object]) -> Figure:
+    """Accuracy on all classes seen so far after each experience; one line per strategy, ± std band."""
+    fig, (ax,) = _figure(7.0, 4.4)
+    T = _n_experiences(groups)
+    x = np.arange(T)
+    for strategy, runs in groups.items():
+        values = [metrics.seen_accuracy(r.matrix, r.test_counts) for r in runs]
+        _line(ax, x, values, colors[strategy], strategy)
+    _experience_ticks(ax, groups)
+    ax.set_ylabel("Accuracy on seen classes (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"Seen-class accuracy after each experience ({_seeds_note(groups)})")
+    _legend(fig, ax)
+    return fig
+
+
+def plot_accuracy_matrix(strategy: str, runs: Sequence[RunRecord]) -> Figure:
+    """One strategy's accuracy matrix, mean over its seeds, as an annotated heatmap."""
+    A = np.mean([r.matrix for r in runs], axis=0)
+    T = A.shape[0]
+    size = min(3.5 + 0.55 * T, 16.0)
+    fig, (ax,) = _figure(size + 1.2, size)
+    masked = np.ma.masked_invalid(A)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    im = ax.imshow(masked, cmap=cmap, vmin=0, vmax=100, origin="upper")
+    fontsize = max(4.0, min(9.0, 90.0 / T))
+    for i in range(T):
+        for j in range(i + 1):
+            # Dark text on the bright (yellow) end of viridis, light text elsewhere.
+            ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=fontsize,
+                    color="black" if A[i, j] > 60 else "white")
+    ticks = np.arange(T)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xlabel("Evaluated on experience")
+    ax.set_ylabel("After training experience")
+    seeds = "1 seed" if len(runs) == 1 else f"mean over {len(runs)} seeds"
+    ax.set_title(f"Accuracy matrix: {strategy} ({seeds})")
+    fig.colorbar(im, ax=ax, label="Accuracy (%)", shrink=0.85)
+    return fig
+
+
+def _grouped_bars(ax, groups: Groups, colors, per_run, n_groups: int) -> None:
+    n = len(groups)
+    width = 0.8 / max(n, 1)
+    x = np.arange(n_groups)
+    for k, (strategy, runs) in enumerate(groups.items()):
+        mean, std = _mean_std([per_run(r) for r in runs])
+        ax.bar(x + (k - (n - 1) / 2) * width, mean, width, yerr=std, color=colors[strategy],
+               label=strategy, capsize=2 if std is not None else 0, error_kw={"linewidth": 0.8})
+    ax.set_xticks(x)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def plot_final_accuracy_forgetting(groups: Groups, colors: Mapping[str, object]) -> Figure:
+    """Per experience: accuracy after the last experience, and how much of it was forgotten.
+
+    Left: ``A[T-1][j]`` for every experience ``j``; right: Chaudhry et al.'s
+    forgetting of each old experience (:func:`lamm_cl.metrics.forgetting_per_experience`).
+    Bars grouped by experience, one per strategy, with ± std over seeds.
+    """
+    T = _n_experiences(groups)
+    fig, (left, right) = _figure(min(6.0 + 1.0 * T, 18.0), 4.4, ncols=2)
+    _grouped_bars(left, groups, colors, lambda r: np.asarray(r.matrix)[-1], T)
+    left.set_xlabel("Experience")
+    left.set_ylabel("Final accuracy (%)")
+    left.set_ylim(0, 100)
+    left.set_title("Accuracy after the last experience")
+    if T > 1:
+        _grouped_bars(right, groups, colors, lambda r: metrics.forgetting_per_experience(r.matrix), T - 1)
+        right.axhline(0, color="black", linewidth=0.8)
+    else:
+        right.text(0.5, 0.5, "nothing to forget:\na single experience", ha="center", va="center",
+                   transform=right.transAxes)
+    right.set_xlabel("Experience")
+    right.set_ylabel("Forgetting (percentage points)")
+    right.set_title("Forgetting of each old experience")
+    _legend(fig, left)
+    fig.suptitle(f"Final accuracy and forgetting per experience ({_seeds_note(groups)})")
+    return fig
+
+
+def plot_old_new_accuracy(groups: Groups, colors: Mapping[str, object]) -> Figure:
+    """Accuracy on old classes (earlier experiences, pooled) and on the new ones, after each experience."""
+    T = _n_experiences(groups)
+    x = np.arange(T)
+    fig, (ax_old, ax_new) = _figure(11.0, 4.4, ncols=2, sharey=True)
+    for strategy, runs in groups.items():
+        pairs = [metrics.old_new_accuracy(r.matrix, r.test_counts) for r in runs]
+        if T > 1:
+            _line(ax_old, x[1:], [old[1:] for old, _ in pairs], colors[strategy], strategy)
+        _line(ax_new, x, [new for _, new in pairs], colors[strategy], strategy)
+    if T == 1:
+        ax_old.text(0.5, 0.5, "no old classes:\na single experience", ha="center", va="center",
+                    transform=ax_old.transAxes)
+    for ax, title in ((ax_old, "Old classes (earlier experiences)"), (ax_new, "New classes (this experience)")):
+        _experience_ticks(ax, groups)
+        ax.set_ylim(0, 100)
+        ax.set_xlim(-0.5, T - 0.5)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(title)
+    ax_old.set_ylabel("Accuracy (%)")
+    _legend(fig, ax_new)
+    fig.suptitle(f"Old- vs new-class accuracy after each experience ({_seeds_note(groups)})")
+    return fig

@@ -1,0 +1,456 @@
+"""The cross-strategy report: plots, ``summary.csv`` and ``report.md``, from result files only.
+
+:func:`build_report` reads the run folders under a results folder
+(``<strategy>/seed<k>/``, see :mod:`lamm_cl.results`) and writes::
+
+    <results_dir>/plots/seen_accuracy.<fmt>
+    <results_dir>/plots/accuracy_matrix_<strategy>.<fmt>     one per strategy
+    <results_dir>/plots/final_accuracy_forgetting.<fmt>
+    <results_dir>/plots/old_new_accuracy.<fmt>
+    <results_dir>/summary.csv
+    <results_dir>/report.md
+
+It never imports a strategy or a model, so a report can be redrawn long after
+the runs, and the same result files always give byte-identical outputs.
+Experiences are numbered from 0 everywhere, as in the result files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from lamm_cl.errors import UserError
+from lamm_cl.results import (
+    SUMMARY_FILE,
+    SUMMARY_METRICS,
+    RunRecord,
+    atomic_write_text,
+    find_run_dirs,
+    find_runs,
+)
+
+__all__ = [
+    "SUMMARY_CSV_COLUMNS",
+    "COOP_DATASETS",
+    "build_report",
+    "strategy_order",
+    "summary_rows",
+    "load_published",
+    "match_published",
+]
+
+SUMMARY_CSV_COLUMNS = ["strategy", "seed", *SUMMARY_METRICS, "n_experiences"]
+
+# `coop11` in published.csv stands for any of these (the CoOp few-shot suite).
+COOP_DATASETS = (
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+)
+
+_METRIC_TITLES = {
+    "avg_incremental_accuracy": "Avg (%)",
+    "last_accuracy": "Last (%)",
+    "forgetting": "Forgetting (pp)",
+    "bwt": "BWT (pp)",
+    "accuracy": "Accuracy (%)",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _get(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def _fmt(x: Any) -> str:
+    """Full-precision CSV cell; blank for NaN/None."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return repr(float(x))
+
+
+def _pm(mean: float, std: Optional[float]) -> str:
+    if std is None or math.isnan(std):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _check_formats(formats: Sequence[str]) -> List[str]:
+    from lamm_cl.plots import FORMATS
+
+    if isinstance(formats, str):
+        formats = [formats]
+    out: List[str] = []
+    for fmt in formats:
+        fmt = str(fmt).lower().lstrip(".")
+        if fmt not in FORMATS:
+            raise UserError(f"unknown plot format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise UserError(f"no plot format given; choose from {', '.join(FORMATS)}")
+    return out
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def strategy_order(runs: Sequence[RunRecord]) -> List[str]:
+    """Display order of the strategies: as listed under ``strategies`` in the runs' configs, others alphabetically.
+
+    The configs are read in the order of ``runs``; a strategy named in none of
+    them (e.g. an older run left in the folder) comes after, by name.
+    """
+    present = {r.strategy for r in runs}
+    order: List[str] = []
+    for run in runs:
+        entries = _get(run.config, "strategies", [])
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            name = entry.get("name") if isinstance(entry, Mapping) else entry
+            if isinstance(name, str) and name in present and name not in order:
+                order.append(name)
+    return order + sorted(present - set(order))
+
+
+def _group(runs: Sequence[RunRecord]) -> Dict[str, List[RunRecord]]:
+    groups: Dict[str, List[RunRecord]] = {}
+    for strategy in strategy_order(runs):
+        groups[strategy] = sorted((r for r in runs if r.strategy == strategy), key=lambda r: r.seed)
+    return groups
+
+
+def _check_consistent(results_dir: Path, runs: Sequence[RunRecord]) -> None:
+    benchmarks = sorted({r.benchmark for r in runs})
+    if len(benchmarks) > 1:
+        raise UserError(f"{results_dir}: runs of different benchmarks in one folder ({', '.join(benchmarks)}); "
+                        "report each benchmark's folder on its own")
+    sizes = sorted({r.n_experiences for r in runs})
+    if len(sizes) > 1:
+        raise UserError(f"{results_dir}: runs with different numbers of experiences ({sizes}) in one folder; "
+                        "report each benchmark's folder on its own")
+
+
+# --------------------------------------------------------------------------- summary.csv
+
+
+def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, Any]]:
+    """Rows of ``summary.csv``: one per strategy x seed, then ``mean`` and ``std`` per strategy.
+
+    ``std`` is the sample standard deviation over seeds (``ddof=1``); with a
+    single seed it is undefined and left blank (NaN here).
+    """
+    rows: List[Dict[str, Any]] = []
+    for strategy, runs in groups.items():
+        values = {m: [] for m in SUMMARY_METRICS}
+        for run in runs:
+            s = run.summary()
+            rows.append({"strategy": strategy, "seed": run.seed, **s, "n_experiences": run.n_experiences})
+            for m in SUMMARY_METRICS:
+                values[m].append(s[m])
+        T = runs[0].n_experiences
+        mean = {m: float(np.mean(v)) for m, v in values.items()}
+        std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for m, v in values.items()}
+        rows.append({"strategy": strategy, "seed": "mean", **mean, "n_experiences": T})
+        rows.append({"strategy": strategy, "seed": "std", **std, "n_experiences": T})
+    return rows
+
+
+def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUMMARY_CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([row["strategy"], row["seed"], *(_fmt(row[m]) for m in SUMMARY_METRICS), row["n_experiences"]])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- published figures
+
+
+def load_published() -> List[Dict[str, str]]:
+    """The published reference figures shipped in ``lamm_cl/published.csv``, as dicts of strings.
+
+    Columns: dataset (``coop11`` = any of :data:`COOP_DATASETS`), n_experiences
+    (blank = any), shots (blank = full training data), backbone (open_clip
+    arch), pretrained (open_clip tag), method, metric, value, source, note.
+    """
+    text = resources.files("lamm_cl").joinpath("published.csv").read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def match_published(config: Mapping[str, Any], n_experiences: int) -> List[Dict[str, str]]:
+    """Published figures for the same dataset, number of experiences, shots and backbone as ``config``.
+
+    Matching uses ``benchmark.dataset``, ``n_experiences``, ``benchmark.shots``,
+    ``model.arch`` and ``model.pretrained``; random weights (``none``) match
+    nothing.
+    """
+    dataset = str(_get(config, "benchmark.dataset", "")).lower()
+    try:
+        shots = int(_get(config, "benchmark.shots") or 0) or None
+    except (TypeError, ValueError):
+        return []  # not a plain shot count: nothing published can match it
+    arch = str(_get(config, "model.arch", "")).replace("/", "-")
+    pretrained = str(_get(config, "model.pretrained", "none")).lower()
+    out = []
+    for row in load_published():
+        if row["dataset"] == "coop11":
+            if dataset not in COOP_DATASETS:
+                continue
+        elif row["dataset"] != dataset:
+            continue
+        if row["n_experiences"] and int(row["n_experiences"]) != n_experiences:
+            continue
+        if (int(row["shots"]) if row["shots"] else None) != shots:
+            continue
+        if row["backbone"] != arch or row["pretrained"].lower() != pretrained:
+            continue
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def _is_random_weights(config: Mapping[str, Any]) -> bool:
+    pretrained = _get(config, "model.pretrained")
+    return pretrained is None or str(pretrained).strip().lower() in ("none", "", "null")
+
+
+def _results_section(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    by_key = {(r["strategy"], r["seed"]): r for r in rows}
+    table = []
+    for strategy, runs in groups.items():
+        mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
+        seeds = ", ".join(str(r.seed) for r in runs)
+        table.append([f"`{strategy}`", seeds] + [_pm(mean[m], std[m]) for m in SUMMARY_METRICS])
+    header = ["Strategy", "Seeds"] + [_METRIC_TITLES[m] for m in SUMMARY_METRICS]
+    lines = ["## Results", ""] + _md_table(header, table) + [""]
+    lines += [
+        "Avg: average incremental accuracy, the mean over experiences of the accuracy on all classes "
+        "seen so far (pooled test images). Last: that accuracy after the last experience. "
+        "Forgetting (Chaudhry et al., 2018): mean over old experiences of their best earlier accuracy "
+        "minus their final accuracy (lower is better). BWT (Lopez-Paz & Ranzato, 2017): mean over old "
+        "experiences of final minus just-learned accuracy (negative means forgetting). "
+        "Forgetting and BWT are in percentage points (pp). Values are mean ± sample standard deviation "
+        "(ddof=1) over seeds; with one seed no ± is shown. Per-run numbers: `summary.csv`.",
+        "",
+    ]
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    plural = noun + ("es" if noun.endswith("s") else "s")
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def _shots_text(config: Mapping[str, Any]) -> str:
+    shots = _get(config, "benchmark.shots")
+    return f"{shots} training images per class" if shots else "full training data"
+
+
+def _published_section(config: Mapping[str, Any], n_experiences: int, groups, rows) -> List[str]:
+    lines = ["## Published figures", ""]
+    if _is_random_weights(config):
+        lines += ["None apply: these runs use random weights, not pretrained CLIP.", ""]
+        return lines
+    matched = match_published(config, n_experiences)
+    if not matched:
+        lines += [
+            "No published figures for this benchmark/backbone "
+            f"(dataset `{_get(config, 'benchmark.dataset')}`, {_count(n_experiences, 'experience')}, "
+            f"{_shots_text(config)}, `{_get(config, 'model.arch')}` "
+            f"pretrained `{_get(config, 'model.pretrained')}`).",
+            "",
+        ]
+        return lines
+    metric_cols = [m for m in _METRIC_TITLES if any(r["metric"] == m for r in matched)]
+    by_key = {(r["strategy"], r["seed"]): r for r in rows}
+    # Published plain (non-incremental) accuracy sits beside our accuracy on all
+    # classes after the last experience, which is the same quantity when T = 1.
+    ours_for = {m: m for m in SUMMARY_METRICS}
+    ours_for["accuracy"] = "last_accuracy"
+    ours_note = "ours: this dataset only; Last in the Accuracy column" if "accuracy" in metric_cols else ""
+    table = []
+    for strategy in groups:
+        mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
+        cells = [_pm(mean[ours_for[m]], std[ours_for[m]]) for m in metric_cols]
+        table.append([f"`{strategy}` (ours)"] + cells + ["this report", ours_note])
+    methods: Dict[tuple, Dict[str, str]] = {}
+    for r in matched:  # one table row per (method, source, note), in file order
+        methods.setdefault((r["method"], r["source"], r["note"]), {})[r["metric"]] = r["value"]
+    for (method, source, note), values in methods.items():
+        table.append([method] + [values.get(m, "—") for m in metric_cols] + [source, note])
+    header = ["Method"] + [_METRIC_TITLES[m] for m in metric_cols] + ["Source", "Note"]
+    lines += _md_table(header, table) + [""]
+    lines += [
+        "Published numbers come from other code bases, class orders and preprocessing; "
+        "read them as context, not as a controlled comparison.",
+        "",
+    ]
+    return lines
+
+
+def _plots_section(plot_links: Sequence[tuple]) -> List[str]:
+    lines = ["## Plots", ""]
+    for title, rel in plot_links:
+        # Markdown viewers cannot show a PDF inline: link it instead.
+        lines += [f"[{title}]({rel})" if rel.endswith(".pdf") else f"![{title}]({rel})", ""]
+    return lines
+
+
+def _classes_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
+    runs = [r for rs in groups.values() for r in rs]
+    variants: Dict[tuple, List[str]] = {}
+    for r in runs:
+        key = (tuple(r.class_order), tuple(r.class_names), tuple(tuple(e) for e in r.experiences))
+        variants.setdefault(key, []).append(f"{r.strategy}/seed{r.seed}")
+    lines = ["## Class order and experiences", ""]
+    lines += ["Labels are remapped so the order's i-th class is label i; "
+              "each class is shown as `label (original label) name`.", ""]
+    for (order, names, experiences), used_by in variants.items():
+        if len(variants) > 1:
+            lines += [f"Runs {', '.join(used_by)}:", ""]
+        lines += [f"Class order (original labels): {', '.join(str(c) for c in order)}", ""]
+        table = []
+        for t, exp in enumerate(experiences):
+            table.append([t, len(exp), ", ".join(f"{c} ({order[c]}) {names[c]}" for c in exp)])
+        lines += _md_table(["Experience", "Classes", "Label (original) name"], table) + [""]
+    return lines
+
+
+def _config_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
+    runs = [r for rs in groups.values() for r in rs]
+    dumps: Dict[str, List[str]] = {}
+    for r in runs:
+        dumps.setdefault(yaml.safe_dump(r.config, sort_keys=False, allow_unicode=True),
+                         []).append(f"{r.strategy}/seed{r.seed}")
+    lines = ["## Config", ""]
+    for text, used_by in dumps.items():
+        if len(dumps) > 1:
+            lines += [f"Resolved config of {', '.join(used_by)}:", ""]
+        else:
+            lines += ["The resolved config shared by every run:", ""]
+        lines += ["```yaml", text.rstrip("\n"), "```", ""]
+    info = {f"{r.strategy}/seed{r.seed}": r.info for r in runs if r.info}
+    if info:
+        lines += ["Run information (from each run's `summary.json`):", "", "```yaml",
+                  yaml.safe_dump(info, sort_keys=False, allow_unicode=True).rstrip("\n"), "```", ""]
+    return lines
+
+
+def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence[Path]) -> str:
+    first = next(iter(groups.values()))[0]
+    config = first.config
+    T = first.n_experiences
+    n_classes = len(first.class_order)
+    arch, pretrained = _get(config, "model.arch"), _get(config, "model.pretrained")
+    lines = [f"# {first.benchmark}: lamm-cl report", ""]
+    lines += ["Built by `lamm-cl report` from the result files in this folder; rerun it to redraw "
+              "without rerunning the benchmark. Accuracies are in percent.", ""]
+    if _is_random_weights(config):
+        lines += ["> **Random weights.** The model was built with `pretrained: none`: these numbers come "
+                  "from randomly initialised weights and are not pretrained CLIP's.", ""]
+    seeds = sorted({r.seed for rs in groups.values() for r in rs})
+    lines += [
+        f"- Benchmark: `{first.benchmark}` (dataset `{_get(config, 'benchmark.dataset')}`, "
+        f"{_count(T, 'experience')}, {_count(n_classes, 'class')}, {_shots_text(config)})",
+        f"- Model: `{arch}`, pretrained `{pretrained}`",
+        f"- Strategies: {', '.join(f'`{s}`' for s in groups)}",
+        f"- Seeds: {', '.join(str(s) for s in seeds)}",
+        "",
+    ]
+    if unfinished:
+        rel = ", ".join(f"`{p.relative_to(results_dir).as_posix()}`" for p in unfinished)
+        lines += [f"Unfinished runs left out (no `{SUMMARY_FILE}`): {rel}.", ""]
+    lines += _results_section(groups, rows)
+    lines += _published_section(config, T, groups, rows)
+    lines += _plots_section(plot_links)
+    lines += _classes_section(groups)
+    lines += _config_section(groups)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> List[Path]:
+    """Write plots, ``summary.csv`` and ``report.md`` for every finished run under ``results_dir``.
+
+    Reads only result files (:func:`lamm_cl.results.find_runs`); strategies are
+    shown in the order of ``strategies`` in the runs' config, else by name,
+    each with the same colour in every plot.
+
+    Args:
+        results_dir: a benchmark's results folder, holding ``<strategy>/seed<k>/``.
+        formats: figure formats, any of ``png`` (default), ``svg``, ``pdf``;
+            the first is the one embedded in ``report.md``.
+
+    Returns:
+        Every path written: the plots, then ``summary.csv``, then ``report.md``.
+
+    Raises:
+        UserError: the folder is missing, holds no finished run, mixes
+            benchmarks, or a result file is missing or malformed (the one-line
+            message names the file).
+    """
+    from lamm_cl import plots  # matplotlib only when a report is drawn
+
+    results_dir = Path(results_dir)
+    formats = _check_formats(formats)
+    runs = find_runs(results_dir)
+    if not runs:
+        raise UserError(f"{results_dir}: no finished runs (expected <strategy>/seed<k>/{SUMMARY_FILE})")
+    _check_consistent(results_dir, runs)
+    unfinished = [d for d in find_run_dirs(results_dir, include_unfinished=True) if not (d / SUMMARY_FILE).is_file()]
+    groups = _group(runs)
+    colors = plots.strategy_colors(list(groups))
+    plot_dir = results_dir / "plots"
+
+    written: List[Path] = []
+    links = []
+
+    def save(fig, name: str, title: str) -> None:
+        written.extend(plots.save_figure(fig, plot_dir / name, formats))
+        links.append((title, f"plots/{name}.{formats[0]}"))
+
+    save(plots.plot_seen_accuracy(groups, colors), "seen_accuracy", "Seen-class accuracy after each experience")
+    save(plots.plot_final_accuracy_forgetting(groups, colors), "final_accuracy_forgetting",
+         "Final accuracy and forgetting per experience")
+    save(plots.plot_old_new_accuracy(groups, colors), "old_new_accuracy", "Old- vs new-class accuracy")
+    for strategy, strategy_runs in groups.items():
+        save(plots.plot_accuracy_matrix(strategy, strategy_runs), f"accuracy_matrix_{plots.safe_name(strategy)}",
+             f"Accuracy matrix: {strategy}")
+
+    rows = summary_rows(groups)
+    written.append(atomic_write_text(results_dir / "summary.csv", _summary_csv(rows)))
+    report_md = _report_md(results_dir, groups, rows, links, unfinished)
+    written.append(atomic_write_text(results_dir / "report.md", report_md))
+    return written
+

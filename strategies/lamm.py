@@ -1,0 +1,110 @@
+"""LAMM (arXiv 2312.08212): trainable label vectors in place of each class name, held close to CLIP
+by the hierarchical loss; each experience appends vectors for its classes and freezes the earlier ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+import torch
+from avalanche.training.templates import SupervisedTemplate
+
+from lamm_cl.errors import ConfigError
+from lamm_cl.losses import LammWeights, lamm_loss
+from lamm_cl.model.classifier import PromptClassifier
+from lamm_cl.model.labels import LabelTable
+from lamm_cl.model.prompts import ClassPrompts
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.training import StrategyContext, lr_schedule_plugin, sgd
+
+
+@dataclass
+class LossOptions:
+    param: Union[float, Literal["auto"]] = "auto"  # lambda_p; auto: 1/shots when few-shot, else 1
+    feature: float = 1.0  # lambda_f
+    logits: float = 0.05  # lambda_l
+    temperature: float = 2.0  # T of the logits term
+    logits_kind: Literal["reference", "kl"] = "reference"  # reference: what LAMM's code computes; kl: standard KD
+
+
+@dataclass
+class LammOptions(StrategyOptions):
+    label_tokens: Union[Literal["min", "all"], int] = "min"  # vectors per class: shortest name length | whole name | k
+    label_init: Literal["name", "random"] = "name"  # from the name's embeddings, or N(0, 0.02^2)
+    softmax: Literal["seen", "current"] = "seen"  # training softmax over every seen class, or the current task's
+    loss: LossOptions = field(default_factory=LossOptions)
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if isinstance(self.label_tokens, int) and self.label_tokens < 1:
+            raise ConfigError(f"{path}.label_tokens: expected min, all or a positive integer, got {self.label_tokens}")
+        if self.loss.temperature <= 0:
+            raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
+
+    def weights(self, shots: Optional[int]) -> LammWeights:
+        """Resolve ``auto`` and return the loss weights."""
+        lp = self.loss.param
+        if lp == "auto":
+            lp = 1.0 / shots if shots else 1.0
+        return LammWeights(param=float(lp), feature=self.loss.feature, logits=self.loss.logits,
+                           temperature=self.loss.temperature, logits_kind=self.loss.logits_kind)
+
+
+class LammTemplate(SupervisedTemplate):
+    """A SupervisedTemplate whose criterion is the LAMM objective during training (plain CE in eval)."""
+
+    def __init__(self, *, weights: LammWeights, softmax: str = "seen", **kwargs):
+        super().__init__(**kwargs)
+        self.weights = weights
+        self.softmax = softmax
+        self.loss_parts: dict[str, float] = {}
+
+    def criterion(self):
+        if not self.is_training:
+            return torch.nn.functional.cross_entropy(self.mb_output, self.mb_y)
+        loss, self.loss_parts = lamm_objective(self.model, self.mb_x, self.mb_output, self.mb_y,
+                                               self.weights, self.softmax)
+        return loss
+
+
+def lamm_objective(model: PromptClassifier, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                   weights: LammWeights, softmax: str = "seen"):
+    """CE + the three LAMM terms for one batch, given the model's forward output on ``x``.
+
+    The softmax runs over every class the model knows (``seen``) or over the current
+    experience's classes plus any class present in the batch (``current``).
+    """
+    table = model.labels
+    classes = list(model.classes)
+    if softmax == "current":
+        keep = set(table.trainable) | set(int(c) for c in y.unique())
+        classes = [c for c in classes if c in keep]
+    col = {c: i for i, c in enumerate(model.classes)}
+    cols = torch.tensor([col[c] for c in classes], device=logits.device)
+    z = logits[:, cols]
+    pos = torch.full((max(model.classes) + 1,), -1, dtype=torch.long, device=y.device)
+    pos[torch.tensor(classes, device=y.device)] = torch.arange(len(classes), device=y.device)
+    target = pos[y]
+    t0 = model.original_text_features(classes)
+    f = torch.nn.functional.normalize(x.to(t0.dtype), dim=-1)
+    z0 = model.logit_scale * f @ t0.t()
+    t = model.last_text[cols]
+    pairs = [(table.vectors[str(c)], table.original(c)) for c in table.trainable]
+    return lamm_loss(z, z0, target, t[target], t0[target], pairs, weights)
+
+
+def lamm_model(ctx: StrategyContext, opts: LammOptions, context=None) -> PromptClassifier:
+    """The LAMM classifier: the benchmark's prompts with a growing label table."""
+    prompts = ClassPrompts(ctx.clip, ctx.class_names, ctx.template) if context is None else context[0]
+    table = LabelTable(ctx.clip.model.token_embedding.weight, prompts, opts.label_tokens, opts.label_init)
+    return PromptClassifier(ctx.clip, prompts, labels=table, context=None if context is None else context[1])
+
+
+@register_strategy("lamm", options=LammOptions)
+def build(ctx: StrategyContext, opts: LammOptions) -> SupervisedTemplate:
+    """LAMM: trains the label vectors of the current classes; CLIP and the template stay frozen."""
+    model = lamm_model(ctx, opts)
+    optimizer = sgd([torch.nn.Parameter(torch.zeros(0))], opts)  # Avalanche refills it with the model's parameters
+    kw = ctx.template_kwargs(opts)
+    kw["plugins"].append(lr_schedule_plugin(optimizer, opts.epochs, opts.lr))
+    return LammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
+                        softmax=opts.softmax, **kw)
