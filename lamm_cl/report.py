@@ -278,7 +278,8 @@ def _shots_text(config: Mapping[str, Any]) -> str:
 def _published_section(config: Mapping[str, Any], n_experiences: int, groups, rows) -> List[str]:
     lines = ["## Published figures", ""]
     if _is_random_weights(config):
-        lines += ["None apply: these runs use random weights, not pretrained CLIP.", ""]
+        lines += ["No published figures for this benchmark/backbone: these runs use random weights "
+                  "(`pretrained: none`), not pretrained CLIP.", ""]
         return lines
     matched = match_published(config, n_experiences)
     if not matched:

@@ -97,7 +97,7 @@ class RunRecord:
     experiences: List[List[int]]  # remapped labels of each experience
     class_names: List[str]  # by remapped label
     class_order: List[int]  # the dataset's original labels, in order
-    per_class_accuracy: List[float]  # percent after the last experience, by remapped label
+    per_class_accuracy: List[float]  # percent after the last experience, by remapped label (seen classes)
     config: Dict[str, Any]  # the resolved config of the whole run
     info: Dict[str, Any] = field(default_factory=dict)  # free-form: versions, device, timings
 
@@ -208,7 +208,7 @@ def _check_record(record: RunRecord) -> np.ndarray:
     n_classes = len(record.class_order)
     if len(record.class_names) != n_classes:
         raise ValueError(f"{len(record.class_names)} class names for {n_classes} classes in class_order")
-    if len(record.per_class_accuracy) not in (0, n_classes):
+    if len(record.per_class_accuracy) > n_classes:
         raise ValueError(f"{len(record.per_class_accuracy)} per-class accuracies for {n_classes} classes")
     return A
 
@@ -392,7 +392,7 @@ def _read_class_order(path: Path) -> Dict[str, Any]:
 
 def _read_per_class(path: Path, n_classes: int) -> List[float]:
     rows = _read_csv(path, PER_CLASS_COLUMNS)
-    if len(rows) not in (0, n_classes):
+    if len(rows) > n_classes:
         raise _bad(path, f"malformed: {len(rows)} rows for {n_classes} classes")
     acc = []
     for n, row in enumerate(rows):
