@@ -1,0 +1,105 @@
+"""The label table grows per experience; new rows train; old rows stay bit-identical."""
+import numpy as np
+import pytest
+import torch
+
+from lamm_cl import config
+from lamm_cl.benchmark import make_plan, make_streams
+from lamm_cl.features import FeatureExtractor
+from lamm_cl.model.labels import LabelTable, label_token_counts
+from lamm_cl.model.prompts import ClassPrompts
+from lamm_cl.registry import get_strategy
+from lamm_cl.runner import Inputs, seed_everything
+from lamm_cl.training import StrategyContext
+
+
+def _cfg(**lamm):
+    return config.parse({
+        "name": "t", "device": "cpu",
+        "benchmark": {"dataset": "digits", "n_experiences": 3, "class_order": [0, 1, 2, 3, 4, 5]},
+        "model": {"arch": "lamm-tiny", "pretrained": "none"},
+        "strategies": [{"name": "lamm", "epochs": 2, "lr": 0.5, **lamm}],
+    })
+
+
+def test_label_token_counts(tiny_clip):
+    prompts = ClassPrompts(tiny_clip, ["zero", "aquarium fish", "sweet pepper plant"], "a photo of a {}.")
+    lengths = [len(n) for n in prompts.name_ids]
+    assert label_token_counts(prompts, "all") == lengths
+    assert label_token_counts(prompts, "min") == [min(lengths)] * 3
+    assert label_token_counts(prompts, 2) == [min(2, n) for n in lengths]
+    with pytest.raises(ValueError):
+        label_token_counts(prompts, 0)
+
+
+def test_name_init_copies_the_name_embeddings(tiny_clip):
+    prompts = ClassPrompts(tiny_clip, ["zero", "aquarium fish"], "a photo of a {}.")
+    words = tiny_clip.model.token_embedding.weight
+    table = LabelTable(words, prompts, "all", "name")
+    table.add_classes([1, 0])
+    ids = torch.tensor(prompts.name_ids[1])
+    assert torch.equal(table.vectors["1"].detach(), words[ids])
+    assert torch.equal(table.original(1), words[ids])
+    rand = LabelTable(words, prompts, "all", "random")
+    torch.manual_seed(0)
+    rand.add_classes([0, 1])
+    assert not torch.equal(rand.vectors["1"].detach(), words[ids])
+    assert float(rand.vectors["1"].detach().std()) == pytest.approx(0.02, rel=0.6)
+
+
+def test_old_label_vectors_are_bit_identical_after_later_experiences(tiny_clip, digits):
+    cfg = _cfg()
+    plan = make_plan(digits, cfg.benchmark, seed=0)
+    inputs = Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip))
+    seed_everything(0)
+    ctx = StrategyContext(clip=tiny_clip, class_names=plan.class_names, template=plan.template,
+                          device=torch.device("cpu"), seed=0)
+    scenario = make_streams(plan, inputs.reader("features", "train"), inputs.reader("features", "test"),
+                            digits.train.labels, digits.test.labels)
+    template = get_strategy("lamm").build(ctx, cfg.strategies[0].options)
+    table = template.model.labels
+
+    exp = scenario.train_stream
+    before0 = {c: table.vectors[str(c)].detach().clone() for c in []}
+    template.train(exp[0])
+    assert sorted(table.classes) == [0, 1] and table.trainable == [0, 1]
+    after0 = {c: table.vectors[str(c)].detach().clone() for c in (0, 1)}
+    init0 = {c: table.original(c).clone() for c in (0, 1)}
+    assert any(not torch.equal(after0[c], init0[c]) for c in (0, 1)), "the first classes' vectors did not train"
+
+    template.train(exp[1])
+    assert sorted(table.classes) == [0, 1, 2, 3] and table.trainable == [2, 3]
+    assert all(not table.vectors[str(c)].requires_grad for c in (0, 1))
+    assert any(not torch.equal(table.vectors[str(c)].detach(), table.original(c)) for c in (2, 3))
+    template.train(exp[2])
+    template.eval(scenario.test_stream[0])  # evaluation must not grow or unfreeze anything
+    assert sorted(table.classes) == list(range(6)) and table.trainable == [4, 5]
+    for c in (0, 1):
+        assert torch.equal(table.vectors[str(c)].detach(), after0[c])
+    assert before0 == {}
+
+
+def test_old_class_text_features_are_cached_and_equal_fresh_ones(tiny_clip, digits):
+    cfg = _cfg()
+    plan = make_plan(digits, cfg.benchmark, seed=0)
+    inputs = Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip))
+    ctx = StrategyContext(clip=tiny_clip, class_names=plan.class_names, template=plan.template,
+                          device=torch.device("cpu"), seed=0)
+    scenario = make_streams(plan, inputs.reader("features", "train"), inputs.reader("features", "test"),
+                            digits.train.labels, digits.test.labels)
+    template = get_strategy("lamm").build(ctx, cfg.strategies[0].options)
+    template.train(scenario.train_stream[0])
+    template.train(scenario.train_stream[1])
+    model = template.model
+    model.train()
+    model.zero_grad(set_to_none=True)  # training leaves the last step's gradients behind
+    t = model.text_features()
+    assert model._cached == [0, 1]  # the old classes are served from the cache
+    fresh = torch.nn.functional.normalize(model.encode([0, 1]), dim=-1)
+    assert torch.allclose(t[:2], fresh, atol=1e-6)
+    t[:2].sum().backward(retain_graph=True)  # old rows come from the cache: no gradient reaches the table
+    table = model.labels
+    assert all(table.vectors[str(c)].grad is None or not table.vectors[str(c)].grad.any() for c in (2, 3))
+    t[2:].sum().backward()
+    assert all(float(table.vectors[str(c)].grad.abs().sum()) > 0 for c in (2, 3))
+    np.testing.assert_array_equal(sorted(model.classes), [0, 1, 2, 3])

@@ -1,0 +1,69 @@
+"""The LAMM loss terms against values worked by hand on a 3-class toy."""
+import math
+
+import pytest
+import torch
+
+from lamm_cl.losses import LammWeights, feature_loss, lamm_loss, logits_loss, param_loss
+
+# Toy: 3 classes, one image. z = [0, 0, 0] (LAMM logits), z0 = [2 ln 2, 0, 0], T = 2.
+# softmax(z/T) = [1/3, 1/3, 1/3]; softmax(z0/T) = softmax([ln 2, 0, 0]) = [1/2, 1/4, 1/4].
+Z = torch.tensor([[0.0, 0.0, 0.0]])
+Z0 = torch.tensor([[2 * math.log(2), 0.0, 0.0]])
+
+
+def test_param_loss_is_a_sum_of_squares():
+    # ||[1, 2] - [0, 0]||^2 + ||[0.5, 0] - [0, 0]||^2 = 5 + 0.25
+    pairs = [(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2)), (torch.tensor([[0.5, 0.0]]), torch.zeros(1, 2))]
+    assert float(param_loss(pairs)) == pytest.approx(5.25)
+
+
+def test_feature_loss_is_mean_one_minus_cosine():
+    # cos([1,0],[1,0]) = 1 -> 0; cos([1,0],[0.5, sqrt(3)/2]) = 0.5 -> 0.5; cos([2,0],[0,3]) = 0 -> 1
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    t0 = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2], [0.0, 3.0]])
+    assert float(feature_loss(t, t0)) == pytest.approx((0 + 0.5 + 1) / 3)
+
+
+def test_feature_loss_stops_gradient_into_the_target():
+    t = torch.tensor([[1.0, 0.2]], requires_grad=True)
+    t0 = torch.tensor([[0.3, 1.0]], requires_grad=True)
+    feature_loss(t, t0).backward()
+    assert t.grad is not None and t0.grad is None
+
+
+def test_logits_loss_reference_is_soft_target_cross_entropy():
+    # -sum_c (1/3) log([1/2, 1/4, 1/4]) = -(1/3) ln(1/32) = (5/3) ln 2; times T^2 = 4
+    expected = 4 * (5 / 3) * math.log(2)
+    assert float(logits_loss(Z, Z0, 2.0, "reference")) == pytest.approx(expected, rel=1e-6)
+
+
+def test_logits_loss_reference_keeps_the_gradient_of_the_lamm_logits():
+    z = Z.clone().requires_grad_(True)
+    logits_loss(z, Z0, 2.0, "reference").backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+
+
+def test_logits_loss_kl():
+    # KL([1/2, 1/4, 1/4] || [1/3]*3) = 1/2 ln(3/2) + 2 * 1/4 ln(3/4); times T^2 = 4
+    expected = 4 * (0.5 * math.log(1.5) + 0.5 * math.log(0.75))
+    assert float(logits_loss(Z, Z0, 2.0, "kl")) == pytest.approx(expected, rel=1e-6)
+
+
+def test_unknown_logits_kind():
+    with pytest.raises(ValueError, match="logits_kind"):
+        logits_loss(Z, Z0, 2.0, "js")
+
+
+def test_total_is_ce_plus_weighted_terms():
+    y = torch.tensor([0])
+    t_y = torch.tensor([[1.0, 0.0]])
+    t0_y = torch.tensor([[0.5, math.sqrt(3) / 2]])
+    pairs = [(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2))]
+    w = LammWeights(param=0.5, feature=2.0, logits=0.05, temperature=2.0)
+    total, parts = lamm_loss(Z, Z0, y, t_y, t0_y, pairs, w)
+    ce = math.log(3)  # uniform logits over 3 classes
+    expected = ce + 0.5 * 5.0 + 2.0 * 0.5 + 0.05 * 4 * (5 / 3) * math.log(2)
+    assert float(total) == pytest.approx(expected, rel=1e-6)
+    assert parts["ce"] == pytest.approx(ce) and parts["param"] == pytest.approx(5.0)
+    assert parts["feature"] == pytest.approx(0.5) and parts["logits"] == pytest.approx(4 * (5 / 3) * math.log(2))
