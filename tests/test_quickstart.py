@@ -1,0 +1,43 @@
+"""End to end: the quickstart config through the CLI writes every result file."""
+import json
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from lamm_cl.cli import main
+from lamm_cl.metrics import summarize
+
+
+def test_quickstart_end_to_end(tmp_path, capsys):
+    cfg = yaml.safe_load(open("benchmarks/quickstart.yaml"))
+    assert cfg["model"] == {"arch": "lamm-tiny", "pretrained": "none"}
+    sets = [f"strategies.{i}.epochs=1" for i, s in enumerate(cfg["strategies"]) if s.get("epochs", 0) > 0]
+    out = tmp_path / "qs"
+    assert main(["run", "benchmarks/quickstart.yaml", "--output", str(out), "--no-progress", *sum(
+        (["--set", s] for s in sets), [])]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM weights" in printed and "Avg" in printed
+    names = [s["name"] for s in cfg["strategies"]]
+    for name in names:
+        run = out / name / "seed0"
+        for f in ("config.yaml", "class_order.json", "accuracy_matrix.csv", "metrics.csv",
+                  "per_class_accuracy.csv", "summary.json"):
+            assert (run / f).is_file(), f"{name}: {f} missing"
+        order = json.loads((run / "class_order.json").read_text())
+        assert sorted(order["class_order"]) == list(range(10)) and len(order["experiences"]) == 5
+        A = pd.read_csv(run / "accuracy_matrix.csv", index_col=0).to_numpy()
+        assert A.shape == (5, 5) and np.isnan(A[0, 1]) and not np.isnan(np.tril(A)).any()
+        summary = json.loads((run / "summary.json").read_text())
+        expect = summarize(A, order["test_counts"])
+        assert summary["last_accuracy"] == expect["last_accuracy"]
+        assert f"{name:<16}" in printed
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(names) <= set(summary["strategy"])
+    assert (out / "plots" / "seen_accuracy.png").stat().st_size > 1000
+    assert (out / "report.md").is_file()
+    # every cell is a count of correct test images over that experience's test images
+    counts = np.array(json.loads((out / "zeroshot" / "seed0" / "class_order.json").read_text())["test_counts"])
+    A = pd.read_csv(out / "zeroshot" / "seed0" / "accuracy_matrix.csv", index_col=0).to_numpy()
+    correct = np.tril(np.nan_to_num(A)) * counts[None, :] / 100
+    assert np.allclose(correct, np.round(correct), atol=1e-6)
