@@ -181,6 +181,41 @@ def make_streams(plan: Plan, train_x: Callable[[int, np.ndarray], Callable[[int]
     return with_classes_timeline(benchmark_from_datasets(train=train, test=test))
 
 
+def dry_run(cfg) -> list[str]:
+    """Validate a config as far as possible without training: load the dataset index, make the
+    plan of every seed, check the model names; return the plan as printable lines.
+
+    Raises:
+        UserError: whatever is wrong, from the dataset to the weights.
+    """
+    from lamm_cl.data import load_dataset
+    from lamm_cl.model.clip import resolve_weights
+
+    from lamm_cl.errors import DataNotFoundError
+
+    b = cfg.benchmark
+    try:
+        parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
+    except DataNotFoundError as e:
+        if b.download:
+            raise DataNotFoundError(f"{e} (a dry run does not download; a real run will, as download: true)") from None
+        raise
+    weights = resolve_weights(cfg.model.arch, cfg.model.pretrained)
+    lines = [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} train / "
+             f"{len(parts.test)} test images; template {(b.template or parts.template)!r}",
+             f"model {cfg.model.arch} + {cfg.model.pretrained}"
+             + (" (RANDOM weights: the numbers will say nothing about pretrained CLIP)" if weights is None else "")]
+    for seed in cfg.seeds:
+        plan = make_plan(parts, b, seed)
+        lines.append(f"seed {seed}: class order {plan.order_name}, {plan.n_experiences} experiences "
+                     f"of {[len(e) for e in plan.experiences]} classes")
+        lines.extend("  " + line for line in plan.describe())
+    for e in cfg.strategies:
+        lines.append(f"strategy {e.name}: epochs {getattr(e.options, 'epochs', '-')}, "
+                     f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}")
+    return lines
+
+
 def seen_classes(plan: Plan, upto: int) -> int:
     """Number of classes seen after experience ``upto`` (labels 0..n-1)."""
     return sum(len(e) for e in plan.experiences[: upto + 1])

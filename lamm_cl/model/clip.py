@@ -186,6 +186,34 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def resolve_weights(arch: str, pretrained: str) -> str | None:
+    """Check an architecture and its weights without loading anything.
+
+    Returns:
+        What to hand open_clip: a tag, a checkpoint path, or None for random weights.
+    Raises:
+        ConfigError: unknown architecture or tag.
+        DataNotFoundError: a checkpoint file is missing.
+    """
+    open_clip = _open_clip()
+    if arch not in open_clip.list_models():
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}; try `python -c \"import open_clip; "
+                          f"print(open_clip.list_models())\"` or {TINY_ARCH!r} for the tiny offline model")
+    if pretrained == "none":
+        return None
+    if _looks_like_path(pretrained) or Path(pretrained).expanduser().exists():
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise DataNotFoundError(f"model.pretrained: checkpoint file {path} not found; give an existing "
+                                    "file, an open_clip tag such as 'openai', or 'none'")
+        return str(path)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise ConfigError(f"model.pretrained: {pretrained!r} is not a tag of {arch}; known: "
+                          f"{', '.join(tags) or '(none)'}, or a checkpoint file, or 'none'")
+    return pretrained
+
+
 def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -> FrozenCLIP:
     """Build a frozen CLIP from an open_clip architecture name and its weights.
 
@@ -199,29 +227,14 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
     """
     open_clip = _open_clip()
     device = torch.device(device)
-    if arch not in open_clip.list_models():
-        raise ConfigError(f"model.arch: unknown architecture {arch!r}; try `python -c \"import open_clip; "
-                          f"print(open_clip.list_models())\"` or {TINY_ARCH!r} for the tiny offline model")
-    weights = None
-    if pretrained == "none":
+    weights = resolve_weights(arch, pretrained)
+    if weights is None:
         warnings.warn(f"model.pretrained: none -- {arch} has random weights; its accuracies say nothing "
                       "about pretrained CLIP", stacklevel=2)
-    elif _looks_like_path(pretrained) or Path(pretrained).expanduser().exists():
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise DataNotFoundError(f"model.pretrained: checkpoint file {path} not found; give an existing "
-                                    "file, an open_clip tag such as 'openai', or 'none'")
-        weights = str(path)
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        if pretrained not in tags:
-            raise ConfigError(f"model.pretrained: {pretrained!r} is not a tag of {arch}; known: "
-                              f"{', '.join(tags) or '(none)'}, or a checkpoint file, or 'none'")
-        weights = pretrained
     torch.manual_seed(_INIT_SEED)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
-    except (OSError, RuntimeError, ValueError) as e:
+    except Exception as e:  # hub, network and file errors all mean "these weights are not here"
         if weights is None:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
