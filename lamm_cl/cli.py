@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 from lamm_cl.errors import UserError
@@ -22,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="results folder (default: the config's output, else results/<name>)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides the config)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ls = sub.add_parser("list", help="list the strategies (and where each comes from), datasets and benchmark files")
+    ls.add_argument("config", nargs="?", help="also load this config's plugin files, so its strategies show up")
     rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
     rep.add_argument("results_dir")
     rep.add_argument("--format", dest="formats", action="append", choices=["png", "svg", "pdf"],
@@ -85,6 +88,53 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _columns(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [indent + "  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+
+
+def _benchmark_files(folder: Path) -> list[tuple[str, str]]:
+    """(file, its `name`) of every YAML in ``folder``; a broken file is listed with the reason."""
+    import yaml
+
+    out = []
+    for f in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+            name = str(data.get("name", "(no name)")) if isinstance(data, dict) else "(not a mapping)"
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            name = f"(cannot read: {type(e).__name__})"
+        out.append((str(folder / f.name), name))
+    return out
+
+
+def cmd_list(args) -> int:
+    from lamm_cl import registry
+    from lamm_cl.data import list_datasets
+
+    if args.config:
+        from lamm_cl.config import convert, load_yaml
+
+        data = load_yaml(args.config)
+        plugins = convert(list[str], data.get("plugins") or [], "plugins")
+        registry.load_plugin_files(plugins, base=Path(args.config).parent)
+    specs = registry.list_strategies()
+    lines = [f"strategies ({len(specs)}):"]
+    lines += _columns([("name", "loaded from", "description")] +
+                      [(s.name, s.source, s.description or "-") for s in specs])
+    datasets = list_datasets()
+    lines += ["", f"datasets ({len(datasets)}):", *(f"  {name}" for name in datasets)]
+    folder = Path("benchmarks")
+    files = _benchmark_files(folder) if folder.is_dir() else []
+    if files:
+        lines += ["", f"benchmark files ({len(files)}):", *_columns([("file", "name")] + files)]
+    else:
+        lines += ["", f"benchmark files: none in {folder.resolve()}"]
+    sys.stdout.write("\n".join(lines) + "\n")  # one write, so `lamm-cl list | head` does not hit a closed pipe
+    sys.stdout.flush()
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``lamm-cl`` console script."""
     args = _parser().parse_args(argv)
@@ -93,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
     warnings.filterwarnings("ignore", message=".*random weights.*")
     try:
-        handler = {"run": cmd_run, "report": cmd_report}[args.command]
+        handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
         return handler(args)
     except UserError as e:
         print(f"lamm-cl: error: {e}", file=sys.stderr)

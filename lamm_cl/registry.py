@@ -1,24 +1,36 @@
 """The strategy registry: names -> builders, filled by decorators.
 
 Strategies come from three places, all through :func:`register_strategy`:
-the built-in files in ``strategies/`` (installed as ``lamm_cl.strategies``),
-Python files named in a config's ``plugins:`` list, and installed packages that
-expose the entry-point group ``lamm_cl.strategies`` (loaded lazily, only when a
-name is not known yet). Registering a name twice is an error.
+
+* the built-in files in ``strategies/`` (installed as ``lamm_cl.strategies``;
+  every module there is imported the first time a strategy is looked up),
+* Python files named in a config's top-level ``plugins:`` list,
+* installed packages that expose the entry-point group ``lamm_cl.strategies``
+  (loaded lazily, only when a name is not known yet, or for ``lamm-cl list``).
+
+Registering a name twice is an error, never a silent overwrite. A plugin that
+fails to import, or a name nobody registered, raises :class:`UserError` with a
+one-line message (the CLI turns it into exit status 2).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import importlib.util
+import pkgutil
+import re
 import sys
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 from lamm_cl.errors import ConfigError, UserError
 
 ENTRY_POINT_GROUP = "lamm_cl.strategies"
-BUILTIN_MODULES = ("zeroshot", "lamm", "coop", "coop_lamm", "finetune", "linear_probe")
+BUILTIN_PACKAGE = "lamm_cl.strategies"
 
 
 @dataclass
@@ -53,8 +65,9 @@ class StrategySpec:
         options: the options dataclass (a :class:`StrategyOptions` subclass).
         inputs: ``"features"`` (frozen image encoder: samples are cached image
             features) or ``"images"`` (samples are preprocessed images).
-        source: where it was loaded from (a module, a file, an entry point).
-        description: one line for ``lamm-cl list``.
+        source: where it was loaded from: ``built-in strategies/lamm.py``,
+            ``file /path/to/plugin.py``, ``entry point ncm = pkg.mod (dist 1.0)``.
+        description: one line for ``lamm-cl list`` (the builder's docstring, first line).
     """
 
     name: str
@@ -66,7 +79,7 @@ class StrategySpec:
 
 
 _REGISTRY: dict[str, StrategySpec] = {}
-_LOADING_SOURCE: list[str] = []
+_LOADING_SOURCE: list[str] = []  # what is being imported right now, innermost last
 _BUILTINS_LOADED = False
 _ENTRY_POINTS_SCANNED = False
 
@@ -75,108 +88,196 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
                       inputs: Literal["features", "images"] = "features") -> Callable:
     """Register a strategy builder under ``name``.
 
+    The builder is called once per (strategy, seed) as ``build(ctx, opts)`` with a
+    :class:`lamm_cl.StrategyContext` and an instance of ``options`` filled from the
+    YAML entry, and returns an Avalanche ``SupervisedTemplate``.
+
+    Args:
+        name: the name a config's ``strategies:`` entry uses.
+        options: a dataclass subclassing :class:`StrategyOptions`; its fields are the
+            YAML keys this strategy accepts (unknown keys and wrong types are errors).
+        inputs: ``"features"`` to train on cached frozen image features, ``"images"``
+            to receive preprocessed images.
+
     Example:
         >>> @register_strategy("my_method", options=MyOptions)  # doctest: +SKIP
         ... def build(ctx, opts):
+        ...     '''One line for `lamm-cl list`.'''
         ...     return SupervisedTemplate(model=..., optimizer=..., **ctx.template_kwargs(opts))
 
     Raises:
         UserError: ``name`` is already registered.
+        TypeError: a bad ``name``, ``options`` or ``inputs`` (a mistake in the plugin's code).
     """
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError("register_strategy needs a name: write @register_strategy(\"my_method\")")
     if inputs not in ("features", "images"):
-        raise ValueError(f"inputs must be 'features' or 'images', got {inputs!r}")
+        raise TypeError(f"register_strategy({name!r}): inputs must be 'features' or 'images', got {inputs!r}")
+    if not (isinstance(options, type) and issubclass(options, StrategyOptions) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"register_strategy({name!r}): options must be a @dataclass subclassing "
+                        f"StrategyOptions, got {options!r}")
 
     def deco(fn: Callable) -> Callable:
+        source = _current_source(fn)
         if name in _REGISTRY:
-            raise UserError(f"strategy {name!r} is registered twice: by {_REGISTRY[name].source} "
-                            f"and by {_current_source(fn)}")
+            raise UserError(f"strategy {name!r} is registered twice: by {_REGISTRY[name].source} and by {source}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = StrategySpec(name, fn, options, inputs, _current_source(fn), doc[0] if doc else "")
+        _REGISTRY[name] = StrategySpec(name, fn, options, inputs, source, doc[0].strip() if doc else "")
         return fn
 
     return deco
 
 
 def _current_source(fn: Callable) -> str:
-    return _LOADING_SOURCE[-1] if _LOADING_SOURCE else fn.__module__
+    module = getattr(fn, "__module__", None) or "?"
+    # by module first: a built-in may be imported by another one (coop_lamm imports lamm), or directly
+    if module.startswith(BUILTIN_PACKAGE + "."):
+        return _builtin_source(module.rsplit(".", 1)[1])
+    if _LOADING_SOURCE:
+        return _LOADING_SOURCE[-1]
+    return f"module {module}"
+
+
+def _builtin_source(mod: str) -> str:
+    return f"built-in strategies/{mod}.py"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _where(e: BaseException, filename: Optional[str]) -> str:
+    """`` (line N)`` of the deepest traceback frame in ``filename``, for import-failure messages."""
+    if isinstance(e, SyntaxError) or filename is None:
+        return ""  # a SyntaxError's message already names the file and line
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
+    return f" at line {lines[-1]}" if lines else ""
+
+
+@contextmanager
+def _loading(source: str, what: str, filename: Optional[str] = None) -> Iterator[None]:
+    """Attribute registrations to ``source``; on failure undo them and raise one-line UserError."""
+    before = set(_REGISTRY)
+    _LOADING_SOURCE.append(source)
+    try:
+        yield
+    except BaseException as e:
+        for name in set(_REGISTRY) - before:  # a half-imported plugin leaves nothing behind
+            del _REGISTRY[name]
+        if isinstance(e, UserError) or not isinstance(e, Exception):
+            raise  # our own one-line errors (a duplicate name), and KeyboardInterrupt, pass through
+        # any failure inside a plugin is the plugin author's input, reported in one line
+        raise UserError(f"{what} failed to import{_where(e, filename)}: {_first_line(e)}") from None
+    finally:
+        _LOADING_SOURCE.pop()
 
 
 def _load_builtins() -> None:
+    """Import every module of ``strategies/`` (the package ``lamm_cl.strategies``) once."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    for mod in BUILTIN_MODULES:
-        full = f"lamm_cl.strategies.{mod}"
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    # Listing the package's own folder (no sys.path or cwd involved) lets a file dropped
+    # into strategies/ register itself exactly like the built-ins do.
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    for mod in names:
+        full = f"{BUILTIN_PACKAGE}.{mod}"
         if full in sys.modules:
-            continue
-        _LOADING_SOURCE.append(f"built-in ({mod}.py)")
-        try:
+            continue  # already imported directly; _current_source attributed it
+        path = str(Path(package.__path__[0]) / f"{mod}.py")
+        with _loading(_builtin_source(mod), f"strategies/{mod}.py", path):
             importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:  # a built-in not written yet is skipped; a broken import is not
-                raise
-        finally:
-            _LOADING_SOURCE.pop()
+
+
+def _module_name(path: Path) -> str:
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"lamm_cl_plugin_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
 
 
 def load_plugin_file(path: str | Path) -> None:
     """Import a strategy plugin file so that its ``@register_strategy`` calls run.
 
+    A file is imported once per process (under a private module name); loading it
+    again does nothing.
+
     Raises:
-        UserError: the file is missing or fails to import (the message names it).
+        UserError: the file is missing, is not a ``.py`` file, fails to import (the
+            message names it, the line and the exception), or registers a name that
+            is already taken.
     """
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise UserError(f"plugins: plugin file {p} not found")
-    mod_name = f"lamm_cl_plugin_{abs(hash(str(p)))}"
+    mod_name = _module_name(p)
     if mod_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(mod_name, p)
     if spec is None or spec.loader is None:
-        raise UserError(f"plugins: {p} is not a Python file")
+        raise UserError(f"plugins: {p} is not a Python file (expected a .py file)")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    _LOADING_SOURCE.append(f"file {p}")
+    sys.modules[mod_name] = module  # before exec, so dataclasses and pickle can find the module
     try:
-        spec.loader.exec_module(module)
-    except UserError:
+        with _loading(f"file {p}", f"plugins: {p}", str(p)):
+            spec.loader.exec_module(module)
+    except BaseException:
         del sys.modules[mod_name]
         raise
-    except Exception as e:  # any failure inside a user's file is their input, reported in one line
-        del sys.modules[mod_name]
-        raise UserError(f"plugins: {p} failed to import: {type(e).__name__}: {e}") from None
-    finally:
-        _LOADING_SOURCE.pop()
 
 
 def load_plugin_files(paths: Sequence[str], base: Optional[Path] = None) -> None:
-    """Load every plugin file of a config; relative paths are tried against ``base`` first."""
+    """Load the built-ins, then every plugin file of a config.
+
+    Args:
+        paths: the config's ``plugins:`` list.
+        base: the config file's folder; a relative path is looked up there first,
+            then in the current directory.
+
+    Raises:
+        UserError: a file is missing (the message says where it looked) or fails to load.
+    """
     _load_builtins()
     for p in paths:
         path = Path(p).expanduser()
-        if not path.is_absolute() and base is not None and (base / path).is_file():
-            path = base / path
+        if not path.is_absolute():
+            tried = ([base / path] if base is not None else []) + [Path.cwd() / path]
+            found = [t for t in tried if t.is_file()]
+            if not found:
+                looked = " and ".join(str(t.parent.resolve()) for t in tried)
+                raise UserError(f"plugins: plugin file {p} not found (looked in {looked})")
+            path = found[0]
         load_plugin_file(path)
 
 
+def _entry_points() -> list:
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    if hasattr(eps, "select"):  # Python 3.10+
+        found = list(eps.select(group=ENTRY_POINT_GROUP))
+    else:  # Python 3.9: a dict of group -> entry points
+        found = list(eps.get(ENTRY_POINT_GROUP, []))
+    seen, out = set(), []
+    for ep in found:  # a distribution visible twice on sys.path lists its entry points twice
+        if (ep.name, ep.value) not in seen:
+            seen.add((ep.name, ep.value))
+            out.append(ep)
+    return out
+
+
 def _scan_entry_points() -> None:
+    """Import every module named by a ``lamm_cl.strategies`` entry point, once per process."""
     global _ENTRY_POINTS_SCANNED
     if _ENTRY_POINTS_SCANNED:
         return
     _ENTRY_POINTS_SCANNED = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _LOADING_SOURCE.append(f"entry point {ep.name} = {ep.value}")
-        try:
+    for ep in _entry_points():
+        dist = getattr(ep, "dist", None)
+        label = f"entry point {ep.name} = {ep.value}" + (f" ({dist.name} {dist.version})" if dist else "")
+        with _loading(label, label):
             ep.load()
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"entry point {ep.name} ({ep.value}) failed to load: {type(e).__name__}: {e}") from None
-        finally:
-            _LOADING_SOURCE.pop()
 
 
 def get_strategy(name: str) -> StrategySpec:
@@ -189,7 +290,8 @@ def get_strategy(name: str) -> StrategySpec:
     if name not in _REGISTRY:
         _scan_entry_points()
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise ConfigError(f"unknown strategy {name!r}; known: {known} (plugin files go in the config's `plugins:` list)")
     return _REGISTRY[name]
 
 
@@ -199,7 +301,7 @@ def options_of(name: str) -> type:
 
 
 def list_strategies() -> list[StrategySpec]:
-    """Every registered strategy, entry points included, sorted by name."""
+    """Every registered strategy, built-ins and entry points included, sorted by name."""
     _load_builtins()
     _scan_entry_points()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
