@@ -7,16 +7,22 @@ the plugins that collect accuracy, draw progress bars and come from the YAML).
 """
 from __future__ import annotations
 
-import inspect
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
-from avalanche.training.plugins import SupervisedPlugin
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import EWCPlugin as _AvalancheEWC
+from avalanche.training.plugins import LwFPlugin as _AvalancheLwF
+from avalanche.training.plugins import ReplayPlugin, SupervisedPlugin
+from avalanche.training.regularization import LearningWithoutForgetting
+from avalanche.training.utils import zerolike_params_dict
 
 from lamm_cl.errors import ConfigError
+from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.clip import FrozenCLIP
 
 
@@ -66,35 +72,172 @@ class StrategyContext:
 # Avalanche plugins by name, from the YAML
 # ---------------------------------------------------------------------------
 
-def _avalanche_plugins() -> dict[str, Callable]:
-    from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# The YAML-settable parameters of each plugin: name -> (what it must be, check). Parameters that take
+# Python objects (Replay's storage_policy) are left out: they cannot come from a YAML file.
+_PLUGIN_PARAMS: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "replay": {
+        "mem_size": ("a positive integer", lambda v: _is_int(v) and v > 0),
+        "batch_size": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+        "batch_size_mem": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+        "task_balanced_dataloader": ("true or false", lambda v: isinstance(v, bool)),
+    },
+    "lwf": {
+        "alpha": ("a number, or a list of numbers (one per experience)",
+                  lambda v: _is_number(v) or (isinstance(v, list) and all(_is_number(a) for a in v))),
+        "temperature": ("a positive number", lambda v: _is_number(v) and v > 0),
+    },
+    "ewc": {
+        "ewc_lambda": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+        "mode": ("'separate' or 'online'", lambda v: v in ("separate", "online")),
+        "decay_factor": ("a number in [0, 1] (mode: online only) or null",
+                         lambda v: v is None or (_is_number(v) and 0 <= v <= 1)),
+        "keep_importance_data": ("true or false", lambda v: isinstance(v, bool)),
+    },
+}
+_REQUIRED_PARAMS = {"ewc": ("ewc_lambda",)}  # Avalanche gives these no default
+
+
+def _avalanche_plugins() -> dict[str, Callable]:
     return {"replay": ReplayPlugin, "lwf": LwFPlugin, "ewc": EWCPlugin}
 
 
 def build_avalanche_plugins(specs: list[dict], path: str = "plugins") -> list:
     """Instantiate Avalanche plugins from ``[{name: replay, mem_size: 2000}, ...]``.
 
+    ``replay`` is Avalanche's ``ReplayPlugin``; ``lwf`` and ``ewc`` are Avalanche's plugins
+    with fixes for CLIP models (:class:`LwFPlugin`, :class:`EWCPlugin`). Their parameters
+    are Avalanche's.
+
     Raises:
-        ConfigError: an unknown plugin name or parameter (the message lists the valid ones).
+        ConfigError: an unknown plugin name or parameter, a missing or bad value
+            (the message names ``path[i].key`` and lists the valid choices).
     """
     known = _avalanche_plugins()
     out = []
     for i, spec in enumerate(specs):
-        spec = dict(spec)
+        where = f"{path}[{i}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping with a `name`, e.g. {{name: replay, mem_size: 2000}}")
+        spec = dict(spec)  # never mutate the caller's config
         name = spec.pop("name", None)
         if name not in known:
-            raise ConfigError(f"{path}[{i}].name: unknown plugin {name!r}; known: {', '.join(sorted(known))}")
-        cls = known[name]
-        params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-        bad = [k for k in spec if k not in params]
-        if bad:
-            raise ConfigError(f"{path}[{i}].{bad[0]}: unknown parameter of {name}; known: {', '.join(params)}")
+            raise ConfigError(f"{where}.name: unknown plugin {name!r}; known: {', '.join(sorted(known))}")
+        params = _PLUGIN_PARAMS[name]
+        for key, value in spec.items():
+            if key not in params:
+                raise ConfigError(f"{where}.{key}: unknown parameter of {name}; known: {', '.join(params)}")
+            what, ok = params[key]
+            if not ok(value):
+                raise ConfigError(f"{where}.{key}: expected {what}, got {value!r}")
+        for key in _REQUIRED_PARAMS.get(name, ()):
+            if key not in spec:
+                raise ConfigError(f"{where}.{key}: required by {name}, e.g. {{name: {name}, {key}: ...}}")
         try:
-            out.append(cls(**spec))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{path}[{i}]: {name}: {e}") from None
+            out.append(known[name](**spec))
+        except (TypeError, ValueError, AssertionError) as e:  # Avalanche checks combinations with asserts
+            raise ConfigError(f"{where}: {name}: {e}") from None
     return out
+
+
+def check_avalanche_plugins(specs: list[dict], path: str) -> None:
+    """Validate a ``plugins:`` list at config time (builds the plugins once and drops them).
+
+    Raises:
+        ConfigError: as :func:`build_avalanche_plugins`, naming ``path``.
+    """
+    build_avalanche_plugins(specs, path)
+
+
+def _teacher_memo(model: torch.nn.Module) -> dict:
+    """A ``copy.deepcopy`` memo for copying a model as a frozen teacher.
+
+    What the model holds of a frozen CLIP is shared, not copied: the :class:`FrozenCLIP` objects
+    it references outside nn.Module's registry (a PromptClassifier's) and plain tensor attributes
+    that alias their weights (a LabelTable's word embeddings). Plain tensors left over from the
+    last forward pass (a PromptClassifier's ``last_text``) are carried detached: torch cannot
+    deep-copy a tensor that is part of a graph.
+    """
+    clips = {}
+    for m in model.modules():
+        for v in vars(m).values():
+            for item in (v if isinstance(v, (list, tuple)) else [v]):
+                if isinstance(item, FrozenCLIP):
+                    clips[id(item)] = item
+    storages = {p.untyped_storage().data_ptr() for c in clips.values() for p in c.model.parameters()}
+    memo = dict(clips)
+    for m in model.modules():
+        for v in vars(m).values():
+            if type(v) is not torch.Tensor:
+                continue
+            if v.untyped_storage().data_ptr() in storages:
+                memo[id(v)] = v
+            elif v.grad_fn is not None:
+                memo[id(v)] = v.detach()
+    return memo
+
+
+class _SharedClipLwF(LearningWithoutForgetting):
+    def post_adapt(self, agent, exp):
+        # Avalanche deep-copies the whole model as the teacher; the frozen CLIP behind a prompt
+        # model never trains, so the copy shares it. The teacher runs in eval mode, where its
+        # text features are encoded once and cached.
+        self.expcount += 1
+        self.prev_model = copy.deepcopy(agent.model, _teacher_memo(agent.model))
+        self.prev_model.eval()
+        for task_id in exp.dataset.targets_task_labels.uniques:
+            seen = set(exp.dataset.task_set[task_id].targets.uniques)
+            self.prev_classes_by_task[task_id] = self.prev_classes_by_task[task_id] | seen
+
+
+class LwFPlugin(_AvalancheLwF):
+    """Avalanche's LwF (``alpha``, ``temperature``) whose teacher shares the frozen CLIP and runs in eval mode."""
+
+    def __init__(self, alpha=1, temperature=2):
+        super().__init__(alpha, temperature)
+        self.lwf = _SharedClipLwF(alpha, temperature)
+
+
+class EWCPlugin(_AvalancheEWC):
+    """Avalanche's EWC (``ewc_lambda``, ``mode``, ``decay_factor``, ``keep_importance_data``), fixed for
+    prompt models and for experiences that train nothing.
+
+    Avalanche computes importances in eval mode, where a :class:`PromptClassifier` serves every text
+    feature from its cache, so the loss would have no gradient; here prompt classifiers stay in
+    training mode for that pass (they have no dropout or batch norm). An experience with no
+    trainable parameter (a frozen CoOp context) gets zero importances instead of a crash.
+    """
+
+    def compute_importances(self, model, criterion, optimizer, dataset, device, batch_size, num_workers=0):
+        importances = zerolike_params_dict(model)
+        if not any(p.requires_grad for p in model.parameters()):
+            return importances
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, PromptClassifier):
+                m.train()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                             collate_fn=getattr(dataset, "collate_fn", None))
+        for batch in loader:
+            x, y, task_labels = batch[0].to(device), batch[1].to(device), batch[-1]
+            optimizer.zero_grad()
+            loss = criterion(avalanche_forward(model, x, task_labels), y)
+            loss.backward()
+            for k, p in model.named_parameters():
+                if p.grad is not None:
+                    importances[k].data += p.grad.detach().pow(2)
+        for imp in importances.values():
+            imp.data /= float(max(1, len(loader)))
+        optimizer.zero_grad()
+        model.train()
+        return importances
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +329,7 @@ class ProgressPlugin(SupervisedPlugin):
                              f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
 
     def after_training_iteration(self, strategy, **kwargs):
-        loss = float(strategy.loss)
+        loss = float(strategy.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"{self.label}: loss became {loss} in experience "
                                      f"{strategy.experience.current_experience}")

@@ -7,6 +7,7 @@ The architecture and its weights are named apart (``ViT-B-16`` + ``openai``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -186,6 +187,11 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+class _QuietRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def resolve_weights(arch: str, pretrained: str) -> str | None:
     """Check an architecture and its weights without loading anything.
 
@@ -232,6 +238,8 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
         warnings.warn(f"model.pretrained: none -- {arch} has random weights; its accuracies say nothing "
                       "about pretrained CLIP", stacklevel=2)
     torch.manual_seed(_INIT_SEED)
+    quiet = _QuietRandomInit()
+    logging.getLogger().addFilter(quiet)  # open_clip logs its own "no pretrained weights" line; we warned above
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
     except Exception as e:  # hub, network and file errors all mean "these weights are not here"
@@ -240,6 +248,8 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataNotFoundError(f"model.pretrained: could not load {arch} weights {weights!r} ({first}); "
                                 "when offline, download once elsewhere and give the checkpoint file's path") from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return FrozenCLIP(model, preprocess, open_clip.get_tokenizer(arch), arch, pretrained, device)
 
 
