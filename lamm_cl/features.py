@@ -1,23 +1,58 @@
-"""Frozen image features, computed once and shared by every frozen-encoder strategy and seed.
+"""Frozen image features, computed once and shared by every frozen-encoder strategy, seed and run.
 
-Within a process the features of a (weights, images, transform) key are kept in
-memory; DESIGN section 7's on-disk store builds on the same key.
+A strategy whose image encoder is frozen sees the same image feature every
+epoch, so the encoder runs once per *key*: (architecture + weights identity,
+the images, the transform, the view). The :class:`FeatureStore` keeps each
+key's ``[N, D]`` array on disk as a memory-mapped ``.npy`` file beside a JSON
+file holding the key's full text; an entry is read only when that text, the
+shape, the dtype and the file size all check out. Anything else -- a
+half-written, truncated or mismatched entry -- is deleted and recomputed.
+
+``features.train_views: V`` adds V augmented views of every training image
+(CoOp's random resized crop + horizontal flip), each seeded by (view, image) so
+that a view is the same in every run and can be cached like the centre crop.
+During training one view is drawn per epoch from the run's seed
+(:func:`draw_view`), through a small shared :class:`ViewSchedule` that a
+plugin (:class:`TrainViewPlugin`) sets before each epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Callable, Optional
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
+
+from avalanche.training.plugins import SupervisedPlugin
 
 from lamm_cl.data.base import Samples
 from lamm_cl.model.clip import FrozenCLIP
 
+STORE_FORMAT = "lamm-cl features v1"  # part of every key: bump it when the layout or the meaning changes
+DTYPES = ("float32", "float16")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # function reprs carry a per-process address
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lamm-cl/features``, else ``~/.cache/lamm-cl/features``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lamm-cl" / "features"
+
 
 def transform_identity(transform: Callable) -> str:
-    """A string naming a torchvision transform pipeline by its parameters."""
-    return hashlib.sha1(repr(transform).encode()).hexdigest()[:16]
+    """A string naming a transform pipeline by its parameters (stable across processes)."""
+    return hashlib.sha1(_ADDRESS.sub("", repr(transform)).encode()).hexdigest()[:16]
 
+
+# ---------------------------------------------------------------------------
+# what the encoder reads
+# ---------------------------------------------------------------------------
 
 class ImageReader(torch.utils.data.Dataset):
     """``samples[i]`` as a preprocessed image tensor."""
@@ -33,38 +68,341 @@ class ImageReader(torch.utils.data.Dataset):
         return self.transform(self.samples.image(i))
 
 
+class AugmentedView:
+    """CoOp's training augmentation -- random resized crop (scale 0.08-1, bicubic) and a horizontal
+    flip, then CLIP's normalisation -- drawn from a seed, so ``(image, seed)`` always gives the same view.
+
+    Args:
+        size: output side in pixels (the model's input size).
+        mean, std: CLIP's normalisation.
+        scale: the crop's area range, as CoOp's ``RRCROP_SCALE``.
+    """
+
+    def __init__(self, size: int, mean, std, scale: tuple[float, float] = (0.08, 1.0)):
+        from torchvision import transforms as T
+
+        self.crop = T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)
+        self.flip = T.RandomHorizontalFlip()
+        self.tail = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    @classmethod
+    def for_clip(cls, clip: FrozenCLIP) -> "AugmentedView":
+        """The augmentation at ``clip``'s input size with the normalisation of its own preprocessing."""
+        from torchvision import transforms as T
+
+        norm = next((t for t in getattr(clip.preprocess, "transforms", []) if isinstance(t, T.Normalize)), None)
+        if norm is None:
+            raise ValueError("the model's preprocessing has no Normalize step to copy for augmented views")
+        return cls(clip.image_size, norm.mean, norm.std)
+
+    def __call__(self, image, seed: int) -> torch.Tensor:
+        # torchvision draws crop and flip from the global RNG; fork it so the caller's stream is untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.tail(self.flip(self.crop(image)))
+
+    def __repr__(self) -> str:
+        return f"AugmentedView(seed=(view, index), crop={self.crop!r}, flip={self.flip!r}, tail={self.tail!r})"
+
+
+def view_seed(view: int, index: int) -> int:
+    """The seed of view ``view`` of image ``index``: fixed, so a view is the same in every run.
+
+    Store keys name views by index only: changing this function means bumping ``STORE_FORMAT``.
+    """
+    return int(np.random.SeedSequence([view, index]).generate_state(1)[0])
+
+
+class ViewReader(torch.utils.data.Dataset):
+    """``samples[i]`` as augmented view ``view`` (see :class:`AugmentedView`)."""
+
+    def __init__(self, samples: Samples, augment: AugmentedView, view: int):
+        self.samples = samples
+        self.augment = augment
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.augment(self.samples.image(i), view_seed(self.view, i))
+
+
+# ---------------------------------------------------------------------------
+# the on-disk store
+# ---------------------------------------------------------------------------
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+class FeatureStore:
+    """Feature arrays on disk, one ``<hash>.npy`` + ``<hash>.json`` pair per key.
+
+    Writes go to a temporary name and are renamed into place (data first, then the
+    JSON that vouches for it), so a reader never sees a half-written entry as valid.
+
+    Args:
+        root: the folder (created on first write).
+    """
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = Path(root).expanduser()
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        """The data and metadata files of ``key``."""
+        name = hashlib.sha256(key.encode()).hexdigest()[:40]
+        return self.root / f"{name}.npy", self.root / f"{name}.json"
+
+    def load(self, key: str, shape: tuple[int, ...], dtype: str) -> Optional[np.ndarray]:
+        """The memory-mapped array of ``key``, or None when there is no valid entry.
+
+        An entry that fails any check (missing or unreadable metadata, another key's
+        text, a different shape or dtype, a data file of the wrong size) is deleted.
+        """
+        data, meta = self.paths(key)
+        if not data.exists() and not meta.exists():
+            return None
+        try:
+            info = json.loads(meta.read_text())
+            ok = (info.get("key") == key and tuple(info.get("shape", ())) == tuple(shape)
+                  and info.get("dtype") == dtype and data.stat().st_size == info.get("nbytes"))
+            arr = np.load(data, mmap_mode="c") if ok else None  # copy-on-write: torch may view it, never writes back
+        except (OSError, ValueError):
+            arr = None
+        if arr is None or arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+            _remove(data, meta)
+            return None
+        return arr
+
+    @contextlib.contextmanager
+    def writer(self, key: str, shape: tuple[int, ...], dtype: str):
+        """Yield a writable memory-mapped array; on a clean exit it becomes ``key``'s entry.
+
+        On an exception the temporary file is removed and nothing is published.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        data, meta = self.paths(key)
+        tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp_data, tmp_meta = data.with_name(data.name + tag), meta.with_name(meta.name + tag)
+        try:
+            arr = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
+            yield arr
+            arr.flush()
+            del arr
+            info = {"key": key, "shape": list(shape), "dtype": dtype, "nbytes": tmp_data.stat().st_size}
+            tmp_meta.write_text(json.dumps(info, indent=1))
+            os.replace(tmp_data, data)
+            os.replace(tmp_meta, meta)
+        finally:
+            _remove(tmp_data, tmp_meta)
+
+
+def entry_bytes(n_images: int, dim: int, dtype: str = "float32") -> int:
+    """Bytes of the data file of an ``[n_images, dim]`` entry: the .npy header plus the array."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": (n_images, dim)})
+    return len(buf.getvalue()) + n_images * dim * np.dtype(dtype).itemsize
+
+
+# ---------------------------------------------------------------------------
+# CUDA helpers (the CPU path stays fp32 and untouched)
+# ---------------------------------------------------------------------------
+
+def autocast(device: torch.device, training: bool = False):
+    """Autocast for a forward pass on ``device``: bf16 on CUDA where supported; a no-op on CPU.
+
+    Without bf16, inference may use fp16; training stays fp32 (fp16 training would need a loss scaler).
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext() if training else torch.autocast("cuda", dtype=torch.float16)
+
+
+def extraction_batch_size(device: torch.device) -> int:
+    """Images per encoder call: 64 on CPU; on CUDA 128 per 8 GiB of device memory, 128 to 1024."""
+    if device.type != "cuda":
+        return 64
+    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return int(min(1024, max(128, 128 * (gib // 8))))
+
+
+class AutocastPlugin(SupervisedPlugin):
+    """Runs each training forward pass and loss under CUDA autocast (bf16); backward runs outside it."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device = device
+        self._ctx = None
+
+    def before_forward(self, strategy, **kwargs):
+        self._ctx = autocast(self.device, training=True)
+        self._ctx.__enter__()
+
+    def before_backward(self, strategy, **kwargs):
+        self._exit()
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self._exit()  # in case a plugin skipped backward
+
+    def _exit(self):
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------
+# the extractor
+# ---------------------------------------------------------------------------
+
 class FeatureExtractor:
-    """Image features of whole sample sets, computed in batches and memoised by key.
+    """Image features of whole sample sets, computed in batches, kept in memory and in the store.
 
     Args:
         clip: the frozen CLIP.
-        batch_size: images per encoder call.
+        cache_dir: the on-disk store's folder, or None to keep features in memory only.
+        dtype: ``float32`` or ``float16`` -- how features are stored (fp16 halves the store;
+            features are returned as stored and read as float32 by :class:`Inputs` readers).
+        batch_size: images per encoder call; None sizes it to the device.
         progress: a ``(iterable, total, desc) -> iterable`` wrapper for progress bars, or None.
+        num_workers: DataLoader workers that decode images; None: 0 on CPU, up to 8 on CUDA.
     """
 
-    def __init__(self, clip: FrozenCLIP, batch_size: int = 256,
-                 progress: Optional[Callable] = None):
+    def __init__(self, clip: FrozenCLIP, cache_dir: Union[str, Path, None] = None, dtype: str = "float32",
+                 batch_size: Optional[int] = None, progress: Optional[Callable] = None,
+                 num_workers: Optional[int] = None):
+        if dtype not in DTYPES:
+            raise ValueError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.clip = clip
-        self.batch_size = batch_size
+        self.store = FeatureStore(cache_dir) if cache_dir is not None else None
+        self.dtype = dtype
+        self.batch_size = batch_size or extraction_batch_size(clip.device)
         self.progress = progress
+        self.num_workers = num_workers if num_workers is not None else (
+            min(8, os.cpu_count() or 1) if clip.device.type == "cuda" else 0)
         self._memo: dict[str, torch.Tensor] = {}
+        self._augment: Optional[AugmentedView] = None
 
-    def key(self, samples: Samples, view: str = "center") -> str:
-        return "|".join([self.clip.identity, samples.identity, transform_identity(self.clip.preprocess), view])
+    @classmethod
+    def from_config(cls, clip: FrozenCLIP, features, progress: Optional[Callable] = None) -> "FeatureExtractor":
+        """The extractor a run's ``features:`` section asks for.
 
-    @torch.no_grad()
-    def features(self, samples: Samples, desc: str = "features") -> torch.Tensor:
-        """``[N, D]`` float32 CPU tensor of centre-crop image features (not normalised)."""
-        k = self.key(samples)
+        ``cache: false`` keeps features in memory only; ``cache_dir: null`` means
+        :func:`default_cache_dir`. On CUDA this also allows TF32 matmuls.
+        """
+        if clip.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32: the encoders are frozen, features need no more
+        cache_dir = (features.cache_dir or default_cache_dir()) if features.cache else None
+        return cls(clip, cache_dir=cache_dir, dtype=getattr(features, "dtype", "float32"), progress=progress)
+
+    # -- keys ----------------------------------------------------------------
+    def transform(self, view: Optional[int] = None):
+        """The transform of the centre crop (``view=None``) or of augmented views."""
+        if view is None:
+            return self.clip.preprocess
+        if self._augment is None:
+            self._augment = AugmentedView.for_clip(self.clip)
+        return self._augment
+
+    def key(self, samples: Samples, view: Optional[int] = None) -> str:
+        """The full text of a store key; any change in it is a different entry."""
+        weights = self.clip.identity
+        if self.clip.pretrained == "none":
+            # random weights are only as fixed as the init code that draws them
+            import open_clip
+
+            weights += f" (open_clip {open_clip.__version__}, torch {torch.__version__.split('+')[0]})"
+        return "\n".join([
+            STORE_FORMAT,
+            f"arch: {self.clip.arch}",
+            f"weights: {weights}",
+            f"images: {samples.identity} (n={len(samples)})",
+            f"transform: {transform_identity(self.transform(view))}",
+            f"view: {'center' if view is None else int(view)}",
+            f"dim: {self.clip.embed_dim}",
+            f"dtype: {self.dtype}",
+        ])
+
+    # -- features ------------------------------------------------------------
+    def features(self, samples: Samples, view: Optional[int] = None, desc: str = "features") -> torch.Tensor:
+        """``[N, D]`` CPU tensor (the store's dtype) of image features, not normalised.
+
+        Args:
+            samples: the images.
+            view: None for the centre crop; ``v >= 0`` for augmented view v.
+            desc: the progress bar's label.
+        """
+        k = self.key(samples, view)
         if k not in self._memo:
-            self._memo[k] = self._extract(samples, desc)
+            self._memo[k] = self._load_or_extract(k, samples, view, desc)
         return self._memo[k]
 
-    def _extract(self, samples: Samples, desc: str) -> torch.Tensor:
-        loader = torch.utils.data.DataLoader(ImageReader(samples, self.clip.preprocess),
-                                             batch_size=self.batch_size, shuffle=False)
+    def _load_or_extract(self, key: str, samples: Samples, view: Optional[int], desc: str) -> torch.Tensor:
+        shape = (len(samples), self.clip.embed_dim)
+        if self.store is None:
+            out = np.empty(shape, dtype=self.dtype)
+            self._extract(samples, view, out, desc)
+            return torch.from_numpy(out)
+        arr = self.store.load(key, shape, self.dtype)
+        if arr is None:
+            with self.store.writer(key, shape, self.dtype) as out:
+                self._extract(samples, view, out, desc)
+            arr = self.store.load(key, shape, self.dtype)
+            if arr is None:  # pragma: no cover - a store folder that loses files as we write
+                raise OSError(f"feature store {self.store.root}: an entry vanished right after it was written")
+        return torch.from_numpy(arr)
+
+    @torch.no_grad()
+    def _extract(self, samples: Samples, view: Optional[int], out: np.ndarray, desc: str) -> None:
+        dataset = ImageReader(samples, self.clip.preprocess) if view is None else \
+            ViewReader(samples, self.transform(view), view)
+        device = self.clip.device
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                                             num_workers=self.num_workers, pin_memory=device.type == "cuda")
         batches = loader if self.progress is None else self.progress(loader, len(loader), desc)
-        out = [self.clip.encode_images(x).float().cpu() for x in batches]
-        if not out:
-            return torch.empty(0, self.clip.embed_dim)
-        return torch.cat(out)
+        row = 0
+        for x in batches:
+            with autocast(device):
+                f = self.clip.encode_images(x.to(device, non_blocking=True))
+            out[row: row + len(f)] = f.float().cpu().numpy()
+            row += len(f)
+
+
+# ---------------------------------------------------------------------------
+# training views, one per epoch
+# ---------------------------------------------------------------------------
+
+def draw_view(seed: int, experience: int, epoch: int, n_views: int) -> int:
+    """The augmented view used in ``epoch`` of ``experience``: every view once per V epochs,
+    in an order drawn from the run's seed (so consecutive epochs differ when V > 1)."""
+    cycle, pos = divmod(epoch, n_views)
+    order = np.random.default_rng([seed % 2**32, experience, cycle]).permutation(n_views)
+    return int(order[pos])
+
+
+class ViewSchedule:
+    """Which augmented view training reads now; shared by the training reader and its plugin."""
+
+    def __init__(self):
+        self.view = 0
+
+
+class TrainViewPlugin(SupervisedPlugin):
+    """Before each training epoch, point the shared :class:`ViewSchedule` at that epoch's view."""
+
+    def __init__(self, schedule: ViewSchedule, n_views: int, seed: int):
+        super().__init__()
+        self.schedule = schedule
+        self.n_views = n_views
+        self.seed = seed
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.schedule.view = draw_view(self.seed, strategy.experience.current_experience,
+                                       strategy.clock.train_exp_epochs, self.n_views)

@@ -21,7 +21,7 @@ from lamm_cl.benchmark import Plan, make_plan, make_streams, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
-from lamm_cl.features import FeatureExtractor, ImageReader
+from lamm_cl.features import AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin, ViewSchedule
 from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import RunRecord, write_run
@@ -44,27 +44,49 @@ def output_dir(cfg: Config, override: Optional[str] = None) -> Path:
 
 @dataclass
 class Inputs:
-    """How a strategy reads samples: cached features, or preprocessed images."""
+    """How a strategy reads samples: cached features, or preprocessed images.
+
+    Features come from the shared extractor (and its on-disk store). With
+    ``train_views > 0`` a "features" strategy trains on augmented views: the
+    training reader returns the view that :meth:`plugins`' view plugin picked
+    for the current epoch (each view extracted the first time it is drawn).
+    Test features are always the centre crop.
+    """
 
     parts: DatasetParts
     clip: FrozenCLIP
     extractor: FeatureExtractor
+    train_views: int = 0  # augmented views per training image; 0: centre crop only
+    schedule: ViewSchedule = field(default_factory=ViewSchedule)
     _feats: dict = field(default_factory=dict)
 
-    def _features(self, split: str) -> torch.Tensor:
-        if split not in self._feats:
+    def _features(self, split: str, view: Optional[int] = None) -> torch.Tensor:
+        if (split, view) not in self._feats:
             samples = self.parts.train if split == "train" else self.parts.test
-            self._feats[split] = self.extractor.features(samples, desc=f"{split} image features")
-        return self._feats[split]
+            desc = f"{split} image features" + ("" if view is None else f" (view {view})")
+            self._feats[split, view] = self.extractor.features(samples, view=view, desc=desc)
+        return self._feats[split, view]
 
     def reader(self, kind: str, split: str):
         """``(experience, indices) -> (i -> tensor)`` for :func:`make_streams`."""
+        if kind == "features" and split == "train" and self.train_views > 0:
+            at = self._features  # the view is looked up per item: it changes between epochs
+            return lambda t, idx: (lambda i, idx=idx: at("train", self.schedule.view)[idx[i]].float())
         if kind == "features":
             feats = self._features(split)
-            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]])
+            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].float())
         samples = self.parts.train if split == "train" else self.parts.test
         images = ImageReader(samples, self.clip.preprocess)
         return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])])
+
+    def plugins(self, seed: int) -> list:
+        """Plugins a strategy run on these inputs needs: the per-epoch view choice, CUDA autocast."""
+        out = []
+        if self.train_views > 0:
+            out.append(TrainViewPlugin(self.schedule, self.train_views, seed))
+        if self.clip.device.type == "cuda":
+            out.append(AutocastPlugin(self.clip.device))
+        return out
 
 
 def evaluate(template, test_stream, upto: int, plan: Plan, acc: AccuracyPlugin) -> tuple[list[float], dict]:
@@ -100,7 +122,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     acc = AccuracyPlugin()
     ctx = StrategyContext(clip=inputs.clip, class_names=plan.class_names, template=plan.template,
                           device=device, seed=seed, shots=cfg.benchmark.shots,
-                          plugins=[acc, ProgressPlugin(entry.name, enabled=progress)],
+                          plugins=[acc, ProgressPlugin(entry.name, enabled=progress), *inputs.plugins(seed)],
                           eval_batch_size=1024 if spec.inputs == "features" else 64)
     scenario = make_streams(plan, inputs.reader(spec.inputs, "train"), inputs.reader(spec.inputs, "test"),
                             inputs.parts.train.labels, inputs.parts.test.labels)
@@ -141,7 +163,8 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     for e in cfg.strategies:
         get_strategy(e.name)
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, dev)
-    inputs = Inputs(parts, clip, FeatureExtractor(clip, progress=_bar if progress else None))
+    inputs = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg.features, progress=_bar if progress else None),
+                    train_views=cfg.features.train_views)
     records = []
     for seed in cfg.seeds:
         plan = plans[seed]

@@ -1,0 +1,262 @@
+"""Speed benchmarks behind DESIGN section 7 (timed here, never in tests: timed tests are flaky).
+
+    python -m lamm_cl.bench speed   # one LAMM step: naive loop vs lamm-cl's, on ViT-B-16
+    python -m lamm_cl.bench run     # one quickstart experience with the feature store on and off
+
+``speed`` builds ViT-B-16 with random weights (the time of a step does not
+depend on the weight values), 100 classes of which the last 10 train, a batch
+of 32 random 224 px images, and times
+
+(a) the naive step: the image encoder on the batch, every class's prompt
+    through the text encoder at the full 77-token context, the LAMM loss,
+    backward, SGD step;
+(b) lamm-cl's step: cached image features, the old classes' text features
+    cached for the experience, prompts cut after the longest EOT, only the 10
+    trainable prompts through the text encoder.
+
+Both see the same label vectors and the same batch; their losses must agree
+within 1e-4 (relative) or the run fails. Both use the constant t0 (CLIP's own
+name embeddings) computed once, which flatters the naive step. The last line
+printed is ``speedup: <ratio>x``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+Log = Callable[[str], None]
+
+# CIFAR-100's class names: realistic name lengths decide where prompts are cut
+CLASS_NAMES = (
+    "apple,aquarium fish,baby,bear,beaver,bed,bee,beetle,bicycle,bottle,bowl,boy,bridge,bus,butterfly,camel,"
+    "can,castle,caterpillar,cattle,chair,chimpanzee,clock,cloud,cockroach,couch,crab,crocodile,cup,dinosaur,"
+    "dolphin,elephant,flatfish,forest,fox,girl,hamster,house,kangaroo,keyboard,lamp,lawn mower,leopard,lion,"
+    "lizard,lobster,man,maple tree,motorcycle,mountain,mouse,mushroom,oak tree,orange,orchid,otter,palm tree,"
+    "pear,pickup truck,pine tree,plain,plate,poppy,porcupine,possum,rabbit,raccoon,ray,road,rocket,rose,sea,"
+    "seal,shark,shrew,skunk,skyscraper,snail,snake,spider,squirrel,streetcar,sunflower,sweet pepper,table,"
+    "tank,telephone,television,tiger,tractor,train,trout,tulip,turtle,wardrobe,whale,willow tree,wolf,woman,"
+    "worm"
+).split(",")
+
+
+def store_size_lines(dim: int = 512, n_images: int = 10_000) -> list[str]:
+    """The feature store's size per ``n_images`` images at feature width ``dim``, fp32 and fp16."""
+    from lamm_cl.features import entry_bytes
+
+    out = []
+    for dtype in ("float32", "float16"):
+        b = entry_bytes(n_images, dim, dtype)
+        out.append(f"store size per {n_images:,} images (D={dim}, {dtype}): {b / 2**20:.2f} MiB "
+                   f"({b:,} bytes per view)")
+    return out
+
+
+def _timed(step: Callable[[], float], warmup: int, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``step`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _adapt(model, classes: Sequence[int]) -> None:
+    from avalanche.models.utils import avalanche_model_adaptation
+
+    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=list(classes)))
+
+
+def speed(arch: str = "ViT-B-16", n_classes: int = 100, n_trainable: int = 10, batch: int = 32,
+          naive_steps: int = 2, fast_steps: int = 20, seed: int = 0, log: Log = print) -> float:
+    """Time the naive LAMM step against lamm-cl's on the same batch; return the speedup.
+
+    Raises:
+        AssertionError: the two steps' losses differ by more than 1e-4 (relative).
+    """
+    from lamm_cl.data.base import ArraySamples
+    from lamm_cl.features import FeatureExtractor, ImageReader
+    from lamm_cl.losses import lamm_loss
+    from lamm_cl.model.clip import build_clip, normalize
+    from lamm_cl.strategies.lamm import LammOptions, lamm_model, lamm_objective
+    from lamm_cl.training import StrategyContext, sgd
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = build_clip(arch, "none", "cpu")
+    names = [CLASS_NAMES[i % len(CLASS_NAMES)] + ("" if i < len(CLASS_NAMES) else f" {i}") for i in range(n_classes)]
+    new = list(range(n_classes - n_trainable, n_classes))
+    rng = np.random.default_rng(seed)
+    size = clip.image_size
+    y = torch.as_tensor(rng.choice(new, size=batch), dtype=torch.long)
+    samples = ArraySamples(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), y.numpy(),
+                           f"bench-random-{size}px:seed{seed}")
+    log(f"{arch} (random weights), {n_classes} classes ({n_trainable} trainable), batch {batch}, "
+        f"{size} px, {torch.get_num_threads()} CPU threads")
+
+    # lamm-cl's model: 90 old classes (frozen vectors), then an experience of 10 new ones
+    opts = LammOptions()
+    ctx = StrategyContext(clip=clip, class_names=names, template="a photo of a {}.", device=clip.device, seed=seed)
+    model = lamm_model(ctx, opts)
+    _adapt(model, range(n_classes - n_trainable))
+    _adapt(model, new)
+    model.train()
+    weights = opts.weights(None)
+    table = model.labels
+    with torch.no_grad():  # give the old classes trained-looking vectors, so frozen != original
+        for c in table.classes[: n_classes - n_trainable]:
+            table.vectors[str(c)].add_(0.01 * torch.randn_like(table.vectors[str(c)]))
+
+    # the naive loop's view of the same prompts: every class at the full context, vectors spliced in
+    prompts = model.encoder.prompts
+    context = int(clip.model.positional_embedding.shape[0])
+    ids77 = torch.zeros(n_classes, context, dtype=torch.long)
+    ids77[:, : prompts.ids.shape[1]] = prompts.ids
+    start = prompts.name_start
+    naive_vectors = {c: table.vectors[str(c)].detach().clone().requires_grad_(c in new) for c in range(n_classes)}
+
+    def naive_text(vectors: dict) -> torch.Tensor:
+        emb = clip.embed_tokens(ids77)
+        rows = [torch.cat([emb[c, :start], vectors[c], emb[c, start + vectors[c].shape[0]:]]) for c in range(n_classes)]
+        return clip.encode_text_embeddings(torch.stack(rows), prompts.eot)
+
+    with torch.no_grad():
+        t0_all = normalize(naive_text({c: table.original(c) for c in range(n_classes)}))  # constant, not timed
+    images = torch.stack([ImageReader(samples, clip.preprocess)[i] for i in range(batch)])
+    alpha = clip.logit_scale
+    naive_opt = sgd([naive_vectors[c] for c in new], opts)
+
+    def naive_loss() -> torch.Tensor:
+        f = normalize(clip.encode_images(images))
+        t = normalize(naive_text(naive_vectors))
+        z, z0 = alpha * f @ t.t(), alpha * f @ t0_all.t()
+        pairs = [(naive_vectors[c], table.original(c)) for c in new]
+        return lamm_loss(z, z0, y, t[y], t0_all[y], pairs, weights)[0]
+
+    with tempfile.TemporaryDirectory() as store:
+        x = FeatureExtractor(clip, cache_dir=store).features(samples).float()
+    fast_opt = sgd([p for p in model.parameters() if p.requires_grad], opts)
+
+    def fast_loss() -> torch.Tensor:
+        return lamm_objective(model, x, model(x), y, weights)[0]
+
+    a, b = float(naive_loss().detach()), float(fast_loss().detach())
+    rel = abs(a - b) / abs(a)
+    log(f"loss on the same batch: naive {a:.6f}, lamm-cl {b:.6f} (relative difference {rel:.1e})")
+    assert rel < 1e-4, f"the naive and lamm-cl steps disagree: relative loss difference {rel:.1e} >= 1e-4"
+
+    def step(loss_fn, opt):
+        def run() -> float:
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            opt.step()
+            return float(loss)
+        return run
+
+    t_naive = _timed(step(naive_loss, naive_opt), warmup=1, repeats=naive_steps)
+    log(f"naive step (image encoder + {n_classes} prompts at {context} tokens): {t_naive:.3f} s")
+    t_fast = _timed(step(fast_loss, fast_opt), warmup=3, repeats=fast_steps)
+    log(f"lamm-cl step (cached features, {n_trainable} prompts at {prompts.ids.shape[1]} tokens): {t_fast:.4f} s")
+    for line in store_size_lines(clip.embed_dim):
+        log(line)
+    ratio = t_naive / t_fast
+    log(f"speedup: {ratio:.0f}x")
+    return ratio
+
+
+def run_experience(config: str = "benchmarks/quickstart.yaml", strategy: str = "lamm", views: int = 0,
+                   log: Log = print) -> float:
+    """Time the first experience of ``strategy`` in ``config`` with the feature store on (warm) and off.
+
+    "Off" is ``features.cache: false``: the run extracts its features itself. "On" reads
+    the features a previous run left in the store (a temporary folder here).
+    Returns:
+        off / on.
+    """
+    from lamm_cl import config as config_mod
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.data import load_dataset
+    from lamm_cl.features import FeatureExtractor
+    from lamm_cl.model.clip import build_clip, resolve_device
+    from lamm_cl.runner import Inputs, run_strategy
+
+    cfg = config_mod.load(config, [f"features.train_views={views}"])
+    entry = next((e for e in cfg.strategies if e.name == strategy), None)
+    if entry is None:
+        raise SystemExit(f"{config} has no strategy {strategy!r}; it has {', '.join(e.name for e in cfg.strategies)}")
+    dev = resolve_device(cfg.device)
+    seed = cfg.seeds[0]
+    parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
+    plan = make_plan(parts, cfg.benchmark, seed)
+    plan = replace(plan, experiences=plan.experiences[:1], train_index=plan.train_index[:1],
+                   test_index=plan.test_index[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = build_clip(cfg.model.arch, cfg.model.pretrained, dev)
+    log(f"{cfg.name}: {strategy}, experience 1 ({len(plan.train_index[0])} training images, "
+        f"{entry.options.epochs} epochs), {cfg.model.arch}, train_views {views}, {dev}")
+
+    def once(cache_dir: Optional[str]) -> float:
+        inputs = Inputs(parts, clip, FeatureExtractor(clip, cache_dir=cache_dir), train_views=views)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_strategy(cfg, entry, seed, plan, inputs, dev, False, lambda s: None)
+        return time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as store:
+        once(store)  # fills the store (and warms up everything else)
+        off = once(None)
+        on = once(store)
+        size = sum(p.stat().st_size for p in Path(store).glob("*.npy"))
+    log(f"store off (features extracted by the run): {off:.2f} s")
+    log(f"store on (features read from the store, {size / 2**20:.2f} MiB): {on:.2f} s")
+    for line in store_size_lines(512):
+        log(line + " [ViT-B-16]")
+    log(f"store on vs off: {off / on:.2f}x")
+    return off / on
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m lamm_cl.bench {speed,run}``."""
+    p = argparse.ArgumentParser(prog="python -m lamm_cl.bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's (ViT-B-16, random weights)")
+    s.add_argument("--arch", default="ViT-B-16")
+    s.add_argument("--classes", type=int, default=100)
+    s.add_argument("--trainable", type=int, default=10)
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--naive-steps", type=int, default=2, help="timed naive steps (after one warm-up)")
+    s.add_argument("--fast-steps", type=int, default=20, help="timed lamm-cl steps (after three warm-ups)")
+    r = sub.add_parser("run", help="one quickstart experience with the feature store on and off")
+    r.add_argument("--config", default="benchmarks/quickstart.yaml")
+    r.add_argument("--strategy", default="lamm")
+    r.add_argument("--views", type=int, default=0, help="features.train_views")
+    args = p.parse_args(argv)
+    if args.mode == "speed":
+        speed(args.arch, args.classes, args.trainable, args.batch, args.naive_steps, args.fast_steps)
+    else:
+        if not Path(args.config).is_file():
+            print(f"{args.config}: no such config; run from the repository root or pass --config", file=sys.stderr)
+            return 2
+        run_experience(args.config, args.strategy, args.views)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
