@@ -7,7 +7,7 @@ order's i-th class is label i, and class names follow the labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -126,7 +126,7 @@ def _load_split_file(spec: SplitFileSpec, root: Path, download: bool) -> Dataset
     # One name per label, taken from the file; ignored classes dropped; the labels
     # left are renumbered 0..n-1 in their original order.
     names: dict[int, str] = {}
-    for part, items in rows.items():
+    for items in rows.values():
         for _, y, c in items:
             if names.setdefault(y, c) != c:
                 raise UserError(f"{spec.name}: {split_path} gives label {y} two class names: "
