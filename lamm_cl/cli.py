@@ -14,7 +14,7 @@ from lamm_cl.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lamm-cl", description="Continual-learning benchmarks for CLIP (LAMM and baselines).")
+    p = _Parser(prog="lamm-cl", description="Continual-learning benchmarks for CLIP (LAMM and baselines).")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a benchmark config")
     r.add_argument("config", help="a benchmark YAML, e.g. benchmarks/quickstart.yaml")
@@ -23,6 +23,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="results folder (default: the config's output, else results/<name>)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides the config)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue in a results folder: keep finished runs, continue a killed run from its "
+                            "last checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the results already in the folder (removed only once the config, data and "
+                            "weights have checked out)")
     ls = sub.add_parser("list", help="list the strategies (and where each comes from), datasets and benchmark files")
     ls.add_argument("config", nargs="?", help="also load this config's plugin files, so its strategies show up")
     rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
@@ -37,11 +44,18 @@ class _ArgError(UserError):
 
 
 class _Parser(argparse.ArgumentParser):
-    pass
+    """argparse, but a usage mistake is a UserError: one line and status 2, like every other bad input."""
+
+    def error(self, message: str):
+        raise _ArgError(f"{message} (see {self.prog} --help)")
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(msg if msg.startswith("lamm-cl:") else f"lamm-cl: {msg}", file=sys.stderr, flush=True)
 
 
 def _summary_table(records) -> str:
@@ -68,15 +82,25 @@ def cmd_run(args) -> int:
     if cfg.model.pretrained == "none":
         _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
              "pipeline works and say nothing about pretrained CLIP.")
-    records = run(cfg, out, device=args.device, progress=not args.no_progress, log=_say)
-    from lamm_cl.report import build_report
+    try:
+        records = run(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
+                      resume=args.resume, overwrite=args.overwrite, warn=_warn)
+    except KeyboardInterrupt:
+        print(f"lamm-cl: interrupted; finished runs and the last checkpoint are kept in {out}; "
+              f"continue with: lamm-cl run {args.config} --resume", file=sys.stderr, flush=True)
+        return 130
+    if records:
+        from lamm_cl.report import build_report
 
-    build_report(out)
-    _say("")
-    _say(_summary_table(records))
-    _say("")
-    _say(f"Avg = average incremental accuracy (%), Last = accuracy after the last experience (%), "
-         f"Forget = average forgetting, BWT = backward transfer. Results, plots and report.md: {out}")
+        build_report(out)
+        _say("")
+        _say(_summary_table(records))
+        _say("")
+        _say(f"Avg = average incremental accuracy (%), Last = accuracy after the last experience (%), "
+             f"Forget = average forgetting, BWT = backward transfer. Results, plots and report.md: {out}")
+    if records.failed:
+        _warn(f"lamm-cl: {len(records.failed)} run(s) failed: " + "; ".join(records.failed))
+        return 1
     return 0
 
 
@@ -137,16 +161,16 @@ def cmd_list(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``lamm-cl`` console script."""
-    args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*No loggers specified.*")
     warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
     warnings.filterwarnings("ignore", message=".*random weights.*")
     try:
+        args = _parser().parse_args(argv)
         handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
         return handler(args)
     except UserError as e:
-        print(f"lamm-cl: error: {e}", file=sys.stderr)
+        print(f"lamm-cl: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
     except KeyboardInterrupt:
         print("lamm-cl: interrupted", file=sys.stderr)

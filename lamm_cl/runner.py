@@ -4,28 +4,38 @@ evaluate on every class seen so far; write the results of each (strategy, seed) 
 The runner knows nothing about any particular strategy: it asks the registry
 for a builder, hands it a :class:`StrategyContext`, and drives the Avalanche
 template it gets back.
+
+It also keeps a run recoverable (:mod:`lamm_cl.checkpoint`): all input is checked
+before the results folder is touched, the folder is locked while a run writes to
+it, a checkpoint follows every experience so ``resume`` continues a killed run
+bit-identically on CPU, and a NaN or infinite loss fails only its own strategy.
 """
 from __future__ import annotations
 
 import platform
 import random
 import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
+import yaml
 
+from lamm_cl import checkpoint
 from lamm_cl.benchmark import Plan, make_plan, make_streams, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
+from lamm_cl.errors import UserError
 from lamm_cl.features import AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin, ViewSchedule
 from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
-from lamm_cl.results import RunRecord, write_run
-from lamm_cl.training import AccuracyPlugin, ProgressPlugin, StrategyContext
+from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, SUMMARY_FILE,
+                             RunRecord, find_run_dirs, read_run, write_run)
+from lamm_cl.training import AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins
 
 Log = Callable[[str], None]
 
@@ -114,9 +124,67 @@ def versions() -> dict:
             "numpy": np.__version__}
 
 
+class RunRecords(list):
+    """The records of every finished (strategy, seed), in run order (a plain list), plus
+    ``failed``: one message per run stopped by a non-finite loss (its results were not written)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.failed: list[str] = []
+
+
+def run_config(config: dict, strategy: str) -> dict:
+    """The part of a resolved config that decides one (strategy, seed) run's numbers.
+
+    Leaves out where results go, the other strategies and seeds, and whether features are cached,
+    so adding a strategy or a seed to a config does not invalidate the runs already finished.
+    """
+    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins")}
+    view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
+    view["strategy"] = next((s for s in config.get("strategies") or [] if s.get("name") == strategy), None)
+    return yaml.safe_load(yaml.safe_dump(_plain(view), sort_keys=True))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    """The first key path where two plain-data configs differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path or 'config'}: {a!r} now, {b!r} there"
+
+
+def _mismatch(where: Path, now: dict, then: dict) -> UserError:
+    return UserError(f"{where} was made with a different config ({_first_difference(now, then)}); "
+                     "use --overwrite to start over, or another --output")
+
+
 def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, device: torch.device,
-                 progress: bool, log: Log) -> RunRecord:
-    """Train and evaluate one strategy on one seed; return its record (not yet written)."""
+                 progress: bool, log: Log, run_dir: Optional[Path] = None,
+                 resume_from: Optional[dict] = None) -> RunRecord:
+    """Train and evaluate one strategy on one seed; return its record (not yet written).
+
+    Args:
+        run_dir: where to keep a checkpoint after every experience but the last (None: no checkpoints).
+        resume_from: a checkpoint (:func:`lamm_cl.checkpoint.load`) of this very run to continue from.
+
+    Raises:
+        FloatingPointError: the training loss became NaN or infinite.
+    """
     spec = get_strategy(entry.name)
     seed_everything(seed)
     acc = AccuracyPlugin()
@@ -130,13 +198,39 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     T = plan.n_experiences
     matrix = np.full((T, T), np.nan)
     per_class: dict = {}
+    first, spent = 0, 0.0
+
+    def refs_of(tpl) -> checkpoint.References:
+        return checkpoint.references(tpl, scenario, inputs.clip)
+
+    if resume_from is not None:
+        try:
+            checkpoint.restore(template, scenario, resume_from, refs_of)
+        except checkpoint.CheckpointError as e:  # the template is half restored: build it afresh
+            log(f"  {entry.name} seed {seed}: cannot continue from its checkpoint ({e}); starting it over")
+            return run_strategy(cfg, entry, seed, plan, inputs, device, progress, log, run_dir)
+        first = resume_from["experience"] + 1
+        matrix[:first] = np.asarray(resume_from["matrix"], dtype=float)[:first]
+        per_class, spent = dict(resume_from["per_class"]), resume_from["seconds"]
+        log(f"  {entry.name} seed {seed}: resuming after experience {first}/{T}")
+    ckpt = run_dir / checkpoint.CHECKPOINT_FILE if run_dir is not None else None
+    meta = {"strategy": entry.name, "seed": seed, "config": run_config(cfg.to_dict(), entry.name)}
     started = time.perf_counter()
-    for t, exp in enumerate(scenario.train_stream):
-        template.train(exp)
+    for t in range(first, T):
+        template.train(scenario.train_stream[t])
         row, per_class = evaluate(template, scenario.test_stream, t, plan, acc)
         matrix[t, : t + 1] = row
         log(f"  {entry.name} seed {seed} experience {t + 1}/{T}: seen-class accuracy "
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
+        if ckpt is not None and t < T - 1:  # after the last one the results themselves are written
+            try:
+                checkpoint.save(ckpt, template=template, refs=refs_of(template), skip_plugins=ctx.plugins,
+                                experience=t, matrix=matrix, per_class=per_class,
+                                seconds=spent + time.perf_counter() - started, meta=meta)
+            except checkpoint.CheckpointError as e:
+                log(f"  {entry.name} seed {seed}: no checkpoints for this run, --resume will restart it: {e}")
+                checkpoint.remove(ckpt)
+                ckpt = None
     n_classes = seen_classes(plan, T - 1)
     return RunRecord(
         benchmark=cfg.name, strategy=entry.name, seed=seed, matrix=matrix,
@@ -145,34 +239,156 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
         per_class_accuracy=[float(per_class.get(c, float("nan"))) for c in range(n_classes)],
         config=cfg.to_dict(),
         info={"versions": versions(), "device": str(device), "order": plan.order_name,
-              "template": plan.template, "seconds": round(time.perf_counter() - started, 2),
+              "template": plan.template, "seconds": round(spent + time.perf_counter() - started, 2),
+              "seed": seed, "order_seed": cfg.benchmark.order_seed, "deterministic": device.type == "cpu",
+              "resumed": resume_from is not None,
               "random_weights": cfg.model.pretrained == "none", "source": get_strategy(entry.name).source},
     )
 
 
+def _check_strategies(cfg: Config) -> None:
+    """Every strategy name and every Avalanche plugin of the config exists (before any work)."""
+    for i, e in enumerate(cfg.strategies):
+        get_strategy(e.name)
+        build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
+
+
+def _resume_state(cfg: Config, out: Path) -> tuple[dict, dict]:
+    """What ``--resume`` finds in ``out``: finished runs ``{(strategy, seed): record}`` and
+    checkpoints ``{(strategy, seed): state}``, each checked against ``cfg``.
+
+    Raises:
+        UserError: a finished run or checkpoint was made with a different config, or is unreadable.
+    """
+    done, ckpts = {}, {}
+    full = cfg.to_dict()
+    for seed in cfg.seeds:
+        for entry in cfg.strategies:
+            run_dir = out / entry.name / f"seed{seed}"
+            now = run_config(full, entry.name)
+            if (run_dir / SUMMARY_FILE).is_file():
+                rec = read_run(run_dir)
+                if rec.strategy != entry.name or rec.seed != seed:
+                    raise UserError(f"{run_dir} holds the run of {rec.strategy} seed {rec.seed}; "
+                                    "use --overwrite to start over, or another --output")
+                then = run_config(rec.config, entry.name)
+                if now != then:
+                    raise _mismatch(run_dir, now, then)
+                done[entry.name, seed] = rec
+            elif (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
+                state = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
+                meta = state.get("meta") or {}
+                if meta.get("strategy") != entry.name or meta.get("seed") != seed:
+                    raise UserError(f"{run_dir / checkpoint.CHECKPOINT_FILE} is not a checkpoint of {entry.name} "
+                                    f"seed {seed}; delete it to restart that run")
+                if meta.get("config") != now:
+                    raise _mismatch(run_dir / checkpoint.CHECKPOINT_FILE, now, meta.get("config"))
+                ckpts[entry.name, seed] = state
+    return done, ckpts
+
+
+RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, SUMMARY_FILE,
+             checkpoint.CHECKPOINT_FILE)
+
+
+def clear_results(out: Path) -> None:
+    """Delete what earlier runs wrote in ``out`` (for ``--overwrite``): the result files and checkpoints
+    of ``<strategy>/seed<k>/``, ``summary.csv``, ``report.md`` and the plots. Files lamm-cl does not
+    write are left alone, and so are the folders that hold them."""
+    def remove(files, folder: Path) -> None:
+        for f in files:
+            f.unlink(missing_ok=True)
+        checkpoint.remove_stale_temporaries(folder)
+        with suppress(OSError):
+            folder.rmdir()  # only once empty
+
+    for run_dir in find_run_dirs(out, include_unfinished=True):
+        remove([run_dir / name for name in RUN_FILES], run_dir)
+        with suppress(OSError):
+            run_dir.parent.rmdir()
+    if (out / "plots").is_dir():
+        remove([f for f in (out / "plots").iterdir() if f.suffix in (".png", ".svg", ".pdf")], out / "plots")
+    remove([out / "summary.csv", out / "report.md"], out)
+
+
+@contextmanager
+def deterministic(device: torch.device):
+    """Deterministic torch kernels while training on CPU (warn-only where none exists); restored after."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
-        log: Log = lambda s: None) -> list[RunRecord]:
+        log: Log = lambda s: None, *, resume: bool = False, overwrite: bool = False,
+        warn: Optional[Log] = None) -> RunRecords:
     """Run every seed and strategy of ``cfg``, writing results under ``out``.
 
+    Everything that can be checked is checked before the results folder is touched:
+    the strategies and their plugins, the folder (in use, writable, empty unless
+    ``resume`` or ``overwrite``), the finished runs and checkpoints ``resume`` would
+    reuse, the data, the splits and the weights. Then the folder is locked and, with
+    ``overwrite``, the old results are removed.
+
+    Args:
+        resume: skip runs whose results are already there, continue a run from its checkpoint.
+        overwrite: replace the results already in ``out``.
+        warn: where a failed strategy is reported (default: ``log``).
+
     Returns:
-        The records of every (strategy, seed), in run order.
+        The records of every (strategy, seed) that finished, in run order; ``.failed`` lists
+        the runs a NaN or infinite loss stopped (the others still ran and were written).
+
+    Raises:
+        UserError: bad input; nothing was written.
+        KeyboardInterrupt: finished runs and the last checkpoint are kept.
     """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one")
+    warn = warn or log
+    out = Path(out)
     dev = resolve_device(device or cfg.device)
+    _check_strategies(cfg)
+    checkpoint.check_output(out, resume=resume, overwrite=overwrite)
+    done, ckpts = _resume_state(cfg, out) if resume and out.is_dir() else ({}, {})
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
-    for e in cfg.strategies:
-        get_strategy(e.name)
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, dev)
     inputs = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg.features, progress=_bar if progress else None),
                     train_views=cfg.features.train_views)
-    records = []
-    for seed in cfg.seeds:
-        plan = plans[seed]
-        log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
-        for entry in cfg.strategies:
-            rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log)
-            write_run(out / entry.name / f"seed{seed}", rec)
-            records.append(rec)
+    records = RunRecords()
+    with checkpoint.lock_output(out), deterministic(dev):
+        if overwrite:
+            clear_results(out)
+        for seed in cfg.seeds:
+            plan = plans[seed]
+            log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
+            for entry in cfg.strategies:
+                run_dir = out / entry.name / f"seed{seed}"
+                if (entry.name, seed) in done:
+                    log(f"  {entry.name} seed {seed}: already finished, kept")
+                    records.append(done[entry.name, seed])
+                    continue
+                if run_dir.is_dir():
+                    checkpoint.remove_stale_temporaries(run_dir)
+                try:
+                    rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir,
+                                       resume_from=ckpts.get((entry.name, seed)))
+                except FloatingPointError as e:
+                    checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
+                    msg = f"{entry.name} seed {seed} failed: {e}; its results were not written"
+                    warn(msg)
+                    records.failed.append(msg)
+                    continue
+                write_run(run_dir, rec)
+                checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
+                records.append(rec)
     return records
 
 
