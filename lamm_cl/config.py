@@ -106,7 +106,7 @@ def _describe(tp) -> str:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
-    if origin is dict:
+    if origin is dict or tp is dict:
         return "a mapping"
     if origin is Union:
         return ", or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
@@ -170,7 +170,7 @@ def convert(tp, value, path: str):
             raise _fail(path, tp, value)
         (item,) = typing.get_args(tp)
         return [convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise _fail(path, tp, value)
         return dict(value)

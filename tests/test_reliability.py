@@ -398,15 +398,8 @@ MALFORMED = [
 ]
 
 
-KNOWN_BUGS = {  # cases that fail for a reason outside the code under test here
-    "unknown-avalanche-plugin": "config.convert has no case for a bare `dict` (StrategyOptions.plugins is "
-                                "list[dict]) and raises TypeError; the runner's own check is tested below",
-}
-
-
 def _case(name, text, extra):
-    marks = [pytest.mark.xfail(reason=KNOWN_BUGS[name], strict=False)] if name in KNOWN_BUGS else []
-    return pytest.param(text, extra, id=name, marks=marks)
+    return pytest.param(text, extra, id=name)
 
 
 @pytest.mark.parametrize("text,extra", [_case(*c) for c in MALFORMED])
