@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--overwrite", action="store_true",
                        help="replace the results already in the folder (removed only once the config, data and "
                             "weights have checked out)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate the config, load the dataset index and print the plan; train nothing")
     ls = sub.add_parser("list", help="list the strategies (and where each comes from), datasets and benchmark files")
     ls.add_argument("config", nargs="?", help="also load this config's plugin files, so its strategies show up")
     rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
@@ -74,6 +76,13 @@ def cmd_run(args) -> int:
     from lamm_cl import config as config_mod
 
     cfg = config_mod.load(args.config, args.overrides)
+    if args.dry_run:
+        from lamm_cl.benchmark import dry_run
+
+        for line in dry_run(cfg):
+            _say(line)
+        _say("dry run: the config is valid and the data is there; nothing was trained or written")
+        return 0
     from lamm_cl.runner import output_dir, run
 
     out = output_dir(cfg, args.output)
