@@ -147,15 +147,6 @@ def build_avalanche_plugins(specs: list[dict], path: str = "plugins") -> list:
     return out
 
 
-def check_avalanche_plugins(specs: list[dict], path: str) -> None:
-    """Validate a ``plugins:`` list at config time (builds the plugins once and drops them).
-
-    Raises:
-        ConfigError: as :func:`build_avalanche_plugins`, naming ``path``.
-    """
-    build_avalanche_plugins(specs, path)
-
-
 def _teacher_memo(model: torch.nn.Module) -> dict:
     """A ``copy.deepcopy`` memo for copying a model as a frozen teacher.
 

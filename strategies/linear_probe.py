@@ -1,0 +1,125 @@
+"""Linear probe: a growing linear head on CLIP's frozen image features -- the classic cheap baseline.
+
+Features are L2-normalised, then standardised per dimension (MAE's BatchNorm probe): CLIP features share
+a large common direction, and without standardisation a few epochs of Adam barely move the argmax.
+Each experience appends one row per new class; every row keeps training on later experiences, so old
+classes are forgotten unless a plugin (replay, LwF, EWC) holds them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from avalanche.models import DynamicModule
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.training import StrategyContext
+
+
+class GrowingHead(DynamicModule):
+    """A linear layer with one output row per class seen so far (columns = labels 0..n-1).
+
+    Args:
+        in_features: input width.
+        init: ``[n_classes, in_features]`` starting rows for every class of the benchmark
+            (e.g. text features), or None to start new rows at zero.
+
+    At each experience the rows of its new classes are appended (from ``init``, or zeros) with a
+    zero bias; the weight parameter is replaced by a larger one under the same name, which
+    Avalanche's optimizer update recognises.
+    """
+
+    def __init__(self, in_features: int, init: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(0, in_features))
+        self.bias = nn.Parameter(torch.zeros(0))
+        self.register_buffer("init", None if init is None else init.detach().clone())
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    @torch.no_grad()
+    def grow(self, n_classes: int) -> None:
+        """Append rows up to ``n_classes`` (nothing happens when there are that many already)."""
+        old = self.n_classes
+        if n_classes <= old:
+            return
+        w = self.weight
+        rows = (self.init[old:n_classes].to(w) if self.init is not None
+                else w.new_zeros(n_classes - old, w.shape[1]))
+        self.weight = nn.Parameter(torch.cat([w.detach(), rows]))
+        self.bias = nn.Parameter(torch.cat([self.bias.detach(), self.bias.new_zeros(n_classes - old)]))
+
+    def adaptation(self, experience) -> None:
+        """Avalanche hook: grow to cover the experience's classes."""
+        self.grow(max(int(c) for c in experience.classes_in_this_experience) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t() + self.bias
+
+
+class Standardize(nn.BatchNorm1d):
+    """Per-dimension standardisation of features, as MAE's linear probe does (BatchNorm without affine).
+
+    The statistics are a cumulative average over every training batch seen, in every experience
+    (``momentum=None``), so they settle instead of following the latest experience. A training
+    batch of one sample is standardised with the statistics so far (BatchNorm cannot use it).
+    """
+
+    def __init__(self, width: int):
+        super().__init__(width, affine=False, momentum=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(x)
+
+
+class LinearProbe(nn.Module):
+    """Logits of cached image features: normalise, optionally standardise, then a :class:`GrowingHead` from zeros."""
+
+    def __init__(self, in_features: int, standardize: bool = True):
+        super().__init__()
+        self.standardize = Standardize(in_features) if standardize else nn.Identity()
+        self.head = GrowingHead(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.standardize(normalize(x.float())))
+
+
+@dataclass
+class LinearProbeOptions(StrategyOptions):
+    lr: float = 0.001  # the optimizer's learning rate
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9
+    weight_decay: float = 0.0  # L2 penalty on the head
+    standardize: bool = True  # standardise the normalised features per dimension first (MAE's BatchNorm probe)
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if self.weight_decay < 0:
+            raise ConfigError(f"{path}.weight_decay: expected 0 or more, got {self.weight_decay}")
+
+
+def make_optimizer(kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """An empty optimizer of ``kind``; Avalanche fills it with the model's parameters."""
+    placeholder = [nn.Parameter(torch.zeros(0))]
+    if kind == "adam":
+        return torch.optim.Adam(placeholder, lr=lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(placeholder, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(placeholder, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+@register_strategy("linear_probe", options=LinearProbeOptions)
+def build(ctx: StrategyContext, opts: LinearProbeOptions) -> SupervisedTemplate:
+    """Linear probe: trains a growing linear head (one row per seen class) on frozen, standardised image features."""
+    model = LinearProbe(ctx.clip.embed_dim, standardize=opts.standardize)
+    optimizer = make_optimizer(opts.optimizer, opts.lr, opts.weight_decay)
+    return SupervisedTemplate(model=model, optimizer=optimizer, **ctx.template_kwargs(opts))

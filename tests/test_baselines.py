@@ -1,0 +1,349 @@
+"""The baselines (coop, coop_lamm, finetune, linear_probe) and Avalanche plugins from the YAML,
+trained through the runner on the tiny random-weight CLIP and the embedded digits."""
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from avalanche.models.dynamic_modules import avalanche_model_adaptation
+from avalanche.training.plugins import ReplayPlugin, SupervisedPlugin
+
+from lamm_cl import config, runner
+from lamm_cl.errors import ConfigError
+from lamm_cl.losses import feature_loss, logits_loss
+from lamm_cl.model.clip import normalize
+from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
+from lamm_cl.registry import get_strategy
+from lamm_cl.training import EWCPlugin, LwFPlugin, StrategyContext
+
+MEM = 12
+REPLAY = {"name": "replay", "mem_size": MEM}
+LWF = {"name": "lwf", "alpha": 1.0}
+EWC = {"name": "ewc", "ewc_lambda": 10.0}
+STRATEGIES = [
+    {"name": "zeroshot"},
+    {"name": "lamm", "epochs": 2, "plugins": [REPLAY]},
+    {"name": "coop", "epochs": 2, "plugins": [LWF, EWC]},
+    {"name": "coop_lamm", "epochs": 2, "plugins": [REPLAY, LWF, EWC]},
+    {"name": "finetune", "epochs": 2, "last_blocks": 1, "lr": 1e-3, "plugins": [REPLAY, LWF, EWC]},
+    {"name": "linear_probe", "epochs": 4, "lr": 0.01, "plugins": [REPLAY, LWF, EWC]},
+]
+
+
+def digits_config(strategies: list[dict], cache_dir) -> dict:
+    """Digits in 2 experiences of 5 classes, 10 shots per class, tiny random CLIP."""
+    return {"name": "baselines", "seeds": [0], "device": "cpu",
+            "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 10,
+                          "class_order": "seeded", "order_seed": 0},
+            "model": {"arch": "lamm-tiny", "pretrained": "none"},
+            "features": {"cache": True, "cache_dir": str(cache_dir)},
+            "strategies": strategies}
+
+
+class Snapshot(SupervisedPlugin):
+    """Records the model's state after every training experience, and the replay buffer before each."""
+
+    def __init__(self):
+        super().__init__()
+        self.after = []
+        self.buffer_before = []  # (size, labels) of every replay plugin's buffer, per experience
+
+    def before_training_exp(self, strategy, **kwargs):
+        for p in strategy.plugins:
+            if isinstance(p, ReplayPlugin):
+                buf = p.storage_policy.buffer
+                self.buffer_before.append((len(buf), sorted({int(buf[i][1]) for i in range(len(buf))})))
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.after.append({k: v.detach().clone() for k, v in strategy.model.state_dict().items()})
+
+
+def run_capturing(data: dict, out, names, stop_at=None, **run_kw) -> tuple[dict, list]:
+    """Run ``data`` through lamm_cl.runner.run; return, per strategy, its template, snapshots and CLIP.
+
+    ``stop_at=t`` interrupts the run (KeyboardInterrupt, as Ctrl-C) when experience t starts training.
+    """
+    captured = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in names:
+            spec = get_strategy(name)
+
+            def build(ctx, opts, _orig=spec.build, _name=name):
+                snap = Snapshot()
+                ctx.plugins.append(snap)
+                before = {k: v.clone() for k, v in ctx.clip.model.state_dict().items()}
+                template = _orig(ctx, opts)
+                captured[_name] = SimpleNamespace(template=template, snap=snap, clip=ctx.clip, clip_before=before)
+                if stop_at is not None:
+                    train = template.train
+
+                    def interrupted(exp, **kw):
+                        if exp.current_experience == stop_at:
+                            raise KeyboardInterrupt
+                        return train(exp, **kw)
+
+                    template.train = interrupted
+                return template
+
+            mp.setattr(spec, "build", build)
+        records = runner.run(config.parse(data), out, progress=False, **run_kw)
+    return captured, records
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def baselines(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("results") / "baselines"
+    captured, records = run_capturing(digits_config(STRATEGIES, cache_dir), out, [s["name"] for s in STRATEGIES])
+    return SimpleNamespace(out=out, captured=captured, records={r.strategy: r for r in records})
+
+
+def seen_after_first(records) -> list[int]:
+    return records["zeroshot"].experiences[0]
+
+
+# --------------------------------------------------------------------------- every strategy
+
+
+def test_every_strategy_trains_evaluates_and_writes(baselines):
+    assert set(baselines.records) == {s["name"] for s in STRATEGIES}
+    for name, rec in baselines.records.items():
+        run = baselines.out / name / "seed0"
+        A = pd.read_csv(run / "accuracy_matrix.csv", index_col=0).to_numpy()
+        assert A.shape == (2, 2) and np.isnan(A[0, 1]) and not np.isnan(np.tril(A)).any(), name
+        np.testing.assert_allclose(A, rec.matrix, equal_nan=True)
+        assert ((0 <= np.tril(A)) & (np.tril(A) <= 100)).all()
+        # each cell is a whole number of correct test images
+        counts = np.array(json.loads((run / "class_order.json").read_text())["test_counts"])
+        correct = np.tril(A) * counts[None, :] / 100
+        assert np.allclose(correct, np.round(correct), atol=1e-6), name
+        assert json.loads((run / "summary.json").read_text())["strategy"] == name
+    # the standardised linear probe learns from 10 shots (chance is 20% on 5 classes)
+    assert baselines.records["linear_probe"].matrix[0, 0] > 40
+
+
+def test_lamm_cl_list_describes_the_baselines():
+    for name, word in [("coop", "context"), ("coop_lamm", "label vectors"), ("finetune", "image encoder"),
+                       ("linear_probe", "linear head")]:
+        spec = get_strategy(name)
+        assert word in spec.description and spec.description.endswith(".")
+    assert get_strategy("finetune").inputs == "images" and get_strategy("linear_probe").inputs == "features"
+
+
+# --------------------------------------------------------------------------- what trains and what does not
+
+
+def test_coop_context_drifts_while_lamm_old_label_vectors_stay(baselines, tiny_clip):
+    coop = baselines.captured["coop"].snap.after
+    init = tiny_clip.embed_tokens(torch.tensor(tiny_clip.token_ids("a photo of a")))
+    assert not torch.equal(coop[0]["context"], init)  # trained on experience 0 ...
+    assert not torch.equal(coop[1]["context"], coop[0]["context"])  # ... and kept training on experience 1
+
+    lamm = baselines.captured["lamm"].snap.after  # with replay: old classes' samples return, their vectors stay
+    old = seen_after_first(baselines.records)
+    new = baselines.records["lamm"].experiences[1]
+    for c in old:
+        assert torch.equal(lamm[1][f"labels.vectors.{c}"], lamm[0][f"labels.vectors.{c}"])  # bit-identical
+        assert not torch.equal(lamm[0][f"labels.vectors.{c}"], lamm[0][f"labels.m0_{c}"])  # they did train
+    for c in new:
+        assert not torch.equal(lamm[1][f"labels.vectors.{c}"], lamm[1][f"labels.m0_{c}"])
+
+
+def test_coop_freeze_after_first_keeps_the_context(tmp_path, cache_dir):
+    strategies = [{"name": "coop", "epochs": 2, "freeze_after_first": True, "ctx_init": "random",
+                   "plugins": [EWC]}]
+    captured, records = run_capturing(digits_config(strategies, cache_dir), tmp_path / "out", ["coop"])
+    after = captured["coop"].snap.after
+    assert torch.equal(after[1]["context"], after[0]["context"])
+    assert not captured["coop"].template.model.context.requires_grad
+    assert not np.isnan(np.tril(records[0].matrix)).any()
+
+
+def test_coop_lamm_trains_context_and_label_vectors(baselines):
+    after = baselines.captured["coop_lamm"].snap.after
+    old = seen_after_first(baselines.records)
+    assert not torch.equal(after[1]["context"], after[0]["context"])
+    for c in old:
+        assert torch.equal(after[1][f"labels.vectors.{c}"], after[0][f"labels.vectors.{c}"])
+    model = baselines.captured["coop_lamm"].template.model
+    assert model.context.shape == (4, model.clip.token_width)
+
+
+def test_finetune_last_blocks_trains_only_the_last_block_of_a_copy(baselines):
+    cap = baselines.captured["finetune"]
+    shared = cap.clip.model.visual
+    encoder = cap.template.model.encoder
+    assert encoder is not shared
+    # the shared CLIP that every other strategy and seed uses is untouched
+    now = cap.clip.model.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in cap.clip_before.items())
+    assert not any(p.requires_grad for p in cap.clip.model.parameters())
+    trained = ("transformer.resblocks.1.", "ln_post.", "proj")
+    after = cap.snap.after[-1]
+    for name, start in shared.state_dict().items():
+        mine = after[f"encoder.{name}"]
+        if name.startswith(trained):
+            assert not torch.equal(mine, start), f"{name} did not train"
+        else:
+            assert torch.equal(mine, start), f"{name} changed"
+    # the head grew by the second experience's classes
+    assert after["head.weight"].shape == (10, encoder.proj.shape[1])
+
+
+def test_finetune_head_starts_as_zero_shot_clip(tiny_clip, digits):
+    names = digits.classnames
+    ctx = StrategyContext(clip=tiny_clip, class_names=names, template="a photo of the number {}.",
+                          device=torch.device("cpu"), seed=0)
+    opts = config.from_dict(get_strategy("finetune").options, {}, "strategies[0]")
+    model = get_strategy("finetune").build(ctx, opts).model
+    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=[0, 1, 2]))
+    images = torch.stack([tiny_clip.preprocess(digits.test.image(i)) for i in range(6)])
+    with torch.no_grad():
+        t = normalize(tiny_clip.encode_text([f"a photo of the number {n}." for n in names[:3]]))
+        expect = tiny_clip.logit_scale * normalize(tiny_clip.encode_images(images)) @ t.t()
+        got = model(images)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- Avalanche plugins from the YAML
+
+
+def test_replay_named_in_the_config_is_attached_and_filled(baselines):
+    old = seen_after_first(baselines.records)
+    for name in ("lamm", "coop_lamm", "finetune", "linear_probe"):
+        cap = baselines.captured[name]
+        replay = [p for p in cap.template.plugins if isinstance(p, ReplayPlugin)]
+        assert len(replay) == 1 and replay[0].mem_size == MEM
+        (size0, _), (size1, labels1) = cap.snap.buffer_before
+        assert size0 == 0  # empty before the first experience ...
+        assert size1 == MEM and set(labels1) <= set(old)  # ... full of its samples after it
+
+
+def test_lwf_and_ewc_work_on_every_kind_of_model(baselines):
+    for name in ("coop", "coop_lamm", "finetune", "linear_probe"):
+        cap = baselines.captured[name]
+        lwf = next(p for p in cap.template.plugins if isinstance(p, LwFPlugin))
+        ewc = next(p for p in cap.template.plugins if isinstance(p, EWCPlugin))
+        teacher = lwf.lwf.prev_model
+        assert teacher is not None and not teacher.training
+        if name.startswith("coop"):
+            assert teacher.clip is cap.clip  # the teacher shares the frozen CLIP instead of copying it
+        imp = ewc.importances[0]
+        trainable = [k for k, p in cap.template.model.named_parameters() if p.requires_grad and k in imp]
+        assert trainable and any(float(imp[k].data.abs().sum()) > 0 for k in trainable), name
+    coop_imp = next(p for p in baselines.captured["coop"].template.plugins if isinstance(p, EWCPlugin)).importances
+    assert float(coop_imp[0]["context"].data.sum()) > 0
+    ft_imp = next(p for p in baselines.captured["finetune"].template.plugins
+                  if isinstance(p, EWCPlugin)).importances[0]
+    assert float(ft_imp["encoder.transformer.resblocks.0.mlp.c_fc.weight"].data.abs().sum()) == 0  # frozen block
+
+
+def test_coop_lamm_with_plugins_resumes_bit_identically(baselines, tmp_path, cache_dir):
+    data = digits_config([next(s for s in STRATEGIES if s["name"] == "coop_lamm")], cache_dir)
+    with pytest.raises(KeyboardInterrupt):
+        run_capturing(data, tmp_path / "out", ["coop_lamm"], stop_at=1)
+    captured, (record,) = run_capturing(data, tmp_path / "out", ["coop_lamm"], resume=True)
+    assert record.info["resumed"]
+    np.testing.assert_array_equal(record.matrix, baselines.records["coop_lamm"].matrix)
+    # the replay buffer, LwF's teacher, EWC's importances, the optimizer and the RNG all came back
+    final, reference = captured["coop_lamm"].snap.after[-1], baselines.captured["coop_lamm"].snap.after[-1]
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in final)
+
+
+@pytest.mark.parametrize("plugins, where", [
+    ([{"name": "replays"}], "strategies[1].plugins[0].name"),
+    ([REPLAY, {"name": "replay", "mem_sise": 10}], "strategies[1].plugins[1].mem_sise"),
+    ([{"name": "replay", "mem_size": -3}], "strategies[1].plugins[0].mem_size"),
+    ([{"name": "ewc"}], "strategies[1].plugins[0].ewc_lambda"),
+    ([{"name": "lwf", "temperature": "hot"}], "strategies[1].plugins[0].temperature"),
+])
+@pytest.mark.parametrize("strategy", ["lamm", "coop", "coop_lamm", "finetune", "linear_probe"])
+def test_bad_plugin_is_a_config_error_naming_its_key(tmp_path, plugins, where, strategy):
+    data = digits_config([{"name": "zeroshot"}, {"name": strategy, "plugins": plugins}], tmp_path)
+    with pytest.raises(ConfigError) as e:
+        config.parse(data)
+    assert str(e.value).startswith(where + ":") and "\n" not in str(e.value)
+
+
+def test_bad_baseline_options_are_config_errors(tmp_path, tiny_clip):
+    def parse(entry):
+        return config.parse(digits_config([entry], tmp_path))
+
+    for entry, where in [({"name": "coop", "n_ctx": 0}, "strategies[0].n_ctx"),
+                         ({"name": "finetune", "trainable": "last_blocks"}, "strategies[0].last_blocks"),
+                         ({"name": "finetune", "last_blocks": 0}, "strategies[0].last_blocks"),
+                         ({"name": "linear_probe", "optimizer": "lbfgs"}, "strategies[0].optimizer")]:
+        with pytest.raises(ConfigError, match="^" + re.escape(where + ":")):
+            parse(entry)
+    ctx = StrategyContext(clip=tiny_clip, class_names=["zero", "one"], template="a photo of a {}.",
+                          device=torch.device("cpu"), seed=0)
+    opts = parse({"name": "coop", "n_ctx": 16}).strategies[0].options
+    with pytest.raises(ConfigError, match="coop.ctx_init: 'a photo of a' is 4 tokens but n_ctx is 16"):
+        get_strategy("coop").build(ctx, opts)
+    opts = parse({"name": "finetune", "last_blocks": 3}).strategies[0].options
+    with pytest.raises(ConfigError, match="finetune.last_blocks: 3 asked, the image encoder has 2 blocks"):
+        get_strategy("finetune").build(ctx, opts)
+
+
+# --------------------------------------------------------------------------- coop_lamm's loss by hand
+
+
+def test_coop_lamm_loss_is_ce_plus_the_three_lamm_terms(tiny_clip, digits):
+    torch.manual_seed(0)
+    names = digits.classnames
+    ctx = StrategyContext(clip=tiny_clip, class_names=names, template="a photo of the number {}.",
+                          device=torch.device("cpu"), seed=0)
+    loss_cfg = {"param": 0.5, "feature": 2.0, "logits": 0.3, "temperature": 1.5}
+    opts = config.from_dict(get_strategy("coop_lamm").options, {"loss": loss_cfg}, "strategies[0]")
+    template = get_strategy("coop_lamm").build(ctx, opts)
+    model = template.model
+    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=[0, 1, 2]))
+    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=[3, 4]))
+    table = model.labels
+    with torch.no_grad():  # move everything off its initial value so that every term is non-zero
+        model.context.add_(0.05 * torch.randn_like(model.context))
+        for v in table.vectors.values():
+            v.add_(0.05 * torch.randn_like(v))
+    model.train()
+    x = torch.randn(6, tiny_clip.embed_dim)
+    y = torch.tensor([3, 4, 0, 3, 1, 4])
+    template.mbatch = [x, y, torch.zeros(6, dtype=torch.long)]
+    template.mb_output = model(x)
+    template.is_training = True
+    loss = template.criterion()
+
+    # by hand: CoOp's prompts with the context and the label vectors spliced in
+    classes = [0, 1, 2, 3, 4]
+    encoder = PromptEncoder(tiny_clip, ClassPrompts(tiny_clip, names, "a photo of a {}."))
+    vectors = {c: table.vectors[str(c)] for c in classes}
+    originals = {c: table.original(c) for c in classes}
+    t = normalize(encoder.encode(classes, context=model.context, labels=vectors))
+    with torch.no_grad():  # t0: the current context with CLIP's own name embeddings, no gradient
+        t0 = normalize(encoder.encode(classes, context=model.context, labels=originals))
+    alpha = tiny_clip.logit_scale
+    f = normalize(x)
+    z, z0 = alpha * f @ t.t(), alpha * f @ t0.t()
+    ce = torch.nn.functional.cross_entropy(z, y)
+    l_param = sum(((table.vectors[str(c)] - table.original(c)) ** 2).sum() for c in (3, 4))  # trainable only
+    expected = (ce + 0.5 * l_param + 2.0 * feature_loss(t[y], t0[y])
+                + 0.3 * logits_loss(z, z0, temperature=1.5, kind="reference"))
+    assert float(l_param) > 0 and float(feature_loss(t[y], t0[y])) > 0
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert set(template.loss_parts) == {"ce", "param", "feature", "logits"}
+    assert template.loss_parts["ce"] == pytest.approx(float(ce), rel=1e-5)
+
+    # same gradients: the context gets none through t0, old label vectors get none at all
+    params = [model.context, table.vectors["3"], table.vectors["4"]]
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert not table.vectors["0"].requires_grad
