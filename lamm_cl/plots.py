@@ -147,7 +147,7 @@ def plot_seen_accuracy(groups: Groups, colors: Mapping[str, object]) -> Figure:
     ax.set_ylabel("Accuracy on seen classes (%)")
     ax.set_ylim(0, 100)
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"Seen-class accuracy after each experience ({_seeds_note(groups)})")
+    ax.set_title(f"Seen-class accuracy after each experience\n({_seeds_note(groups)})")
     _legend(fig, ax)
     return fig
 
