@@ -304,3 +304,14 @@ def test_eot_cut_prompts_with_spliced_vectors_equal_open_clip_at_77_tokens(tiny_
     ours = PromptEncoder(tiny_clip, prompts).encode([0, 1, 2], labels=labels)
     ref = tiny_clip.model.encode_text(tiny_clip.tokenizer([f"a photo of a {n}." for n in swapped]))
     assert float(((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max()) < 1e-5
+
+
+def test_speed_bench_runs_and_its_two_steps_agree(tiny_clip):
+    # a smoke test of `python -m lamm_cl.bench speed` on the tiny model; the timing itself is not checked
+    from lamm_cl.bench import speed
+
+    lines = []
+    ratio = speed(arch="lamm-tiny", n_classes=12, n_trainable=3, batch=4, naive_steps=1, fast_steps=1,
+                  log=lines.append)
+    assert ratio > 0 and lines[-1].startswith("speedup: ")
+    assert any("relative difference" in line for line in lines)
