@@ -44,6 +44,7 @@ class FeaturesConfig:
     cache: bool = True  # share frozen image features across strategies, seeds and runs
     cache_dir: Optional[str] = None  # default: the user's cache folder
     train_views: int = 0  # augmented views cached per training image; 0: centre crop only
+    dtype: Literal["float32", "float16"] = "float32"  # storage precision of cached features (float16 halves the disk)
 
 
 @dataclass

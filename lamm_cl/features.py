@@ -300,7 +300,7 @@ class FeatureExtractor:
         if clip.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32: the encoders are frozen, features need no more
         cache_dir = (features.cache_dir or default_cache_dir()) if features.cache else None
-        return cls(clip, cache_dir=cache_dir, dtype=getattr(features, "dtype", "float32"), progress=progress)
+        return cls(clip, cache_dir=cache_dir, dtype=features.dtype, progress=progress)
 
     # -- keys ----------------------------------------------------------------
     def transform(self, view: Optional[int] = None):
