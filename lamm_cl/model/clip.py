@@ -188,8 +188,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 class _QuietRandomInit(logging.Filter):
+    """Drops open_clip's own log lines for what build_clip reports itself (random weights, a failed download)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
+        msg = record.getMessage()
+        return "No pretrained weights loaded" not in msg and "Failed to download" not in msg
 
 
 def resolve_weights(arch: str, pretrained: str) -> str | None:
