@@ -61,14 +61,22 @@ def _warn(msg: str) -> None:
 
 
 def _summary_table(records) -> str:
+    """One row per (strategy, seed); with several seeds, a mean row per strategy after them."""
     from lamm_cl.metrics import summarize
 
+    keys = ("avg_incremental_accuracy", "last_accuracy", "forgetting", "bwt")
     head = f"{'strategy':<16} {'seed':>4} {'Avg':>7} {'Last':>7} {'Forget':>7} {'BWT':>7}"
     lines = [head, "-" * len(head)]
+    per_strategy: dict[str, list[dict]] = {}
     for r in records:
         s = summarize(r.matrix, r.test_counts)
-        lines.append(f"{r.strategy:<16} {r.seed:>4} {s['avg_incremental_accuracy']:>7.2f} {s['last_accuracy']:>7.2f} "
-                     f"{s['forgetting']:>7.2f} {s['bwt']:>7.2f}")
+        per_strategy.setdefault(r.strategy, []).append(s)
+        lines.append(f"{r.strategy:<16} {r.seed:>4} " + " ".join(f"{s[k]:>7.2f}" for k in keys))
+    means = [(name, runs) for name, runs in per_strategy.items() if len(runs) > 1]
+    if means:
+        lines.append("-" * len(head))
+        for name, runs in means:
+            lines.append(f"{name:<16} {'mean':>4} " + " ".join(f"{sum(r[k] for r in runs) / len(runs):>7.2f}" for k in keys))
     return "\n".join(lines)
 
 
