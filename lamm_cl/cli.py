@@ -5,6 +5,7 @@ Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted, 1 anythi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -192,6 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("lamm-cl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lamm-cl list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
