@@ -39,6 +39,10 @@ class LammOptions(StrategyOptions):
             raise ConfigError(f"{path}.label_tokens: expected min, all or a positive integer, got {self.label_tokens}")
         if self.loss.temperature <= 0:
             raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
+        for key in ("param", "feature", "logits"):
+            v = getattr(self.loss, key)
+            if v != "auto" and v < 0:
+                raise ConfigError(f"{path}.loss.{key}: expected 0 or more, got {v}")
 
     def weights(self, shots: Optional[int]) -> LammWeights:
         """Resolve ``auto`` and return the loss weights."""
