@@ -7,6 +7,7 @@ order's i-th class is label i, and class names follow the labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -198,7 +199,9 @@ def dry_run(cfg) -> list[str]:
         parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
     except DataNotFoundError as e:
         if b.download:
-            raise DataNotFoundError(f"{e} (a dry run does not download; a real run will, as download: true)") from None
+            root = Path(b.root).expanduser()
+            raise DataNotFoundError(f"{b.dataset}: no data in {root} yet; a dry run does not download, "
+                                    "a real run will (benchmark.download: true)") from None
         raise
     weights = resolve_weights(cfg.model.arch, cfg.model.pretrained)
     lines = [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} train / "
