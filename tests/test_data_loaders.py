@@ -352,8 +352,8 @@ def test_cifar100_through_torchvision(data_root, cifar_unchecked):
     assert parts.train.images.dtype == np.uint8 and parts.train.images.shape[1:] == (32, 32, 3)
     assert parts.train.identity == "cifar100:train" and parts.test.identity == "cifar100:test"
     assert parts.train.image(0).size == (32, 32)
-    # download=True with the data present must not try the network (the patched fetch would fail)
-    assert load_dataset("cifar100", data_root, download=True).classnames == parts.classnames
+    # asking for a download with the data present must not fetch (cifar_unchecked replaced the fetch by a failure)
+    assert load_dataset("cifar100", data_root, True).classnames == parts.classnames
 
 
 def test_cifar100_missing(tmp_path, cifar_unchecked):
@@ -371,7 +371,7 @@ def test_cifar100_corrupt(tmp_path, cifar_unchecked):
 
 def test_cifar100_download_fails_offline(tmp_path, cifar_unchecked):
     with pytest.raises(DataNotFoundError, match="download") as e:
-        load_dataset("cifar100", tmp_path, download=True)
+        load_dataset("cifar100", tmp_path, True)  # the fetch is cifar_unchecked's offline failure, never the network
     msg = str(e.value)
     assert str(tmp_path) in msg and "network is unreachable" in msg and "\n" not in msg
 
