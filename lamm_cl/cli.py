@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir")
     rep.add_argument("--format", dest="formats", action="append", choices=["png", "svg", "pdf"],
                      help="plot format (repeatable; default png)")
+    rep.add_argument("--baseline", default="lamm",
+                     help="strategy the others are compared with, paired by seed (default lamm)")
     return p
 
 
@@ -82,9 +84,9 @@ def _summary_table(records) -> str:
 
 
 def cmd_run(args) -> int:
-    from lamm_cl import config as config_mod
+    from lamm_cl.api import load_config, run_config
 
-    cfg = config_mod.load(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
@@ -92,7 +94,7 @@ def cmd_run(args) -> int:
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0
-    from lamm_cl.runner import output_dir, run
+    from lamm_cl.runner import output_dir
 
     out = output_dir(cfg, args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
@@ -101,16 +103,13 @@ def cmd_run(args) -> int:
         _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
              "pipeline works and say nothing about pretrained CLIP.")
     try:
-        records = run(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
-                      resume=args.resume, overwrite=args.overwrite, warn=_warn)
+        records = run_config(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
+                             resume=args.resume, overwrite=args.overwrite, warn=_warn)
     except KeyboardInterrupt:
         print(f"lamm-cl: interrupted; finished runs and the last checkpoint are kept in {out}; "
               f"continue with: lamm-cl run {args.config} --resume", file=sys.stderr, flush=True)
         return 130
     if records:
-        from lamm_cl.report import build_report
-
-        build_report(out)
         _say("")
         _say(_summary_table(records))
         _say("")
@@ -125,7 +124,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from lamm_cl.report import build_report
 
-    written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]))
+    written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]), baseline=args.baseline)
     _say(f"wrote {len(written)} files under {args.results_dir}")
     return 0
 

@@ -366,7 +366,40 @@ def _config_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
     return lines
 
 
-def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence[Path]) -> str:
+def _paired_section(groups: Mapping[str, Sequence[RunRecord]], baseline: str) -> List[str]:
+    """Each strategy against ``baseline``, paired by seed: mean difference, bootstrap interval, sign-flip p."""
+    from lamm_cl import stats
+
+    lines = ["## Paired differences", ""]
+    if baseline not in groups:
+        lines += [f"No `{baseline}` runs here to compare against (choose one with "
+                  "`lamm-cl report DIR --baseline NAME`).", ""]
+        return lines
+    base = {r.seed: r.summary() for r in groups[baseline]}
+    found = []
+    for strategy, runs in groups.items():
+        if strategy == baseline:
+            continue
+        mine = {r.seed: r.summary() for r in runs}
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            found.append(f"- {strategy} − {baseline}: no seed in common")
+            continue
+        for metric, key in (("last", "last_accuracy"), ("avg", "avg_incremental_accuracy")):
+            c = stats.compare_paired([mine[s][key] for s in seeds], [base[s][key] for s in seeds],
+                                     a=strategy, b=baseline, metric=metric)
+            found.append(f"- {c}")
+    if not found:
+        return []
+    lines += [f"Each strategy minus `{baseline}`, paired on the same seed (percentage points): mean "
+              f"difference, {stats.CONFIDENCE:.0%} percentile-bootstrap interval ({stats.N_RESAMPLES} seeded "
+              f"resamples) and the exact two-sided sign-flip p-value; with fewer than {stats.MIN_PAIRS} "
+              "pairs only the difference is shown.", ""]
+    return lines + found + [""]
+
+
+def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence[Path],
+               baseline: str = "lamm") -> str:
     first = next(iter(groups.values()))[0]
     config = first.config
     T = first.n_experiences
@@ -391,6 +424,8 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
         rel = ", ".join(f"`{p.relative_to(results_dir).as_posix()}`" for p in unfinished)
         lines += [f"Unfinished runs left out (no `{SUMMARY_FILE}`): {rel}.", ""]
     lines += _results_section(groups, rows)
+    if len(groups) > 1:
+        lines += _paired_section(groups, baseline)
     lines += _published_section(config, T, groups, rows)
     lines += _plots_section(plot_links)
     lines += _classes_section(groups)
@@ -401,7 +436,7 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> List[Path]:
+def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",), baseline: str = "lamm") -> List[Path]:
     """Write plots, ``summary.csv`` and ``report.md`` for every finished run under ``results_dir``.
 
     Reads only result files (:func:`lamm_cl.results.find_runs`); strategies are
@@ -412,6 +447,7 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
         results_dir: a benchmark's results folder, holding ``<strategy>/seed<k>/``.
         formats: figure formats, any of ``png`` (default), ``svg``, ``pdf``;
             the first is the one embedded in ``report.md``.
+        baseline: the strategy every other one is compared with in the paired-differences section.
 
     Returns:
         Every path written: the plots, then ``summary.csv``, then ``report.md``.
@@ -451,7 +487,7 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
 
     rows = summary_rows(groups)
     written.append(atomic_write_text(results_dir / "summary.csv", _summary_csv(rows)))
-    report_md = _report_md(results_dir, groups, rows, links, unfinished)
+    report_md = _report_md(results_dir, groups, rows, links, unfinished, baseline)
     written.append(atomic_write_text(results_dir / "report.md", report_md))
     return written
 
