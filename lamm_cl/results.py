@@ -217,10 +217,10 @@ def _check_record(record: RunRecord) -> np.ndarray:
     A, _ = metrics.validate(record.matrix, record.test_counts)
     T = A.shape[0]
     if record.matrix_task_aware is not None:
-        metrics.validate(record.matrix_task_aware, record.test_counts)
         if np.asarray(record.matrix_task_aware).shape != A.shape:
             raise ValueError(f"task-aware matrix of shape {np.asarray(record.matrix_task_aware).shape} "
                              f"beside an accuracy matrix of {A.shape}")
+        metrics.validate(record.matrix_task_aware, record.test_counts)
     if len(record.experiences) != T:
         raise ValueError(f"{len(record.experiences)} experiences listed but the accuracy matrix has {T}")
     n_classes = len(record.class_order)
