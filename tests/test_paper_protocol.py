@@ -233,7 +233,7 @@ def test_a_run_hashes_once_and_every_summary_names_the_weights(tmp_path, monkeyp
                         "model": {"arch": "lamm-tiny", "pretrained": str(path)},
                         "features": {"cache": False},
                         "strategies": [{"name": "zeroshot"},
-                                       {"name": "lamm", "epochs": 1, "lr": 0.5, "softmax": "current",
+                                       {"name": "lamm", "epochs": 1, "lr": 0.5, "batch_size": 512, "softmax": "current",
                                         "label_tokens": "min_experience"}]})
     records = run(cfg, tmp_path / "out", progress=False)
     assert len(records) == 2 and len(calls) == 1  # one hash per run, not per strategy
