@@ -306,3 +306,10 @@ def test_class_incremental_runs_do_not_match_the_few_shot_table():
     cfg = config.load(PAPER / "base2new_eurosat.yaml").to_dict()
     assert match_published(cfg, 2) == []
     assert match_published({**cfg, "benchmark": {**cfg["benchmark"], "shots": 16}}, 1) != []
+
+
+def test_list_shows_the_paper_files(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "benchmarks/lamm_paper/base2new_dtd.yaml" in out and "lamm_paper_fewshot_imagenet" in out
+    assert out.index("benchmarks/split_ucf101.yaml") < out.index("benchmarks/lamm_paper/")  # top level first
