@@ -305,7 +305,8 @@ def _results_section(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[M
     return lines
 
 
-def _task_aware_section(groups: Mapping[str, Sequence[RunRecord]], by_key: Mapping[tuple, Mapping[str, Any]]) -> List[str]:
+def _task_aware_section(groups: Mapping[str, Sequence[RunRecord]],
+                        by_key: Mapping[tuple, Mapping[str, Any]]) -> List[str]:
     """The task-aware numbers beside the headline (runs from before they were recorded show a dash)."""
     if not any(r.matrix_task_aware is not None for runs in groups.values() for r in runs):
         return []

@@ -33,7 +33,8 @@ N_CLASSES = {"imagenet": 1000, "caltech101": 100, "oxford_pets": 37, "stanford_c
 
 
 def test_identity_order_is_label_order_and_splits_base_then_new(digits):
-    cfg = config.parse({"name": "b2n", "benchmark": {"dataset": "digits", "n_experiences": 2, "class_order": "identity"},
+    cfg = config.parse({"name": "b2n",
+                        "benchmark": {"dataset": "digits", "n_experiences": 2, "class_order": "identity"},
                         "model": {"arch": "lamm-tiny", "pretrained": "none"}, "strategies": [{"name": "zeroshot"}]})
     plan = make_plan(digits, cfg.benchmark, seed=3)
     assert plan.order_name == "identity"
