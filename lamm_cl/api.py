@@ -149,7 +149,7 @@ def load_results(path: Union[str, Path]) -> "Results":
     rows, matrices, metric_rows, keys = [], {}, [], set()
     for parts, run_dir in _run_folders(root):
         rec = read_run(run_dir)
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))  # read_run checked it
         grid = "/".join(parts[1:])
         key = (rec.benchmark, grid, rec.strategy, rec.seed)
         if key in keys:
@@ -160,9 +160,9 @@ def load_results(path: Union[str, Path]) -> "Results":
         row = {"benchmark": rec.benchmark, "grid": grid, "strategy": rec.strategy, "seed": rec.seed,
                **{short: s[long] for short, long in METRIC_COLUMNS.items()},
                "n_experiences": rec.n_experiences}
-        for k, v in summary.items():  # task-aware figures, where the run has them
-            if k.startswith(_TASK_AWARE_PREFIX) and isinstance(v, (int, float)):
-                row[k] = float(v)
+        ta = rec.task_aware_summary()  # runs made before task-aware evaluation have none
+        if ta is not None:
+            row.update({_TASK_AWARE_PREFIX + short: ta[long] for short, long in METRIC_COLUMNS.items()})
         row.update(_model_identity(rec.config, summary))
         row["path"] = str(run_dir)
         rows.append(row)
@@ -186,7 +186,7 @@ class Results:
         path: the folder read.
         summary: one row per benchmark x grid cell x strategy x seed: ``avg``, ``last``,
             ``forgetting``, ``bwt`` (percent), task-aware figures where present
-            (``task_aware_*``), ``n_experiences``, ``arch``, ``pretrained``, ``weights_sha256``.
+            (``task_aware_avg``, ``task_aware_last``, ...), ``n_experiences``, ``arch``, ``pretrained``, ``weights_sha256``.
             ``grid`` (the grid cell's folder) only for a sweep with grid cells.
         metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value.
         failed: runs that a NaN loss stopped, when returned by :func:`run`.

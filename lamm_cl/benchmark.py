@@ -29,7 +29,7 @@ class Plan:
         experiences: new labels of each experience's classes.
         train_index, test_index: indices into the dataset's train/test samples, per experience.
         template: the prompt template.
-        order_name: how the order was made (``icarl``, ``seeded(1993)``, ``explicit``).
+        order_name: how the order was made (``icarl``, ``identity``, ``seeded(1993)``, ``explicit``).
     """
 
     dataset: str
@@ -66,6 +66,10 @@ def resolve_class_order(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> t
             raise ConfigError(f"benchmark.class_order: icarl is the 100-class CIFAR-100 order; "
                               f"{parts.name} has {n} classes")
         return list(ICARL_CIFAR100_ORDER), "icarl"
+    if order == "identity":
+        # The dataset's own label order: what LAMM's base->new split cuts in half
+        # (Dassl's subsample_classes keeps labels[:ceil(n/2)] as base, the rest as new).
+        return list(range(n)), "identity"
     if order == "seeded":
         s = seed if b.order_seed is None else b.order_seed
         return np.random.default_rng(s).permutation(n).tolist(), f"seeded({s})"

@@ -251,7 +251,8 @@ def load_module_extras(model: torch.nn.Module, extras: dict) -> None:
 
 
 def save(path: Path, *, template, refs: References, skip_plugins: Iterable[Any], experience: int,
-         matrix: np.ndarray, per_class: dict, seconds: float, meta: dict) -> Path:
+         matrix: np.ndarray, per_class: dict, seconds: float, meta: dict,
+         matrix_task_aware: Optional[np.ndarray] = None) -> Path:
     """Write the checkpoint of a run that has finished ``experience`` (0-based) to ``path``, atomically.
 
     Raises:
@@ -268,6 +269,7 @@ def save(path: Path, *, template, refs: References, skip_plugins: Iterable[Any],
         "meta": meta,
         "experience": experience,
         "matrix": np.asarray(matrix, dtype=float).tolist(),
+        "matrix_task_aware": None if matrix_task_aware is None else np.asarray(matrix_task_aware, dtype=float).tolist(),
         "per_class": {int(k): float(v) for k, v in per_class.items()},
         "seconds": float(seconds),
         "model": template.model.state_dict(),

@@ -135,17 +135,19 @@ def _columns(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
 
 
 def _benchmark_files(folder: Path) -> list[tuple[str, str]]:
-    """(file, its `name`) of every YAML in ``folder``; a broken file is listed with the reason."""
+    """(file, its `name`) of every YAML in ``folder`` and its subfolders one level down (``lamm_paper/``);
+    a broken file is listed with the reason."""
     import yaml
 
     out = []
-    for f in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+    for f in [*sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]),
+              *sorted([*folder.glob("*/*.yaml"), *folder.glob("*/*.yml")])]:
         try:
             data = yaml.safe_load(f.read_text(encoding="utf-8"))
             name = str(data.get("name", "(no name)")) if isinstance(data, dict) else "(not a mapping)"
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             name = f"(cannot read: {type(e).__name__})"
-        out.append((str(folder / f.name), name))
+        out.append((str(f), name))
     return out
 
 

@@ -27,7 +27,8 @@ class BenchmarkConfig:
     download: bool = False  # fetch where the source allows (CIFAR-100)
     n_experiences: Optional[int] = None  # equal split of the classes ...
     classes_per_experience: Optional[list[int]] = None  # ... or an explicit count per experience
-    class_order: Union[Literal["icarl", "seeded"], list[int]] = "seeded"  # or an explicit list of class ids
+    # identity: the dataset's label order; or an explicit list of class ids
+    class_order: Union[Literal["icarl", "identity", "seeded"], list[int]] = "seeded"
     order_seed: Optional[int] = None  # seed of a seeded order; null: the run's seed
     shots: Optional[int] = None  # k training images per class, drawn with the run's seed
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own

@@ -33,8 +33,8 @@ from lamm_cl.errors import UserError
 from lamm_cl.features import AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin, ViewSchedule
 from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
-from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, SUMMARY_FILE,
-                             RunRecord, find_run_dirs, read_run, write_run)
+from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
+                             PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, read_run, write_run)
 from lamm_cl.training import AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins
 
 Log = Callable[[str], None]
@@ -99,19 +99,28 @@ class Inputs:
         return out
 
 
-def evaluate(template, test_stream, upto: int, plan: Plan, acc: AccuracyPlugin) -> tuple[list[float], dict]:
-    """Accuracy (%) on each experience 0..upto, predicting among every class seen so far."""
+def evaluate(template, test_stream, upto: int, plan: Plan,
+             acc: AccuracyPlugin) -> tuple[list[float], dict, list[float]]:
+    """Accuracy (%) on each experience 0..upto, predicting among every class seen so far
+    (class-incremental), the per-class accuracies, and the task-aware accuracy of each experience:
+    its test images predicted among its own classes only (from the same logits)."""
     acc.reset(seen_classes(plan, upto))
-    row = []
+    row, row_task_aware = [], []
     for j in range(upto + 1):
-        before = dict(acc.correct), dict(acc.total)
-        template.eval(test_stream[j])
+        before = dict(acc.correct), dict(acc.total), dict(acc.correct_task_aware)
         classes = plan.experiences[j]
+        acc.task_classes = list(classes)
+        try:
+            template.eval(test_stream[j])
+        finally:
+            acc.task_classes = None
         c = sum(acc.correct.get(k, 0) - before[0].get(k, 0) for k in classes)
         n = sum(acc.total.get(k, 0) - before[1].get(k, 0) for k in classes)
+        c_ta = sum(acc.correct_task_aware.get(k, 0) - before[2].get(k, 0) for k in classes)
         row.append(100.0 * c / n if n else float("nan"))
+        row_task_aware.append(100.0 * c_ta / n if n else float("nan"))
     per_class = {k: 100.0 * acc.correct.get(k, 0) / v for k, v in acc.total.items()}
-    return row, per_class
+    return row, per_class, row_task_aware
 
 
 def versions() -> dict:
@@ -197,6 +206,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     template = spec.build(ctx, entry.options)
     T = plan.n_experiences
     matrix = np.full((T, T), np.nan)
+    matrix_task_aware = np.full((T, T), np.nan)
     per_class: dict = {}
     first, spent = 0, 0.0
 
@@ -211,6 +221,8 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             return run_strategy(cfg, entry, seed, plan, inputs, device, progress, log, run_dir)
         first = resume_from["experience"] + 1
         matrix[:first] = np.asarray(resume_from["matrix"], dtype=float)[:first]
+        if resume_from.get("matrix_task_aware") is not None:  # absent from older checkpoints: left NaN
+            matrix_task_aware[:first] = np.asarray(resume_from["matrix_task_aware"], dtype=float)[:first]
         per_class, spent = dict(resume_from["per_class"]), resume_from["seconds"]
         log(f"  {entry.name} seed {seed}: resuming after experience {first}/{T}")
     ckpt = run_dir / checkpoint.CHECKPOINT_FILE if run_dir is not None else None
@@ -218,14 +230,16 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     started = time.perf_counter()
     for t in range(first, T):
         template.train(scenario.train_stream[t])
-        row, per_class = evaluate(template, scenario.test_stream, t, plan, acc)
+        row, per_class, row_task_aware = evaluate(template, scenario.test_stream, t, plan, acc)
         matrix[t, : t + 1] = row
+        matrix_task_aware[t, : t + 1] = row_task_aware
         log(f"  {entry.name} seed {seed} experience {t + 1}/{T}: seen-class accuracy "
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if ckpt is not None and t < T - 1:  # after the last one the results themselves are written
             try:
                 checkpoint.save(ckpt, template=template, refs=refs_of(template), skip_plugins=ctx.plugins,
                                 experience=t, matrix=matrix, per_class=per_class,
+                                matrix_task_aware=matrix_task_aware,
                                 seconds=spent + time.perf_counter() - started, meta=meta)
             except checkpoint.CheckpointError as e:
                 log(f"  {entry.name} seed {seed}: no checkpoints for this run, --resume will restart it: {e}")
@@ -238,11 +252,15 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
         class_names=plan.class_names, class_order=plan.class_order,
         per_class_accuracy=[float(per_class.get(c, float("nan"))) for c in range(n_classes)],
         config=cfg.to_dict(),
+        # a run resumed from a checkpoint that predates the task-aware count has gaps: leave it out
+        matrix_task_aware=None if np.isnan(np.tril(matrix_task_aware)[np.tril_indices(T)]).any() else matrix_task_aware,
         info={"versions": versions(), "device": str(device), "order": plan.order_name,
               "template": plan.template, "seconds": round(spent + time.perf_counter() - started, 2),
               "seed": seed, "order_seed": cfg.benchmark.order_seed, "deterministic": device.type == "cpu",
               "resumed": resume_from is not None,
-              "random_weights": cfg.model.pretrained == "none", "source": get_strategy(entry.name).source},
+              "random_weights": cfg.model.pretrained == "none", "source": get_strategy(entry.name).source,
+              # hashed once when the run built CLIP (run()), shared by every strategy and seed
+              "weights": inputs.clip.weights_record()},
     )
 
 
@@ -287,8 +305,8 @@ def _resume_state(cfg: Config, out: Path) -> tuple[dict, dict]:
     return done, ckpts
 
 
-RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, SUMMARY_FILE,
-             checkpoint.CHECKPOINT_FILE)
+RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
+             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE)
 
 
 def clear_results(out: Path) -> None:

@@ -277,26 +277,39 @@ def sgd(params, opts: Any) -> torch.optim.SGD:
 # ---------------------------------------------------------------------------
 
 class AccuracyPlugin(SupervisedPlugin):
-    """Counts correct top-1 predictions per class during evaluation, among the first ``n_seen`` labels."""
+    """Counts correct top-1 predictions per class during evaluation, among the first ``n_seen`` labels
+    (class-incremental), and, when ``task_classes`` is set, among those classes only (task-aware).
+
+    Both come from the same logits, so the task-aware count costs no second evaluation pass: it
+    restricts the argmax to the columns of the experience being evaluated.
+    """
 
     def __init__(self):
         super().__init__()
         self.n_seen = 0
+        self.task_classes: Optional[list[int]] = None  # the evaluated experience's labels; None: no task-aware count
         self.correct: dict[int, int] = {}
+        self.correct_task_aware: dict[int, int] = {}
         self.total: dict[int, int] = {}
 
     def reset(self, n_seen: int) -> None:
         self.n_seen = n_seen
-        self.correct, self.total = {}, {}
+        self.correct, self.correct_task_aware, self.total = {}, {}, {}
 
     def after_eval_iteration(self, strategy, **kwargs):
         logits = strategy.mb_output[:, : self.n_seen]
         pred = logits.argmax(dim=1).cpu()
         y = strategy.mb_y.cpu()
+        pred_ta = None
+        if self.task_classes is not None:
+            cols = torch.as_tensor(self.task_classes, dtype=torch.long, device=logits.device)
+            pred_ta = cols[logits.index_select(1, cols).argmax(dim=1)].cpu()
         for c in y.unique().tolist():
             m = y == c
             self.correct[c] = self.correct.get(c, 0) + int((pred[m] == c).sum())
             self.total[c] = self.total.get(c, 0) + int(m.sum())
+            if pred_ta is not None:
+                self.correct_task_aware[c] = self.correct_task_aware.get(c, 0) + int((pred_ta[m] == c).sum())
 
 
 class ProgressPlugin(SupervisedPlugin):

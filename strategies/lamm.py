@@ -28,7 +28,8 @@ class LossOptions:
 
 @dataclass
 class LammOptions(StrategyOptions):
-    label_tokens: Union[Literal["min", "all"], int] = "min"  # vectors per class: shortest name length | whole name | k
+    # vectors per class: shortest name length (of the benchmark | of the class's experience) | whole name | k
+    label_tokens: Union[Literal["min", "min_experience", "all"], int] = "min"
     label_init: Literal["name", "random"] = "name"  # from the name's embeddings, or N(0, 0.02^2)
     softmax: Literal["seen", "current"] = "seen"  # training softmax over every seen class, or the current task's
     loss: LossOptions = field(default_factory=LossOptions)
@@ -36,7 +37,8 @@ class LammOptions(StrategyOptions):
     def validate(self, path: str) -> None:
         super().validate(path)
         if isinstance(self.label_tokens, int) and self.label_tokens < 1:
-            raise ConfigError(f"{path}.label_tokens: expected min, all or a positive integer, got {self.label_tokens}")
+            raise ConfigError(f"{path}.label_tokens: expected min, min_experience, all or a positive integer, "
+                              f"got {self.label_tokens}")
         if self.loss.temperature <= 0:
             raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
         for key in ("param", "feature", "logits"):
