@@ -369,6 +369,8 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
         for seed in cfg.seeds:
             plan = plans[seed]
             log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
+            if cfg.benchmark.shots and plan.short_classes:
+                log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
             for entry in cfg.strategies:
                 run_dir = out / entry.name / f"seed{seed}"
                 if (entry.name, seed) in done:
