@@ -383,3 +383,75 @@ def test_dry_run_prints_one_line_for_short_classes(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "shots asked" in line]
     assert len(lines) == 1 and "10 of 10 classes have fewer" in lines[0] and "'zero' (" in lines[0]
+
+
+# --------------------------------------------------------------------------- 8. views of few-shot images
+
+
+def test_views_are_made_of_the_drawn_few_shot_images_only(tiny_clip, digits, tmp_path):
+    from lamm_cl.features import FeatureExtractor
+    from lamm_cl.runner import Inputs, few_shot_images
+
+    cfg = config.parse({"name": "t", "seeds": [0, 1], "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 3},
+                        "features": {"train_views": 2}, "strategies": [{"name": "lamm", "epochs": 2}]})
+    plans = {s: make_plan(digits, cfg.benchmark, s) for s in cfg.seeds}
+    used = few_shot_images(cfg, plans)
+    drawn = {int(i) for p in plans.values() for idx in p.train_index for i in idx}
+    assert used.tolist() == sorted(drawn) and len(drawn) <= 2 * 10 * 3  # two seeds x 10 classes x 3 shots
+    extractor = FeatureExtractor(tiny_clip, cache_dir=tmp_path)
+    sizes = []
+    real = extractor.features
+    extractor.features = lambda samples, view=None, desc="": (sizes.append((view, len(samples))),
+                                                               real(samples, view=view, desc=desc))[1]
+    inputs = Inputs(digits, tiny_clip, extractor, train_views=2, views_of=used)
+    idx = plans[1].train_index[1]
+    got = inputs.reader("features", "train")(1, idx)(4)
+    assert sizes == [(0, len(used))]  # not the 1,000-odd images of the whole split
+    row = int(np.flatnonzero(used == idx[4])[0])
+    assert torch.equal(got, real(digits.train.subset(used), view=0)[row].float())
+    no_views = config.parse({"name": "t", "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 3},
+                             "strategies": [{"name": "lamm"}]})
+    assert few_shot_images(no_views, plans) is None
+
+
+# --------------------------------------------------------------------------- 8, 9. the benchmark files
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+FEW_SHOT_FILES = [p for p in sorted((ROOT / "benchmarks").rglob("*.yaml"))
+                  if (__import__("yaml").safe_load(p.read_text()).get("benchmark") or {}).get("shots")]
+LAMM_FAMILY = ("lamm", "coop_lamm", "maple_lamm")
+
+
+def test_there_are_few_shot_benchmark_files():
+    assert len(FEW_SHOT_FILES) >= 11  # one split_<dataset>.yaml per CoOp dataset at least
+
+
+@pytest.mark.parametrize("path", FEW_SHOT_FILES, ids=lambda p: p.name)
+def test_few_shot_files_cache_a_fresh_view_for_every_epoch(path):
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    cfg = config.parse(data)
+    epochs = [e.options.epochs for e in cfg.strategies
+              if get_strategy(e.name).inputs == "features" and e.options.epochs > 1]
+    assert epochs and cfg.features.train_views == max(epochs), path.name
+
+
+@pytest.mark.parametrize("path", FEW_SHOT_FILES, ids=lambda p: p.name)
+def test_few_shot_files_state_epochs_and_lambda_p(path):
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    cfg = config.parse(data)
+    shots = cfg.benchmark.shots
+    n_exp = len(cfg.benchmark.classes_per_experience or []) or cfg.benchmark.n_experiences
+    # the reference: incremental (base-to-new) scripts pass --shots 16, so lambda_p = 1/shots; the main
+    # few-shot scripts pass no --shots, so lambda_p = 1 (one experience of all classes)
+    expected = 1.0 / shots if (n_exp or 1) > 1 else 1.0
+    entries = [e for e in data["strategies"] if e["name"] in LAMM_FAMILY]
+    assert entries, path.name
+    for e in entries:
+        assert "epochs" in e, f"{path.name}: {e['name']} does not state its epochs"
+        param = (e.get("loss") or {}).get("param")
+        assert isinstance(param, (int, float)) and not isinstance(param, bool), f"{path.name}: {e['name']} loss.param"
+        assert param == pytest.approx(expected), path.name
