@@ -36,7 +36,7 @@ def feature_loss(t: torch.Tensor, t0: torch.Tensor, y: Optional[torch.Tensor] = 
     With ``y``, a sample counts only when the batch also holds a sample of another class, so a
     batch of one class gives 0 -- the reference's ``FeatureLoss`` skips sample i unless
     ``torch.sum(label != label[i]) > 0`` and divides by the samples it kept
-    (gaojingsheng/LAMM trainers/coop.py:62-79). Without ``y`` every sample counts.
+    (gaojingsheng/LAMM trainers/coop.py:63-83). Without ``y`` every sample counts.
 
     Args:
         t: ``[B, D]`` text features of each sample's class with label vectors.

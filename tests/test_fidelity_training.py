@@ -455,3 +455,15 @@ def test_few_shot_files_state_epochs_and_lambda_p(path):
         param = (e.get("loss") or {}).get("param")
         assert isinstance(param, (int, float)) and not isinstance(param, bool), f"{path.name}: {e['name']} loss.param"
         assert param == pytest.approx(expected), path.name
+
+
+# --------------------------------------------------------------------------- 9, 10. the README says so
+
+
+def test_readme_states_protocols_and_precision():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## LAMM as implemented"):]
+    section = section[: section.index("\n## ", 3)]
+    assert "1/16 = 0.0625" in section and "`--shots 16`" in section and "no `--shots`" in section
+    assert "fp16" in section and "fp32" in section and "bf16 autocast" in section
+    assert "lr·½(1 + cos(π(e−1)/E))" in section and "E = 1" in section
