@@ -285,8 +285,9 @@ def test_overwrite_replaces_old_runs_only_after_input_checks(env, tmp_path, caps
     (out / "report.md").write_text("old report")
     (out / "notes.txt").write_text("mine")
     before = files_under(out)
-    # Bad input (more shots than a digit class has): refused, and the old results are untouched.
-    bad = write_config(env, tmp_path / "bad.yaml", [{"name": "zeroshot"}], shots=1000)
+    # Bad input (more experiences than digits has classes): refused, and the old results are untouched.
+    # (More shots than a class has is no longer an error: the class trains on all its images.)
+    bad = write_config(env, tmp_path / "bad.yaml", [{"name": "zeroshot"}], n_experiences=20)
     assert main(["run", str(bad), "--output", str(out), "--overwrite"]) == 2
     assert files_under(out) == before
     capsys.readouterr()
