@@ -67,21 +67,35 @@ class Inputs:
     clip: FrozenCLIP
     extractor: FeatureExtractor
     train_views: int = 0  # augmented views per training image; 0: centre crop only
+    # few-shot: the sorted training indices some run draws; augmented views are made of these only
+    # (the centre crop still covers the whole split, so it stays shared between runs and shot counts)
+    views_of: Optional[np.ndarray] = None
     schedule: ViewSchedule = field(default_factory=ViewSchedule)
     _feats: dict = field(default_factory=dict)
 
     def _features(self, split: str, view: Optional[int] = None) -> torch.Tensor:
         if (split, view) not in self._feats:
             samples = self.parts.train if split == "train" else self.parts.test
+            if view is not None and self.views_of is not None:
+                samples = samples.subset(self.views_of)
             desc = f"{split} image features" + ("" if view is None else f" (view {view})")
             self._feats[split, view] = self.extractor.features(samples, view=view, desc=desc)
         return self._feats[split, view]
+
+    def _view_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the view features that hold training images ``idx``."""
+        if self.views_of is None:
+            return idx
+        rows = np.searchsorted(self.views_of, idx)
+        if np.any(rows >= len(self.views_of)) or np.any(self.views_of[np.minimum(rows, len(self.views_of) - 1)] != idx):
+            raise ValueError("a training image outside Inputs.views_of was asked for")
+        return rows
 
     def reader(self, kind: str, split: str):
         """``(experience, indices) -> (i -> tensor)`` for :func:`make_streams`."""
         if kind == "features" and split == "train" and self.train_views > 0:
             at = self._features  # the view is looked up per item: it changes between epochs
-            return lambda t, idx: (lambda i, idx=idx: at("train", self.schedule.view)[idx[i]].float())
+            return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].float())
         if kind == "features":
             feats = self._features(split)
             return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].float())
@@ -343,6 +357,15 @@ def deterministic(device: torch.device):
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
+def few_shot_images(cfg: Config, plans: dict[int, Plan]) -> Optional[np.ndarray]:
+    """The training images that any seed's few-shot plan draws (sorted), or None when not few-shot
+    or without augmented views: with ``train_views`` V, only these get V views each, instead of
+    every image of the split (16 shots x 1,000 classes instead of ImageNet's 1.28 M images)."""
+    if not cfg.benchmark.shots or cfg.features.train_views <= 0:
+        return None
+    return np.unique(np.concatenate([i for p in plans.values() for i in p.train_index]))
+
+
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
         log: Log = lambda s: None, *, resume: bool = False, overwrite: bool = False,
         warn: Optional[Log] = None) -> RunRecords:
@@ -379,7 +402,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, dev)
     inputs = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg.features, progress=_bar if progress else None),
-                    train_views=cfg.features.train_views)
+                    train_views=cfg.features.train_views, views_of=few_shot_images(cfg, plans))
     records = RunRecords()
     with checkpoint.lock_output(out), deterministic(dev):
         if overwrite:
@@ -387,6 +410,8 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
         for seed in cfg.seeds:
             plan = plans[seed]
             log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
+            if cfg.benchmark.shots and plan.short_classes:
+                log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
             for entry in cfg.strategies:
                 run_dir = out / entry.name / f"seed{seed}"
                 if (entry.name, seed) in done:

@@ -236,15 +236,43 @@ class EWCPlugin(_AvalancheEWC):
 # ---------------------------------------------------------------------------
 
 def warmup_cosine(epochs: int, base_lr: float, warmup_lr: float = 1e-5) -> Callable[[int], float]:
-    """LR factor per epoch: one warm-up epoch at ``warmup_lr`` (when there is more than one epoch),
-    then cosine annealing over the experience's epochs, as CoOp and LAMM train."""
+    """LR factor per epoch (0-based), as Dassl schedules CoOp and LAMM.
+
+    With E = ``epochs`` >= 2: epoch 0 runs at the constant ``warmup_lr``, and epoch e >= 1 at
+    ``base_lr * 0.5 * (1 + cos(pi * (e - 1) / E))`` -- epoch 1 at the full rate, the last epoch
+    still above zero. That is Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=E)``
+    with ``WARMUP_RECOUNT`` (Dassl's default): the cosine starts counting only after the warm-up
+    epoch (Dassl.pytorch dassl/optim/lr_scheduler.py:21-39, and build_lr_scheduler, which leaves the
+    successor's last_epoch at 0 when WARMUP_RECOUNT is set; LAMM's
+    configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml sets WARMUP_EPOCH 1, constant, 1e-5).
+
+    Deviation: with E = 1 Dassl would spend the only epoch at ``warmup_lr`` and train nothing;
+    here a single epoch runs at ``base_lr`` (no warm-up).
+    """
 
     def factor(epoch: int) -> float:
-        if epochs > 1 and epoch == 0 and base_lr > 0:
-            return warmup_lr / base_lr
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+        if epochs <= 1:
+            return 1.0
+        if epoch == 0:
+            return warmup_lr / base_lr if base_lr > 0 else 0.0
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
 
     return factor
+
+
+class DropLastPartialBatch:
+    """Template mixin: training drops the last partial mini-batch when the experience has at least one
+    full batch, as Dassl builds its training loader for CoOp and LAMM (Dassl.pytorch
+    dassl/data/data_manager.py, build_data_loader: ``drop_last=is_train and len(data_source) >=
+    batch_size``); Avalanche keeps the partial batch. An experience smaller than one batch trains on
+    all of it. Put it before ``SupervisedTemplate`` in the bases; an explicit ``drop_last`` passed to
+    ``train`` wins. The flag also reaches plugins that build their own loader (Avalanche's replay).
+    """
+
+    def _before_training_exp(self, **kwargs):
+        if "drop_last" not in kwargs:
+            kwargs["drop_last"] = len(self.experience.dataset) >= self.train_mb_size
+        super()._before_training_exp(**kwargs)
 
 
 class WarmupCosinePlugin(SupervisedPlugin):
@@ -263,7 +291,8 @@ class WarmupCosinePlugin(SupervisedPlugin):
 
 
 def lr_schedule_plugin(optimizer: torch.optim.Optimizer, epochs: int, base_lr: float) -> WarmupCosinePlugin:
-    """The reference schedule as a plugin: one warm-up epoch at 1e-5, then cosine, every experience."""
+    """The reference schedule as a plugin (:func:`warmup_cosine`): one warm-up epoch at 1e-5, then cosine
+    from epoch 1, restarting at every experience."""
     return WarmupCosinePlugin(epochs, base_lr)
 
 

@@ -56,7 +56,8 @@ def label_token_counts(prompts: ClassPrompts, label_tokens: LabelTokens,
 
 
 class LabelTable(DynamicModule):
-    """Per-class label vectors M_c with frozen copies M0_c of CLIP's name embeddings.
+    """Per-class label vectors M_c with frozen copies M0_c of CLIP's name embeddings
+    (and, with ``label_init: random``, of each random start: the parameter loss's anchor).
 
     Args:
         word_embedding: CLIP's token-embedding table ``[V, W]`` (read, never trained).
@@ -86,8 +87,20 @@ class LabelTable(DynamicModule):
         self.trainable: list[int] = []  # the classes of the experience being trained
 
     def original(self, c: int) -> torch.Tensor:
-        """M0_c: CLIP's embeddings of the first k pieces of class c's name."""
+        """M0_c: CLIP's embeddings of the first k pieces of class c's name (what t0 is encoded with)."""
         return getattr(self, f"m0_{c}")
+
+    def anchor(self, c: int) -> torch.Tensor:
+        """What the parameter loss pulls class c's vectors towards: their starting value.
+
+        With ``label_init: name`` that is M0_c. With ``random`` it is the random start, as in the
+        reference, whose ``fix_token`` is deep-copied from ``token_classes`` after ``normal_``
+        (gaojingsheng/LAMM trainers/coop.py, PromptLearner._get_token_classes), while t0 keeps
+        the real name embeddings (``forward_test``'s ``token_suffix_test``).
+        """
+        if self.label_init == "random":
+            return getattr(self, f"start_{c}")
+        return self.original(c)
 
     def add_classes(self, new: Sequence[int]) -> None:
         """Append vectors for ``new`` classes and freeze every class added before."""
@@ -103,7 +116,12 @@ class LabelTable(DynamicModule):
             ids = torch.tensor(self._prompts.name_ids[c][: self.k[c]])
             m0 = self._words[ids].clone()
             self.register_buffer(f"m0_{c}", m0)
-            init = m0.clone() if self.label_init == "name" else torch.randn_like(m0) * 0.02
+            if self.label_init == "name":
+                init = m0.clone()
+            else:
+                init = torch.randn_like(m0) * 0.02
+                # a buffer only for random starts, so that name-initialised tables keep their state_dict
+                self.register_buffer(f"start_{c}", init.clone())
             self.vectors[str(c)] = nn.Parameter(init)
             self.classes.append(c)
             self.trainable.append(c)
