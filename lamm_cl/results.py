@@ -20,6 +20,7 @@ never sees half a file.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -123,24 +124,41 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     removed. Parent folders are created. Returns ``path`` as a :class:`Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _unwritable(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _unwritable(path, e) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _unwritable(path: Path, e: OSError) -> UserError:
+    """A failed write as one line naming the file: a full disk, a read-only folder, a file where a folder goes."""
+    why = e.strerror or str(e)
+    hint = ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "; free space there (finished runs are kept: continue with --resume)"
+    elif isinstance(e, (FileExistsError, NotADirectoryError)):
+        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
+        return UserError(f"{path}: cannot write it because {folder} is a file, not a folder; move that file away")
+    return UserError(f"{path}: cannot write it ({why}){hint}")
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
