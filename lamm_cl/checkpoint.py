@@ -35,7 +35,7 @@ import random
 import re
 import socket
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -511,8 +511,12 @@ def lock_output(out: Path) -> Iterator[Path]:
             raise _in_use(out, holder)
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, mine.encode(), 0)
+            data, done = mine.encode(), 0
+            while done < len(data):  # a nearly full disk writes short before it fails
+                done += os.pwrite(fd, data[done:], done)
         except OSError as e:
+            with suppress(OSError):
+                lock.unlink()  # ours (we hold the flock) and empty: leave nothing behind
             os.close(fd)
             raise UserError(f"{out}: cannot write there ({e.strerror or e}); free space or choose another "
                             "--output") from None
