@@ -579,6 +579,13 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         UserError: one line saying what is wrong and what to do.
     """
     out = Path(out)
+    try:
+        os.stat(out)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            long = max(out.parts, key=len)
+            raise UserError(f"{out}: the folder name {long[:40]}... ({len(os.fsencode(long))} bytes) is longer than "
+                            "the filesystem allows; choose a shorter name or --output") from None
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --output")
     holder = lock_holder(out) if out.is_dir() else None
