@@ -41,6 +41,7 @@ __all__ = [
     "RunRecord",
     "atomic_write_bytes",
     "atomic_write_text",
+    "WriteError",
     "write_run",
     "read_run",
     "find_run_dirs",
@@ -149,7 +150,14 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return path
 
 
-def _unwritable(path: Path, e: OSError) -> UserError:
+class WriteError(UserError, OSError):
+    """A result file could not be written (full disk, read-only folder, a file where a folder goes).
+
+    A :class:`UserError` (one line, exit status 2) that callers catching ``OSError`` still catch.
+    """
+
+
+def _unwritable(path: Path, e: OSError) -> WriteError:
     """A failed write as one line naming the file: a full disk, a read-only folder, a file where a folder goes."""
     why = e.strerror or str(e)
     hint = ""
@@ -157,8 +165,8 @@ def _unwritable(path: Path, e: OSError) -> UserError:
         hint = "; free space there (finished runs are kept: continue with --resume)"
     elif isinstance(e, (FileExistsError, NotADirectoryError)):
         folder = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
-        return UserError(f"{path}: cannot write it because {folder} is a file, not a folder; move that file away")
-    return UserError(f"{path}: cannot write it ({why}){hint}")
+        return WriteError(f"{path}: cannot write it because {folder} is a file, not a folder; move that file away")
+    return WriteError(f"{path}: cannot write it ({why}){hint}")
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:

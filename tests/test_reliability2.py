@@ -589,3 +589,18 @@ def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_
     assert "lamm seed 0: resuming after experience 1/2" in log
     assert read_run(out / "lamm" / "seed0").n_experiences == 2
     assert snapshot(out / "zeroshot") == finished
+
+
+def test_extracting_features_leaves_the_global_random_stream_alone(tmp_path, tiny_clip, digits):
+    # A cold store extracts, a warm one reads: a run's training randomness must not depend on which.
+    import torch
+
+    samples = digits.train.subset(range(10))
+    torch.manual_seed(3)
+    FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=4).features(samples)  # cold: extracts
+    after_cold = torch.rand(3)
+    torch.manual_seed(3)
+    FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=4).features(samples)  # warm: reads
+    after_warm = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after_cold, after_warm) and torch.equal(after_cold, torch.rand(3))
