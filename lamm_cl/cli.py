@@ -1,11 +1,13 @@
 """The ``lamm-cl`` command: the only place that parses arguments, prints and exits.
 
-Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted, 1 anything else.
+Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM, handled as Ctrl-C is: a pre-emption), 1 anything else.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -105,10 +107,11 @@ def cmd_run(args) -> int:
     try:
         records = run_config(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
                              resume=args.resume, overwrite=args.overwrite, warn=_warn)
-    except KeyboardInterrupt:
-        print(f"lamm-cl: interrupted; finished runs and the last checkpoint are kept in {out}; "
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"lamm-cl: {what}; finished runs and the last checkpoint are kept in {out}; "
               f"continue with: lamm-cl run {args.config} --resume", file=sys.stderr, flush=True)
-        return 130
+        return _interrupted_status(e)
     if records:
         _say("")
         _say(_summary_table(records))
@@ -178,8 +181,39 @@ def cmd_list(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's pre-emption, ``kill``): unwinds like Ctrl-C, so finished runs and the last
+    checkpoint are kept, the results-folder lock is released, and ``--resume`` continues."""
+
+
+def _interrupted_status(e: BaseException) -> int:
+    return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``lamm-cl`` console script."""
+    try:
+        before = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        before = None
+    try:
+        with warnings.catch_warnings():
+            if not sys.warnoptions:
+                # Third-party warnings (Avalanche's qpsolvers notice at import, torch's) are not for the
+                # user: lamm-cl says what matters itself, and an error must stay one line. -W shows them.
+                warnings.simplefilter("ignore")
+            return _main(argv)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*No loggers specified.*")
     warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
@@ -191,9 +225,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as e:
         print(f"lamm-cl: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
-    except KeyboardInterrupt:
-        print("lamm-cl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"lamm-cl: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return _interrupted_status(e)
     except BrokenPipeError:  # `lamm-cl list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -22,6 +22,7 @@ never sees half a file.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -42,6 +43,7 @@ __all__ = [
     "RunRecord",
     "atomic_write_bytes",
     "atomic_write_text",
+    "WriteError",
     "write_run",
     "read_run",
     "find_run_dirs",
@@ -136,24 +138,48 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     removed. Parent folders are created. Returns ``path`` as a :class:`Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _unwritable(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _unwritable(path, e) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class WriteError(UserError, OSError):
+    """A result file could not be written (full disk, read-only folder, a file where a folder goes).
+
+    A :class:`UserError` (one line, exit status 2) that callers catching ``OSError`` still catch.
+    """
+
+
+def _unwritable(path: Path, e: OSError) -> WriteError:
+    """A failed write as one line naming the file: a full disk, a read-only folder, a file where a folder goes."""
+    why = e.strerror or str(e)
+    hint = ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "; free space there (finished runs are kept: continue with --resume)"
+    elif isinstance(e, (FileExistsError, NotADirectoryError)):
+        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
+        return WriteError(f"{path}: cannot write it because {folder} is a file, not a folder; move that file away")
+    return WriteError(f"{path}: cannot write it ({why}){hint}")
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:

@@ -315,6 +315,7 @@ def _resume_state(cfg: Config, out: Path) -> tuple[dict, dict]:
                                     f"seed {seed}; delete it to restart that run")
                 if meta.get("config") != now:
                     raise _mismatch(run_dir / checkpoint.CHECKPOINT_FILE, now, meta.get("config"))
+                checkpoint.check_fields(state, run_dir / checkpoint.CHECKPOINT_FILE)
                 ckpts[entry.name, seed] = state
     return done, ckpts
 
@@ -341,6 +342,45 @@ def clear_results(out: Path) -> None:
     if (out / "plots").is_dir():
         remove([f for f in (out / "plots").iterdir() if f.suffix in (".png", ".svg", ".pdf")], out / "plots")
     remove([out / "summary.csv", out / "report.md"], out)
+
+
+def _check_templates(cfg: Config, plans: dict, clip: FrozenCLIP) -> None:
+    """Every prompt the run will build fits CLIP's context (open_clip would silently cut it).
+
+    Raises:
+        ConfigError: naming the template's key and the class whose prompt is too long.
+    """
+    from lamm_cl.errors import ConfigError
+
+    encode = getattr(clip.tokenizer, "encode", None)
+    if encode is None:  # a tokenizer without a plain encode: ClassPrompts still refuses, later
+        return
+    context = int(clip.model.positional_embedding.shape[0])
+    plan = next(iter(plans.values()))
+    templates = [("benchmark.template" if cfg.benchmark.template else "the dataset's template", plan.template)]
+    for i, e in enumerate(cfg.strategies):
+        templates += [(f"strategies[{i}].templates[{j}]", t)
+                      for j, t in enumerate(getattr(e.options, "templates", None) or []) if isinstance(t, str)]
+    longest = max(plan.class_names, key=lambda n: len(encode(n)))
+    for where, template in templates:
+        head, _, tail = template.partition("{}")
+        n = 2 + len(encode(head)) + len(encode(longest)) + len(encode(tail))  # SOS ... EOT
+        if n > context:
+            raise ConfigError(f"{where}: the prompt of class {longest!r} is {n} tokens, longer than CLIP's context "
+                              f"of {context}; shorten the template")
+
+
+def _check_data(inputs: "Inputs", cfg: Config) -> None:
+    """Decode every image once (by extracting the features the run needs anyway, where a strategy reads
+    features), so that ``--overwrite`` removes the old results only once the new data has checked out."""
+    if any(get_strategy(e.name).inputs == "features" for e in cfg.strategies):
+        inputs._features("train")
+        inputs._features("test")
+        return
+    for samples in (inputs.parts.train, inputs.parts.test):
+        if hasattr(samples, "paths"):  # in-memory datasets decode by construction
+            for i in range(len(samples)):
+                samples.image(i)
 
 
 @contextmanager
@@ -374,8 +414,9 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     Everything that can be checked is checked before the results folder is touched:
     the strategies and their plugins, the folder (in use, writable, empty unless
     ``resume`` or ``overwrite``), the finished runs and checkpoints ``resume`` would
-    reuse, the data, the splits and the weights. Then the folder is locked and, with
-    ``overwrite``, the old results are removed.
+    reuse, the data, the splits and the weights. Then the folder is locked (and checked
+    again under the lock) and, with ``overwrite``, the old results are removed once every
+    image has been decoded.
 
     Args:
         resume: skip runs whose results are already there, continue a run from its checkpoint.
@@ -401,11 +442,26 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, dev)
-    inputs = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg.features, progress=_bar if progress else None),
+    _check_templates(cfg, plans, clip)
+    inputs = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg.features, progress=_bar if progress else None,
+                                                              log=log),
                     train_views=cfg.features.train_views, views_of=few_shot_images(cfg, plans))
     records = RunRecords()
+    started = time.time()
     with checkpoint.lock_output(out), deterministic(dev):
+        # Checked again under the lock: another run may have written here since the first look.
+        if not (resume or overwrite):
+            checkpoint.check_empty(out)
+        if resume:
+            done, ckpts = _resume_state(cfg, out)
+        for key, state in ckpts.items():
+            if len(state["matrix"]) != plans[key[1]].n_experiences:
+                raise UserError(f"{out / key[0] / f'seed{key[1]}' / checkpoint.CHECKPOINT_FILE}: malformed "
+                                "checkpoint (its accuracy matrix has another number of experiences); delete it")
+        for folder in (out, out / "plots"):
+            checkpoint.sweep_temporaries(folder, before=started)
         if overwrite:
+            _check_data(inputs, cfg)  # a corrupt image must not cost the old results
             clear_results(out)
         for seed in cfg.seeds:
             plan = plans[seed]
