@@ -353,3 +353,20 @@ def test_the_three_run_through_the_runner(tmp_path):
         assert np.isfinite(r.matrix[np.tril_indices(2)]).all()
         print(r.strategy, r.info["seconds"])
         assert (tmp_path / "out" / r.strategy / "seed0" / "summary.json").is_file()
+
+
+def test_published_figures_of_the_three_carry_their_weights():
+    from lamm_cl.report import match_published
+
+    def figures(arch, pretrained):
+        cfg = {"benchmark": {"dataset": "cifar100", "shots": None}, "model": {"arch": arch, "pretrained": pretrained}}
+        return {(r["method"], r["metric"]): r["value"] for r in match_published(cfg, 10)}
+
+    openai = figures("ViT-B-16", "openai")
+    assert openai[("RAPF", "avg_incremental_accuracy")] == "86.19"
+    assert openai[("RAPF", "last_accuracy")] == "79.04"
+    assert not any("RanPAC" in m or "SimpleCIL" in m for m, _ in openai)  # RanPAC published no OpenAI figures
+    laion = figures("ViT-B-32", "laion2b_s34b_b79k")
+    assert laion[("RanPAC (no first-session adaptation)", "last_accuracy")] == "85.0"
+    in21k = figures("ViT-B-16", "timm:vit_base_patch16_224_in21k")
+    assert in21k[("RanPAC (no first-session adaptation)", "last_accuracy")] == "89.0"
