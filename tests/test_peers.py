@@ -370,3 +370,35 @@ def test_published_figures_of_the_three_carry_their_weights():
     assert laion[("RanPAC (no first-session adaptation)", "last_accuracy")] == "85.0"
     in21k = figures("ViT-B-16", "timm:vit_base_patch16_224_in21k")
     assert in21k[("RanPAC (no first-session adaptation)", "last_accuracy")] == "89.0"
+
+
+@pytest.mark.parametrize("name, opts", [("simplecil", {}), ("ranpac", {"M": 16}),
+                                        ("rapf", {"epochs": 2, "batch_size": 8})])
+def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_path, name, opts):
+    from lamm_cl import checkpoint
+
+    x, y, _ = rapf_toy()
+    x = torch.cat([x, x + 1.0])
+    y = np.concatenate([y, y + 2])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    plan, scenario = toy_scenario(x, y, [[0, 1], [2, 3]])
+    fake_clip = SimpleNamespace(model=torch.nn.Module())
+
+    def fresh():
+        torch.manual_seed(0)
+        return build(name, toy_context(plan, 2, text=text), **opts)
+
+    tpl = fresh()
+    tpl.train(scenario.train_stream[0])
+    path = checkpoint.save(tmp_path / "checkpoint.pt", template=tpl,
+                           refs=checkpoint.references(tpl, scenario, fake_clip), skip_plugins=[], experience=0,
+                           matrix=np.zeros((2, 2)), per_class={}, seconds=0.0, meta={})
+    tpl.train(scenario.train_stream[1])
+    resumed = fresh()
+    checkpoint.restore(resumed, scenario, checkpoint.load(path),
+                       lambda t: checkpoint.references(t, scenario, fake_clip))
+    resumed.train(scenario.train_stream[1])
+    a, b = tpl.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
