@@ -44,7 +44,9 @@ import torch
 import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import ConfigError, StrategyContext, StrategyOptions, register_strategy
+from lamm_cl.errors import ConfigError
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.training import StrategyContext
 from lamm_cl.strategies.simplecil import SeenClasses, StatisticsTemplate, idle_optimizer
 
 RIDGES: tuple[float, ...] = tuple(10.0 ** k for k in range(-8, 9))  # RanPAC.py: 10.0**np.arange(-8, 9)

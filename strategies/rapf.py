@@ -50,7 +50,10 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from lamm_cl import ConfigError, StrategyContext, StrategyOptions, normalize, register_strategy
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.training import StrategyContext
 from lamm_cl.strategies.simplecil import SeenClasses
 
 COV_EPS = 1e-4  # models.py analyze_mean_cov: torch.cov(...) + 1e-4 * I

@@ -24,7 +24,10 @@ import torch
 from avalanche.models import DynamicModule
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import ConfigError, StrategyContext, StrategyOptions, normalize, register_strategy
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.training import StrategyContext
 
 
 class SeenClasses(DynamicModule):
