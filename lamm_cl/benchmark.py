@@ -243,8 +243,18 @@ def dry_run(cfg) -> list[str]:
             lines.append("  " + note)
     for e in cfg.strategies:
         lines.append(f"strategy {e.name}: epochs {getattr(e.options, 'epochs', '-')}, "
-                     f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}")
+                     f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
+                     + _inputs_note(e.name))
     return lines
+
+
+def _inputs_note(strategy: str) -> str:
+    """What a strategy reads, for the dry-run plan: image-reading strategies cannot use the feature cache."""
+    from lamm_cl.registry import get_strategy
+
+    if get_strategy(strategy).inputs == "images":
+        return "; reads images every step (no feature cache)"
+    return "; trains on cached image features"
 
 
 def seen_classes(plan: Plan, upto: int) -> int:
