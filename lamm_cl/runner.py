@@ -15,7 +15,7 @@ from __future__ import annotations
 import platform
 import random
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -327,7 +327,7 @@ def deterministic(device: torch.device):
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
         log: Log = lambda s: None, *, resume: bool = False, overwrite: bool = False,
-        warn: Optional[Log] = None) -> RunRecords:
+        warn: Optional[Log] = None, lock_runs: bool = False) -> RunRecords:
     """Run every seed and strategy of ``cfg``, writing results under ``out``.
 
     Everything that can be checked is checked before the results folder is touched:
@@ -340,6 +340,9 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
         resume: skip runs whose results are already there, continue a run from its checkpoint.
         overwrite: replace the results already in ``out``.
         warn: where a failed strategy is reported (default: ``log``).
+        lock_runs: lock each ``<strategy>/seed<k>/`` folder while it runs instead of the whole
+            results folder, so that sweep jobs of one benchmark (one strategy and seed each) run
+            side by side; the benchmark's report is then the sweep's to build.
 
     Returns:
         The records of every (strategy, seed) that finished, in run order; ``.failed`` lists
@@ -356,6 +359,11 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     dev = resolve_device(device or cfg.device)
     _check_strategies(cfg)
     checkpoint.check_output(out, resume=resume, overwrite=overwrite)
+    for seed in cfg.seeds:  # a sweep job may hold one run folder: refuse before any work
+        for entry in cfg.strategies:
+            holder = checkpoint.lock_holder(out / entry.name / f"seed{seed}")
+            if holder is not None:
+                raise checkpoint.in_use(out / entry.name / f"seed{seed}", holder)
     done, ckpts = _resume_state(cfg, out) if resume and out.is_dir() else ({}, {})
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
@@ -363,7 +371,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     inputs = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg.features, progress=_bar if progress else None),
                     train_views=cfg.features.train_views)
     records = RunRecords()
-    with checkpoint.lock_output(out), deterministic(dev):
+    with (nullcontext() if lock_runs else checkpoint.lock_output(out)), deterministic(dev):
         if overwrite:
             clear_results(out)
         for seed in cfg.seeds:
@@ -375,24 +383,37 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     log(f"  {entry.name} seed {seed}: already finished, kept")
                     records.append(done[entry.name, seed])
                     continue
-                if run_dir.is_dir():
-                    checkpoint.remove_stale_temporaries(run_dir)
-                try:
-                    rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir,
-                                       resume_from=ckpts.get((entry.name, seed)))
-                except FloatingPointError as e:
+                with (checkpoint.lock_output(run_dir) if lock_runs else nullcontext()):
+                    if run_dir.is_dir():
+                        checkpoint.remove_stale_temporaries(run_dir)
+                    try:
+                        rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir,
+                                           resume_from=ckpts.get((entry.name, seed)))
+                    except FloatingPointError as e:
+                        checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
+                        msg = f"{entry.name} seed {seed} failed: {e}; its results were not written"
+                        warn(msg)
+                        records.failed.append(msg)
+                        continue
+                    write_run(run_dir, rec)
                     checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
-                    msg = f"{entry.name} seed {seed} failed: {e}; its results were not written"
-                    warn(msg)
-                    records.failed.append(msg)
-                    continue
-                write_run(run_dir, rec)
-                checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
-                records.append(rec)
+                    records.append(rec)
     return records
 
 
 def _bar(iterable, total: int, desc: str):
+    from lamm_cl.training import lines_mode
+
+    if lines_mode():  # a log file: one line when done, no carriage-return bar
+        return _lines(iterable, total, desc)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, unit="batch")
+
+
+def _lines(iterable, total: int, desc: str):
+    import sys
+
+    started = time.perf_counter()
+    yield from iterable
+    print(f"  {desc}: {total} batches, {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)

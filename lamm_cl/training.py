@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -299,37 +301,62 @@ class AccuracyPlugin(SupervisedPlugin):
             self.total[c] = self.total.get(c, 0) + int(m.sum())
 
 
-class ProgressPlugin(SupervisedPlugin):
-    """tqdm bars for training epochs and evaluation (to stderr), plus a NaN/inf loss check."""
+def lines_mode() -> bool:
+    """True when stderr is not a terminal (a log file, a cluster job): progress is then one line per
+    epoch, never carriage-return bars, which turn a log into one endless line."""
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return True
 
-    def __init__(self, label: str, enabled: bool = True):
+
+class ProgressPlugin(SupervisedPlugin):
+    """Progress of training epochs and evaluation (to stderr), plus a NaN/inf loss check.
+
+    On a terminal: tqdm bars. Otherwise (``lines``; default: stderr is not a terminal): one
+    line per training epoch with its mean loss; the runner logs one line per experience.
+    """
+
+    def __init__(self, label: str, enabled: bool = True, lines: Optional[bool] = None):
         super().__init__()
         self.label = label
         self.enabled = enabled
+        self.lines = lines_mode() if lines is None else lines
         self.bar = None
+        self._loss, self._steps, self._start = 0.0, 0, 0.0
 
     def _open(self, strategy, desc: str):
-        if not self.enabled:
+        if not self.enabled or self.lines:
             return
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=len(strategy.dataloader), desc=desc, leave=False, unit="batch")
 
+    def _epoch_text(self, strategy) -> str:
+        return (f"{self.label} exp {strategy.experience.current_experience} "
+                f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
+
     def before_training_epoch(self, strategy, **kwargs):
-        self._open(strategy, f"{self.label} exp {strategy.experience.current_experience} "
-                             f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
+        self._loss, self._steps, self._start = 0.0, 0, time.perf_counter()
+        self._open(strategy, self._epoch_text(strategy))
 
     def after_training_iteration(self, strategy, **kwargs):
         loss = float(strategy.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"{self.label}: loss became {loss} in experience "
                                      f"{strategy.experience.current_experience}")
+        self._loss += loss
+        self._steps += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def after_training_epoch(self, strategy, **kwargs):
         self._close()
+        if self.enabled and self.lines:
+            mean = self._loss / self._steps if self._steps else float("nan")
+            print(f"  {self._epoch_text(strategy)}: loss {mean:.4f}, {self._steps} steps, "
+                  f"{time.perf_counter() - self._start:.1f}s", file=sys.stderr, flush=True)
 
     def before_eval_exp(self, strategy, **kwargs):
         self._open(strategy, f"{self.label} eval exp {strategy.experience.current_experience}")
