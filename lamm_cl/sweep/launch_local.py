@@ -40,12 +40,13 @@ def _sigterm_as_ctrl_c(signum, frame):  # pre-emption and kill(1) end a job the 
     raise KeyboardInterrupt
 
 
-def _worker_init(slots, user_init: Optional[Callable[[], None]]) -> None:
+def _worker_init(slots, threads: int, user_init: Optional[Callable[[], None]]) -> None:
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    elif visible_gpus() == []:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    else:  # CPU workers share the cores instead of each spinning up one thread per core
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["MKL_NUM_THREADS"] = str(threads)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     if user_init is not None:
         user_init()
@@ -73,8 +74,9 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(slots, initializer)) as pool:
+                             initargs=(slots, threads, initializer)) as pool:
         for calls in phases:
             futures = {pool.submit(_run, c): c for c in calls}
             for f in as_completed(futures):

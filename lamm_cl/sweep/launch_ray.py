@@ -21,6 +21,11 @@ class Options:
     max_retries: int = 3  # retries of a job whose worker died (node loss, pre-emption)
 
 
+def check(options: Options) -> None:
+    """Refuse before anything is written: Ray missing."""
+    require("ray", "ray", "ray")
+
+
 def _run(c: Call) -> dict:
     return call(c)
 

@@ -69,6 +69,12 @@ class SweepTask:
         return DelayedSubmission(SweepTask(self.c))
 
 
+def check(options: Options) -> None:
+    """Refuse before anything is written: submitit missing, bad sbatch lines."""
+    require("submitit", "slurm", "slurm")
+    sbatch_options(options.sbatch)
+
+
 def executor(options: Options, output: str):
     """The submitit executor for ``options`` (its files in ``<output>/_jobs/submitit``)."""
     submitit = require("submitit", "slurm", "slurm")
