@@ -35,7 +35,8 @@ from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, SUMMARY_FILE,
                              RunRecord, find_run_dirs, read_run, write_run)
-from lamm_cl.training import AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins
+from lamm_cl.training import (AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins, check_loggers,
+                              close_loggers, logging_evaluator)
 
 Log = Callable[[str], None]
 
@@ -139,7 +140,7 @@ def run_config(config: dict, strategy: str) -> dict:
     Leaves out where results go, the other strategies and seeds, and whether features are cached,
     so adding a strategy or a seed to a config does not invalidate the runs already finished.
     """
-    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins")}
+    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
     view["strategy"] = next((s for s in config.get("strategies") or [] if s.get("name") == strategy), None)
     return yaml.safe_load(yaml.safe_dump(_plain(view), sort_keys=True))
@@ -188,10 +189,11 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     spec = get_strategy(entry.name)
     seed_everything(seed)
     acc = AccuracyPlugin()
+    evaluator = logging_evaluator(cfg.loggers, run_dir, project=cfg.name, run=f"{entry.name}-seed{seed}")
     ctx = StrategyContext(clip=inputs.clip, class_names=plan.class_names, template=plan.template,
                           device=device, seed=seed, shots=cfg.benchmark.shots,
                           plugins=[acc, ProgressPlugin(entry.name, enabled=progress), *inputs.plugins(seed)],
-                          eval_batch_size=1024 if spec.inputs == "features" else 64)
+                          eval_batch_size=1024 if spec.inputs == "features" else 64, evaluator=evaluator)
     scenario = make_streams(plan, inputs.reader(spec.inputs, "train"), inputs.reader(spec.inputs, "test"),
                             inputs.parts.train.labels, inputs.parts.test.labels)
     template = spec.build(ctx, entry.options)
@@ -224,13 +226,15 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if ckpt is not None and t < T - 1:  # after the last one the results themselves are written
             try:
-                checkpoint.save(ckpt, template=template, refs=refs_of(template), skip_plugins=ctx.plugins,
+                skip = [*ctx.plugins, *([evaluator] if evaluator is not None else [])]  # loggers hold open files
+                checkpoint.save(ckpt, template=template, refs=refs_of(template), skip_plugins=skip,
                                 experience=t, matrix=matrix, per_class=per_class,
                                 seconds=spent + time.perf_counter() - started, meta=meta)
             except checkpoint.CheckpointError as e:
                 log(f"  {entry.name} seed {seed}: no checkpoints for this run, --resume will restart it: {e}")
                 checkpoint.remove(ckpt)
                 ckpt = None
+    close_loggers(evaluator)
     n_classes = seen_classes(plan, T - 1)
     return RunRecord(
         benchmark=cfg.name, strategy=entry.name, seed=seed, matrix=matrix,
@@ -248,6 +252,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
 
 def _check_strategies(cfg: Config) -> None:
     """Every strategy name and every Avalanche plugin of the config exists (before any work)."""
+    check_loggers(cfg.loggers)
     for i, e in enumerate(cfg.strategies):
         get_strategy(e.name)
         build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
