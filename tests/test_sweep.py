@@ -298,3 +298,51 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
     assert main(["run", str(bench / "long.yaml"), "--output", str(alone), "--no-progress", "--set", "seeds=[3]",
                  "--set", "strategies=[{name: linear_probe, epochs: 6, lr: 0.01}]"]) == 0
     np.testing.assert_array_equal(_matrix(job.run_dir), _matrix(alone / "linear_probe" / "seed3"))
+
+
+# --------------------------------------------------------------------------- the shipped sweeps
+
+
+def test_shipped_sweeps_expand(capsys):
+    from lamm_cl.errors import ConfigError
+    from lamm_cl.sweep import load_sweep
+
+    coop = load_sweep("benchmarks/sweeps/coop11.yaml")
+    assert len({j.benchmark for j in coop.jobs}) == 11 and len(coop.jobs) == 11 * 6 * 3
+    few = load_sweep("benchmarks/sweeps/fewshot_shots.yaml")
+    assert len(few.jobs) == 5 * len(coop.jobs)
+    assert {j.cell for j in few.jobs} == {f"shots={k}" for k in (1, 2, 4, 8, 16)}
+    assert all(j.run_overrides()[0] == f"benchmark.shots={j.cell.split('=')[1]}" for j in few.jobs)
+    if list(Path("benchmarks/lamm_paper").glob("*.yaml")):
+        assert load_sweep("benchmarks/sweeps/lamm_paper.yaml").jobs
+    else:  # the protocol files are not there yet: a clear error at sweep time
+        with pytest.raises(ConfigError, match="lamm_paper/\\*.yaml' matches no file"):
+            load_sweep("benchmarks/sweeps/lamm_paper.yaml")
+    # the dry run counts the jobs and says which datasets it could not count
+    capsys.readouterr()
+    assert main(["sweep", "benchmarks/sweeps/coop11.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "198 jobs in 11 results folders" in out and "estimated GPU-hours" in out
+
+
+def test_dry_run_counts_steps_and_images(tmp_path, capsys):
+    """digits: 1797 images; linear_probe, 1 epoch, batch 32, over 2 seeds of a 2- and a 5-experience split."""
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.config import load
+    from lamm_cl.data import load_dataset
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"}, cost={"encode_image_s": 1.0, "feature_step_s": 10.0})
+    parts = load_dataset("digits")
+    steps = 0
+    for name in ("digits_a", "digits_b"):
+        b = load(tmp_path / "bench" / f"{name}.yaml").benchmark
+        for seed in (1, 2):  # floor(images of the experience / 32), the last partial batch dropped
+            steps += sum(len(i) // 32 for i in make_plan(parts, b, seed).train_index)
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 jobs in 2 results folders" in out and "images to encode once: 1,797 in 1 feature group" in out
+    assert f"{'linear_probe':<16} {steps:>12,} steps" in out
+    assert f"estimated GPU-hours: {(1797 * 1.0 + steps * 10.0) / 3600:.1f}" in out
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lamm_cl.errors import UserError
 from lamm_cl.sweep.spec import JOBS_DIR, Job, Sweep, read_sweep
-from lamm_cl.sweep.state import log_path, write_state
+from lamm_cl.sweep.state import job_status, log_path, write_state
 
 
 def quiet_third_party_warnings() -> None:
@@ -89,8 +89,11 @@ def run_job(output: str, job_id: str) -> dict:
     sweep = read_sweep(output)
     job = _job(sweep, job_id)
     out = Path(output)
-    if checkpoint.lock_holder(job.run_dir) is not None:  # a duplicate of a job that is running: leave it be
-        return {"job": job.id, "state": "running", "message": f"already running ({checkpoint.lock_holder(job.run_dir)})"}
+    holder = checkpoint.lock_holder(job.run_dir)
+    if holder is not None and job_status(out, job).state == "interrupted":
+        (job.run_dir / checkpoint.LOCK_FILE).unlink(missing_ok=True)  # left by a lost job on another host
+    elif holder is not None:  # a duplicate of a job that is running: leave it be
+        return {"job": job.id, "state": "running", "message": f"already running ({holder})"}
     with logging_to(log_path(out, job)):
         quiet_third_party_warnings()
         write_state(out, job, "running")

@@ -75,8 +75,9 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(slots, threads, initializer)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(slots, threads, initializer))
+    try:
         for calls in phases:
             futures = {pool.submit(_run, c): c for c in calls}
             for f in as_completed(futures):
@@ -86,3 +87,7 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
                 except Exception as e:  # noqa: BLE001 - a dead worker fails its job, not the sweep
                     result = failed(c, f"worker process died ({type(e).__name__}: {e})")
                 on_done(c, result)
+    except BaseException:  # Ctrl-C: the running jobs stop too (same process group); start no more
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -51,6 +51,16 @@ def last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+STALE_S = 2 * 3600  # a job on another host silent this long (no log line, e.g. its node died) counts as interrupted
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,6 +96,8 @@ def job_status(output: Path, job: Job) -> JobStatus:
     state = info.get("state", "pending")
     if state == "running" and info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", 0))):
         state = "interrupted"
+    elif state == "running" and _age(log_path(output, job)) > STALE_S:
+        state = "interrupted"  # another host's job that has not logged a line for hours: it was lost
     if state == "done":  # the state says done but the results are gone: run it again
         state = "pending"
     detail = info.get("message") or log if state == "failed" else log
