@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from lamm_cl.config import ConfigError, apply_override, convert, from_dict, load_yaml
+from lamm_cl.config import ConfigError, convert, from_dict, load_yaml
 
 SWEEP_FILE = "sweep.json"  # the expanded sweep, in the output folder
 JOBS_DIR = "_jobs"  # per-job log and state files, in the output folder
@@ -182,6 +182,9 @@ def load_sweep(path: str | Path, launcher: Optional[str] = None) -> Sweep:
     if launcher is not None and launcher != cfg.launcher["name"]:
         cfg.launcher = {"name": launcher}
     _check(cfg)
+    from lamm_cl.sweep.launchers import get_launcher, options
+
+    options(get_launcher(cfg.launcher["name"]), cfg.launcher)  # its keys and types, even for --dry-run
     base = path.resolve().parent
     files: list[Path] = []
     for i, pattern in enumerate(cfg.benchmarks):
