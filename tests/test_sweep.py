@@ -347,3 +347,46 @@ def test_dry_run_counts_steps_and_images(tmp_path, capsys):
     assert f"{'linear_probe':<16} {steps:>12,} steps" in out
     assert f"estimated GPU-hours: {(1797 * 1.0 + steps * 10.0) / 3600:.1f}" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_table_one_per_grid_cell_with_published_figures(tmp_path):
+    """Hand-made results: a constant matrix v gives Last = Avg = v, so every cell is known in advance."""
+    from lamm_cl.results import RunRecord, write_run
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.spec import write_sweep
+    from lamm_cl.sweep.table import build_table
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"}, strategies=["linear_probe"], grid={"benchmark.order_seed": [0, 3]})
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    # the runs claim CIFAR-100, 10 experiences, ViT-B-16 + openai: Continual-CLIP's published figures match
+    config = {"benchmark": {"dataset": "cifar100", "shots": None}, "model": {"arch": "ViT-B-16", "pretrained": "openai"},
+              "strategies": [{"name": "linear_probe"}]}
+
+    def value(j) -> float:
+        return 10.0 * j.seed + (50.0 if j.benchmark == "digits_b" else 0.0) + (1.0 if j.cell == "order_seed=3" else 0.0)
+
+    for j in sweep.jobs:
+        A = np.full((10, 10), np.nan)
+        A[np.tril_indices(10)] = value(j)
+        write_run(j.run_dir, RunRecord(benchmark=j.benchmark, strategy="linear_probe", seed=j.seed, matrix=A,
+                                       test_counts=[3] * 10, experiences=[[i] for i in range(10)],
+                                       class_names=[str(i) for i in range(10)], class_order=list(range(10)),
+                                       per_class_accuracy=[value(j)] * 10, config=config))
+    build_table(sweep.output)
+    table = pd.read_csv(sweep.output / "table.csv", keep_default_na=False)
+    ours = table[table.strategy == "linear_probe"]
+    got = {(r.cell, r.dataset): (float(r.last_mean), float(r.last_std), float(r.avg_mean)) for r in ours.itertuples()}
+    sd = 10 / math.sqrt(2)  # two seeds 10 apart
+    assert got[("order_seed=0", "digits_a")] == pytest.approx((15.0, sd, 15.0))
+    assert got[("order_seed=0", "digits_b")] == pytest.approx((65.0, sd, 65.0))
+    assert got[("order_seed=0", "mean")] == pytest.approx((40.0, sd, 40.0))
+    assert got[("order_seed=3", "mean")] == pytest.approx((41.0, sd, 41.0))
+    published = table[table.strategy.str.startswith("published: Continual-CLIP")]
+    assert set(published.dataset) == {"digits_a", "digits_b"}
+    assert {float(x) for x in published.last_mean} == {66.72} and {float(x) for x in published.avg_mean} == {75.17}
+    md = (sweep.output / "table.md").read_text()
+    assert "## order_seed=0" in md and "## order_seed=3" in md
+    assert "| linear_probe | 15.00 ± 7.07 | 15.00 ± 7.07 | 65.00 ± 7.07 | 65.00 ± 7.07 | 40.00 ± 7.07 |" in md
+    assert (sweep.output / "plots" / "last_per_dataset_order_seed_3.png").is_file()
