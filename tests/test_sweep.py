@@ -390,3 +390,49 @@ def test_table_one_per_grid_cell_with_published_figures(tmp_path):
     assert "## order_seed=0" in md and "## order_seed=3" in md
     assert "| linear_probe | 15.00 ± 7.07 | 15.00 ± 7.07 | 65.00 ± 7.07 | 65.00 ± 7.07 | 40.00 ± 7.07 |" in md
     assert (sweep.output / "plots" / "last_per_dataset_order_seed_3.png").is_file()
+
+
+# --------------------------------------------------------------------------- failures and reruns
+
+
+def _in_process_launcher():
+    """A launcher that runs every call right here, in order: the driver's logic without processes."""
+    from types import SimpleNamespace
+
+    from lamm_cl.sweep.launch_local import Options
+    from lamm_cl.sweep.launchers import call
+
+    def launch(phases, options, output, on_done):
+        for calls in phases:
+            for c in calls:
+                on_done(c, call(c))
+
+    return SimpleNamespace(Options=Options, launch=launch)
+
+
+def test_failed_job_does_not_stop_others_and_is_retried_only_when_asked(tmp_path, capsys, monkeypatch):
+    import lamm_cl.sweep.driver as driver
+
+    bench = tmp_path / "bench"
+    _write_benchmarks(bench, tmp_path / "cache")
+    (bench / "digits_b.yaml").unlink()
+    broken = BENCH.format(name="broken", T=2, cache=tmp_path / "cache").replace(
+        "dataset: digits", f"dataset: imagefolder, root: {tmp_path / 'nowhere'}")
+    (bench / "broken.yaml").write_text(broken)
+    f = _sweep_file(tmp_path, {"name": "local"}, strategies=["zeroshot"], seeds=[1])
+    monkeypatch.setattr(driver, "get_launcher", lambda name: _in_process_launcher())
+    capsys.readouterr()
+    assert main(["sweep", str(f)]) == 1
+    captured = capsys.readouterr()
+    assert "2 jobs: 1 done, 1 failed" in captured.out
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "broken__zeroshot__seed1:" in err and str(tmp_path / "nowhere") in err
+    assert (tmp_path / "out" / "digits_a" / "zeroshot" / "seed1" / "summary.json").is_file()
+    log = tmp_path / "out" / "_jobs" / "broken__zeroshot__seed1.log"
+    assert log.read_text().count("== job broken__zeroshot__seed1") == 1
+
+    assert main(["sweep", str(f)]) == 1  # a rerun skips the done job and leaves the failed one alone
+    assert "2 jobs: 1 skipped, 1 failed" in capsys.readouterr().out
+    assert log.read_text().count("== job broken__zeroshot__seed1") == 1
+    assert main(["sweep", str(f), "--retry-failed"]) == 1  # asked: it runs (and fails) again
+    assert log.read_text().count("== job broken__zeroshot__seed1") == 2

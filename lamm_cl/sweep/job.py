@@ -40,15 +40,18 @@ def logging_to(path: Path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    streams = sys.stdout, sys.stderr
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.dup2(fd, 1)
+        os.dup2(fd, 1)  # C-level output and child processes
         os.dup2(fd, 2)
+        # Python-level output too, whatever the host process did to sys.stdout (Ray, pytest)
+        sys.stdout = sys.stderr = open(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         yield
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
-            sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
