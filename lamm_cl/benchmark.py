@@ -222,7 +222,7 @@ def dry_run(cfg) -> list[str]:
     b = cfg.benchmark
     try:
         parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
-    except DataNotFoundError as e:
+    except DataNotFoundError:
         if b.download:
             root = Path(b.root).expanduser()
             raise DataNotFoundError(f"{b.dataset}: no data in {root} yet; a dry run does not download, "

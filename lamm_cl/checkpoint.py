@@ -467,6 +467,11 @@ def lock_holder(out: Path) -> Optional[str]:
     return None
 
 
+def in_use(out: Path, holder: str) -> UserError:
+    """The error for a results folder (or run folder) another live process holds."""
+    return _in_use(out, holder)
+
+
 def _in_use(out: Path, holder: str) -> UserError:
     return UserError(f"{out} is in use by another lamm-cl run ({holder}); wait for it to finish or choose "
                      f"another --output (if no run is using it, delete {Path(out) / LOCK_FILE})")

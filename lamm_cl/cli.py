@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="plot format (repeatable; default png)")
     rep.add_argument("--baseline", default="lamm",
                      help="strategy the others are compared with, paired by seed (default lamm)")
+    sw = sub.add_parser("sweep", help="run a grid of benchmarks x strategies x seeds on a local pool, SLURM or Ray")
+    sw.add_argument("sweep_file", help="a sweep YAML, e.g. benchmarks/sweeps/coop11.yaml")
+    sw.add_argument("--launcher", help="local | slurm | ray (overrides the file's launcher.name)")
+    what = sw.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="print the jobs and what they will cost; run nothing")
+    what.add_argument("--status", action="store_true", help="print where every job stands (reads the output folder)")
+    sw.add_argument("--retry-failed", action="store_true", help="run failed jobs again (by default they are skipped)")
     return p
 
 
@@ -126,9 +133,58 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     from lamm_cl.report import build_report
+    from lamm_cl.sweep import is_sweep_output
 
+    if is_sweep_output(args.results_dir):  # a sweep: the cross-dataset table
+        from lamm_cl.sweep.table import build_table
+
+        written = build_table(args.results_dir, formats=tuple(args.formats or ["png"]))
+        _say(f"wrote {len(written)} files under {args.results_dir} (table.md, table.csv, plots/)")
+        return 0
     written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]), baseline=args.baseline)
     _say(f"wrote {len(written)} files under {args.results_dir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from lamm_cl.sweep import load_sweep
+
+    if args.status:  # the output folder alone: no benchmark file is read, nothing heavy imported
+        from lamm_cl.sweep.spec import output_of, read_sweep
+        from lamm_cl.sweep.state import status_table, sweep_status
+
+        for line in status_table(sweep_status(read_sweep(output_of(args.sweep_file)))):
+            _say(line)
+        return 0
+    sweep = load_sweep(args.sweep_file, launcher=args.launcher)
+    if args.dry_run:
+        from lamm_cl.sweep.cost import estimate
+
+        for line in estimate(sweep):
+            _say(line)
+        return 0
+    from lamm_cl.sweep.driver import run_sweep
+
+    try:
+        outcome = run_sweep(sweep, retry_failed=args.retry_failed, log=_say)
+    except KeyboardInterrupt:
+        _warn(f"interrupted; finished jobs and checkpoints are kept in {sweep.output}; "
+              f"continue with: lamm-cl sweep {args.sweep_file}")
+        return 130
+    _say("")
+    for line in outcome.table():
+        _say(line)
+    try:
+        from lamm_cl.sweep.table import build_table
+
+        build_table(sweep.output)
+        _say(f"table: {sweep.output / 'table.md'}")
+    except UserError:
+        pass  # nothing finished yet
+    if outcome.failed:
+        _warn(f"{len(outcome.failed)} job(s) failed or were interrupted: " +
+              "; ".join(f"{jid}: {line}" for jid, line in outcome.failed))
+        return 1
     return 0
 
 
@@ -220,7 +276,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", message=".*random weights.*")
     try:
         args = _parser().parse_args(argv)
-        handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
+        handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "sweep": cmd_sweep}[args.command]
         return handler(args)
     except UserError as e:
         print(f"lamm-cl: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message

@@ -69,6 +69,7 @@ class Config:
     plugins: list[str] = field(default_factory=list)  # extra strategy plugin files (.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    loggers: list[dict] = field(default_factory=list)  # Avalanche loggers by name: tensorboard | wandb | csv (+ params)
     source: Optional[str] = None  # the YAML file this came from (not a YAML key)
 
     def to_dict(self) -> dict:
@@ -82,6 +83,7 @@ class Config:
             "benchmark": dataclasses.asdict(self.benchmark),
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
+            "loggers": [dict(x) for x in self.loggers],
             "strategies": [{"name": s.name, **_plain(dataclasses.asdict(s.options))} for s in self.strategies],
         }
         return out

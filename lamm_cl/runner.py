@@ -15,7 +15,7 @@ from __future__ import annotations
 import platform
 import random
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,7 +35,8 @@ from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
                              PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, read_run, write_run)
-from lamm_cl.training import AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins
+from lamm_cl.training import (AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins, check_loggers,
+                              close_loggers, logging_evaluator)
 
 Log = Callable[[str], None]
 
@@ -162,7 +163,7 @@ def run_config(config: dict, strategy: str) -> dict:
     Leaves out where results go, the other strategies and seeds, and whether features are cached,
     so adding a strategy or a seed to a config does not invalidate the runs already finished.
     """
-    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins")}
+    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
     view["strategy"] = next((s for s in config.get("strategies") or [] if s.get("name") == strategy), None)
     return yaml.safe_load(yaml.safe_dump(_plain(view), sort_keys=True))
@@ -211,10 +212,11 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     spec = get_strategy(entry.name)
     seed_everything(seed)
     acc = AccuracyPlugin()
+    evaluator = logging_evaluator(cfg.loggers, run_dir, project=cfg.name, run=f"{entry.name}-seed{seed}")
     ctx = StrategyContext(clip=inputs.clip, class_names=plan.class_names, template=plan.template,
                           device=device, seed=seed, shots=cfg.benchmark.shots,
                           plugins=[acc, ProgressPlugin(entry.name, enabled=progress), *inputs.plugins(seed)],
-                          eval_batch_size=1024 if spec.inputs == "features" else 64)
+                          eval_batch_size=1024 if spec.inputs == "features" else 64, evaluator=evaluator)
     scenario = make_streams(plan, inputs.reader(spec.inputs, "train"), inputs.reader(spec.inputs, "test"),
                             inputs.parts.train.labels, inputs.parts.test.labels)
     template = spec.build(ctx, entry.options)
@@ -251,7 +253,8 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if ckpt is not None and t < T - 1:  # after the last one the results themselves are written
             try:
-                checkpoint.save(ckpt, template=template, refs=refs_of(template), skip_plugins=ctx.plugins,
+                skip = [*ctx.plugins, *([evaluator] if evaluator is not None else [])]  # loggers hold open files
+                checkpoint.save(ckpt, template=template, refs=refs_of(template), skip_plugins=skip,
                                 experience=t, matrix=matrix, per_class=per_class,
                                 matrix_task_aware=matrix_task_aware,
                                 seconds=spent + time.perf_counter() - started, meta=meta)
@@ -259,6 +262,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
                 log(f"  {entry.name} seed {seed}: no checkpoints for this run, --resume will restart it: {e}")
                 checkpoint.remove(ckpt)
                 ckpt = None
+    close_loggers(evaluator)
     n_classes = seen_classes(plan, T - 1)
     return RunRecord(
         benchmark=cfg.name, strategy=entry.name, seed=seed, matrix=matrix,
@@ -280,6 +284,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
 
 def _check_strategies(cfg: Config) -> None:
     """Every strategy name and every Avalanche plugin of the config exists (before any work)."""
+    check_loggers(cfg.loggers)
     for i, e in enumerate(cfg.strategies):
         get_strategy(e.name)
         build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
@@ -408,7 +413,7 @@ def few_shot_images(cfg: Config, plans: dict[int, Plan]) -> Optional[np.ndarray]
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
         log: Log = lambda s: None, *, resume: bool = False, overwrite: bool = False,
-        warn: Optional[Log] = None) -> RunRecords:
+        warn: Optional[Log] = None, lock_runs: bool = False) -> RunRecords:
     """Run every seed and strategy of ``cfg``, writing results under ``out``.
 
     Everything that can be checked is checked before the results folder is touched:
@@ -422,6 +427,9 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
         resume: skip runs whose results are already there, continue a run from its checkpoint.
         overwrite: replace the results already in ``out``.
         warn: where a failed strategy is reported (default: ``log``).
+        lock_runs: lock each ``<strategy>/seed<k>/`` folder while it runs instead of the whole
+            results folder, so that sweep jobs of one benchmark (one strategy and seed each) run
+            side by side; the benchmark's report is then the sweep's to build.
 
     Returns:
         The records of every (strategy, seed) that finished, in run order; ``.failed`` lists
@@ -438,6 +446,11 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     dev = resolve_device(device or cfg.device)
     _check_strategies(cfg)
     checkpoint.check_output(out, resume=resume, overwrite=overwrite)
+    for seed in cfg.seeds:  # a sweep job may hold one run folder: refuse before any work
+        for entry in cfg.strategies:
+            holder = checkpoint.lock_holder(out / entry.name / f"seed{seed}")
+            if holder is not None:
+                raise checkpoint.in_use(out / entry.name / f"seed{seed}", holder)
     done, ckpts = _resume_state(cfg, out) if resume and out.is_dir() else ({}, {})
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
@@ -448,7 +461,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     train_views=cfg.features.train_views, views_of=few_shot_images(cfg, plans))
     records = RunRecords()
     started = time.time()
-    with checkpoint.lock_output(out), deterministic(dev):
+    with (nullcontext() if lock_runs else checkpoint.lock_output(out)), deterministic(dev):
         # Checked again under the lock: another run may have written here since the first look.
         if not (resume or overwrite):
             checkpoint.check_empty(out)
@@ -474,24 +487,37 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     log(f"  {entry.name} seed {seed}: already finished, kept")
                     records.append(done[entry.name, seed])
                     continue
-                if run_dir.is_dir():
-                    checkpoint.remove_stale_temporaries(run_dir)
-                try:
-                    rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir,
-                                       resume_from=ckpts.get((entry.name, seed)))
-                except FloatingPointError as e:
+                with (checkpoint.lock_output(run_dir) if lock_runs else nullcontext()):
+                    if run_dir.is_dir():
+                        checkpoint.remove_stale_temporaries(run_dir)
+                    try:
+                        rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir,
+                                           resume_from=ckpts.get((entry.name, seed)))
+                    except FloatingPointError as e:
+                        checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
+                        msg = f"{entry.name} seed {seed} failed: {e}; its results were not written"
+                        warn(msg)
+                        records.failed.append(msg)
+                        continue
+                    write_run(run_dir, rec)
                     checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
-                    msg = f"{entry.name} seed {seed} failed: {e}; its results were not written"
-                    warn(msg)
-                    records.failed.append(msg)
-                    continue
-                write_run(run_dir, rec)
-                checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
-                records.append(rec)
+                    records.append(rec)
     return records
 
 
 def _bar(iterable, total: int, desc: str):
+    from lamm_cl.training import lines_mode
+
+    if lines_mode():  # a log file: one line when done, no carriage-return bar
+        return _lines(iterable, total, desc)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, unit="batch")
+
+
+def _lines(iterable, total: int, desc: str):
+    import sys
+
+    started = time.perf_counter()
+    yield from iterable
+    print(f"  {desc}: {total} batches, {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)

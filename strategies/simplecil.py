@@ -98,7 +98,7 @@ class StatisticsTemplate(SupervisedTemplate):
         pass  # nothing to optimise
 
     def training_epoch(self, **kwargs):
-        for self.mbatch in self.dataloader:
+        for self.mbatch in self.dataloader:  # noqa: B020 (Avalanche's own loop form: plugins read self.mbatch)
             if self._stop_training:
                 break
             self._unpack_minibatch()

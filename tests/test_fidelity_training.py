@@ -6,7 +6,6 @@ base_dataset.py), never by the function under test.
 """
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np

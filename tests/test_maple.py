@@ -14,7 +14,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from lamm_cl import config, runner
 from lamm_cl.benchmark import dry_run
 from lamm_cl.errors import ConfigError
-from lamm_cl.model.clip import FrozenCLIP, normalize
+from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.model.deep_prompts import MapleClassifier, encode_image_deep
 from lamm_cl.registry import get_strategy
 from lamm_cl.strategies.maple import MapleOptions, maple_prompts

@@ -54,7 +54,7 @@ def toy_context(plan, dim, text=None, logit_scale=10.0, plugins=()):
 def build(name, ctx, **opts):
     spec = get_strategy(name)
     o = spec.options(**opts)
-    o.validate(f"strategies[0]")
+    o.validate("strategies[0]")
     return spec.build(ctx, o)
 
 
