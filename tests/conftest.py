@@ -8,6 +8,35 @@ import pytest
 warnings.filterwarnings("ignore")
 
 
+def _strategies_from_mutants_copy() -> None:
+    """Under mutmut (tests/README.md), import lamm_cl.strategies from the mutated copy too.
+
+    mutmut 3 copies lamm_cl/ and strategies/ into mutants/ and runs this suite there with mutants/
+    first on sys.path, so lamm_cl comes from the copy; but strategies/ installs as lamm_cl.strategies
+    (a package-dir mapping), which an editable install would still take from the original folder.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if root.name != "mutants" or not (root / "strategies" / "__init__.py").is_file():
+        return
+    import lamm_cl
+
+    if Path(lamm_cl.__file__).resolve().parent != root / "lamm_cl":
+        return
+    spec = importlib.util.spec_from_file_location("lamm_cl.strategies", root / "strategies" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "strategies")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lamm_cl.strategies"] = module
+    spec.loader.exec_module(module)
+    lamm_cl.strategies = module
+
+
+_strategies_from_mutants_copy()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from lamm_cl.model.clip import build_clip
