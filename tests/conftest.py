@@ -9,12 +9,16 @@ warnings.filterwarnings("ignore")
 
 
 def _strategies_from_mutants_copy() -> None:
-    """Under mutmut (tests/README.md), import lamm_cl.strategies from the mutated copy too.
+    """Under mutmut (tests/README.md), import lamm_cl.strategies from the mutated copy as ``strategies``.
 
-    mutmut 3 copies lamm_cl/ and strategies/ into mutants/ and runs this suite there with mutants/
-    first on sys.path, so lamm_cl comes from the copy; but strategies/ installs as lamm_cl.strategies
-    (a package-dir mapping), which an editable install would still take from the original folder.
+    mutmut 3 copies lamm_cl/ and strategies/ into mutants/, runs this suite there with mutants/ first on
+    sys.path, and names the mutants of strategies/lamm.py ``strategies.lamm.*``; a mutant switches on only
+    in a module of that name. The package installs as lamm_cl.strategies (a package-dir mapping) which an
+    editable install would even take from the original folder: so here lamm_cl.strategies.X *is* the
+    module strategies.X of the copy.
     """
+    import importlib
+    import importlib.abc
     import importlib.util
     import sys
     from pathlib import Path
@@ -26,12 +30,22 @@ def _strategies_from_mutants_copy() -> None:
 
     if Path(lamm_cl.__file__).resolve().parent != root / "lamm_cl":
         return
-    spec = importlib.util.spec_from_file_location("lamm_cl.strategies", root / "strategies" / "__init__.py",
-                                                  submodule_search_locations=[str(root / "strategies")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lamm_cl.strategies"] = module
-    spec.loader.exec_module(module)
-    lamm_cl.strategies = module
+    prefix = "lamm_cl.strategies."
+
+    class Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path=None, target=None):
+            return importlib.util.spec_from_loader(fullname, self) if fullname.startswith(prefix) else None
+
+        def create_module(self, spec):
+            return importlib.import_module("strategies." + spec.name[len(prefix):])
+
+        def exec_module(self, module):
+            pass  # imported under its own name already
+
+    sys.meta_path.insert(0, Alias())
+    package = importlib.import_module("strategies")
+    sys.modules["lamm_cl.strategies"] = package
+    lamm_cl.strategies = package
 
 
 _strategies_from_mutants_copy()
