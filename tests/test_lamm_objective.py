@@ -178,3 +178,64 @@ def test_coop_lamm_t0_follows_the_context_as_it_trains(tiny_clip, digits):
     logits_stale = logits_term(z, tiny_clip.logit_scale * f @ t0_before.t(), 1.5)
     assert template.loss_parts["logits"] == pytest.approx(float(logits_now), rel=1e-5)
     assert template.loss_parts["logits"] != pytest.approx(float(logits_stale), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def lamm_options(**data):
+    return config.from_dict(get_strategy("lamm").options, data, "strategies[0]")
+
+
+def test_lamm_defaults_and_loss_weights():
+    opts = lamm_options()
+    assert (opts.label_tokens, opts.label_init, opts.softmax) == ("min", "name", "seen")
+    loss = opts.loss
+    assert (loss.param, loss.feature, loss.logits, loss.temperature, loss.logits_kind) == (
+        "auto", 1.0, 0.05, 2.0, "reference")
+    # auto: 1/shots few-shot (the reference's base-to-new scripts), 1 with every image
+    w = opts.weights(16)
+    assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (1 / 16, 1.0, 0.05, 2.0, "reference")
+    assert opts.weights(None).param == 1.0
+    mine = lamm_options(loss={"param": 0.3, "feature": 0.7, "logits": 0.2, "temperature": 3.0, "logits_kind": "kl"})
+    w = mine.weights(16)
+    assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (0.3, 0.7, 0.2, 3.0, "kl")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"label_tokens": 0}, "strategies[0].label_tokens: expected min, all or a positive integer, got 0"),
+    ({"loss": {"temperature": 0.0}}, "strategies[0].loss.temperature: expected a positive number, got 0.0"),
+    ({"loss": {"param": -0.5}}, "strategies[0].loss.param: expected 0 or more, got -0.5"),
+    ({"loss": {"feature": -1.0}}, "strategies[0].loss.feature: expected 0 or more, got -1.0"),
+    ({"loss": {"logits": -0.01}}, "strategies[0].loss.logits: expected 0 or more, got -0.01"),
+    ({"epochs": -1}, "strategies[0].epochs: expected 0 or more, got -1"),  # the base checks still run
+])
+def test_bad_lamm_options_are_refused_by_name(data, message):
+    from lamm_cl.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        lamm_options(**data).validate("strategies[0]")
+    assert str(e.value) == message
+
+
+def test_edge_values_are_accepted():
+    lamm_options(label_tokens=1, loss={"param": 0.0, "feature": 0.0, "logits": 0.0, "temperature": 0.01}).validate(
+        "strategies[0]")
+
+
+def test_the_built_template_carries_the_resolved_weights_and_plain_ce_in_eval(tiny_clip, digits):
+    ctx = StrategyContext(clip=tiny_clip, class_names=digits.classnames, template="a photo of a {}.",
+                          device=torch.device("cpu"), seed=0, shots=4)
+    opts = lamm_options(softmax="current", loss={"feature": 0.7})
+    template = get_strategy("lamm").build(ctx, opts)
+    assert (template.weights.param, template.weights.feature, template.softmax) == (0.25, 0.7, "current")
+
+    template = build("lamm", tiny_clip, digits.classnames)
+    model = template.model
+    model.eval()
+    x = torch.randn(4, tiny_clip.embed_dim)
+    y = torch.tensor([0, 3, 4, 1])
+    template.mbatch = [x, y, torch.zeros(4, dtype=torch.long)]
+    template.mb_output = model(x)
+    template.is_training = False
+    torch.testing.assert_close(template.criterion(), cross_entropy(template.mb_output, y))

@@ -54,8 +54,23 @@ def test_logits_loss_kl():
 
 
 def test_unknown_logits_kind():
-    with pytest.raises(ValueError, match="logits_kind"):
+    with pytest.raises(ValueError, match=r"^logits_kind must be 'reference' or 'kl', got 'js'$"):
         logits_loss(Z, Z0, 2.0, "js")
+
+
+def test_param_loss_of_no_class_is_zero_and_leaves_the_anchor_alone():
+    assert float(param_loss([])) == 0.0
+    m = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    m0 = torch.tensor([[0.5, 0.0]], requires_grad=True)
+    param_loss([(m, m0)]).backward()
+    assert m0.grad is None
+    torch.testing.assert_close(m.grad, torch.tensor([[1.0, 4.0]]))  # 2 (m - m0)
+
+
+def test_default_weights_are_the_references():
+    # lambda_p 1 (the config's auto resolves it), lambda_f 1, lambda_l 0.05, T 2, LAMM's own logits term
+    w = LammWeights()
+    assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (1.0, 1.0, 0.05, 2.0, "reference")
 
 
 def test_total_is_ce_plus_weighted_terms():
