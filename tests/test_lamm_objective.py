@@ -229,6 +229,7 @@ def test_the_built_template_carries_the_resolved_weights_and_plain_ce_in_eval(ti
     opts = lamm_options(softmax="current", loss={"feature": 0.7})
     template = get_strategy("lamm").build(ctx, opts)
     assert (template.weights.param, template.weights.feature, template.softmax) == (0.25, 0.7, "current")
+    assert template.loss_parts == {}  # no step yet
 
     template = build("lamm", tiny_clip, digits.classnames)
     model = template.model
