@@ -275,7 +275,8 @@ def test_lwf_and_ewc_add_their_penalties_by_hand(baselines):
 
         template.loss = torch.zeros(())
         ewc.before_backward(template)
-        penalty = sum(float((ewc.importances[e]["context"].data * (model.context.detach() - snap["context"]) ** 2).sum())
+        moved = model.context.detach()
+        penalty = sum(float((ewc.importances[e]["context"].data * (moved - snap["context"]) ** 2).sum())
                       for e, snap in enumerate(cap.snap.after))
         assert penalty > 0 and float(template.loss) == pytest.approx(10.0 * penalty, rel=1e-5)
     finally:
