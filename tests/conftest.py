@@ -8,6 +8,49 @@ import pytest
 warnings.filterwarnings("ignore")
 
 
+def _strategies_from_mutants_copy() -> None:
+    """Under mutmut (tests/README.md), import lamm_cl.strategies from the mutated copy as ``strategies``.
+
+    mutmut 3 copies lamm_cl/ and strategies/ into mutants/, runs this suite there with mutants/ first on
+    sys.path, and names the mutants of strategies/lamm.py ``strategies.lamm.*``; a mutant switches on only
+    in a module of that name. The package installs as lamm_cl.strategies (a package-dir mapping) which an
+    editable install would even take from the original folder: so here lamm_cl.strategies.X *is* the
+    module strategies.X of the copy.
+    """
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if root.name != "mutants" or not (root / "strategies" / "__init__.py").is_file():
+        return
+    import lamm_cl
+
+    if Path(lamm_cl.__file__).resolve().parent != root / "lamm_cl":
+        return
+    prefix = "lamm_cl.strategies."
+
+    class Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path=None, target=None):
+            return importlib.util.spec_from_loader(fullname, self) if fullname.startswith(prefix) else None
+
+        def create_module(self, spec):
+            return importlib.import_module("strategies." + spec.name[len(prefix):])
+
+        def exec_module(self, module):
+            pass  # imported under its own name already
+
+    sys.meta_path.insert(0, Alias())
+    package = importlib.import_module("strategies")
+    sys.modules["lamm_cl.strategies"] = package
+    lamm_cl.strategies = package
+
+
+_strategies_from_mutants_copy()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from lamm_cl.model.clip import build_clip

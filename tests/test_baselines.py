@@ -15,11 +15,11 @@ from avalanche.training.plugins import ReplayPlugin, SupervisedPlugin
 
 from lamm_cl import config, runner
 from lamm_cl.errors import ConfigError
-from lamm_cl.losses import feature_loss, logits_loss
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.registry import get_strategy
 from lamm_cl.training import EWCPlugin, LwFPlugin, StrategyContext
+from test_lamm_objective import cross_entropy, feature_term, logits_term  # the loss formulas, written out
 
 MEM = 12
 REPLAY = {"name": "replay", "mem_size": MEM}
@@ -247,6 +247,43 @@ def test_lwf_and_ewc_work_on_every_kind_of_model(baselines):
     assert float(ft_imp["encoder.transformer.resblocks.0.mlp.c_fc.weight"].data.abs().sum()) == 0  # frozen block
 
 
+def test_lwf_and_ewc_add_their_penalties_by_hand(baselines):
+    # CoOp after both experiences, its context moved: LwF adds alpha * KL(teacher || student) at T = 2 over
+    # every class seen, EWC adds lambda * sum_e sum_k F_e,k (theta_k - theta*_e,k)^2 over both experiences
+    cap = baselines.captured["coop"]
+    template, model = cap.template, cap.template.model
+    lwf = next(p for p in template.plugins if isinstance(p, LwFPlugin))
+    ewc = next(p for p in template.plugins if isinstance(p, EWCPlugin))
+    trained = model.context.detach().clone()
+    torch.manual_seed(0)
+    x = torch.randn(8, model.clip.embed_dim)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7]) % len(model.classes)
+    model.train()
+    with torch.no_grad():
+        teacher = model(x)  # the teacher is the model as trained through the last experience
+    try:
+        with torch.no_grad():
+            model.context.add_(0.05 * torch.randn_like(model.context))
+        template.mbatch = [x, y, torch.zeros(8, dtype=torch.long)]
+        template.mb_output = model(x)
+        template.loss = torch.zeros(())
+        lwf.before_backward(template)
+        log_p = torch.log_softmax(template.mb_output.detach() / 2, dim=-1)
+        q = torch.softmax(teacher / 2, dim=-1)
+        kl = float((q * (q.log() - log_p)).sum(-1).mean())
+        assert kl > 1e-6 and float(template.loss) == pytest.approx(1.0 * kl, rel=1e-4)
+
+        template.loss = torch.zeros(())
+        ewc.before_backward(template)
+        moved = model.context.detach()
+        penalty = sum(float((ewc.importances[e]["context"].data * (moved - snap["context"]) ** 2).sum())
+                      for e, snap in enumerate(cap.snap.after))
+        assert penalty > 0 and float(template.loss) == pytest.approx(10.0 * penalty, rel=1e-5)
+    finally:
+        with torch.no_grad():
+            model.context.copy_(trained)
+
+
 def test_coop_lamm_with_plugins_resumes_bit_identically(baselines, tmp_path, cache_dir):
     data = digits_config([next(s for s in STRATEGIES if s["name"] == "coop_lamm")], cache_dir)
     with pytest.raises(KeyboardInterrupt):
@@ -334,11 +371,10 @@ def test_coop_lamm_loss_is_ce_plus_the_three_lamm_terms(tiny_clip, digits):
     alpha = tiny_clip.logit_scale
     f = normalize(x)
     z, z0 = alpha * f @ t.t(), alpha * f @ t0.t()
-    ce = torch.nn.functional.cross_entropy(z, y)
+    ce = cross_entropy(z, y)
     l_param = sum(((table.vectors[str(c)] - table.original(c)) ** 2).sum() for c in (3, 4))  # trainable only
-    expected = (ce + 0.5 * l_param + 2.0 * feature_loss(t[y], t0[y])
-                + 0.3 * logits_loss(z, z0, temperature=1.5, kind="reference"))
-    assert float(l_param) > 0 and float(feature_loss(t[y], t0[y])) > 0
+    expected = (ce + 0.5 * l_param + 2.0 * feature_term(t[y], t0[y]) + 0.3 * logits_term(z, z0, 1.5))
+    assert float(l_param) > 0 and float(feature_term(t[y], t0[y])) > 0
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert set(template.loss_parts) == {"ce", "param", "feature", "logits"}
     assert template.loss_parts["ce"] == pytest.approx(float(ce), rel=1e-5)

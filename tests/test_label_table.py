@@ -24,10 +24,13 @@ def _cfg(**lamm):
 
 def test_label_token_counts(tiny_clip):
     prompts = ClassPrompts(tiny_clip, ["zero", "aquarium fish", "sweet pepper plant"], "a photo of a {}.")
-    lengths = [len(n) for n in prompts.name_ids]
-    assert label_token_counts(prompts, "all") == lengths
-    assert label_token_counts(prompts, "min") == [min(lengths)] * 3
-    assert label_token_counts(prompts, 2) == [min(2, n) for n in lengths]
+    # CLIP's BPE has one piece for each of these words: "zero" 5848; "aquarium" 16814, "fish" 2759;
+    # "sweet" 2418, "pepper" 8253, "plant" 3912
+    assert prompts.name_ids == [[5848], [16814, 2759], [2418, 8253, 3912]]
+    assert label_token_counts(prompts, "all") == [1, 2, 3]
+    assert label_token_counts(prompts, "min") == [1, 1, 1]
+    assert label_token_counts(prompts, 2) == [1, 2, 2]
+    assert label_token_counts(prompts, 5) == [1, 2, 3]
     with pytest.raises(ValueError):
         label_token_counts(prompts, 0)
 

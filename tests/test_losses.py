@@ -41,7 +41,10 @@ def test_logits_loss_reference_is_soft_target_cross_entropy():
 def test_logits_loss_reference_keeps_the_gradient_of_the_lamm_logits():
     z = Z.clone().requires_grad_(True)
     logits_loss(z, Z0, 2.0, "reference").backward()
-    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+    # d/dz of -T^2 sum_c softmax(z/T)_c log q_c, for one row: T p (log q - sum_c p_c log q_c) * (-1)
+    p = torch.softmax(Z / 2, dim=-1)
+    log_q = torch.log_softmax(Z0 / 2, dim=-1)
+    torch.testing.assert_close(z.grad, -2 * p * (log_q - (p * log_q).sum(-1, keepdim=True)))
 
 
 def test_logits_loss_kl():
@@ -51,8 +54,23 @@ def test_logits_loss_kl():
 
 
 def test_unknown_logits_kind():
-    with pytest.raises(ValueError, match="logits_kind"):
+    with pytest.raises(ValueError, match=r"^logits_kind must be 'reference' or 'kl', got 'js'$"):
         logits_loss(Z, Z0, 2.0, "js")
+
+
+def test_param_loss_of_no_class_is_zero_and_leaves_the_anchor_alone():
+    assert float(param_loss([])) == 0.0
+    m = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    m0 = torch.tensor([[0.5, 0.0]], requires_grad=True)
+    param_loss([(m, m0)]).backward()
+    assert m0.grad is None
+    torch.testing.assert_close(m.grad, torch.tensor([[1.0, 4.0]]))  # 2 (m - m0)
+
+
+def test_default_weights_are_the_references():
+    # lambda_p 1 (the config's auto resolves it), lambda_f 1, lambda_l 0.05, T 2, LAMM's own logits term
+    w = LammWeights()
+    assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (1.0, 1.0, 0.05, 2.0, "reference")
 
 
 def test_total_is_ce_plus_weighted_terms():
@@ -110,3 +128,34 @@ def test_lamm_loss_of_a_one_class_batch_has_no_feature_term():
     w = LammWeights(param=0.0, feature=1.0, logits=0.0)
     total, parts = lamm_loss(Z.repeat(2, 1), Z0.repeat(2, 1), y, t_y, t0_y, [], w)
     assert parts["feature"] == 0.0 and float(total) == pytest.approx(math.log(3), rel=1e-6)
+
+
+# A second row, the first one mirrored: z = [2 ln 2, 0, 0], z0 = [0, 0, 0], T = 2.
+# softmax(z/T) = [1/2, 1/4, 1/4]; softmax(z0/T) = [1/3, 1/3, 1/3].
+Z_2 = torch.tensor([[0.0, 0.0, 0.0], [2 * math.log(2), 0.0, 0.0]])
+Z0_2 = torch.tensor([[2 * math.log(2), 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("kind, row0, row1", [
+    # reference: row 0 as above; row 1: -sum_c p_c ln(1/3) = ln 3; both times T^2 = 4
+    ("reference", 4 * (5 / 3) * math.log(2), 4 * math.log(3)),
+    # kl: row 0 as above; row 1: KL(uniform || [1/2, 1/4, 1/4]) = 1/3 [ln(2/3) + 2 ln(4/3)]
+    ("kl", 4 * (0.5 * math.log(1.5) + 0.5 * math.log(0.75)),
+     4 * (math.log(2 / 3) + 2 * math.log(4 / 3)) / 3),
+])
+def test_logits_loss_averages_over_the_batch(kind, row0, row1):
+    # a sum over the batch would multiply lambda_l by the batch size
+    assert float(logits_loss(Z_2[:1], Z0_2[:1], 2.0, kind)) == pytest.approx(row0, rel=1e-6)
+    assert float(logits_loss(Z_2[1:], Z0_2[1:], 2.0, kind)) == pytest.approx(row1, rel=1e-6)
+    assert float(logits_loss(Z_2, Z0_2, 2.0, kind)) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_logits_loss_kl_passes_no_gradient_to_the_teacher():
+    z0 = Z0_2.clone().requires_grad_(True)
+    z = Z_2.clone().requires_grad_(True)
+    logits_loss(z, z0, 2.0, "kl").backward()
+    assert z0.grad is None
+    # d/dz of T^2 KL(q || softmax(z/T)) averaged over B rows is T (p - q) / B, p = softmax(z/T)
+    p = torch.softmax(Z_2 / 2, dim=-1)
+    q = torch.softmax(Z0_2 / 2, dim=-1)
+    torch.testing.assert_close(z.grad, 2 * (p - q) / 2)

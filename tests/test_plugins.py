@@ -90,8 +90,12 @@ def test_import_is_cheap_and_exports_the_plugin_api():
                  "param_loss", "feature_loss", "logits_loss"):
         assert name in lamm_cl.__all__
     assert set(lamm_cl.__all__) == {*lamm_cl._EXPORTS, "__version__"}
-    for name in lamm_cl.__all__:
-        assert getattr(lamm_cl, name) is not None
+    import importlib
+    from importlib.metadata import version
+
+    for name, module in lamm_cl._EXPORTS.items():  # each name is the object its own module defines
+        assert getattr(lamm_cl, name) is getattr(importlib.import_module(module), name), name
+    assert lamm_cl.__version__ == version("lamm-cl")
     from lamm_cl.training import StrategyContext
 
     assert lamm_cl.StrategyContext is StrategyContext

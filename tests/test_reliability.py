@@ -216,7 +216,21 @@ def test_checkpoint_of_other_config_is_refused(env, tmp_path, capsys):
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def test_sigint_exits_130_and_keeps_finished_files(env, tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def default_sigint():
+    """SIGINT raising KeyboardInterrupt, as in an interactive shell, however pytest was launched.
+
+    Python installs that handler only when SIGINT is not ignored at start-up; a suite started in the
+    background (`nohup pytest &`) inherits SIGINT ignored, and the test's own Ctrl-C would be lost.
+    """
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_sigint_exits_130_and_keeps_finished_files(env, tmp_path, capsys, monkeypatch, default_sigint):
     # A real SIGINT to this process, sent right after the first checkpoint of the second strategy:
     # Python turns it into KeyboardInterrupt in the middle of the run, as Ctrl-C in a terminal does.
     cfg = write_config(env, tmp_path / "config.yaml", RESUMABLE)
