@@ -23,6 +23,8 @@ from lamm_cl.errors import ConfigError, DataNotFoundError
 TINY_ARCH = "lamm-tiny"
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _INIT_SEED = 0  # random weights (`pretrained: none`) are drawn with a fixed seed, so features are shareable
+TINYWORLD = "tinyworld"  # lamm-tiny pretrained on lamm_cl.tiny's captioned world; the file ships with the package
+TINYWORLD_FILE = Path(__file__).parent.parent / "tiny" / "lamm-tiny-tinyworld.pt"
 
 
 def _open_clip():
@@ -57,7 +59,7 @@ def weights_identity(arch: str, pretrained: str, sha256: str | None = None) -> s
     """
     if pretrained == "none":
         return f"{arch}:none:seed{_INIT_SEED}"
-    path = Path(pretrained).expanduser()
+    path = TINYWORLD_FILE if pretrained == TINYWORLD else Path(pretrained).expanduser()
     if path.is_file():
         return f"{arch}:file:{(sha256 or file_sha256(path))[:20]}"
     return f"{arch}:{pretrained}"
@@ -233,6 +235,13 @@ def resolve_weights(arch: str, pretrained: str) -> str | None:
                           f"print(open_clip.list_models())\"` or {TINY_ARCH!r} for the tiny offline model")
     if pretrained == "none":
         return None
+    if pretrained == TINYWORLD:
+        if arch != TINY_ARCH:
+            raise ConfigError(f"model.pretrained: {TINYWORLD!r} weights exist for {TINY_ARCH!r} only, not {arch!r}")
+        if not TINYWORLD_FILE.is_file():
+            raise DataNotFoundError(f"model.pretrained: the packaged weights {TINYWORLD_FILE} are missing; "
+                                    "reinstall lamm-cl or make them with `python -m lamm_cl.tiny pretrain --out FILE`")
+        return str(TINYWORLD_FILE)
     if _looks_like_path(pretrained) or Path(pretrained).expanduser().exists():
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -251,7 +260,8 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
 
     Args:
         arch: an open_clip architecture (``ViT-B-16``) or ``lamm-tiny``.
-        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, or ``none``.
+        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, ``none``, or
+            ``tinyworld`` (lamm-tiny's packaged weights, see :mod:`lamm_cl.tiny`).
         device: where to put it.
     Raises:
         ConfigError: unknown architecture or tag.
