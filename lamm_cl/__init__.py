@@ -15,7 +15,10 @@ The public API a strategy plugin needs, importable from ``lamm_cl``:
 * the LAMM loss: :func:`lamm_loss`, :class:`LammWeights`, :func:`param_loss`,
   :func:`feature_loss`, :func:`logits_loss`;
 * errors: :class:`ConfigError` (raise it from ``StrategyOptions.validate``),
-  :class:`UserError`.
+  :class:`UserError`;
+* from a notebook: :func:`run` (what ``lamm-cl run`` does, raising instead of
+  exiting) and :func:`load_results` (a results or sweep folder as pandas
+  tables, with paired :meth:`Results.compare`).
 
 Importing ``lamm_cl`` is cheap and has no side effects: each name is imported
 from its module on first use (torch and Avalanche load only then).
@@ -48,22 +51,28 @@ _EXPORTS = {
     "logits_loss": "lamm_cl.losses",
     "ConfigError": "lamm_cl.errors",
     "UserError": "lamm_cl.errors",
+    "run": "lamm_cl.api",
+    "load_results": "lamm_cl.api",
+    "Results": "lamm_cl.api",
+    "Comparison": "lamm_cl.stats",
 }
 
 __all__ = [  # spelled out (not built from _EXPORTS) so linters see what the TYPE_CHECKING imports export
     "register_strategy", "StrategyOptions", "StrategySpec", "get_strategy", "list_strategies",
     "StrategyContext", "FrozenCLIP", "normalize", "ClassPrompts", "PromptEncoder", "LabelTable",
     "PromptClassifier", "lamm_loss", "LammWeights", "param_loss", "feature_loss", "logits_loss",
-    "ConfigError", "UserError", "__version__",
+    "ConfigError", "UserError", "run", "load_results", "Results", "Comparison", "__version__",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from lamm_cl.api import Results, load_results, run
     from lamm_cl.errors import ConfigError, UserError
     from lamm_cl.losses import LammWeights, feature_loss, lamm_loss, logits_loss, param_loss
     from lamm_cl.model.classifier import PromptClassifier
     from lamm_cl.model.clip import FrozenCLIP, normalize
     from lamm_cl.model.labels import LabelTable
     from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
+    from lamm_cl.stats import Comparison
     from lamm_cl.registry import (StrategyOptions, StrategySpec, get_strategy, list_strategies,
                                   register_strategy)
     from lamm_cl.training import StrategyContext

@@ -2,6 +2,8 @@
 
     python -m lamm_cl.bench speed   # one LAMM step: naive loop vs lamm-cl's, on ViT-B-16
     python -m lamm_cl.bench run     # one quickstart experience with the feature store on and off
+    python -m lamm_cl.bench identity   # stat-based dataset identity: files per second, extrapolated to ImageNet
+    python -m lamm_cl.bench checksum   # the feature store's SHA-256 check of a large entry
 
 ``speed`` builds ViT-B-16 with random weights (the time of a step does not
 depend on the weight values), 100 classes of which the last 10 train, a batch
@@ -247,8 +249,79 @@ def run_experience(config: str = "benchmarks/quickstart.yaml", strategy: str = "
     return off / on
 
 
+IMAGENET_FILES = 1_331_167  # ImageNet-1k train (1,281,167) + val (50,000)
+
+
+def identity_speed(n_files: int = 50_000, log: Log = print) -> float:
+    """Time :func:`lamm_cl.data.base.files_identity` over ``n_files`` generated files (100 per folder).
+
+    The files are fresh, so their inodes are in the page cache: this is the warm-cache rate.
+    A cold cache (first run after a reboot, a network filesystem) is bound by the storage's
+    metadata latency instead. Returns files per second.
+    """
+    from lamm_cl.data.base import files_identity
+
+    with tempfile.TemporaryDirectory() as root:
+        rel = [f"c{i // 100:05d}/img_{i:07d}.jpg" for i in range(n_files)]
+        for r in rel:
+            full = Path(root) / r
+            full.parent.mkdir(exist_ok=True)
+            full.write_bytes(b"x" * (len(r) % 7))
+        pairs = [(r, f"{root}/{r}") for r in rel]
+        files_identity(pairs)  # warm-up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            files_identity(pairs)
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    rate = n_files / best
+    log(f"dataset identity (stat of every file, warm cache): {n_files:,} files in {best:.3f} s = "
+        f"{rate:,.0f} files/s; {_load()}")
+    log(f"extrapolated to ImageNet ({IMAGENET_FILES:,} files): {IMAGENET_FILES / rate:.1f} s")
+    return rate
+
+
+def checksum_speed(n_images: int = 100_000, dim: int = 512, log: Log = print) -> tuple[float, float]:
+    """Time reading an ``[n_images, dim]`` fp32 feature-store entry with and without its SHA-256 check.
+
+    Returns:
+        (seconds with the check, seconds without it), best of three, file in the page cache.
+    """
+    from lamm_cl.features import FeatureStore
+
+    with tempfile.TemporaryDirectory() as root:
+        store = FeatureStore(root)
+        rng = np.random.default_rng(0)
+        with store.writer("bench", (n_images, dim), "float32") as arr:
+            for i in range(0, n_images, 65536):
+                arr[i: i + 65536] = rng.standard_normal((min(65536, n_images - i), dim), dtype=np.float32)
+        data, _ = store.paths("bench")
+        size = data.stat().st_size
+        checked, plain = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a = store.load("bench", (n_images, dim), "float32")
+            float(a[-1, -1])
+            checked.append(time.perf_counter() - t0)
+            del a
+            t0 = time.perf_counter()
+            a = np.load(data, mmap_mode="c")
+            float(a[-1, -1])
+            plain.append(time.perf_counter() - t0)
+            del a
+    on, off = min(checked), min(plain)
+    gib = size / 2**30
+    log(f"feature-store entry {n_images:,} x {dim} float32 ({size / 2**20:.0f} MiB): load with SHA-256 check "
+        f"{on:.3f} s, without {off:.4f} s; check rate {gib / max(on - off, 1e-9):.2f} GiB/s; {_load()}")
+    imagenet = 1_281_167 * dim * 4 / 2**30
+    log(f"extrapolated to ImageNet train features ({imagenet:.2f} GiB at D={dim}): "
+        f"{imagenet / gib * (on - off):.1f} s per load")
+    return on, off
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lamm_cl.bench {speed,run}``."""
+    """``python -m lamm_cl.bench {speed,run,identity,checksum}``."""
     p = argparse.ArgumentParser(prog="python -m lamm_cl.bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's (ViT-B-16, random weights)")
@@ -262,7 +335,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r.add_argument("--config", default="benchmarks/quickstart.yaml")
     r.add_argument("--strategy", default="lamm")
     r.add_argument("--views", type=int, default=0, help="features.train_views")
+    i = sub.add_parser("identity", help="the stat-based dataset identity: files per second")
+    i.add_argument("--files", type=int, default=50_000)
+    c = sub.add_parser("checksum", help="the feature store's SHA-256 check on a large entry")
+    c.add_argument("--images", type=int, default=100_000)
+    c.add_argument("--dim", type=int, default=512)
     args = p.parse_args(argv)
+    if args.mode == "identity":
+        identity_speed(args.files)
+        return 0
+    if args.mode == "checksum":
+        checksum_speed(args.images, args.dim)
+        return 0
     if args.mode == "speed":
         speed(args.arch, args.classes, args.trainable, args.batch, args.naive_steps, args.fast_steps)
     else:

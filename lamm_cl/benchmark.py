@@ -6,7 +6,7 @@ order's i-th class is label i, and class names follow the labels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,7 +29,9 @@ class Plan:
         experiences: new labels of each experience's classes.
         train_index, test_index: indices into the dataset's train/test samples, per experience.
         template: the prompt template.
-        order_name: how the order was made (``icarl``, ``seeded(1993)``, ``explicit``).
+        order_name: how the order was made (``icarl``, ``identity``, ``seeded(1993)``, ``explicit``).
+        short_classes: (name, images) of the classes that had fewer training images than
+            ``shots`` asked for and train on all they have.
     """
 
     dataset: str
@@ -40,10 +42,22 @@ class Plan:
     test_index: list[np.ndarray]
     template: str
     order_name: str
+    short_classes: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def n_experiences(self) -> int:
         return len(self.experiences)
+
+    def shots_note(self, shots: int) -> str | None:
+        """One line naming the classes with fewer than ``shots`` training images, or None when there are none."""
+        if not self.short_classes:
+            return None
+        shown = 12  # keep it one readable line on datasets with many short classes
+        named = ", ".join(f"{name!r} ({n})" for name, n in self.short_classes[:shown])
+        if len(self.short_classes) > shown:
+            named += f", and {len(self.short_classes) - shown} more"
+        return (f"{shots} shots asked; {len(self.short_classes)} of {len(self.class_names)} classes have fewer "
+                f"training images and use all they have: {named}")
 
     def describe(self) -> list[str]:
         """One line per experience: its classes and image counts."""
@@ -66,6 +80,10 @@ def resolve_class_order(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> t
             raise ConfigError(f"benchmark.class_order: icarl is the 100-class CIFAR-100 order; "
                               f"{parts.name} has {n} classes")
         return list(ICARL_CIFAR100_ORDER), "icarl"
+    if order == "identity":
+        # The dataset's own label order: what LAMM's base->new split cuts in half
+        # (Dassl's subsample_classes keeps labels[:ceil(n/2)] as base, the rest as new).
+        return list(range(n)), "identity"
     if order == "seeded":
         s = seed if b.order_seed is None else b.order_seed
         return np.random.default_rng(s).permutation(n).tolist(), f"seeded({s})"
@@ -96,13 +114,19 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
 
     Raises:
         ConfigError: an impossible split (more experiences than classes, counts that do not
-            add up, ``shots`` larger than a class has, a class with no test images).
+            add up, a class with no training or no test images).
+
+    A class with fewer training images than ``shots`` takes all of them, as Dassl's
+    ``generate_fewshot_dataset`` does without ``repeat`` (Dassl.pytorch
+    dassl/data/datasets/base_dataset.py: ``if len(items) >= num_shots: random.sample(...)``,
+    else ``items``); the plan lists those classes in ``short_classes``.
     """
     order, order_name = resolve_class_order(parts, b, seed)
     counts = split_counts(len(order), b)
     tr_labels, te_labels = parts.train.labels, parts.test.labels
     rng = np.random.default_rng(seed)
     experiences, train_index, test_index = [], [], []
+    short: list[tuple[str, int]] = []
     start = 0
     for count in counts:
         new_labels = list(range(start, start + count))
@@ -115,10 +139,10 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
             if len(idx_te) == 0:
                 raise ConfigError(f"benchmark: class {parts.classnames[orig]!r} has no test images in {parts.name}")
             if b.shots is not None:
-                if len(idx_tr) < b.shots:
-                    raise ConfigError(f"benchmark.shots: {b.shots} shots asked, but class "
-                                      f"{parts.classnames[orig]!r} has only {len(idx_tr)} training images")
-                idx_tr = np.sort(rng.choice(idx_tr, size=b.shots, replace=False))
+                if 0 < len(idx_tr) < b.shots:
+                    short.append((parts.classnames[orig], len(idx_tr)))  # all of them, no draw
+                elif len(idx_tr) >= b.shots:
+                    idx_tr = np.sort(rng.choice(idx_tr, size=b.shots, replace=False))
             if len(idx_tr) == 0:
                 raise ConfigError(f"benchmark: class {parts.classnames[orig]!r} has no training images in {parts.name}")
             tr.append(idx_tr)
@@ -135,6 +159,7 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
         test_index=test_index,
         template=b.template or parts.template,
         order_name=order_name,
+        short_classes=short,
     )
 
 
@@ -197,7 +222,7 @@ def dry_run(cfg) -> list[str]:
     b = cfg.benchmark
     try:
         parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
-    except DataNotFoundError as e:
+    except DataNotFoundError:
         if b.download:
             root = Path(b.root).expanduser()
             raise DataNotFoundError(f"{b.dataset}: no data in {root} yet; a dry run does not download, "
@@ -213,10 +238,23 @@ def dry_run(cfg) -> list[str]:
         lines.append(f"seed {seed}: class order {plan.order_name}, {plan.n_experiences} experiences "
                      f"of {[len(e) for e in plan.experiences]} classes")
         lines.extend("  " + line for line in plan.describe())
+        note = plan.shots_note(b.shots) if b.shots else None
+        if note:
+            lines.append("  " + note)
     for e in cfg.strategies:
         lines.append(f"strategy {e.name}: epochs {getattr(e.options, 'epochs', '-')}, "
-                     f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}")
+                     f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
+                     + _inputs_note(e.name))
     return lines
+
+
+def _inputs_note(strategy: str) -> str:
+    """What a strategy reads, for the dry-run plan: image-reading strategies cannot use the feature cache."""
+    from lamm_cl.registry import get_strategy
+
+    if get_strategy(strategy).inputs == "images":
+        return "; reads images every step (no feature cache)"
+    return "; trains on cached image features"
 
 
 def seen_classes(plan: Plan, upto: int) -> int:

@@ -19,8 +19,11 @@ Restoring replays the model adaptation of the finished experiences (dynamic
 modules such as LAMM's label table grow and freeze as they did), then loads the
 states over it, so training continues bit for bit as if never stopped (on CPU).
 
-The lock is a file created with ``O_EXCL`` that holds the owner's pid; a lock
-left by a process that is no longer alive is taken over.
+The lock is a file holding the owner's pid and host, held with :func:`fcntl.flock`
+for the whole run: the kernel decides who holds it (atomically, and it lets go when
+the process dies), and every look at the pid happens under the flock, so two
+processes can never both take it. A lock file whose pid is no longer alive is
+taken over.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ import io
 import os
 import pickle
 import random
+import re
 import socket
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -251,7 +255,8 @@ def load_module_extras(model: torch.nn.Module, extras: dict) -> None:
 
 
 def save(path: Path, *, template, refs: References, skip_plugins: Iterable[Any], experience: int,
-         matrix: np.ndarray, per_class: dict, seconds: float, meta: dict) -> Path:
+         matrix: np.ndarray, per_class: dict, seconds: float, meta: dict,
+         matrix_task_aware: Optional[np.ndarray] = None) -> Path:
     """Write the checkpoint of a run that has finished ``experience`` (0-based) to ``path``, atomically.
 
     Raises:
@@ -268,6 +273,7 @@ def save(path: Path, *, template, refs: References, skip_plugins: Iterable[Any],
         "meta": meta,
         "experience": experience,
         "matrix": np.asarray(matrix, dtype=float).tolist(),
+        "matrix_task_aware": None if matrix_task_aware is None else np.asarray(matrix_task_aware, dtype=float).tolist(),
         "per_class": {int(k): float(v) for k, v in per_class.items()},
         "seconds": float(seconds),
         "model": template.model.state_dict(),
@@ -296,7 +302,54 @@ def load(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint of this lamm-cl version; delete it to restart that run "
                         "from its first experience")
+    if not isinstance(state.get("meta", {}), dict):
+        raise _malformed(path, f"'meta' is a {type(state['meta']).__name__}")
     return state
+
+
+def check_fields(state: dict, path: Path) -> None:
+    """Refuse a loaded checkpoint whose fields are structurally wrong (damaged or edited by hand).
+
+    Raises:
+        UserError: one line naming the file and the field.
+    """
+    wrong = _structure_problem(state)
+    if wrong:
+        raise _malformed(path, wrong)
+
+
+def _malformed(path: Path, wrong: str) -> UserError:
+    return UserError(f"{path}: malformed checkpoint ({wrong}); delete it to restart that run from its first "
+                     "experience")
+
+
+# field -> what it must be; a checkpoint is our own file, so anything else means it was damaged or hand-edited
+_FIELDS = {"meta": dict, "experience": int, "matrix": list, "per_class": dict, "seconds": (int, float),
+           "model": dict, "requires_grad": dict, "optimizer": dict, "extras": bytes, "rng": dict}
+
+
+def _structure_problem(state: dict) -> str:
+    """What is structurally wrong with a loaded checkpoint, or ``""``."""
+    for name, kind in _FIELDS.items():
+        if name not in state:
+            return f"no {name!r}"
+        if not isinstance(state[name], kind) or isinstance(state[name], bool):
+            return f"{name!r} is a {type(state[name]).__name__}"
+    if state["experience"] < 0:
+        return f"'experience' is {state['experience']}"
+    m = state["matrix"]
+    if not m or not all(isinstance(r, list) and len(r) == len(m) for r in m):
+        return "'matrix' is not square"
+    if state["experience"] >= len(m) - 1:
+        return f"'experience' {state['experience']} is not before the last of {len(m)}"
+    try:
+        np.asarray(m, dtype=float)
+        {int(k): float(v) for k, v in state["per_class"].items()}
+    except (TypeError, ValueError):
+        return "'matrix' or 'per_class' holds something that is not a number"
+    if not {"python", "numpy", "torch"} <= set(state["rng"]):
+        return "'rng' lacks a random state"
+    return ""
 
 
 def replay_adaptation(template, scenario, upto: int) -> None:
@@ -373,6 +426,13 @@ def remove_stale_temporaries(folder: Path) -> None:
 # --------------------------------------------------------------------------- the results-folder lock
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -407,6 +467,11 @@ def lock_holder(out: Path) -> Optional[str]:
     return None
 
 
+def in_use(out: Path, holder: str) -> UserError:
+    """The error for a results folder (or run folder) another live process holds."""
+    return _in_use(out, holder)
+
+
 def _in_use(out: Path, holder: str) -> UserError:
     return UserError(f"{out} is in use by another lamm-cl run ({holder}); wait for it to finish or choose "
                      f"another --output (if no run is using it, delete {Path(out) / LOCK_FILE})")
@@ -417,41 +482,99 @@ def lock_output(out: Path) -> Iterator[Path]:
     """Hold the lock on results folder ``out`` (created if needed) for the duration of the block.
 
     Raises:
-        UserError: another live process holds it, or the folder cannot be created.
+        UserError: another live process holds it, or the folder cannot be created or written.
     """
+    import fcntl
+
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{out}: cannot create the results folder ({e.strerror or e})") from None
     lock = out / LOCK_FILE
-    for _ in range(2):
+    mine = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(100):
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            break
-        except FileExistsError:
-            holder = lock_holder(out)
-            if holder is not None:
-                raise _in_use(out, holder) from None
-            try:
-                lock.unlink()  # stale: its process is gone
-            except FileNotFoundError:
-                pass
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UserError(f"{out}: cannot write there ({e.strerror or e})") from None
-    else:
-        raise _in_use(out, lock_holder(out) or "another process")
-    mine = f"{os.getpid()} {socket.gethostname()}\n"
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(mine)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise _in_use(out, lock_holder(out) or "another process") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # its holder deleted it as we opened it: take the new file
+            os.close(fd)
+            continue
+        # The flock is ours, so nobody else looks at the pid now. A live pid is a holder that
+        # does not flock (an older lamm-cl); a dead one is a stale lock, taken over.
+        holder = lock_holder(out)
+        if holder is not None and holder != f"pid {os.getpid()}":
+            os.close(fd)
+            raise _in_use(out, holder)
+        try:
+            os.ftruncate(fd, 0)
+            data, done = mine.encode(), 0
+            while done < len(data):  # a nearly full disk writes short before it fails
+                done += os.pwrite(fd, data[done:], done)
+        except OSError as e:
+            with suppress(OSError):
+                lock.unlink()  # ours (we hold the flock) and empty: leave nothing behind
+            os.close(fd)
+            raise UserError(f"{out}: cannot write there ({e.strerror or e}); free space or choose another "
+                            "--output") from None
+        break
+    else:  # pragma: no cover - the file kept vanishing under us
+        raise _in_use(out, "another process")
     try:
         yield lock
     finally:
         try:
             if lock.read_text(encoding="utf-8") == mine:
-                lock.unlink()
+                lock.unlink()  # while still holding the flock: a waiter then sees another inode and retries
         except OSError:
             pass
+        os.close(fd)
+
+
+def check_empty(out: Path) -> None:
+    """Refuse a results folder that holds anything but the lock (without ``--resume``/``--overwrite``).
+
+    Raises:
+        UserError: one line saying what to do.
+    """
+    out = Path(out)
+    entries = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
+    if entries:
+        raise UserError(f"{out} is not empty; add --resume to continue the runs there, --overwrite to replace "
+                        "them, or choose another --output")
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.tmp$")  # results.atomic_write_bytes' temporary names
+
+
+def sweep_temporaries(folder: Path, before: float) -> list[Path]:
+    """Delete temporary files (``.<name>.<pid>.<hex>.tmp``) in ``folder`` that are older than ``before``
+    and whose writer is not alive on this host (e.g. a killed ``lamm-cl report``). Returns those deleted."""
+    gone = []
+    try:
+        found = [p for p in Path(folder).iterdir() if _TEMPORARY.match(p.name)]
+    except OSError:
+        return gone
+    for p in found:
+        pid = int(_TEMPORARY.match(p.name).group(1))
+        try:
+            if p.stat().st_mtime >= before or (pid != os.getpid() and _pid_alive(pid)):
+                continue
+            p.unlink()
+            gone.append(p)
+        except OSError:
+            pass
+    return gone
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
@@ -463,6 +586,13 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
         UserError: one line saying what is wrong and what to do.
     """
     out = Path(out)
+    try:
+        os.stat(out)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            long = max(out.parts, key=len)
+            raise UserError(f"{out}: the folder name {long[:40]}... ({len(os.fsencode(long))} bytes) is longer than "
+                            "the filesystem allows; choose a shorter name or --output") from None
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --output")
     holder = lock_holder(out) if out.is_dir() else None
@@ -478,8 +608,9 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{out}: cannot write there ({os.strerror(errno.EACCES).lower()} on {probe}); "
                         "choose another --output")
-    if out.is_dir() and not (resume or overwrite):
-        entries = [p for p in out.iterdir() if p.name != LOCK_FILE]
-        if entries:
-            raise UserError(f"{out} is not empty; add --resume to continue the runs there, --overwrite to replace "
-                            "them, or choose another --output")
+    too_long = next((part for part in out.parts if len(os.fsencode(part)) > _name_max(probe)), None)
+    if too_long is not None:
+        raise UserError(f"{out}: the folder name {too_long[:40]}... is longer than the filesystem allows "
+                        f"({_name_max(probe)} bytes); choose a shorter name or --output")
+    if not (resume or overwrite):
+        check_empty(out)  # and again under the lock: another run may fill it meanwhile

@@ -1,11 +1,13 @@
 """The ``lamm-cl`` command: the only place that parses arguments, prints and exits.
 
-Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted, 1 anything else.
+Exit status: 0 done, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM, handled as Ctrl-C is: a pre-emption), 1 anything else.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -39,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir")
     rep.add_argument("--format", dest="formats", action="append", choices=["png", "svg", "pdf"],
                      help="plot format (repeatable; default png)")
+    rep.add_argument("--baseline", default="lamm",
+                     help="strategy the others are compared with, paired by seed (default lamm)")
+    sw = sub.add_parser("sweep", help="run a grid of benchmarks x strategies x seeds on a local pool, SLURM or Ray")
+    sw.add_argument("sweep_file", help="a sweep YAML, e.g. benchmarks/sweeps/coop11.yaml")
+    sw.add_argument("--launcher", help="local | slurm | ray (overrides the file's launcher.name)")
+    what = sw.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true", help="print the jobs and what they will cost; run nothing")
+    what.add_argument("--status", action="store_true", help="print where every job stands (reads the output folder)")
+    sw.add_argument("--retry-failed", action="store_true", help="run failed jobs again (by default they are skipped)")
     return p
 
 
@@ -82,9 +93,9 @@ def _summary_table(records) -> str:
 
 
 def cmd_run(args) -> int:
-    from lamm_cl import config as config_mod
+    from lamm_cl.api import load_config, run_config
 
-    cfg = config_mod.load(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
@@ -92,7 +103,7 @@ def cmd_run(args) -> int:
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0
-    from lamm_cl.runner import output_dir, run
+    from lamm_cl.runner import output_dir
 
     out = output_dir(cfg, args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
@@ -101,16 +112,14 @@ def cmd_run(args) -> int:
         _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
              "pipeline works and say nothing about pretrained CLIP.")
     try:
-        records = run(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
-                      resume=args.resume, overwrite=args.overwrite, warn=_warn)
-    except KeyboardInterrupt:
-        print(f"lamm-cl: interrupted; finished runs and the last checkpoint are kept in {out}; "
+        records = run_config(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
+                             resume=args.resume, overwrite=args.overwrite, warn=_warn)
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"lamm-cl: {what}; finished runs and the last checkpoint are kept in {out}; "
               f"continue with: lamm-cl run {args.config} --resume", file=sys.stderr, flush=True)
-        return 130
+        return _interrupted_status(e)
     if records:
-        from lamm_cl.report import build_report
-
-        build_report(out)
         _say("")
         _say(_summary_table(records))
         _say("")
@@ -124,9 +133,58 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     from lamm_cl.report import build_report
+    from lamm_cl.sweep import is_sweep_output
 
-    written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]))
+    if is_sweep_output(args.results_dir):  # a sweep: the cross-dataset table
+        from lamm_cl.sweep.table import build_table
+
+        written = build_table(args.results_dir, formats=tuple(args.formats or ["png"]))
+        _say(f"wrote {len(written)} files under {args.results_dir} (table.md, table.csv, plots/)")
+        return 0
+    written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]), baseline=args.baseline)
     _say(f"wrote {len(written)} files under {args.results_dir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from lamm_cl.sweep import load_sweep
+
+    if args.status:  # the output folder alone: no benchmark file is read, nothing heavy imported
+        from lamm_cl.sweep.spec import output_of, read_sweep
+        from lamm_cl.sweep.state import status_table, sweep_status
+
+        for line in status_table(sweep_status(read_sweep(output_of(args.sweep_file)))):
+            _say(line)
+        return 0
+    sweep = load_sweep(args.sweep_file, launcher=args.launcher)
+    if args.dry_run:
+        from lamm_cl.sweep.cost import estimate
+
+        for line in estimate(sweep):
+            _say(line)
+        return 0
+    from lamm_cl.sweep.driver import run_sweep
+
+    try:
+        outcome = run_sweep(sweep, retry_failed=args.retry_failed, log=_say)
+    except KeyboardInterrupt:
+        _warn(f"interrupted; finished jobs and checkpoints are kept in {sweep.output}; "
+              f"continue with: lamm-cl sweep {args.sweep_file}")
+        return 130
+    _say("")
+    for line in outcome.table():
+        _say(line)
+    try:
+        from lamm_cl.sweep.table import build_table
+
+        build_table(sweep.output)
+        _say(f"table: {sweep.output / 'table.md'}")
+    except UserError:
+        pass  # nothing finished yet
+    if outcome.failed:
+        _warn(f"{len(outcome.failed)} job(s) failed or were interrupted: " +
+              "; ".join(f"{jid}: {line}" for jid, line in outcome.failed))
+        return 1
     return 0
 
 
@@ -136,17 +194,19 @@ def _columns(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
 
 
 def _benchmark_files(folder: Path) -> list[tuple[str, str]]:
-    """(file, its `name`) of every YAML in ``folder``; a broken file is listed with the reason."""
+    """(file, its `name`) of every YAML in ``folder`` and its subfolders one level down (``lamm_paper/``);
+    a broken file is listed with the reason."""
     import yaml
 
     out = []
-    for f in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+    for f in [*sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]),
+              *sorted([*folder.glob("*/*.yaml"), *folder.glob("*/*.yml")])]:
         try:
             data = yaml.safe_load(f.read_text(encoding="utf-8"))
             name = str(data.get("name", "(no name)")) if isinstance(data, dict) else "(not a mapping)"
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             name = f"(cannot read: {type(e).__name__})"
-        out.append((str(folder / f.name), name))
+        out.append((str(f), name))
     return out
 
 
@@ -177,22 +237,53 @@ def cmd_list(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's pre-emption, ``kill``): unwinds like Ctrl-C, so finished runs and the last
+    checkpoint are kept, the results-folder lock is released, and ``--resume`` continues."""
+
+
+def _interrupted_status(e: BaseException) -> int:
+    return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``lamm-cl`` console script."""
+    try:
+        before = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        before = None
+    try:
+        with warnings.catch_warnings():
+            if not sys.warnoptions:
+                # Third-party warnings (Avalanche's qpsolvers notice at import, torch's) are not for the
+                # user: lamm-cl says what matters itself, and an error must stay one line. -W shows them.
+                warnings.simplefilter("ignore")
+            return _main(argv)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*No loggers specified.*")
     warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
     warnings.filterwarnings("ignore", message=".*random weights.*")
     try:
         args = _parser().parse_args(argv)
-        handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
+        handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "sweep": cmd_sweep}[args.command]
         return handler(args)
     except UserError as e:
         print(f"lamm-cl: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
-    except KeyboardInterrupt:
-        print("lamm-cl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"lamm-cl: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return _interrupted_status(e)
     except BrokenPipeError:  # `lamm-cl list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

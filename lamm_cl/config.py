@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ class BenchmarkConfig:
     download: bool = False  # fetch where the source allows (CIFAR-100)
     n_experiences: Optional[int] = None  # equal split of the classes ...
     classes_per_experience: Optional[list[int]] = None  # ... or an explicit count per experience
-    class_order: Union[Literal["icarl", "seeded"], list[int]] = "seeded"  # or an explicit list of class ids
+    # identity: the dataset's label order; or an explicit list of class ids
+    class_order: Union[Literal["icarl", "identity", "seeded"], list[int]] = "seeded"
     order_seed: Optional[int] = None  # seed of a seeded order; null: the run's seed
     shots: Optional[int] = None  # k training images per class, drawn with the run's seed
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
@@ -67,6 +69,7 @@ class Config:
     plugins: list[str] = field(default_factory=list)  # extra strategy plugin files (.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    loggers: list[dict] = field(default_factory=list)  # Avalanche loggers by name: tensorboard | wandb | csv (+ params)
     source: Optional[str] = None  # the YAML file this came from (not a YAML key)
 
     def to_dict(self) -> dict:
@@ -80,6 +83,7 @@ class Config:
             "benchmark": dataclasses.asdict(self.benchmark),
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
+            "loggers": [dict(x) for x in self.loggers],
             "strategies": [{"name": s.name, **_plain(dataclasses.asdict(s.options))} for s in self.strategies],
         }
         return out
@@ -204,6 +208,42 @@ def from_dict(cls, data, path: str, skip: tuple[str, ...] = ()):
 # loading, overrides, validation
 # ---------------------------------------------------------------------------
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error, not last-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with `<<` may be overridden on purpose
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    twice = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key; the base class says so
+                    continue
+                if twice:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice in one mapping", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_finite(value, path: str) -> None:
+    """Refuse NaN and infinite numbers anywhere in the config (``.nan``/``.inf`` are valid YAML floats)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
+
+
+SEED_RANGE = 2**32  # NumPy takes seeds in 0..2**32-1
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file as plain data.
 
@@ -218,7 +258,7 @@ def load_yaml(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read config ({e.__class__.__name__}: {e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -283,7 +323,14 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Co
             entry points).
     """
     data = copy.deepcopy(data)
+    _check_finite(data, "")
     cfg = from_dict(Config, data, "", skip=("strategies", "source"))
+    if not cfg.name.strip():
+        raise ConfigError("name: expected a non-empty name (it names the results folder)")
+    for where, seed in [*((f"seeds[{i}]", x) for i, x in enumerate(cfg.seeds)),
+                        ("benchmark.order_seed", cfg.benchmark.order_seed)]:
+        if seed is not None and not 0 <= seed < SEED_RANGE:
+            raise ConfigError(f"{where}: expected a seed in 0..{SEED_RANGE - 1}, got {seed}")
     if "strategies" not in data:
         raise ConfigError("strategies: required key is missing")
     raw = data["strategies"]

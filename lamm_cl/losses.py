@@ -9,7 +9,7 @@ can check it against numbers worked by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,27 @@ def param_loss(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tens
     return total
 
 
-def feature_loss(t: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
-    """L_feat = mean over the batch of 1 - cos(t_y, stopgrad(t0_y)).
+def feature_loss(t: torch.Tensor, t0: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """L_feat = mean of 1 - cos(t_y, stopgrad(t0_y)) over the samples that count.
+
+    With ``y``, a sample counts only when the batch also holds a sample of another class, so a
+    batch of one class gives 0 -- the reference's ``FeatureLoss`` skips sample i unless
+    ``torch.sum(label != label[i]) > 0`` and divides by the samples it kept
+    (gaojingsheng/LAMM trainers/coop.py:63-83). Without ``y`` every sample counts.
 
     Args:
         t: ``[B, D]`` text features of each sample's class with label vectors.
         t0: ``[B, D]`` the same with CLIP's own name embeddings (the target).
+        y: ``[B]`` each sample's class, or None.
     """
-    return (1.0 - F.cosine_similarity(t, t0.detach(), dim=-1)).mean()
+    dist = 1.0 - F.cosine_similarity(t, t0.detach(), dim=-1)
+    if y is None:
+        return dist.mean()
+    # a sample has company of another class iff not every label equals its own
+    counts = (y.unsqueeze(0) != y.unsqueeze(1)).any(dim=1)
+    if not bool(counts.any()):
+        return dist.sum() * 0.0  # zero, still on the graph and the device
+    return dist[counts].mean()
 
 
 def logits_loss(z: torch.Tensor, z0: torch.Tensor, temperature: float = 2.0, kind: str = "reference") -> torch.Tensor:
@@ -85,14 +98,14 @@ def lamm_loss(
     Args:
         z, z0: ``[B, C]`` logits with label vectors / with CLIP's name embeddings,
             over the classes of the training softmax.
-        y: ``[B]`` targets indexing those columns.
+        y: ``[B]`` targets indexing those columns (also which samples the feature term counts).
         t_y, t0_y: ``[B, D]`` the two text features of each sample's class.
         pairs: (M_c, M0_c) for every trainable class.
         w: weights and temperature.
     """
     ce = F.cross_entropy(z, y)
     lp = param_loss(pairs).to(z.device)
-    lf = feature_loss(t_y, t0_y)
+    lf = feature_loss(t_y, t0_y, y)
     ll = logits_loss(z, z0, w.temperature, w.logits_kind)
     total = ce + w.param * lp + w.feature * lf + w.logits * ll
     parts = {k: float(v.detach()) for k, v in (("ce", ce), ("param", lp), ("feature", lf), ("logits", ll))}

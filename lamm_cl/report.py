@@ -39,6 +39,9 @@ from lamm_cl.results import (
 
 __all__ = [
     "SUMMARY_CSV_COLUMNS",
+    "TASK_AWARE_COLUMNS",
+    "protocol_of",
+    "weights_lines",
     "COOP_DATASETS",
     "build_report",
     "strategy_order",
@@ -47,7 +50,11 @@ __all__ = [
     "match_published",
 ]
 
-SUMMARY_CSV_COLUMNS = ["strategy", "seed", *SUMMARY_METRICS, "n_experiences"]
+# Task-aware numbers (each experience's test images among its own classes: the protocol of LAMM's
+# base->new tables) sit after the headline columns; blank for runs that predate them.
+TASK_AWARE_METRICS = ["avg_incremental_accuracy", "last_accuracy", "forgetting"]
+TASK_AWARE_COLUMNS = [f"task_aware_{m}" for m in TASK_AWARE_METRICS]
+SUMMARY_CSV_COLUMNS = ["strategy", "seed", *SUMMARY_METRICS, "n_experiences", *TASK_AWARE_COLUMNS]
 
 # `coop11` in published.csv stands for any of these (the CoOp few-shot suite).
 COOP_DATASETS = (
@@ -61,6 +68,9 @@ _METRIC_TITLES = {
     "forgetting": "Forgetting (pp)",
     "bwt": "BWT (pp)",
     "accuracy": "Accuracy (%)",
+    "task_aware_avg_incremental_accuracy": "Task-aware Avg (%)",
+    "task_aware_last_accuracy": "Task-aware Last (%)",
+    "task_aware_forgetting": "Task-aware Forgetting (pp)",
 }
 
 
@@ -163,15 +173,20 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
     """Rows of ``summary.csv``: one per strategy x seed, then ``mean`` and ``std`` per strategy.
 
     ``std`` is the sample standard deviation over seeds (``ddof=1``); with a
-    single seed it is undefined and left blank (NaN here).
+    single seed it is undefined and left blank (NaN here). The task-aware
+    columns are NaN for a run without a task-aware matrix, and their mean and
+    std are NaN unless every seed has one.
     """
     rows: List[Dict[str, Any]] = []
+    columns = [*SUMMARY_METRICS, *TASK_AWARE_COLUMNS]
     for strategy, runs in groups.items():
-        values = {m: [] for m in SUMMARY_METRICS}
+        values: Dict[str, List[float]] = {m: [] for m in columns}
         for run in runs:
             s = run.summary()
+            ta = run.task_aware_summary() or {}
+            s.update({f"task_aware_{m}": ta.get(m, math.nan) for m in TASK_AWARE_METRICS})
             rows.append({"strategy": strategy, "seed": run.seed, **s, "n_experiences": run.n_experiences})
-            for m in SUMMARY_METRICS:
+            for m in columns:
                 values[m].append(s[m])
         T = runs[0].n_experiences
         mean = {m: float(np.mean(v)) for m, v in values.items()}
@@ -186,7 +201,8 @@ def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SUMMARY_CSV_COLUMNS)
     for row in rows:
-        writer.writerow([row["strategy"], row["seed"], *(_fmt(row[m]) for m in SUMMARY_METRICS), row["n_experiences"]])
+        writer.writerow([row["strategy"], row["seed"], *(_fmt(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
+                         *(_fmt(row.get(m)) for m in TASK_AWARE_COLUMNS)])
     return buf.getvalue()
 
 
@@ -204,10 +220,30 @@ def load_published() -> List[Dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def protocol_of(config: Mapping[str, Any], n_experiences: int) -> str:
+    """The evaluation protocol a run's config follows, as ``published.csv`` names it.
+
+    ``single_task``: one experience holding every class (the few-shot tables);
+    ``base_to_new``: label order (``class_order: identity``) cut into the first
+    ceil(n/2) classes and the rest (LAMM's incremental tables, read task-aware);
+    ``class_incremental``: anything else.
+    """
+    if n_experiences == 1:
+        return "single_task"
+    if n_experiences == 2 and _get(config, "benchmark.class_order") == "identity":
+        counts = _get(config, "benchmark.classes_per_experience")
+        if counts is None and _get(config, "benchmark.n_experiences") == 2:
+            return "base_to_new"  # an even split of 2 gives the first experience the odd class: ceil(n/2)
+        if isinstance(counts, list) and len(counts) == 2 and counts[0] == math.ceil(sum(counts) / 2):
+            return "base_to_new"
+    return "class_incremental"
+
+
 def match_published(config: Mapping[str, Any], n_experiences: int) -> List[Dict[str, str]]:
-    """Published figures for the same dataset, number of experiences, shots and backbone as ``config``.
+    """Published figures for the same dataset, number of experiences, shots, protocol and backbone as ``config``.
 
     Matching uses ``benchmark.dataset``, ``n_experiences``, ``benchmark.shots``,
+    the protocol (:func:`protocol_of`; a row with a blank protocol matches any),
     ``model.arch`` and ``model.pretrained``; random weights (``none``) match
     nothing.
     """
@@ -218,6 +254,7 @@ def match_published(config: Mapping[str, Any], n_experiences: int) -> List[Dict[
         return []  # not a plain shot count: nothing published can match it
     arch = str(_get(config, "model.arch", "")).replace("/", "-")
     pretrained = str(_get(config, "model.pretrained", "none")).lower()
+    protocol = protocol_of(config, n_experiences)
     out = []
     for row in load_published():
         if row["dataset"] == "coop11":
@@ -228,6 +265,8 @@ def match_published(config: Mapping[str, Any], n_experiences: int) -> List[Dict[
         if row["n_experiences"] and int(row["n_experiences"]) != n_experiences:
             continue
         if (int(row["shots"]) if row["shots"] else None) != shots:
+            continue
+        if (row.get("protocol") or "").strip() not in ("", protocol):
             continue
         if row["backbone"] != arch or row["pretrained"].lower() != pretrained:
             continue
@@ -262,7 +301,26 @@ def _results_section(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[M
         "(ddof=1) over seeds; with one seed no ± is shown. Per-run numbers: `summary.csv`.",
         "",
     ]
+    lines += _task_aware_section(groups, by_key)
     return lines
+
+
+def _task_aware_section(groups: Mapping[str, Sequence[RunRecord]],
+                        by_key: Mapping[tuple, Mapping[str, Any]]) -> List[str]:
+    """The task-aware numbers beside the headline (runs from before they were recorded show a dash)."""
+    if not any(r.matrix_task_aware is not None for runs in groups.values() for r in runs):
+        return []
+    table = []
+    for strategy, runs in groups.items():
+        mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
+        cells = ["—" if math.isnan(mean[m]) else _pm(mean[m], std[m]) for m in TASK_AWARE_COLUMNS]
+        table.append([f"`{strategy}`", ", ".join(str(r.seed) for r in runs)] + cells)
+    header = ["Strategy", "Seeds"] + [_METRIC_TITLES[m] for m in TASK_AWARE_COLUMNS]
+    return ["### Task-aware accuracy", ""] + _md_table(header, table) + ["", (
+        "The same runs scored task-aware: each experience's test images predicted among that "
+        "experience's classes only (`accuracy_matrix_task_aware.csv`), as LAMM's base-to-new tables "
+        "report them. The class-incremental numbers above stay the headline; a dash marks runs made "
+        "before lamm-cl recorded the task-aware matrix."), ""]
 
 
 def _count(n: int, noun: str) -> str:
@@ -286,7 +344,7 @@ def _published_section(config: Mapping[str, Any], n_experiences: int, groups, ro
         lines += [
             "No published figures for this benchmark/backbone "
             f"(dataset `{_get(config, 'benchmark.dataset')}`, {_count(n_experiences, 'experience')}, "
-            f"{_shots_text(config)}, `{_get(config, 'model.arch')}` "
+            f"{_shots_text(config)}, protocol `{protocol_of(config, n_experiences)}`, `{_get(config, 'model.arch')}` "
             f"pretrained `{_get(config, 'model.pretrained')}`).",
             "",
         ]
@@ -295,13 +353,14 @@ def _published_section(config: Mapping[str, Any], n_experiences: int, groups, ro
     by_key = {(r["strategy"], r["seed"]): r for r in rows}
     # Published plain (non-incremental) accuracy sits beside our accuracy on all
     # classes after the last experience, which is the same quantity when T = 1.
-    ours_for = {m: m for m in SUMMARY_METRICS}
+    ours_for = {m: m for m in [*SUMMARY_METRICS, *TASK_AWARE_COLUMNS]}
     ours_for["accuracy"] = "last_accuracy"
     ours_note = "ours: this dataset only; Last in the Accuracy column" if "accuracy" in metric_cols else ""
     table = []
     for strategy in groups:
         mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
-        cells = [_pm(mean[ours_for[m]], std[ours_for[m]]) for m in metric_cols]
+        cells = ["—" if math.isnan(mean[ours_for[m]]) else _pm(mean[ours_for[m]], std[ours_for[m]])
+                 for m in metric_cols]
         table.append([f"`{strategy}` (ours)"] + cells + ["this report", ours_note])
     methods: Dict[tuple, Dict[str, str]] = {}
     for r in matched:  # one table row per (method, source, note), in file order
@@ -366,7 +425,74 @@ def _config_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
     return lines
 
 
-def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence[Path]) -> str:
+def _paired_section(groups: Mapping[str, Sequence[RunRecord]], baseline: str) -> List[str]:
+    """Each strategy against ``baseline``, paired by seed: mean difference, bootstrap interval, sign-flip p."""
+    from lamm_cl import stats
+
+    lines = ["## Paired differences", ""]
+    if baseline not in groups:
+        lines += [f"No `{baseline}` runs here to compare against (choose one with "
+                  "`lamm-cl report DIR --baseline NAME`).", ""]
+        return lines
+    base = {r.seed: r.summary() for r in groups[baseline]}
+    found = []
+    for strategy, runs in groups.items():
+        if strategy == baseline:
+            continue
+        mine = {r.seed: r.summary() for r in runs}
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            found.append(f"- {strategy} − {baseline}: no seed in common")
+            continue
+        for metric, key in (("last", "last_accuracy"), ("avg", "avg_incremental_accuracy")):
+            c = stats.compare_paired([mine[s][key] for s in seeds], [base[s][key] for s in seeds],
+                                     a=strategy, b=baseline, metric=metric)
+            found.append(f"- {c}")
+    if not found:
+        return []
+    lines += [f"Each strategy minus `{baseline}`, paired on the same seed (percentage points): mean "
+              f"difference, {stats.CONFIDENCE:.0%} percentile-bootstrap interval ({stats.N_RESAMPLES} seeded "
+              f"resamples) and the exact two-sided sign-flip p-value; with fewer than {stats.MIN_PAIRS} "
+              "pairs only the difference is shown.", ""]
+    return lines + found + [""]
+
+
+def weights_lines(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
+    """Header lines naming the weights file each run loaded and its SHA-256 (from ``summary.json``).
+
+    One line when every run loaded the same weights, else one per distinct weights with the
+    runs that used them; runs written before lamm-cl recorded the weights say so.
+    """
+    seen: Dict[tuple, List[str]] = {}
+    for runs in groups.values():
+        for r in runs:
+            w = r.info.get("weights") if isinstance(r.info, Mapping) else None
+            if not isinstance(w, Mapping):
+                key: tuple = ("unrecorded",)
+            elif str(w.get("pretrained")).lower() == "none":
+                key = ("random", str(w.get("arch")), str(w.get("pretrained")))
+            elif w.get("sha256") is None:
+                key = ("unknown", str(w.get("arch")), str(w.get("pretrained")))
+            else:
+                key = ("file", str(w.get("arch")), str(w.get("pretrained")), str(w.get("file")), str(w.get("sha256")))
+            seen.setdefault(key, []).append(f"{r.strategy}/seed{r.seed}")
+
+    def text(key: tuple) -> str:
+        if key[0] == "unrecorded":
+            return "not recorded (runs made before lamm-cl recorded the weights file)"
+        if key[0] == "random":
+            return f"`{key[1]}` + `{key[2]}`: random initial weights, no weights file loaded"
+        if key[0] == "unknown":
+            return f"`{key[1]}` + `{key[2]}`, weights file not identified (no SHA-256)"
+        return f"`{key[1]}` + `{key[2]}`, file `{key[3]}`, SHA-256 `{key[4]}`"
+
+    if len(seen) == 1:
+        return [f"- Weights: {text(next(iter(seen)))}"]
+    return [f"- Weights of {', '.join(used)}: {text(key)}" for key, used in seen.items()]
+
+
+def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence[Path],
+               baseline: str = "lamm") -> str:
     first = next(iter(groups.values()))[0]
     config = first.config
     T = first.n_experiences
@@ -383,6 +509,7 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
         f"- Benchmark: `{first.benchmark}` (dataset `{_get(config, 'benchmark.dataset')}`, "
         f"{_count(T, 'experience')}, {_count(n_classes, 'class')}, {_shots_text(config)})",
         f"- Model: `{arch}`, pretrained `{pretrained}`",
+        *weights_lines(groups),
         f"- Strategies: {', '.join(f'`{s}`' for s in groups)}",
         f"- Seeds: {', '.join(str(s) for s in seeds)}",
         "",
@@ -391,6 +518,8 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
         rel = ", ".join(f"`{p.relative_to(results_dir).as_posix()}`" for p in unfinished)
         lines += [f"Unfinished runs left out (no `{SUMMARY_FILE}`): {rel}.", ""]
     lines += _results_section(groups, rows)
+    if len(groups) > 1:
+        lines += _paired_section(groups, baseline)
     lines += _published_section(config, T, groups, rows)
     lines += _plots_section(plot_links)
     lines += _classes_section(groups)
@@ -401,7 +530,7 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> List[Path]:
+def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",), baseline: str = "lamm") -> List[Path]:
     """Write plots, ``summary.csv`` and ``report.md`` for every finished run under ``results_dir``.
 
     Reads only result files (:func:`lamm_cl.results.find_runs`); strategies are
@@ -412,6 +541,7 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
         results_dir: a benchmark's results folder, holding ``<strategy>/seed<k>/``.
         formats: figure formats, any of ``png`` (default), ``svg``, ``pdf``;
             the first is the one embedded in ``report.md``.
+        baseline: the strategy every other one is compared with in the paired-differences section.
 
     Returns:
         Every path written: the plots, then ``summary.csv``, then ``report.md``.
@@ -451,7 +581,7 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",)) -> 
 
     rows = summary_rows(groups)
     written.append(atomic_write_text(results_dir / "summary.csv", _summary_csv(rows)))
-    report_md = _report_md(results_dir, groups, rows, links, unfinished)
+    report_md = _report_md(results_dir, groups, rows, links, unfinished, baseline)
     written.append(atomic_write_text(results_dir / "report.md", report_md))
     return written
 

@@ -6,6 +6,8 @@ Layout (DESIGN section 8)::
         config.yaml              the resolved config of the whole run
         class_order.json         class_order, class_names, experiences, test_counts
         accuracy_matrix.csv      after_experience,exp0,exp1,...  (blank above the diagonal)
+        accuracy_matrix_task_aware.csv  the same, each experience predicted among its own classes only
+                                 (absent from runs made before it existed)
         metrics.csv              one row per experience (derived from the matrix)
         per_class_accuracy.csv   label,class_name,original_label,accuracy (after the last experience)
         summary.json             benchmark, strategy, seed, headline metrics, n_experiences, info
@@ -20,6 +22,7 @@ never sees half a file.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -28,7 +31,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import yaml
@@ -40,6 +43,7 @@ __all__ = [
     "RunRecord",
     "atomic_write_bytes",
     "atomic_write_text",
+    "WriteError",
     "write_run",
     "read_run",
     "find_run_dirs",
@@ -47,6 +51,7 @@ __all__ = [
     "CONFIG_FILE",
     "CLASS_ORDER_FILE",
     "MATRIX_FILE",
+    "MATRIX_TASK_AWARE_FILE",
     "METRICS_FILE",
     "PER_CLASS_FILE",
     "SUMMARY_FILE",
@@ -60,6 +65,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 CONFIG_FILE = "config.yaml"
 CLASS_ORDER_FILE = "class_order.json"
 MATRIX_FILE = "accuracy_matrix.csv"
+MATRIX_TASK_AWARE_FILE = "accuracy_matrix_task_aware.csv"
 METRICS_FILE = "metrics.csv"
 PER_CLASS_FILE = "per_class_accuracy.csv"
 SUMMARY_FILE = "summary.json"
@@ -99,7 +105,10 @@ class RunRecord:
     class_order: List[int]  # the dataset's original labels, in order
     per_class_accuracy: List[float]  # percent after the last experience, by remapped label (seen classes)
     config: Dict[str, Any]  # the resolved config of the whole run
-    info: Dict[str, Any] = field(default_factory=dict)  # free-form: versions, device, timings
+    info: Dict[str, Any] = field(default_factory=dict)  # free-form: versions, device, timings, weights
+    # [T, T] task-aware accuracy: experience j's test images among experience j's classes only;
+    # None for runs written before lamm-cl recorded it
+    matrix_task_aware: Optional[np.ndarray] = None
 
     @property
     def n_experiences(self) -> int:
@@ -109,6 +118,12 @@ class RunRecord:
     def summary(self) -> Dict[str, float]:
         """The headline metrics of :func:`lamm_cl.metrics.summarize`."""
         return metrics.summarize(self.matrix, self.test_counts)
+
+    def task_aware_summary(self) -> Optional[Dict[str, float]]:
+        """:func:`lamm_cl.metrics.summarize` of the task-aware matrix (None when the run has none)."""
+        if self.matrix_task_aware is None:
+            return None
+        return metrics.summarize(self.matrix_task_aware, self.test_counts)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -123,24 +138,48 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     removed. Parent folders are created. Returns ``path`` as a :class:`Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _unwritable(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _unwritable(path, e) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class WriteError(UserError, OSError):
+    """A result file could not be written (full disk, read-only folder, a file where a folder goes).
+
+    A :class:`UserError` (one line, exit status 2) that callers catching ``OSError`` still catch.
+    """
+
+
+def _unwritable(path: Path, e: OSError) -> WriteError:
+    """A failed write as one line naming the file: a full disk, a read-only folder, a file where a folder goes."""
+    why = e.strerror or str(e)
+    hint = ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "; free space there (finished runs are kept: continue with --resume)"
+    elif isinstance(e, (FileExistsError, NotADirectoryError)):
+        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
+        return WriteError(f"{path}: cannot write it because {folder} is a file, not a folder; move that file away")
+    return WriteError(f"{path}: cannot write it ({why}){hint}")
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
@@ -203,6 +242,11 @@ def _check_record(record: RunRecord) -> np.ndarray:
     """Validate a record before writing; these are programming errors, hence ValueError."""
     A, _ = metrics.validate(record.matrix, record.test_counts)
     T = A.shape[0]
+    if record.matrix_task_aware is not None:
+        if np.asarray(record.matrix_task_aware).shape != A.shape:
+            raise ValueError(f"task-aware matrix of shape {np.asarray(record.matrix_task_aware).shape} "
+                             f"beside an accuracy matrix of {A.shape}")
+        metrics.validate(record.matrix_task_aware, record.test_counts)
     if len(record.experiences) != T:
         raise ValueError(f"{len(record.experiences)} experiences listed but the accuracy matrix has {T}")
     n_classes = len(record.class_order)
@@ -246,6 +290,7 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
     """Write every result file of one run into ``run_dir`` (created if needed).
 
     Files: ``config.yaml``, ``class_order.json``, ``accuracy_matrix.csv``,
+    ``accuracy_matrix_task_aware.csv`` (when the record has one),
     ``metrics.csv``, ``per_class_accuracy.csv`` and, last, ``summary.json``
     (its presence marks the run finished). Each is written atomically.
 
@@ -266,6 +311,10 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         "n_experiences": A.shape[0],
         "info": record.info,
     }
+    task_aware = record.task_aware_summary()
+    if task_aware is not None:
+        # beside the class-incremental headline, never instead of it
+        summary["task_aware"] = task_aware
     class_order = {
         "class_order": [int(c) for c in record.class_order],
         "class_names": [str(n) for n in record.class_names],
@@ -276,6 +325,8 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         (CONFIG_FILE, yaml.safe_dump(_plain(record.config), sort_keys=False, allow_unicode=True)),
         (CLASS_ORDER_FILE, _json_text(class_order)),
         (MATRIX_FILE, _matrix_csv(A)),
+        *([(MATRIX_TASK_AWARE_FILE, _matrix_csv(metrics.validate(record.matrix_task_aware)[0]))]
+          if record.matrix_task_aware is not None else []),
         (METRICS_FILE, _metrics_csv(A, record)),
         (PER_CLASS_FILE, _per_class_csv(record)),
         (SUMMARY_FILE, _json_text(summary)),  # last: marks the run finished
@@ -443,6 +494,12 @@ def read_run(run_dir: PathLike) -> RunRecord:
         raise _bad(order_path, f"malformed: {e}") from None
 
     per_class = _read_per_class(run_dir / PER_CLASS_FILE, len(order["class_order"]))
+    task_aware = None
+    task_aware_path = run_dir / MATRIX_TASK_AWARE_FILE
+    if task_aware_path.is_file():  # runs made before it existed have none
+        task_aware = _read_matrix(task_aware_path)
+        if task_aware.shape != A.shape:
+            raise _bad(task_aware_path, f"malformed: {task_aware.shape[0]} experiences but {matrix_path.name} has {T}")
     return RunRecord(
         benchmark=summary["benchmark"],
         strategy=summary["strategy"],
@@ -455,6 +512,7 @@ def read_run(run_dir: PathLike) -> RunRecord:
         per_class_accuracy=per_class,
         config=config,
         info=info,
+        matrix_task_aware=task_aware,
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -50,6 +52,7 @@ class StrategyContext:
     shots: Optional[int] = None
     plugins: list = field(default_factory=list)
     eval_batch_size: int = 256
+    evaluator: Any = None  # an Avalanche EvaluationPlugin carrying the YAML's `loggers:`, or None
 
     def template_kwargs(self, opts: Any, **override: Any) -> dict:
         """Keyword arguments for a ``SupervisedTemplate``: device, batch sizes, epochs, plugins.
@@ -62,7 +65,7 @@ class StrategyContext:
             eval_mb_size=self.eval_batch_size,
             device=self.device,
             plugins=[*self.plugins, *build_avalanche_plugins(getattr(opts, "plugins", []))],
-            evaluator=None,
+            evaluator=self.evaluator,
         )
         kw.update(override)
         return kw
@@ -145,6 +148,116 @@ def build_avalanche_plugins(specs: list[dict], path: str = "plugins") -> list:
         except (TypeError, ValueError, AssertionError) as e:  # Avalanche checks combinations with asserts
             raise ConfigError(f"{where}: {name}: {e}") from None
     return out
+
+
+# ---------------------------------------------------------------------------
+# Avalanche loggers by name, from the YAML's `loggers:`
+# ---------------------------------------------------------------------------
+
+# name -> (Avalanche class, the package it needs, its folder parameter, the folder in the run folder)
+_LOGGERS = {
+    "tensorboard": ("TensorboardLogger", "tensorboard", "tb_log_dir", "tensorboard"),
+    "wandb": ("WandBLogger", "wandb", "dir", "."),
+    "csv": ("CSVLogger", None, "log_folder", "csv_logs"),
+}
+
+
+def _logger_class(name: str):
+    import avalanche.logging as logging
+
+    if name == "wandb":
+        return _wandb_logger()
+    return getattr(logging, _LOGGERS[name][0])
+
+
+def _wandb_logger():
+    """Avalanche's WandBLogger, made to work with wandb releases that dropped ``wandb.viz``."""
+    from avalanche.logging import WandBLogger
+
+    class WandBLoggerCompat(WandBLogger):
+        def log_single_metric(self, name, value, x_plot):
+            # Avalanche checks every value against wandb.viz.CustomChart (wandb_logger.py,
+            # log_single_metric), which recent wandb lacks; plain numbers need no such check.
+            if isinstance(value, (int, float)) and not name.startswith("WeightCheckpoint"):
+                self.step = x_plot
+                self.wandb.log({name: value}, step=self.step)
+            elif hasattr(self.wandb, "viz"):
+                super().log_single_metric(name, value, x_plot)
+
+        def close(self):
+            self.wandb.finish()
+
+    return WandBLoggerCompat
+
+
+def close_loggers(evaluator) -> None:
+    """Flush and close the loggers of a run's evaluator (tensorboard files, the wandb run)."""
+    for lg in getattr(evaluator, "loggers", []) or []:
+        close = getattr(lg, "close", None)
+        if callable(close):
+            close()
+
+
+def check_loggers(specs: list[dict], path: str = "loggers") -> None:
+    """Every entry of ``loggers:`` names a known logger, with its own parameters, whose package is installed.
+
+    Raises:
+        ConfigError: one line naming ``loggers[i]`` (and the pip command when a package is missing).
+    """
+    import importlib.util
+    import inspect
+
+    for i, spec in enumerate(specs):
+        where = f"{path}[{i}]"
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if name not in _LOGGERS:
+            raise ConfigError(f"{where}.name: expected one of {', '.join(_LOGGERS)}, got {name!r}")
+        package = _LOGGERS[name][1]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{where}: the {name} logger needs {package}, which is not installed: pip install {package}")
+        params = [p for p in inspect.signature(_logger_class(name).__init__).parameters if p != "self"]
+        for key in spec:
+            if key != "name" and key not in params:
+                raise ConfigError(f"{where}.{key}: unknown parameter of Avalanche's {_LOGGERS[name][0]}; "
+                                  f"known: {', '.join(params)}")
+
+
+def logging_evaluator(specs: list[dict], run_dir, project: str, run: str):
+    """An Avalanche ``EvaluationPlugin`` logging loss and accuracy (per epoch and experience) to the
+    loggers of ``specs``, or None without loggers.
+
+    A logger's folder defaults to one inside ``run_dir`` (tensorboard: ``tensorboard/``, csv:
+    ``csv_logs/``, wandb: ``wandb/``); wandb's project defaults to the benchmark's name and its run
+    name to ``<strategy>-seed<k>``. ``params: {mode: offline}`` runs wandb offline.
+    """
+    if not specs:
+        return None
+    from pathlib import Path
+
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    loggers = []
+    for spec in specs:
+        name = spec["name"]
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        folder_key, sub = _LOGGERS[name][2], _LOGGERS[name][3]
+        if run_dir is not None:
+            kwargs.setdefault(folder_key, str(Path(run_dir) / sub))
+            Path(kwargs[folder_key]).mkdir(parents=True, exist_ok=True)
+        if name == "wandb":
+            kwargs.setdefault("project_name", project)
+            kwargs.setdefault("run_name", run)
+            if run_dir is not None:
+                kwargs.setdefault("path", str(Path(run_dir) / "wandb-checkpoints"))
+            # Avalanche draws a run id with wandb.util.generate_id (avalanche/logging/wandb_logger.py,
+            # before_run), which recent wandb no longer has; an id given in params skips that call.
+            import uuid
+
+            kwargs["params"] = {"id": uuid.uuid4().hex[:8], **(kwargs.get("params") or {})}
+        loggers.append(_logger_class(name)(**kwargs))
+    return EvaluationPlugin(accuracy_metrics(epoch=True, experience=True), loss_metrics(epoch=True, experience=True),
+                            loggers=loggers)
 
 
 def _teacher_memo(model: torch.nn.Module) -> dict:
@@ -236,15 +349,43 @@ class EWCPlugin(_AvalancheEWC):
 # ---------------------------------------------------------------------------
 
 def warmup_cosine(epochs: int, base_lr: float, warmup_lr: float = 1e-5) -> Callable[[int], float]:
-    """LR factor per epoch: one warm-up epoch at ``warmup_lr`` (when there is more than one epoch),
-    then cosine annealing over the experience's epochs, as CoOp and LAMM train."""
+    """LR factor per epoch (0-based), as Dassl schedules CoOp and LAMM.
+
+    With E = ``epochs`` >= 2: epoch 0 runs at the constant ``warmup_lr``, and epoch e >= 1 at
+    ``base_lr * 0.5 * (1 + cos(pi * (e - 1) / E))`` -- epoch 1 at the full rate, the last epoch
+    still above zero. That is Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=E)``
+    with ``WARMUP_RECOUNT`` (Dassl's default): the cosine starts counting only after the warm-up
+    epoch (Dassl.pytorch dassl/optim/lr_scheduler.py:21-39, and build_lr_scheduler, which leaves the
+    successor's last_epoch at 0 when WARMUP_RECOUNT is set; LAMM's
+    configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml sets WARMUP_EPOCH 1, constant, 1e-5).
+
+    Deviation: with E = 1 Dassl would spend the only epoch at ``warmup_lr`` and train nothing;
+    here a single epoch runs at ``base_lr`` (no warm-up).
+    """
 
     def factor(epoch: int) -> float:
-        if epochs > 1 and epoch == 0 and base_lr > 0:
-            return warmup_lr / base_lr
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+        if epochs <= 1:
+            return 1.0
+        if epoch == 0:
+            return warmup_lr / base_lr if base_lr > 0 else 0.0
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
 
     return factor
+
+
+class DropLastPartialBatch:
+    """Template mixin: training drops the last partial mini-batch when the experience has at least one
+    full batch, as Dassl builds its training loader for CoOp and LAMM (Dassl.pytorch
+    dassl/data/data_manager.py, build_data_loader: ``drop_last=is_train and len(data_source) >=
+    batch_size``); Avalanche keeps the partial batch. An experience smaller than one batch trains on
+    all of it. Put it before ``SupervisedTemplate`` in the bases; an explicit ``drop_last`` passed to
+    ``train`` wins. The flag also reaches plugins that build their own loader (Avalanche's replay).
+    """
+
+    def _before_training_exp(self, **kwargs):
+        if "drop_last" not in kwargs:
+            kwargs["drop_last"] = len(self.experience.dataset) >= self.train_mb_size
+        super()._before_training_exp(**kwargs)
 
 
 class WarmupCosinePlugin(SupervisedPlugin):
@@ -263,7 +404,8 @@ class WarmupCosinePlugin(SupervisedPlugin):
 
 
 def lr_schedule_plugin(optimizer: torch.optim.Optimizer, epochs: int, base_lr: float) -> WarmupCosinePlugin:
-    """The reference schedule as a plugin: one warm-up epoch at 1e-5, then cosine, every experience."""
+    """The reference schedule as a plugin (:func:`warmup_cosine`): one warm-up epoch at 1e-5, then cosine
+    from epoch 1, restarting at every experience."""
     return WarmupCosinePlugin(epochs, base_lr)
 
 
@@ -277,59 +419,97 @@ def sgd(params, opts: Any) -> torch.optim.SGD:
 # ---------------------------------------------------------------------------
 
 class AccuracyPlugin(SupervisedPlugin):
-    """Counts correct top-1 predictions per class during evaluation, among the first ``n_seen`` labels."""
+    """Counts correct top-1 predictions per class during evaluation, among the first ``n_seen`` labels
+    (class-incremental), and, when ``task_classes`` is set, among those classes only (task-aware).
+
+    Both come from the same logits, so the task-aware count costs no second evaluation pass: it
+    restricts the argmax to the columns of the experience being evaluated.
+    """
 
     def __init__(self):
         super().__init__()
         self.n_seen = 0
+        self.task_classes: Optional[list[int]] = None  # the evaluated experience's labels; None: no task-aware count
         self.correct: dict[int, int] = {}
+        self.correct_task_aware: dict[int, int] = {}
         self.total: dict[int, int] = {}
 
     def reset(self, n_seen: int) -> None:
         self.n_seen = n_seen
-        self.correct, self.total = {}, {}
+        self.correct, self.correct_task_aware, self.total = {}, {}, {}
 
     def after_eval_iteration(self, strategy, **kwargs):
         logits = strategy.mb_output[:, : self.n_seen]
         pred = logits.argmax(dim=1).cpu()
         y = strategy.mb_y.cpu()
+        pred_ta = None
+        if self.task_classes is not None:
+            cols = torch.as_tensor(self.task_classes, dtype=torch.long, device=logits.device)
+            pred_ta = cols[logits.index_select(1, cols).argmax(dim=1)].cpu()
         for c in y.unique().tolist():
             m = y == c
             self.correct[c] = self.correct.get(c, 0) + int((pred[m] == c).sum())
             self.total[c] = self.total.get(c, 0) + int(m.sum())
+            if pred_ta is not None:
+                self.correct_task_aware[c] = self.correct_task_aware.get(c, 0) + int((pred_ta[m] == c).sum())
+
+
+def lines_mode() -> bool:
+    """True when stderr is not a terminal (a log file, a cluster job): progress is then one line per
+    epoch, never carriage-return bars, which turn a log into one endless line."""
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return True
 
 
 class ProgressPlugin(SupervisedPlugin):
-    """tqdm bars for training epochs and evaluation (to stderr), plus a NaN/inf loss check."""
+    """Progress of training epochs and evaluation (to stderr), plus a NaN/inf loss check.
 
-    def __init__(self, label: str, enabled: bool = True):
+    On a terminal: tqdm bars. Otherwise (``lines``; default: stderr is not a terminal): one
+    line per training epoch with its mean loss; the runner logs one line per experience.
+    """
+
+    def __init__(self, label: str, enabled: bool = True, lines: Optional[bool] = None):
         super().__init__()
         self.label = label
         self.enabled = enabled
+        self.lines = lines_mode() if lines is None else lines
         self.bar = None
+        self._loss, self._steps, self._start = 0.0, 0, 0.0
 
     def _open(self, strategy, desc: str):
-        if not self.enabled:
+        if not self.enabled or self.lines:
             return
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=len(strategy.dataloader), desc=desc, leave=False, unit="batch")
 
+    def _epoch_text(self, strategy) -> str:
+        return (f"{self.label} exp {strategy.experience.current_experience} "
+                f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
+
     def before_training_epoch(self, strategy, **kwargs):
-        self._open(strategy, f"{self.label} exp {strategy.experience.current_experience} "
-                             f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
+        self._loss, self._steps, self._start = 0.0, 0, time.perf_counter()
+        self._open(strategy, self._epoch_text(strategy))
 
     def after_training_iteration(self, strategy, **kwargs):
         loss = float(strategy.loss.detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"{self.label}: loss became {loss} in experience "
                                      f"{strategy.experience.current_experience}")
+        self._loss += loss
+        self._steps += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def after_training_epoch(self, strategy, **kwargs):
         self._close()
+        if self.enabled and self.lines:
+            mean = self._loss / self._steps if self._steps else float("nan")
+            print(f"  {self._epoch_text(strategy)}: loss {mean:.4f}, {self._steps} steps, "
+                  f"{time.perf_counter() - self._start:.1f}s", file=sys.stderr, flush=True)
 
     def before_eval_exp(self, strategy, **kwargs):
         self._open(strategy, f"{self.label} eval exp {strategy.experience.current_experience}")

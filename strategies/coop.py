@@ -14,7 +14,7 @@ from lamm_cl.errors import ConfigError
 from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.prompts import ClassPrompts
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext, lr_schedule_plugin, sgd
+from lamm_cl.training import DropLastPartialBatch, StrategyContext, lr_schedule_plugin, sgd
 
 
 @dataclass
@@ -67,8 +67,9 @@ class FreezeContextPlugin(SupervisedPlugin):
             strategy.model.context.requires_grad_(False)
 
 
-class CoopTemplate(SupervisedTemplate):
-    """Cross-entropy over the seen classes; an experience with nothing left to train skips its epochs."""
+class CoopTemplate(DropLastPartialBatch, SupervisedTemplate):
+    """Cross-entropy over the seen classes; an experience with nothing left to train skips its epochs;
+    the last partial training batch is dropped as Dassl does (:class:`DropLastPartialBatch`)."""
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         if not any(p.requires_grad for p in self.model.parameters()):

@@ -2,8 +2,9 @@
 hierarchical loss -- the combination the LAMM paper reports best (DESIGN section 3).
 
 t0 (the target of the feature and logits terms) is the prompt with the *current* context and CLIP's own
-name embeddings, computed without gradient: a target that moves with the context but passes no gradient
-back to it.
+name embeddings, encoded afresh every step. As in the reference (gaojingsheng/LAMM trainers/coop.py,
+CustomCLIP._get_origin_feature, called without no_grad) it keeps its gradient: the logits term sends
+gradient into the context through z0, and only the feature term detaches t0.
 """
 from __future__ import annotations
 

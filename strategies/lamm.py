@@ -14,7 +14,7 @@ from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.model.prompts import ClassPrompts
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext, lr_schedule_plugin, sgd
+from lamm_cl.training import DropLastPartialBatch, StrategyContext, lr_schedule_plugin, sgd
 
 
 @dataclass
@@ -28,7 +28,8 @@ class LossOptions:
 
 @dataclass
 class LammOptions(StrategyOptions):
-    label_tokens: Union[Literal["min", "all"], int] = "min"  # vectors per class: shortest name length | whole name | k
+    # vectors per class: shortest name length (of the benchmark | of the class's experience) | whole name | k
+    label_tokens: Union[Literal["min", "min_experience", "all"], int] = "min"
     label_init: Literal["name", "random"] = "name"  # from the name's embeddings, or N(0, 0.02^2)
     softmax: Literal["seen", "current"] = "seen"  # training softmax over every seen class, or the current task's
     loss: LossOptions = field(default_factory=LossOptions)
@@ -36,7 +37,8 @@ class LammOptions(StrategyOptions):
     def validate(self, path: str) -> None:
         super().validate(path)
         if isinstance(self.label_tokens, int) and self.label_tokens < 1:
-            raise ConfigError(f"{path}.label_tokens: expected min, all or a positive integer, got {self.label_tokens}")
+            raise ConfigError(f"{path}.label_tokens: expected min, min_experience, all or a positive integer, "
+                              f"got {self.label_tokens}")
         if self.loss.temperature <= 0:
             raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
         for key in ("param", "feature", "logits"):
@@ -53,8 +55,35 @@ class LammOptions(StrategyOptions):
                            temperature=self.loss.temperature, logits_kind=self.loss.logits_kind)
 
 
-class LammTemplate(SupervisedTemplate):
-    """A SupervisedTemplate whose criterion is the LAMM objective during training (plain CE in eval)."""
+# LAMM's prompt: the reference trains every dataset on "a photo of a" + name + "." (CTX_INIT "a photo of a"
+# in configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml, kept frozen by --origin-clip in scripts/lamm/*.sh;
+# PromptLearner builds prompt_prefix + " " + name + "." in gaojingsheng/LAMM trainers/coop.py).
+LAMM_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class LammPromptOptions(LammOptions):
+    """LAMM's options plus the prompt its label vectors sit in (the ``lamm`` strategy's keys)."""
+
+    template: str = LAMM_TEMPLATE  # LAMM's prompt for every dataset; `dataset`: the benchmark's own template
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if self.template != "dataset" and self.template.count("{}") != 1:
+            raise ConfigError(f"{path}.template: expected a prompt with exactly one {{}} (e.g. "
+                              f"{LAMM_TEMPLATE!r}) or dataset, got {self.template!r}")
+
+
+def lamm_template(ctx: StrategyContext, opts: LammOptions) -> str:
+    """The prompt LAMM's label vectors are trained in: ``opts.template``, where ``dataset`` means the
+    benchmark's own template (``ctx.template``); options without the key get :data:`LAMM_TEMPLATE`."""
+    template = getattr(opts, "template", LAMM_TEMPLATE)
+    return ctx.template if template == "dataset" else template
+
+
+class LammTemplate(DropLastPartialBatch, SupervisedTemplate):
+    """A SupervisedTemplate whose criterion is the LAMM objective during training (plain CE in eval);
+    the last partial training batch is dropped as Dassl does (:class:`DropLastPartialBatch`)."""
 
     def __init__(self, *, weights: LammWeights, softmax: str = "seen", **kwargs):
         super().__init__(**kwargs)
@@ -92,20 +121,21 @@ def lamm_objective(model: PromptClassifier, x: torch.Tensor, logits: torch.Tenso
     f = torch.nn.functional.normalize(x.to(t0.dtype), dim=-1)
     z0 = model.logit_scale * f @ t0.t()
     t = model.last_text[cols]
-    pairs = [(table.vectors[str(c)], table.original(c)) for c in table.trainable]
+    pairs = [(table.vectors[str(c)], table.anchor(c)) for c in table.trainable]  # M0 or the random start
     return lamm_loss(z, z0, target, t[target], t0[target], pairs, weights)
 
 
 def lamm_model(ctx: StrategyContext, opts: LammOptions, context=None) -> PromptClassifier:
-    """The LAMM classifier: the benchmark's prompts with a growing label table."""
-    prompts = ClassPrompts(ctx.clip, ctx.class_names, ctx.template) if context is None else context[0]
+    """The LAMM classifier: LAMM's prompts (:func:`lamm_template`), or a shared context's, with a growing
+    label table."""
+    prompts = ClassPrompts(ctx.clip, ctx.class_names, lamm_template(ctx, opts)) if context is None else context[0]
     table = LabelTable(ctx.clip.model.token_embedding.weight, prompts, opts.label_tokens, opts.label_init)
     return PromptClassifier(ctx.clip, prompts, labels=table, context=None if context is None else context[1])
 
 
-@register_strategy("lamm", options=LammOptions)
-def build(ctx: StrategyContext, opts: LammOptions) -> SupervisedTemplate:
-    """LAMM: trains the label vectors of the current classes; CLIP and the template stay frozen."""
+@register_strategy("lamm", options=LammPromptOptions)
+def build(ctx: StrategyContext, opts: LammPromptOptions) -> SupervisedTemplate:
+    """LAMM: trains the label vectors of the current classes; CLIP and the prompt stay frozen."""
     model = lamm_model(ctx, opts)
     optimizer = sgd([torch.nn.Parameter(torch.zeros(0))], opts)  # Avalanche refills it with the model's parameters
     kw = ctx.template_kwargs(opts)

@@ -365,8 +365,9 @@ def test_coop_lamm_loss_is_ce_plus_the_three_lamm_terms(tiny_clip, digits):
     vectors = {c: table.vectors[str(c)] for c in classes}
     originals = {c: table.original(c) for c in classes}
     t = normalize(encoder.encode(classes, context=model.context, labels=vectors))
-    with torch.no_grad():  # t0: the current context with CLIP's own name embeddings, no gradient
-        t0 = normalize(encoder.encode(classes, context=model.context, labels=originals))
+    # t0: the current context with CLIP's own name embeddings, keeping its gradient into the context
+    # (the reference's _get_origin_feature runs without no_grad; feature_loss detaches t0 itself)
+    t0 = normalize(encoder.encode(classes, context=model.context, labels=originals))
     alpha = tiny_clip.logit_scale
     f = normalize(x)
     z, z0 = alpha * f @ t.t(), alpha * f @ t0.t()
@@ -378,7 +379,7 @@ def test_coop_lamm_loss_is_ce_plus_the_three_lamm_terms(tiny_clip, digits):
     assert set(template.loss_parts) == {"ce", "param", "feature", "logits"}
     assert template.loss_parts["ce"] == pytest.approx(float(ce), rel=1e-5)
 
-    # same gradients: the context gets none through t0, old label vectors get none at all
+    # same gradients: the context also gets gradient through t0 (logits term), old label vectors none at all
     params = [model.context, table.vectors["3"], table.vectors["4"]]
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -425,5 +425,5 @@ def test_benchmark_yaml_splits_every_class(dataset):
         assert n % bench["n_experiences"] == 0
     assert set(cfg["model"]) == {"arch", "pretrained"}
     assert set(cfg["features"]) == {"cache", "cache_dir", "train_views"}
-    assert [s["name"] for s in cfg["strategies"]] == ["zeroshot", "lamm", "coop", "coop_lamm", "finetune",
-                                                      "linear_probe"]
+    assert [s["name"] for s in cfg["strategies"]] == ["zeroshot", "lamm", "coop", "coop_lamm", "maple", "maple_lamm",
+                                                      "finetune", "linear_probe"]

@@ -29,7 +29,8 @@ def test_benchmark_yaml_validates_up_to_the_missing_data(path, tmp_path):
 def test_dry_run_prints_the_plan(capsys, tmp_path):
     assert main(["run", "benchmarks/quickstart.yaml", "--dry-run", "--output", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "5 experiences of [2, 2, 2, 2, 2] classes" in out and "RANDOM weights" in out
+    assert "5 experiences of [2, 2, 2, 2, 2] classes" in out and "lamm-tiny + tinyworld" in out
+    assert "RANDOM weights" not in out  # the quickstart's tiny CLIP is pretrained (on tinyworld)
     assert "experience 4: 2 classes" in out
     assert not (tmp_path / "o").exists()
 

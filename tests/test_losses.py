@@ -74,17 +74,60 @@ def test_default_weights_are_the_references():
 
 
 def test_total_is_ce_plus_weighted_terms():
-    y = torch.tensor([0])
-    t_y = torch.tensor([[1.0, 0.0]])
-    t0_y = torch.tensor([[0.5, math.sqrt(3) / 2]])
+    # two samples of two classes, so that the feature term counts both (see the one-class tests below)
+    z, z0 = Z.repeat(2, 1), Z0.repeat(2, 1)
+    y = torch.tensor([0, 1])
+    t_y = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    t0_y = torch.tensor([[0.5, math.sqrt(3) / 2], [1.0, 0.0]])  # 1 - cos: 0.5 and 0 -> mean 0.25
     pairs = [(torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2))]
     w = LammWeights(param=0.5, feature=2.0, logits=0.05, temperature=2.0)
-    total, parts = lamm_loss(Z, Z0, y, t_y, t0_y, pairs, w)
+    total, parts = lamm_loss(z, z0, y, t_y, t0_y, pairs, w)
     ce = math.log(3)  # uniform logits over 3 classes
-    expected = ce + 0.5 * 5.0 + 2.0 * 0.5 + 0.05 * 4 * (5 / 3) * math.log(2)
+    expected = ce + 0.5 * 5.0 + 2.0 * 0.25 + 0.05 * 4 * (5 / 3) * math.log(2)
     assert float(total) == pytest.approx(expected, rel=1e-6)
     assert parts["ce"] == pytest.approx(ce) and parts["param"] == pytest.approx(5.0)
-    assert parts["feature"] == pytest.approx(0.5) and parts["logits"] == pytest.approx(4 * (5 / 3) * math.log(2))
+    assert parts["feature"] == pytest.approx(0.25) and parts["logits"] == pytest.approx(4 * (5 / 3) * math.log(2))
+
+
+# --------------------------------------------------------------------------- issue 11.4: one-class batches
+
+def _reference_feature_loss(t_all, t0_all, label):
+    """gaojingsheng/LAMM trainers/coop.py FeatureLoss.forward, replayed: sample i counts only when
+    the batch holds a label other than label[i]; the sum is divided by the samples counted."""
+    loss, n = 0.0, 0
+    for i in range(len(label)):
+        if int((label != label[i]).sum()) > 0:
+            a, b = t_all[label[i]], t0_all[label[i]]
+            loss += 1.0 - float(a @ b / (a.norm() * b.norm()))
+            n += 1
+    return loss / n if n else 0.0
+
+
+def test_feature_loss_of_a_one_class_batch_is_zero():
+    # cos([1,0],[0,1]) = 0: a plain mean would give 1 for each sample; the reference counts none
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    t0 = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([2, 2, 2])
+    assert float(feature_loss(t, t0, y)) == 0.0
+    assert float(feature_loss(t, t0)) == pytest.approx(1.0)  # without labels every sample counts
+
+
+def test_feature_loss_with_labels_replays_the_reference():
+    torch.manual_seed(0)
+    t_all, t0_all = torch.randn(4, 5), torch.randn(4, 5)  # text features of 4 classes
+    for label in ([1, 1, 1, 1], [0, 1, 1, 3, 0], [2], [3, 2]):
+        y = torch.tensor(label)
+        ours = float(feature_loss(t_all[y], t0_all[y], y))
+        assert ours == pytest.approx(_reference_feature_loss(t_all, t0_all, y), abs=1e-6)
+
+
+def test_lamm_loss_of_a_one_class_batch_has_no_feature_term():
+    y = torch.tensor([0, 0])
+    t_y = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    t0_y = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    w = LammWeights(param=0.0, feature=1.0, logits=0.0)
+    total, parts = lamm_loss(Z.repeat(2, 1), Z0.repeat(2, 1), y, t_y, t0_y, [], w)
+    assert parts["feature"] == 0.0 and float(total) == pytest.approx(math.log(3), rel=1e-6)
 
 
 # A second row, the first one mirrored: z = [2 ln 2, 0, 0], z0 = [0, 0, 0], T = 2.

@@ -335,6 +335,6 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     assert set(names) <= set(summary.index.get_level_values(0))
     new = names[-1]  # the example's strategy
     assert registry.get_strategy(new).source.startswith("file ")
-    # class means of frozen features beat hand-made prompts on a random-weight CLIP
+    # neighbours among frozen features beat hand-made prompts on a random-weight CLIP
     avg = summary["avg_incremental_accuracy"]
     assert avg[(new, "0")] > avg[("zeroshot", "0")]

@@ -11,13 +11,14 @@ from lamm_cl.metrics import summarize
 
 def test_quickstart_end_to_end(tmp_path, capsys):
     cfg = yaml.safe_load(open("benchmarks/quickstart.yaml"))
-    assert cfg["model"] == {"arch": "lamm-tiny", "pretrained": "none"}
+    assert cfg["model"] == {"arch": "lamm-tiny", "pretrained": "tinyworld"}
+    assert cfg["benchmark"]["dataset"] == "tinyworld"
     sets = [f"strategies.{i}.epochs=1" for i, s in enumerate(cfg["strategies"]) if s.get("epochs", 0) > 0]
     out = tmp_path / "qs"
     assert main(["run", "benchmarks/quickstart.yaml", "--output", str(out), "--no-progress", *sum(
         (["--set", s] for s in sets), [])]) == 0
     printed = capsys.readouterr().out
-    assert "RANDOM weights" in printed and "Avg" in printed
+    assert "tinyworld, lamm-tiny + tinyworld" in printed and "RANDOM" not in printed and "Avg" in printed
     names = [s["name"] for s in cfg["strategies"]]
     for name in names:
         run = out / name / "seed0"

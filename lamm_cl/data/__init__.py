@@ -33,7 +33,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 def _ensure_builtin() -> None:
     # Imported here, not at module import, so `import lamm_cl.data` stays cheap.
     from lamm_cl.data import digits  # noqa: F401
-    for mod in ("cifar", "coop", "folder"):
+    for mod in ("cifar", "coop", "folder", "tinyworld"):
         try:
             __import__(f"lamm_cl.data.{mod}")
         except ModuleNotFoundError as e:  # a loader module not written yet

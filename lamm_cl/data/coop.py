@@ -6,6 +6,10 @@ nine datasets come with a fixed split file ``split_zhou_<Name>.json`` whose
 FGVC-Aircraft uses its own ``images_variant_*.txt`` lists and ImageNet its
 ``images/{train,val}/<wnid>/`` folders plus CoOp's ``classnames.txt``.
 
+A dataset's identity in the feature store covers its split file and the relative path,
+size and modification time of every listed image (:func:`lamm_cl.data.base.files_identity`,
+stat only), so replacing an image behind an unchanged split file is not served old features.
+
 As in CoOp, training uses the split's ``train`` list (the ``val`` list is not
 used) and evaluation its ``test`` list; ImageNet is evaluated on its val set.
 """
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from lamm_cl.data import register_dataset
-from lamm_cl.data.base import DatasetParts, FileSamples
+from lamm_cl.data.base import DatasetParts, FileSamples, files_identity
 from lamm_cl.data.folder import class_folders, list_images, readable
 from lamm_cl.errors import DataNotFoundError, UserError
 
@@ -97,10 +101,15 @@ def _file_digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_first_image(name: str, samples: FileSamples, source: Path) -> None:
-    # One stat per split catches a wrong image folder without walking every file.
-    if len(samples) and not Path(samples.paths[0]).is_file():
-        raise DataNotFoundError(f"{name}: image listed in {source.name} not found: {samples.paths[0]}; {HOW_TO_GET}")
+def _images_identity(name: str, rel_paths: list[str], folder: Path, source: Path) -> str:
+    """The stat digest of every listed image (:func:`files_identity`): a changed image changes the
+    dataset's identity, and a missing one -- wherever it is listed -- is named before any work."""
+    try:
+        return files_identity(((rel, folder / rel) for rel in rel_paths), listed_in=source.name)
+    except DataNotFoundError as e:
+        raise DataNotFoundError(f"{name}: {e}; {HOW_TO_GET}") from None
+    except UserError as e:
+        raise UserError(f"{name}: {e}") from None
 
 
 def _load_split_file(spec: SplitFileSpec, root: Path, download: bool) -> DatasetParts:
@@ -139,9 +148,9 @@ def _load_split_file(spec: SplitFileSpec, root: Path, download: bool) -> Dataset
     parts = {}
     for part, items in rows.items():
         items = [(p, y) for p, y, _ in items if y in relabel]
+        images = _images_identity(spec.name, [p for p, _ in items], image_dir, split_path)
         parts[part] = FileSamples([image_dir / p for p, _ in items], [relabel[y] for _, y in items],
-                                  f"{spec.name}:{part}:{split_path.name}:{digest}")
-        _check_first_image(spec.name, parts[part], split_path)
+                                  f"{spec.name}:{part}:{split_path.name}:{digest}:{images}")
     return DatasetParts(spec.name, classnames, parts["train"], parts["test"], spec.template)
 
 
@@ -196,8 +205,8 @@ def load_fgvc_aircraft(root: Path, download: bool) -> DatasetParts:
                 raise UserError(f"{name}: {list_path} names variant {variant!r}, which {variants_path} lacks")
             paths.append(folder / "images" / f"{image_id}.jpg")
             labels.append(label_of[variant])
-        parts[part] = FileSamples(paths, labels, f"{name}:{part}:{_file_digest(variants_path, list_path)}")
-        _check_first_image(name, parts[part], list_path)
+        images = _images_identity(name, [f"{p.name}" for p in paths], folder / "images", list_path)
+        parts[part] = FileSamples(paths, labels, f"{name}:{part}:{_file_digest(variants_path, list_path)}:{images}")
     return DatasetParts(name, [readable(c) for c in classnames], parts["train"], parts["test"], FGVC_TEMPLATE)
 
 
@@ -244,12 +253,13 @@ def load_imagenet(root: Path, download: bool) -> DatasetParts:
     for part, sub in (("train", "train"), ("test", "val")):
         split_dir = folder / "images" / sub
         paths, labels = [], []
-        h = hashlib.sha1()
         for label, wnid in enumerate(wnids):
             images = list_images(split_dir / wnid)
             paths.extend(images)
             labels.extend([label] * len(images))
-            h.update("".join(f"{p.relative_to(split_dir)}\n" for p in images).encode())
-        parts[part] = FileSamples(paths, labels, f"{name}:{part}:{h.hexdigest()[:16]}")
+        # relative path, size and mtime of every image (stat only): an edited or replaced image is another dataset
+        cut = len(str(split_dir)) + 1
+        digest = files_identity((str(p)[cut:], p) for p in paths)
+        parts[part] = FileSamples(paths, labels, f"{name}:{part}:{digest}")
     classnames = [readable(wnid_name[w]) for w in wnids]
     return DatasetParts(name, classnames, parts["train"], parts["test"], IMAGENET_TEMPLATE)

@@ -82,6 +82,10 @@ def load_imagefolder(root: Path, download: bool) -> DatasetParts:
     test_classes = class_folders(root / "test")
     if not train_classes:
         raise DataNotFoundError(f"imagefolder: no class folders in {root / 'train'}")
+    nameless = [c for c in train_classes if not readable(c)]
+    if nameless:  # e.g. "___": nothing is left once "_" are read as spaces, and a prompt needs a name
+        raise UserError(f"imagefolder: class folder {root / 'train' / nameless[0]} gives an empty class name "
+                        "(its name is only '_' and spaces); rename it")
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))

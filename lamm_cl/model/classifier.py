@@ -43,6 +43,7 @@ class PromptClassifier(DynamicModule):
         self._cache: Optional[torch.Tensor] = None  # frozen text features, normalised, rows = _cached
         self._cached: list[int] = []
         self._original: dict[int, torch.Tensor] = {}  # t0 of classes, when it is a constant
+        self._original_context: Optional[torch.Tensor] = None  # the context _original was encoded with
         self.last_text: Optional[torch.Tensor] = None  # t of every class, from the last forward
 
     @property
@@ -114,18 +115,31 @@ class PromptClassifier(DynamicModule):
         return torch.stack(out)
 
     def original_text_features(self, classes: list[int]) -> torch.Tensor:
-        """Normalised t0 of ``classes``: the same prompts with CLIP's own name embeddings, no gradient.
+        """Normalised t0 of ``classes``: the same prompts with CLIP's own name embeddings.
 
-        Cached when it is a constant (no trainable context); recomputed otherwise.
+        While the shared context trains, t0 is encoded afresh from the *current* context on every
+        call and keeps its gradient into the context, as the reference's ``_get_origin_feature``
+        runs ``forward_test`` (the trainable ``ctx`` with the original name embeddings) without
+        ``no_grad`` (gaojingsheng/LAMM trainers/coop.py, CustomCLIP): the logits term then moves
+        the context, and only the feature term detaches t0 (:func:`lamm_cl.losses.feature_loss`).
+        Where nothing on the prompt trains, t0 is a constant and is cached per class; the cache
+        remembers the context it was made with and is dropped as soon as the context differs
+        (a step, a checkpoint load), so it is never stale.
         """
-        with torch.no_grad():
-            if self._context_trains():
-                return normalize(self.encode(classes, original=True))
-            missing = [c for c in classes if c not in self._original]
-            if missing:
+        if self._context_trains():
+            return normalize(self.encode(classes, original=True))
+        if self.context is not None:
+            made_with = self._original_context
+            if made_with is None or made_with.shape != self.context.shape \
+                    or not torch.equal(made_with, self.context.detach()):
+                self._original = {}
+                self._original_context = self.context.detach().clone()
+        missing = [c for c in classes if c not in self._original]
+        if missing:
+            with torch.no_grad():
                 for c, t in zip(missing, normalize(self.encode(missing, original=True))):
                     self._original[c] = t
-            return torch.stack([self._original[c] for c in classes])
+        return torch.stack([self._original[c] for c in classes])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``x`` over every known class (columns = ``self.classes``)."""

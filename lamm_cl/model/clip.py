@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,8 @@ from lamm_cl.errors import ConfigError, DataNotFoundError
 TINY_ARCH = "lamm-tiny"
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _INIT_SEED = 0  # random weights (`pretrained: none`) are drawn with a fixed seed, so features are shareable
+TINYWORLD = "tinyworld"  # lamm-tiny pretrained on lamm_cl.tiny's captioned world; the file ships with the package
+TINYWORLD_FILE = Path(__file__).parent.parent / "tiny" / "lamm-tiny-tinyworld.pt"
 
 
 def _open_clip():
@@ -36,17 +39,29 @@ def _looks_like_path(pretrained: str) -> bool:
     return os.sep in pretrained or "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
-def weights_identity(arch: str, pretrained: str) -> str:
-    """A string that changes whenever the weights do: the tag, or a hash of the checkpoint file."""
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks.
+
+    Always reads the bytes: a checkpoint rewritten at the same path gets a new hash.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_identity(arch: str, pretrained: str, sha256: str | None = None) -> str:
+    """A string that changes whenever the weights do: the tag, or a hash of the checkpoint file.
+
+    Args:
+        sha256: the checkpoint file's hash when already computed (saves reading the file twice).
+    """
     if pretrained == "none":
         return f"{arch}:none:seed{_INIT_SEED}"
-    path = Path(pretrained).expanduser()
+    path = TINYWORLD_FILE if pretrained == TINYWORLD else Path(pretrained).expanduser()
     if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return f"{arch}:file:{h.hexdigest()[:20]}"
+        return f"{arch}:file:{(sha256 or file_sha256(path))[:20]}"
     return f"{arch}:{pretrained}"
 
 
@@ -72,19 +87,29 @@ class FrozenCLIP:
         tokenizer: open_clip's tokenizer for ``arch``.
         arch, pretrained: the names the model was built from.
         identity: weights identity for cache keys (see :func:`weights_identity`).
+        weights_file: the file the weights were read from (None: random weights, or not known).
+        weights_sha256: SHA-256 of that file's bytes (None without a file).
         device: where the model lives.
     """
 
-    def __init__(self, model, preprocess: Callable, tokenizer, arch: str, pretrained: str, device: torch.device):
+    def __init__(self, model, preprocess: Callable, tokenizer, arch: str, pretrained: str, device: torch.device,
+                 weights_file: str | None = None, weights_sha256: str | None = None):
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.arch = arch
         self.pretrained = pretrained
-        self.identity = weights_identity(arch, pretrained)
+        self.weights_file = weights_file
+        self.weights_sha256 = weights_sha256
+        self.identity = weights_identity(arch, pretrained, weights_sha256)
         self.device = device
         self.model.requires_grad_(False)
         self.model.eval()
+
+    def weights_record(self) -> dict:
+        """What a result records about the weights: architecture, tag or path, file and its SHA-256."""
+        return {"arch": self.arch, "pretrained": self.pretrained, "file": self.weights_file,
+                "sha256": self.weights_sha256}
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -210,6 +235,13 @@ def resolve_weights(arch: str, pretrained: str) -> str | None:
                           f"print(open_clip.list_models())\"` or {TINY_ARCH!r} for the tiny offline model")
     if pretrained == "none":
         return None
+    if pretrained == TINYWORLD:
+        if arch != TINY_ARCH:
+            raise ConfigError(f"model.pretrained: {TINYWORLD!r} weights exist for {TINY_ARCH!r} only, not {arch!r}")
+        if not TINYWORLD_FILE.is_file():
+            raise DataNotFoundError(f"model.pretrained: the packaged weights {TINYWORLD_FILE} are missing; "
+                                    "reinstall lamm-cl or make them with `python -m lamm_cl.tiny pretrain --out FILE`")
+        return str(TINYWORLD_FILE)
     if _looks_like_path(pretrained) or Path(pretrained).expanduser().exists():
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -228,7 +260,8 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
 
     Args:
         arch: an open_clip architecture (``ViT-B-16``) or ``lamm-tiny``.
-        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, or ``none``.
+        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, ``none``, or
+            ``tinyworld`` (lamm-tiny's packaged weights, see :mod:`lamm_cl.tiny`).
         device: where to put it.
     Raises:
         ConfigError: unknown architecture or tag.
@@ -243,8 +276,10 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
     torch.manual_seed(_INIT_SEED)
     quiet = _QuietRandomInit()
     logging.getLogger().addFilter(quiet)  # open_clip logs its own "no pretrained weights" line; we warned above
+    loaded: list[str] = []
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
+        with _record_checkpoint_paths(loaded):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
     except Exception as e:  # hub, network and file errors all mean "these weights are not here"
         if weights is None:
             raise
@@ -253,7 +288,50 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
                                 "when offline, download once elsewhere and give the checkpoint file's path") from None
     finally:
         logging.getLogger().removeFilter(quiet)
-    return FrozenCLIP(model, preprocess, open_clip.get_tokenizer(arch), arch, pretrained, device)
+    weights_file = loaded[-1] if loaded else None
+    if weights_file is None and weights is not None:  # an open_clip that loads by another route: ask it
+        weights_file = _resolved_file(open_clip, arch, weights)
+    # Hashed once per build (one build per run), from the bytes actually on disk now.
+    sha = file_sha256(weights_file) if weights_file is not None else None
+    return FrozenCLIP(model, preprocess, open_clip.get_tokenizer(arch), arch, pretrained, device,
+                      weights_file=str(Path(weights_file).resolve()) if weights_file else None, weights_sha256=sha)
+
+
+@contextmanager
+def _record_checkpoint_paths(into: list):
+    """While open_clip builds a model, note every checkpoint file its factory loads.
+
+    open_clip 3.x resolves a tag to a file (hub download or cache) inside ``create_model`` and
+    hands that path to ``factory.load_checkpoint``; recording it there names the very file whose
+    bytes became the weights, without a second download.
+    """
+    from open_clip import factory
+
+    original = getattr(factory, "load_checkpoint", None)
+    if original is None:
+        yield
+        return
+
+    def recording(model, checkpoint_path, *args, **kwargs):
+        into.append(str(checkpoint_path))
+        return original(model, checkpoint_path, *args, **kwargs)
+
+    factory.load_checkpoint = recording
+    try:
+        yield
+    finally:
+        factory.load_checkpoint = original
+
+
+def _resolved_file(open_clip, arch: str, weights: str) -> str | None:
+    """The local file behind a tag or path, when open_clip can say without loading anything."""
+    if Path(weights).expanduser().is_file():
+        return str(Path(weights).expanduser())
+    try:
+        cfg = open_clip.get_pretrained_cfg(arch, weights)
+        return open_clip.download_pretrained(cfg) if cfg else None  # already in the cache: no download
+    except Exception:  # the hash is a record, not a requirement: never fail a run for it
+        return None
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,76 @@
+"""``lamm-cl sweep --dry-run``: what a grid will cost, before anything runs.
+
+Counts are exact where the data is there (the dataset index is read, the class-incremental
+plan of every job is built, no image is opened): images to encode once per feature group,
+and training steps per strategy (per experience: ``epochs x floor(images / batch_size)``,
+the last partial batch dropped as Dassl does). The GPU-hours multiply them by the sweep's
+``cost:`` seconds, whose defaults were measured on one H100-class GPU with ViT-B/16 (see the
+README); set them for your hardware.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from lamm_cl.errors import UserError
+from lamm_cl.sweep.spec import Sweep
+
+
+def _steps(plan, opts) -> int:
+    epochs = int(getattr(opts, "epochs", 0) or 0)
+    batch = int(getattr(opts, "batch_size", 0) or 0)
+    if epochs <= 0 or batch <= 0:
+        return 0
+    return sum(epochs * (len(idx) // batch) for idx in plan.train_index)
+
+
+def estimate(sweep: Sweep) -> list[str]:
+    """Lines describing the sweep's jobs and cost (nothing is written or trained)."""
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.data import load_dataset
+    from lamm_cl.registry import get_strategy
+    from lamm_cl.sweep.job import _config, feature_group, needs_features
+
+    cost = sweep.config.cost
+    folders = sorted({j.results for j in sweep.jobs})
+    lines = [f"sweep {sweep.config.name}: {len(sweep.jobs)} jobs in {len(folders)} results folders, "
+             f"launcher {sweep.config.launcher.get('name')}, output {sweep.output}"]
+    parts_of: dict[tuple, object] = {}
+    missing: dict[str, str] = {}
+    images: dict[tuple, int] = {}
+    steps: dict[str, int] = defaultdict(int)
+    kinds: dict[str, str] = {}
+    unknown_steps: set[str] = set()
+    for j in sweep.jobs:
+        cfg = _config(j)
+        b = cfg.benchmark
+        key = (b.dataset, b.root, b.download)
+        if key not in parts_of and b.dataset not in missing:
+            try:
+                parts_of[key] = load_dataset(b.dataset, b.root, b.download)
+            except UserError as e:
+                missing[b.dataset] = " ".join(str(e).split())
+        parts = parts_of.get(key)
+        kinds[j.strategy] = get_strategy(j.strategy).inputs
+        if parts is None:
+            unknown_steps.add(j.strategy)
+            continue
+        if needs_features(cfg):
+            group = feature_group(cfg)
+            images[group] = len(parts.test) + len(parts.train) * (1 + cfg.features.train_views)
+        steps[j.strategy] += _steps(make_plan(parts, b, j.seed), cfg.strategies[0].options)
+    n_images = sum(images.values())
+    lines.append(f"images to encode once: {n_images:,} in {len(images)} feature group(s)"
+                 + (" (plus the datasets not found below)" if missing else ""))
+    lines.append("training steps per strategy (all its jobs):")
+    for s in sorted(kinds, key=lambda s: -steps[s]):
+        note = " + jobs whose dataset is missing" if s in unknown_steps else ""
+        lines.append(f"  {s:<16} {steps[s]:>12,} steps  ({'images' if kinds[s] == 'images' else 'cached features'})"
+                     f"{note}")
+    seconds = n_images * cost.encode_image_s + sum(
+        n * (cost.image_step_s if kinds[s] == "images" else cost.feature_step_s) for s, n in steps.items())
+    lines.append(f"estimated GPU-hours: {seconds / 3600:.1f} (encode {cost.encode_image_s} s/image, "
+                 f"{cost.feature_step_s} s/step on features, {cost.image_step_s} s/step on images; "
+                 "set them under `cost:`; evaluation not counted)")
+    for name, why in missing.items():
+        lines.append(f"not counted: {name}: {why}")
+    return lines

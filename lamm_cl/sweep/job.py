@@ -1,0 +1,174 @@
+"""Running one job of a sweep, wherever a launcher put it: read the job from ``sweep.json``, run
+exactly what ``lamm-cl run`` runs for one strategy and one seed, and keep its log and state.
+
+Both entry points take only the output folder and a job id (plain strings), so a local
+process pool, a SLURM array task and a Ray worker call them the same way. Every run
+resumes: a finished job is kept, a killed one continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+from lamm_cl.errors import UserError
+from lamm_cl.sweep.spec import JOBS_DIR, Job, Sweep, read_sweep
+from lamm_cl.sweep.state import job_status, log_path, write_state
+
+
+def quiet_third_party_warnings() -> None:
+    """The warning filters ``lamm-cl`` sets in ``main``, for worker processes that never run it.
+
+    Local stand-in until the reliability branch's shared filter lands; then call that instead.
+    """
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*No loggers specified.*")
+    warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
+    warnings.filterwarnings("ignore", message=".*random weights.*")
+    warnings.filterwarnings("ignore", module="qpsolvers")  # Avalanche's import pulls it in
+    warnings.filterwarnings("ignore", message=".*qpsolvers.*")
+
+
+@contextlib.contextmanager
+def logging_to(path: Path):
+    """Send everything this process prints (Python and C level, stdout and stderr) to ``path`` (appended)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    streams = sys.stdout, sys.stderr
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)  # C-level output and child processes
+        os.dup2(fd, 2)
+        # Python-level output too, whatever the host process did to sys.stdout (Ray, pytest)
+        sys.stdout = sys.stderr = open(fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def _job(sweep: Sweep, job_id: str) -> Job:
+    for j in sweep.jobs:
+        if j.id == job_id:
+            return j
+    raise UserError(f"{sweep.output}: the sweep has no job {job_id!r}")
+
+
+def _config(job: Job):
+    from lamm_cl import config as config_mod
+
+    cfg = config_mod.load(job.config, job.run_overrides())
+    cfg.strategies = [e for e in cfg.strategies if e.name == job.strategy]
+    if not cfg.strategies:
+        raise UserError(f"{job.config} no longer has strategy {job.strategy}")
+    return cfg
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_job(output: str, job_id: str) -> dict:
+    """Run job ``job_id`` of the sweep in ``output``; return ``{"job", "state", "message"}``.
+
+    A failure (bad input, a NaN loss, any exception) is recorded and returned, never raised, so
+    one job cannot stop the others. An interruption (Ctrl-C, SIGTERM where it is mapped to
+    Ctrl-C, a launcher's ``SystemExit`` on pre-emption) is recorded and re-raised: the job's
+    finished work and last checkpoint stay, and the next attempt resumes.
+    """
+    from lamm_cl import checkpoint
+
+    sweep = read_sweep(output)
+    job = _job(sweep, job_id)
+    out = Path(output)
+    holder = checkpoint.lock_holder(job.run_dir)
+    if holder is not None and job_status(out, job).state == "interrupted":
+        (job.run_dir / checkpoint.LOCK_FILE).unlink(missing_ok=True)  # left by a lost job on another host
+    elif holder is not None:  # a duplicate of a job that is running: leave it be
+        return {"job": job.id, "state": "running", "message": f"already running ({holder})"}
+    with logging_to(log_path(out, job)):
+        quiet_third_party_warnings()
+        write_state(out, job, "running")
+        _say(f"== job {job.id} (pid {os.getpid()}, {'resuming' if job.run_dir.exists() else 'starting'})")
+        try:
+            from lamm_cl.runner import run
+
+            records = run(_config(job), Path(job.results), progress=True, log=_say, resume=True, lock_runs=True)
+        except UserError as e:
+            msg = " ".join(str(e).split())
+            _say(f"lamm-cl: error: {msg}")
+            write_state(out, job, "failed", msg)
+            return {"job": job.id, "state": "failed", "message": msg}
+        except (KeyboardInterrupt, SystemExit):
+            _say(f"lamm-cl: job {job.id} interrupted; its finished work and last checkpoint are kept")
+            write_state(out, job, "interrupted")
+            raise
+        except Exception as e:  # noqa: BLE001 - one job's crash must not stop the sweep
+            traceback.print_exc()
+            msg = f"{type(e).__name__}: {' '.join(str(e).split())}"
+            write_state(out, job, "failed", msg)
+            return {"job": job.id, "state": "failed", "message": msg}
+        if records.failed:
+            write_state(out, job, "failed", records.failed[0])
+            return {"job": job.id, "state": "failed", "message": records.failed[0]}
+        write_state(out, job, "done")
+        _say(f"== job {job.id} done")
+        return {"job": job.id, "state": "done", "message": ""}
+
+
+def needs_features(cfg) -> bool:
+    """True when a strategy of ``cfg`` reads cached image features (so a first stage can encode them once)."""
+    from lamm_cl.registry import get_strategy
+
+    return cfg.features.cache and any(get_strategy(e.name).inputs == "features" for e in cfg.strategies)
+
+
+def feature_group(cfg) -> tuple:
+    """Jobs whose configs agree on this read the same feature-store entries."""
+    b, m, f = cfg.benchmark, cfg.model, cfg.features
+    return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views)
+
+
+def prepare_features(output: str, job_id: str) -> dict:
+    """Encode, once, every image the jobs of ``job_id``'s feature group read, into the shared store.
+
+    Train and test images at the centre crop, and every augmented training view when
+    ``features.train_views > 0``. Jobs started afterwards find all of it in the store.
+    """
+    sweep = read_sweep(output)
+    job = _job(sweep, job_id)
+    log = Path(output) / JOBS_DIR / f"features__{job.benchmark}.log"
+    with logging_to(log):
+        quiet_third_party_warnings()
+        try:
+            from lamm_cl.data import load_dataset
+            from lamm_cl.features import FeatureExtractor
+            from lamm_cl.model.clip import build_clip, resolve_device
+
+            cfg = _config(job)
+            parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
+            clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device))
+            extractor = FeatureExtractor.from_config(clip, cfg.features)
+            n = 0
+            for samples, views in ((parts.test, [None]), (parts.train, [None, *range(cfg.features.train_views)])):
+                for v in views:
+                    extractor.features(samples, view=v)
+                    n += len(samples)
+            _say(f"== features of {cfg.benchmark.dataset} ({cfg.model.arch} + {cfg.model.pretrained}): "
+                 f"{n} images in the store")
+            return {"job": f"features {job.benchmark}", "state": "done", "message": ""}
+        except (UserError, OSError) as e:
+            msg = " ".join(str(e).split())
+            _say(f"lamm-cl: error: {msg}")
+            return {"job": f"features {job.benchmark}", "state": "failed", "message": msg}

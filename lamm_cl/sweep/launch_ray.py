@@ -1,0 +1,58 @@
+"""The ``ray`` launcher: one Ray task per job, with ``num_gpus`` each, retried on worker loss.
+
+``address`` is what ``ray.init`` gets: null starts Ray on this machine, ``auto`` joins the
+running cluster, ``ray://host:10001`` a remote one. If Ray is already initialised in this
+process (e.g. ``ray.init(num_cpus=2)`` in a test or a notebook), that session is used. A
+retried task resumes the job from its last per-experience checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from lamm_cl.sweep.launchers import Call, OnDone, call, failed, require
+
+
+@dataclass
+class Options:
+    address: Optional[str] = None  # null: a local Ray; auto: the running cluster; ray://...: a remote one
+    num_gpus: Optional[float] = None  # GPUs per job; null: 1 where the cluster has GPUs, else 0
+    num_cpus: float = 1.0  # CPU cores per job
+    max_retries: int = 3  # retries of a job whose worker died (node loss, pre-emption)
+
+
+def check(options: Options) -> None:
+    """Refuse before anything is written: Ray missing."""
+    require("ray", "ray", "ray")
+
+
+def _run(c: Call) -> dict:
+    return call(c)
+
+
+def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnDone) -> None:
+    """Run each phase's calls as Ray tasks, reporting each as it finishes."""
+    ray = require("ray", "ray", "ray")
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=options.address, log_to_driver=False)
+        started = True
+    try:
+        gpus = options.num_gpus
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        task = ray.remote(num_cpus=options.num_cpus, num_gpus=gpus, max_retries=options.max_retries)(_run)
+        for calls in phases:
+            refs = {task.remote(c): c for c in calls}
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for r in done:
+                    c = refs.pop(r)
+                    try:
+                        result = ray.get(r)
+                    except Exception as e:  # noqa: BLE001 - a task that failed for good fails its job alone
+                        result = failed(c, f"ray task: {type(e).__name__}: {' '.join(str(e).split())[-300:]}")
+                    on_done(c, result)
+    finally:
+        if started:
+            ray.shutdown()

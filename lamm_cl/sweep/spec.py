@@ -1,0 +1,262 @@
+"""The sweep file and its grid: which (benchmark file, grid cell, strategy, seed) jobs a sweep holds.
+
+A sweep file is plain YAML, validated like a run config (unknown keys and wrong
+types name their path)::
+
+    name: coop11
+    benchmarks: [../split_*.yaml]          # globs allowed; relative to the sweep file, then the current folder
+    strategies: [zeroshot, lamm]           # optional subset, by name, of each file's strategies
+    seeds: [1, 2, 3]                       # optional: replaces each file's seeds
+    grid: {benchmark.shots: [1, 2, 4]}     # optional: more axes, as dotted keys (like --set)
+    output: results/coop11
+    launcher: {name: local, workers: 2}
+
+Each job runs what ``lamm-cl run`` runs for one strategy and one seed and writes
+``<output>/<benchmark name>[/<grid cell>]/<strategy>/seed<k>/``. The expanded job list
+is written to ``<output>/sweep.json`` so that ``--status``, reruns and the report
+need nothing but the output folder.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lamm_cl.config import ConfigError, convert, from_dict, load_yaml
+
+SWEEP_FILE = "sweep.json"  # the expanded sweep, in the output folder
+JOBS_DIR = "_jobs"  # per-job log and state files, in the output folder
+
+
+@dataclass
+class CostConfig:
+    """What one unit of work costs on the target GPU, for ``--dry-run``'s estimate (seconds)."""
+
+    encode_image_s: float = 0.0008  # encoding one image once (ViT-B/16, batch 512, bf16)
+    feature_step_s: float = 0.012  # one training step of a strategy on cached features (batch 32)
+    image_step_s: float = 0.09  # one training step of a strategy that reads images (finetune, maple)
+
+
+@dataclass
+class SweepConfig:
+    name: str  # the sweep's name (for messages)
+    benchmarks: list[str]  # benchmark YAML files; globs allowed
+    output: str  # where every job writes, one folder per benchmark (and grid cell); relative to the current folder
+    strategies: Optional[list[str]] = None  # a subset, by name, of each benchmark file's strategies
+    seeds: Optional[list[int]] = None  # replaces each benchmark file's seeds
+    grid: dict = field(default_factory=dict)  # dotted key -> list of values
+    launcher: dict = field(default_factory=lambda: {"name": "local"})  # name + that launcher's options
+    cost: CostConfig = field(default_factory=CostConfig)  # per-unit costs for --dry-run
+
+
+@dataclass
+class Job:
+    """One cell of the grid: one strategy, one seed, one benchmark file with its grid overrides."""
+
+    id: str  # unique, usable as a file name
+    benchmark: str  # the benchmark file's `name`
+    config: str  # the benchmark file (absolute path)
+    overrides: list[str]  # --set assignments of the grid cell
+    cell: str  # grid-cell folder name ("" without a grid)
+    strategy: str
+    seed: int
+    results: str  # the benchmark's results folder: <output>/<benchmark>[/<cell>]
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.results) / self.strategy / f"seed{self.seed}"
+
+    def run_overrides(self) -> list[str]:
+        """The --set assignments that make the benchmark file this job's config (grid cell, then the seed)."""
+        return [*self.overrides, f"seeds=[{self.seed}]"]
+
+
+@dataclass
+class Sweep:
+    """A validated sweep file, expanded into jobs."""
+
+    config: SweepConfig
+    source: str  # the sweep file
+    output: Path
+    jobs: list[Job]
+
+    def to_dict(self) -> dict:
+        return {"name": self.config.name, "source": self.source, "output": str(self.output),
+                "launcher": self.config.launcher, "cost": asdict(self.config.cost),
+                "jobs": [asdict(j) for j in self.jobs]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Sweep":
+        cfg = SweepConfig(name=data["name"], benchmarks=[], output=data["output"], launcher=data["launcher"],
+                          cost=CostConfig(**data.get("cost", {})))
+        return cls(config=cfg, source=data["source"], output=Path(data["output"]),
+                   jobs=[Job(**j) for j in data["jobs"]])
+
+
+def _resolve(pattern: str, base: Path, where: str) -> list[Path]:
+    """Files a benchmark entry names: relative to the sweep file's folder, then to the current folder."""
+    for root in (base, Path.cwd()):
+        p = Path(pattern).expanduser()
+        full = p if p.is_absolute() else root / p
+        if glob.has_magic(pattern):
+            hits = sorted(Path(h) for h in glob.glob(str(full)))
+            hits = [h for h in hits if h.is_file()]
+        else:
+            hits = [full] if full.is_file() else []
+        if hits:
+            return [h.resolve() for h in hits]
+    raise ConfigError(f"{where}: {pattern!r} matches no file (looked in {base} and {Path.cwd()})")
+
+
+def cell_name(values: dict[str, Any]) -> str:
+    """The folder of a grid cell: ``shots=16``, or ``shots=16_epochs=5`` (full dotted keys when last parts clash)."""
+    if not values:
+        return ""
+    last = [k.split(".")[-1] for k in values]
+    keys = last if len(set(last)) == len(last) else list(values)
+    text = "_".join(f"{k}={_value_text(v)}" for k, v in zip(keys, values.values()))
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "-".join(_value_text(x) for x in v)
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _yaml_text(v: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _check(cfg: SweepConfig) -> None:
+    if not cfg.benchmarks:
+        raise ConfigError("benchmarks: expected at least one benchmark file")
+    if cfg.seeds is not None:
+        if not cfg.seeds:
+            raise ConfigError("seeds: expected at least one seed")
+        if len(set(cfg.seeds)) != len(cfg.seeds):
+            raise ConfigError(f"seeds: a seed is repeated in {cfg.seeds}")
+    if cfg.strategies is not None and not cfg.strategies:
+        raise ConfigError("strategies: expected at least one strategy name")
+    for key, values in cfg.grid.items():
+        if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"grid: {key!r} is not a dotted key like benchmark.shots")
+        if key.split(".")[0] in ("seeds", "name", "output"):
+            raise ConfigError(f"grid.{key}: set seeds with the sweep's `seeds`; name and output are the sweep's")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key}: expected a non-empty list of values")
+    launcher = cfg.launcher
+    if not isinstance(launcher.get("name"), str):
+        raise ConfigError("launcher.name: expected a string (local, slurm or ray)")
+
+
+def load_sweep(path: str | Path, launcher: Optional[str] = None) -> Sweep:
+    """Read, validate and expand a sweep file.
+
+    Every benchmark file is parsed with each grid cell's overrides (so a bad grid value fails
+    here, naming the file), and the strategy subset is checked against each file.
+
+    Args:
+        launcher: ``--launcher``: replaces ``launcher.name`` (the other launcher options stay
+            only when the name is unchanged).
+
+    Raises:
+        ConfigError: one line naming the problem (an unknown key, a glob that matches nothing,
+            a strategy a benchmark file lacks, a bad grid value, two benchmark files with one name).
+    """
+    from lamm_cl import config as config_mod
+
+    path = Path(path)
+    data = load_yaml(path)
+    if isinstance(data.get("launcher"), str):
+        data["launcher"] = {"name": data["launcher"]}
+    cfg = from_dict(SweepConfig, data, "")
+    cfg.launcher = dict(convert(dict, cfg.launcher, "launcher"))
+    cfg.launcher.setdefault("name", "local")
+    if launcher is not None and launcher != cfg.launcher["name"]:
+        cfg.launcher = {"name": launcher}
+    _check(cfg)
+    from lamm_cl.sweep.launchers import get_launcher, options
+
+    options(get_launcher(cfg.launcher["name"]), cfg.launcher)  # its keys and types, even for --dry-run
+    base = path.resolve().parent
+    files: list[Path] = []
+    for i, pattern in enumerate(cfg.benchmarks):
+        for f in _resolve(pattern, base, f"benchmarks[{i}]"):
+            if f not in files and f != path.resolve():  # `*.yaml` beside the sweep file is not the sweep file
+                files.append(f)
+    out = Path(cfg.output).expanduser().resolve()  # like a run's `output`: relative to the current folder
+    keys = list(cfg.grid)
+    cells = [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.grid[k] for k in keys))] or [{}]
+    jobs: list[Job] = []
+    names: dict[str, Path] = {}
+    for f in files:
+        for values in cells:
+            overrides = [f"{k}={_yaml_text(v)}" for k, v in values.items()]
+            extra = [f"seeds={_yaml_text(cfg.seeds)}"] if cfg.seeds else []
+            try:
+                run_cfg = config_mod.load(f, [*overrides, *extra])
+            except ConfigError as e:
+                raise ConfigError(f"{f} with {', '.join(overrides) or 'no grid overrides'}: {e}") from None
+            if run_cfg.name in names and names[run_cfg.name] != f:
+                raise ConfigError(f"benchmarks: {names[run_cfg.name]} and {f} both have name {run_cfg.name!r}; "
+                                  "results are kept per benchmark name")
+            names[run_cfg.name] = f
+            have = [e.name for e in run_cfg.strategies]
+            wanted = have if cfg.strategies is None else cfg.strategies
+            missing = [s for s in wanted if s not in have]
+            if missing:
+                raise ConfigError(f"strategies: {f.name} has no strategy {', '.join(missing)}; it has "
+                                  f"{', '.join(have)}")
+            cell = cell_name(values)
+            results = out / run_cfg.name / cell if cell else out / run_cfg.name
+            for seed in run_cfg.seeds:
+                for s in wanted:
+                    jid = "__".join(p for p in (run_cfg.name, cell, s, f"seed{seed}") if p)
+                    jobs.append(Job(id=jid, benchmark=run_cfg.name, config=str(f), overrides=overrides, cell=cell,
+                                    strategy=s, seed=seed, results=str(results)))
+    return Sweep(config=cfg, source=str(path), output=out, jobs=jobs)
+
+
+def output_of(path: str | Path) -> Path:
+    """The output folder a sweep file names (without expanding it)."""
+    data = load_yaml(path)
+    if "output" not in data:
+        raise ConfigError("output: required key is missing")
+    return Path(convert(str, data["output"], "output")).expanduser().resolve()
+
+
+def write_sweep(sweep: Sweep) -> Path:
+    """Write ``<output>/sweep.json`` (the job list every job and ``--status`` read)."""
+    from lamm_cl.results import atomic_write_text
+
+    sweep.output.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(sweep.output / SWEEP_FILE, json.dumps(sweep.to_dict(), indent=1) + "\n")
+
+
+def read_sweep(output: str | Path) -> Sweep:
+    """The sweep written in an output folder.
+
+    Raises:
+        UserError: the folder holds no ``sweep.json``, or it is unreadable.
+    """
+    from lamm_cl.errors import UserError
+
+    f = Path(output) / SWEEP_FILE
+    try:
+        return Sweep.from_dict(json.loads(f.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UserError(f"{output}: not a sweep output folder (no {SWEEP_FILE}); start it with lamm-cl sweep") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{f}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def is_sweep_output(folder: str | Path) -> bool:
+    """True when ``folder`` is the output folder of a sweep."""
+    return (Path(folder) / SWEEP_FILE).is_file()

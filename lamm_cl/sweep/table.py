@@ -1,0 +1,226 @@
+"""The table of a whole sweep: rows strategies, columns datasets and their mean, cells Last and
+Avg as mean ± std over seeds, one table per grid cell; from result files only.
+
+``build_table(output)`` writes ``<output>/table.md``, ``<output>/table.csv`` and one plot per
+grid cell, ``<output>/plots/last_per_dataset[_<cell>].png`` (Last accuracy per dataset and
+strategy). Published figures are put beside the table where they match: a dataset's own
+(Continual-CLIP's CIFAR-100) under that dataset, an 11-CoOp-dataset average (the LAMM paper's)
+under the mean when the table holds exactly the 11 CoOp datasets.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lamm_cl.errors import UserError
+from lamm_cl.results import atomic_write_text, find_runs
+from lamm_cl.sweep.spec import read_sweep
+
+METRICS = (("last_accuracy", "Last"), ("avg_incremental_accuracy", "Avg"))
+MEAN = "mean"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; NaN for one value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
+
+
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def collect(output: str | Path) -> dict[str, dict]:
+    """``{cell: {"datasets": [...], "strategies": [...], "values": {(strategy, dataset): {metric: {seed: v}}},
+    "configs": {dataset: config}, "n_experiences": {dataset: T}}}`` from the finished runs of a sweep."""
+    sweep = read_sweep(output)
+    cells: dict[str, dict] = {}
+    folders = {}
+    for j in sweep.jobs:  # keep the sweep's order of benchmarks and strategies
+        folders.setdefault((j.cell, j.benchmark), j.results)
+        c = cells.setdefault(j.cell, {"datasets": [], "strategies": [], "values": {}, "configs": {},
+                                      "n_experiences": {}})
+        if j.benchmark not in c["datasets"]:
+            c["datasets"].append(j.benchmark)
+        if j.strategy not in c["strategies"]:
+            c["strategies"].append(j.strategy)
+    wanted = {(j.cell, j.benchmark, j.strategy, j.seed) for j in sweep.jobs}
+    for (cell, bench), folder in folders.items():
+        if not Path(folder).is_dir():
+            continue
+        for run in find_runs(folder):
+            if (cell, bench, run.strategy, run.seed) not in wanted:
+                continue  # a run the sweep did not ask for (an older grid, a manual run)
+            c = cells[cell]
+            s = run.summary()
+            slot = c["values"].setdefault((run.strategy, bench), {m: {} for m, _ in METRICS})
+            for m, _ in METRICS:
+                slot[m][run.seed] = s[m]
+            c["configs"].setdefault(bench, run.config)
+            c["n_experiences"].setdefault(bench, run.n_experiences)
+    if not any(c["values"] for c in cells.values()):
+        raise UserError(f"{output}: no finished runs of this sweep yet (see lamm-cl sweep SWEEP.yaml --status)")
+    return cells
+
+
+def cell_rows(c: dict) -> list[dict[str, Any]]:
+    """One row per strategy: ``{strategy, (dataset, metric): (mean, std, n_seeds)}`` including the mean column.
+
+    The mean column averages, seed by seed, over the datasets (only seeds every dataset has),
+    then gives mean ± std over those seeds; it is blank when a dataset has no finished run.
+    """
+    rows = []
+    for strategy in c["strategies"]:
+        row: dict[str, Any] = {"strategy": strategy}
+        for m, _ in METRICS:
+            per_dataset = [c["values"].get((strategy, d), {}).get(m, {}) for d in c["datasets"]]
+            for d, seeds in zip(c["datasets"], per_dataset):
+                row[d, m] = (*_mean_std(list(seeds.values())), len(seeds)) if seeds else (math.nan, math.nan, 0)
+            common = set.intersection(*(set(s) for s in per_dataset)) if all(per_dataset) else set()
+            if common:
+                row[MEAN, m] = (*_mean_std([float(np.mean([s[k] for s in per_dataset])) for k in sorted(common)]),
+                                len(common))
+            else:
+                row[MEAN, m] = (math.nan, math.nan, 0)
+        rows.append(row)
+    return rows
+
+
+def published_rows(c: dict) -> list[dict[str, Any]]:
+    """Published figures that match this table: ``{label, (column, metric): value}``."""
+    from lamm_cl.report import COOP_DATASETS, match_published
+
+    by_label: dict[str, dict[str, Any]] = {}
+    coop = {}
+    for d in c["datasets"]:
+        cfg = c["configs"].get(d)
+        if cfg is None:
+            continue
+        for p in match_published(cfg, c["n_experiences"][d]):
+            label = f"published: {p['method']} ({p['source'].split(',')[0]})"
+            metric = {"accuracy": "last_accuracy"}.get(p["metric"], p["metric"])
+            if p["dataset"] == "coop11":
+                coop.setdefault(label, {})[d, metric] = float(p["value"])
+            else:
+                by_label.setdefault(label, {"label": label})[d, metric] = float(p["value"])
+    datasets = {str((c["configs"].get(d) or {}).get("benchmark", {}).get("dataset", "")) for d in c["datasets"]}
+    if datasets == set(COOP_DATASETS) and len(c["datasets"]) == len(COOP_DATASETS):
+        for label, vals in coop.items():  # an 11-dataset average: comparable with our mean column only
+            row = by_label.setdefault(label, {"label": label})
+            for (_, metric), v in vals.items():
+                row[MEAN, metric] = v
+    return list(by_label.values())
+
+
+def _columns(c: dict) -> list[str]:
+    return [*c["datasets"], MEAN]
+
+
+def _markdown(cells: dict[str, dict], plots: dict[str, str]) -> str:
+    lines = ["# Sweep results", "",
+             "Rows: strategies. Columns: each benchmark's Last (accuracy after the last experience, %) and Avg "
+             "(average incremental accuracy, %), mean ± std over seeds, then their mean over the benchmarks "
+             "(averaged seed by seed). Published figures, where they match the dataset, split, shots and "
+             "weights, are shown below each table; they come from other code bases.", ""]
+    for cell, c in cells.items():
+        if cell:
+            lines += [f"## {cell}", ""]
+        header = ["strategy"] + [f"{d} {name}" for d in _columns(c) for _, name in METRICS]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for row in cell_rows(c):
+            cells_text = [_pm(*row[d, m][:2]) for d in _columns(c) for m, _ in METRICS]
+            lines.append("| " + " | ".join([row["strategy"], *cells_text]) + " |")
+        for row in published_rows(c):
+            cells_text = [f"{row[d, m]:.2f}" if (d, m) in row else "" for d in _columns(c) for m, _ in METRICS]
+            lines.append("| " + " | ".join([row["label"], *cells_text]) + " |")
+        seeds = sorted({n for row in cell_rows(c) for d in _columns(c) for m, _ in METRICS
+                        for n in [row[d, m][2]] if n})
+        lines += ["", f"Seeds per cell: {', '.join(map(str, seeds)) or 'none'}.", ""]
+        if cell in plots:
+            lines += [f"![Last accuracy per dataset]({plots[cell]})", ""]
+    return "\n".join(lines)
+
+
+def _csv(cells: dict[str, dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["cell", "strategy", "dataset", "last_mean", "last_std", "avg_mean", "avg_std", "n_seeds"])
+
+    def num(x: float) -> str:
+        return "" if math.isnan(x) else repr(float(x))
+
+    for cell, c in cells.items():
+        for row in cell_rows(c):
+            for d in _columns(c):
+                (lm, ls, n), (am, as_, _) = row[d, "last_accuracy"], row[d, "avg_incremental_accuracy"]
+                w.writerow([cell, row["strategy"], d, num(lm), num(ls), num(am), num(as_), n])
+        for row in published_rows(c):
+            for d in _columns(c):
+                if (d, "last_accuracy") in row or (d, "avg_incremental_accuracy") in row:
+                    w.writerow([cell, row["label"], d, num(row.get((d, "last_accuracy"), math.nan)), "",
+                                num(row.get((d, "avg_incremental_accuracy"), math.nan)), "", ""])
+    return buf.getvalue()
+
+
+def _plot(c: dict, title: str):
+    from lamm_cl import plots
+
+    fig, axes = plots._figure(max(5.0, 1.2 * len(c["datasets"]) + 2), 3.6)
+    ax = axes[0]
+    rows = cell_rows(c)
+    colors = plots.strategy_colors([r["strategy"] for r in rows])
+    width = 0.8 / max(1, len(rows))
+    x = np.arange(len(c["datasets"]))
+    for i, row in enumerate(rows):
+        means = [row[d, "last_accuracy"][0] for d in c["datasets"]]
+        stds = [0.0 if math.isnan(row[d, "last_accuracy"][1]) else row[d, "last_accuracy"][1] for d in c["datasets"]]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               color=colors[row["strategy"]], label=row["strategy"])
+    ax.set_xticks(x)
+    ax.set_xticklabels(c["datasets"], rotation=30, ha="right")
+    ax.set_ylabel("Last accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=min(4, len(rows)))
+    return fig
+
+
+def build_table(output: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Write ``table.md``, ``table.csv`` and the per-dataset Last plot(s) of the sweep in ``output``.
+
+    Returns:
+        Every path written.
+
+    Raises:
+        UserError: not a sweep output folder, or no finished run of the sweep in it.
+    """
+    from lamm_cl import plots
+
+    output = Path(output)
+    cells = collect(output)
+    cells = {k: c for k, c in cells.items() if c["values"]}
+    written: list[Path] = []
+    links: dict[str, str] = {}
+    for cell, c in cells.items():
+        stem = "last_per_dataset" + (f"_{plots.safe_name(cell)}" if cell else "")
+        written += plots.save_figure(_plot(c, "Last accuracy per dataset" + (f" ({cell})" if cell else "")),
+                                     output / "plots" / stem, formats)
+        links[cell] = f"plots/{stem}.{formats[0]}"
+    written.append(atomic_write_text(output / "table.csv", _csv(cells)))
+    written.append(atomic_write_text(output / "table.md", _markdown(cells, links)))
+    return written
+
+
+def table_lines(output: str | Path) -> Optional[list[str]]:
+    """The markdown table, for printing after a sweep (None when nothing finished yet)."""
+    try:
+        return _markdown(collect(output), {}).splitlines()
+    except UserError:
+        return None

@@ -1,0 +1,139 @@
+"""MaPLe + LAMM: MaPLe's deep multi-modal prompts and LAMM's per-class label vectors train together under
+LAMM's hierarchical loss -- the third prompt family of the LAMM paper (reference: ``trainers/maple.py`` in
+gaojingsheng/LAMM).
+
+t0, the target of the feature and logits terms, is the same prompt through the same deep prompts with the
+words in place of the label vectors; it is encoded in the same text pass as t and carries gradient into the
+shared prompts (only the feature term detaches it), as the reference's ``_get_origin_feature`` does.
+
+Two layouts:
+
+* ``name`` (default): label vectors in place of the name's first k pieces, as ``lamm`` places them.
+* ``reference``: what produced the published MaPLe+LAMM figure. The reference hard-codes k = 1
+  (``self.min_len = 1``) and builds ``[SOS] ctx [M_c] token_suffix`` with
+  ``token_suffix = embedding[:, 1 + 1 + n_ctx:]``: with n_ctx 2 and "a photo of a", the label vector
+  takes the place of the word "of" and the whole name follows ("a" name "."). Its t0 is the plain MaPLe
+  prompt (``token_suffix_test = embedding[:, 1 + n_ctx:]``), i.e. the word "of" back in that slot,
+  while L_param still anchors M_c to the name's first piece.
+
+Class-incrementally the shared prompts and couplings train on every experience (``freeze_after_first``
+as in coop); each experience appends label vectors for its classes and freezes the earlier ones.
+Reads images every step: no feature cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+import torch
+from avalanche.training.templates import SupervisedTemplate
+
+from lamm_cl.errors import ConfigError
+from lamm_cl.losses import LammWeights, lamm_loss
+from lamm_cl.model.deep_prompts import MapleClassifier
+from lamm_cl.model.labels import LabelTable
+from lamm_cl.registry import register_strategy
+from lamm_cl.strategies.lamm import LossOptions
+from lamm_cl.strategies.maple import MapleOptions, MapleTemplate, maple_plugins, maple_prompts
+from lamm_cl.training import StrategyContext, sgd
+
+
+@dataclass
+class MapleLossOptions(LossOptions):
+    # lambda_p = 1: the reference's MaPLe scripts pass no --shots, so its `1 / self.shots` is 1
+    param: Union[float, Literal["auto"]] = 1.0  # lambda_p; auto: 1/shots when few-shot, else 1
+
+
+@dataclass
+class MapleLammOptions(MapleOptions):
+    label_tokens: Union[Literal["min", "all"], int] = "min"  # vectors per class (layout: name); reference: 1
+    label_init: Literal["name", "random"] = "name"  # from the name's embeddings, or N(0, 0.02^2)
+    softmax: Literal["seen", "current"] = "seen"  # training softmax over every seen class, or the current task's
+    layout: Literal["name", "reference"] = "name"  # name: in place of the name's first k pieces;
+    #                                                reference: one vector after the context, whole name kept
+    loss: MapleLossOptions = field(default_factory=MapleLossOptions)
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if isinstance(self.label_tokens, int) and self.label_tokens < 1:
+            raise ConfigError(f"{path}.label_tokens: expected min, all or a positive integer, got {self.label_tokens}")
+        if self.layout == "reference" and self.label_tokens not in ("min", 1):
+            raise ConfigError(f"{path}.label_tokens: layout: reference has one label vector per class; "
+                              f"leave label_tokens out or use layout: name (got {self.label_tokens!r})")
+        if self.loss.temperature <= 0:
+            raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
+        for key in ("param", "feature", "logits"):
+            v = getattr(self.loss, key)
+            if v != "auto" and v < 0:
+                raise ConfigError(f"{path}.loss.{key}: expected 0 or more, got {v}")
+
+    def weights(self, shots: Optional[int]) -> LammWeights:
+        """Resolve ``auto`` and return the loss weights."""
+        lp = self.loss.param
+        if lp == "auto":
+            lp = 1.0 / shots if shots else 1.0
+        return LammWeights(param=float(lp), feature=self.loss.feature, logits=self.loss.logits,
+                           temperature=self.loss.temperature, logits_kind=self.loss.logits_kind)
+
+
+def maple_lamm_objective(model: MapleClassifier, logits: torch.Tensor, y: torch.Tensor,
+                         weights: LammWeights, softmax: str = "seen"):
+    """CE + LAMM's three terms for one batch, from what the model's forward left behind
+    (``last_image``, ``last_text``, ``last_original``).
+
+    Returns:
+        ``(loss, parts)`` as :func:`lamm_cl.losses.lamm_loss` does.
+    """
+    table = model.labels
+    classes = list(model.classes)
+    if softmax == "current":
+        keep = set(table.trainable) | {int(c) for c in y.unique()}
+        classes = [c for c in classes if c in keep]
+    col = {c: i for i, c in enumerate(model.classes)}
+    cols = torch.tensor([col[c] for c in classes], device=logits.device)
+    pos = torch.full((max(model.classes) + 1,), -1, dtype=torch.long, device=y.device)
+    pos[torch.tensor(classes, device=y.device)] = torch.arange(len(classes), device=y.device)
+    target = pos[y]
+    t, t0 = model.last_text[cols], model.last_original[cols]
+    z = logits[:, cols]
+    z0 = model.logit_scale * model.last_image @ t0.t()
+    pairs = [(table.vectors[str(c)], table.original(c)) for c in table.trainable]
+    return lamm_loss(z, z0, target, t[target], t0[target], pairs, weights)
+
+
+class MapleLammTemplate(MapleTemplate):
+    """MaPLe's template whose training criterion is the LAMM objective (plain CE in evaluation)."""
+
+    def __init__(self, *, weights: LammWeights, softmax: str = "seen", **kwargs):
+        super().__init__(**kwargs)
+        self.weights = weights
+        self.softmax = softmax
+        self.loss_parts: dict[str, float] = {}
+
+    def criterion(self):
+        if not self.is_training:
+            return torch.nn.functional.cross_entropy(self.mb_output, self.mb_y)
+        loss, self.loss_parts = maple_lamm_objective(self.model, self.mb_output, self.mb_y,
+                                                     self.weights, self.softmax)
+        return loss
+
+
+def maple_lamm_model(ctx: StrategyContext, opts: MapleLammOptions) -> MapleClassifier:
+    """The MaPLe classifier with a growing label table in the chosen layout."""
+    prompts, learner = maple_prompts(ctx, opts, "maple_lamm")
+    k = 1 if opts.layout == "reference" else opts.label_tokens
+    table = LabelTable(ctx.clip.model.token_embedding.weight, prompts, k, opts.label_init)
+    model = MapleClassifier(ctx.clip, prompts, learner, labels=table, label_slot=opts.layout)
+    model.keep_original = True
+    return model
+
+
+@register_strategy("maple_lamm", options=MapleLammOptions, inputs="images")
+def build(ctx: StrategyContext, opts: MapleLammOptions) -> SupervisedTemplate:
+    """MaPLe+LAMM: trains MaPLe's prompts and the current classes' label vectors under LAMM's loss; reads images."""
+    model = maple_lamm_model(ctx, opts)
+    optimizer = sgd([torch.nn.Parameter(torch.zeros(0))], opts)  # Avalanche refills it with the model's parameters
+    kw = ctx.template_kwargs(opts)
+    kw["plugins"].extend(maple_plugins(opts, optimizer))
+    return MapleLammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
+                             softmax=opts.softmax, **kw)

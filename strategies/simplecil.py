@@ -1,0 +1,139 @@
+"""SimpleCIL: the prototype classifier on frozen image features.
+
+Zhou, Cai, Ye, Zhan, Liu, "Revisiting Class-Incremental Learning with Pre-Trained Models:
+Generalizability and Adaptivity are All You Need", IJCV 2024 (arXiv 2303.07338); reference code
+sun-hailong/LAMDA-PILOT ``models/simplecil.py``. Each class's prototype is the mean of its frozen
+image features over its training images; a test feature is scored by its cosine to every prototype
+(PILOT's ``SimpleVitNet`` head is a ``CosineLinear`` that normalises both sides). Nothing is trained:
+one pass over each experience fills in the prototypes of its classes, and those of earlier classes
+never change.
+
+As in the reference (``replace_fc``), the prototype is the mean of the *raw* features (not of
+normalised ones) and the pass reads the un-augmented view. The reference's ``CosineLinear`` multiplies
+the cosines by a learnable scale that SimpleCIL never trains (it stays 1); here the scores are the
+cosines themselves. Deviations: the features are CLIP's projected image embeddings from the shared
+feature store (PILOT's SimpleCIL runs a timm ViT's pooled features); with ``features.train_views > 0``
+and ``epochs > 1`` the prototype is the mean over every view seen, a choice the reference does not
+offer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from avalanche.models import DynamicModule
+from avalanche.training.templates import SupervisedTemplate
+
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.training import StrategyContext
+
+
+class SeenClasses(DynamicModule):
+    """Keeps ``seen``, a flag per benchmark class, set for the classes of every experience adapted to.
+
+    The model's output has one column per seen class: labels ``0..n_seen-1``, the benchmark's
+    class order (a class that is not flagged yet gets ``-inf``, so it never wins).
+    """
+
+    def __init__(self, n_classes: int):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))
+
+    def adaptation(self, experience) -> None:
+        """Avalanche hook, before training and evaluating an experience: flag its classes."""
+        for c in experience.classes_in_this_experience:
+            self.seen[int(c)] = True
+
+    @property
+    def n_seen(self) -> int:
+        """Output width: one past the largest seen label (0 before any experience)."""
+        idx = torch.nonzero(self.seen).flatten()
+        return int(idx.max()) + 1 if len(idx) else 0
+
+    def restrict(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores [B, n_classes]`` cut to the seen columns, unseen ones (gaps) at ``-inf``."""
+        n = self.n_seen
+        return scores[:, :n].masked_fill(~self.seen[:n], float("-inf"))
+
+
+class Prototypes(SeenClasses):
+    """Per-class sums and counts of raw image features; scores are cosines to the class means.
+
+    Args:
+        n_classes: classes in the whole benchmark (buffers are sized for all of them up front, so a
+            checkpoint's state fits a freshly built model).
+        dim: feature width.
+    """
+
+    def __init__(self, n_classes: int, dim: int):
+        super().__init__(n_classes)
+        self.register_buffer("sums", torch.zeros(n_classes, dim, dtype=torch.float64))
+        self.register_buffer("counts", torch.zeros(n_classes, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch of features ``x [B, dim]`` with labels ``y [B]`` to their classes' sums."""
+        # float64 sums: a class mean over thousands of images does not drift with the batch order
+        self.sums.index_add_(0, y, x.detach().to(self.sums.dtype))
+        self.counts.index_add_(0, y, torch.ones(len(y), dtype=self.counts.dtype, device=y.device))
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """``[n_classes, dim]`` class means (zero rows for classes with no sample yet)."""
+        return (self.sums / self.counts.clamp(min=1).unsqueeze(1)).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = normalize(x.float()) @ normalize(self.prototypes).t()
+        return self.restrict(scores)
+
+
+class StatisticsTemplate(SupervisedTemplate):
+    """A template whose training is a pass that hands every batch to ``model.update(x, y)``:
+    no loss, no backward, no optimiser step. After the experience's last pass it calls
+    ``model.finish_experience()`` when the model has one (RanPAC solves its ridge there)."""
+
+    def make_optimizer(self, **kwargs):
+        pass  # nothing to optimise
+
+    def training_epoch(self, **kwargs):
+        for self.mbatch in self.dataloader:  # noqa: B020 (Avalanche's own loop form: plugins read self.mbatch)
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            self.model.update(self.mb_x, self.mb_y)
+            self.loss = self._make_empty_loss()  # plugins read the loss after each iteration
+            self._after_training_iteration(**kwargs)
+
+    def _after_training_exp(self, **kwargs):
+        finish = getattr(self.model, "finish_experience", None)
+        if finish is not None:
+            finish()
+        super()._after_training_exp(**kwargs)
+
+
+def idle_optimizer() -> torch.optim.Optimizer:
+    """An optimiser object over no real parameter: the template wants one."""
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+
+
+@dataclass
+class SimpleCILOptions(StrategyOptions):
+    epochs: int = 1  # one pass collects the prototypes (more passes average more views)
+    batch_size: int = 128  # PILOT's batch_size; it only sets the pass's chunk size
+    lr: float = 0.0  # nothing trains
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if self.epochs < 1:
+            raise ConfigError(f"{path}.epochs: SimpleCIL needs one pass over the data to build its prototypes; "
+                              f"got {self.epochs}")
+
+
+@register_strategy("simplecil", options=SimpleCILOptions)
+def build(ctx: StrategyContext, opts: SimpleCILOptions) -> SupervisedTemplate:
+    """SimpleCIL (Zhou et al., IJCV 2024): cosine to each class's mean frozen image feature; trains nothing."""
+    model = Prototypes(len(ctx.class_names), ctx.clip.embed_dim)
+    return StatisticsTemplate(model=model, optimizer=idle_optimizer(), **ctx.template_kwargs(opts))

@@ -1,0 +1,359 @@
+"""MaPLe and MaPLe+LAMM: where the deep prompts enter open_clip's towers, what trains, the reference
+layout, and both strategies end to end through the runner on the tiny random-weight CLIP."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from avalanche.training.plugins import SupervisedPlugin
+
+from lamm_cl import config, runner
+from lamm_cl.benchmark import dry_run
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import FrozenCLIP
+from lamm_cl.model.deep_prompts import MapleClassifier, encode_image_deep
+from lamm_cl.registry import get_strategy
+from lamm_cl.strategies.maple import MapleOptions, maple_prompts
+from lamm_cl.strategies.maple_lamm import MapleLammOptions, maple_lamm_model
+from lamm_cl.training import StrategyContext
+
+NAMES = ["cat", "golden retriever", "car"]
+
+
+def context_of(clip, names=NAMES) -> StrategyContext:
+    return StrategyContext(clip=clip, class_names=list(names), template="a photo of a {}.",
+                           device=torch.device("cpu"), seed=0)
+
+
+def maple_model(clip, **opts) -> MapleClassifier:
+    torch.manual_seed(0)
+    prompts, learner = maple_prompts(context_of(clip), MapleOptions(**opts))
+    model = MapleClassifier(clip, prompts, learner)
+    model.classes = list(range(len(NAMES)))
+    return model
+
+
+@pytest.fixture(scope="module")
+def deep_clip():
+    """A 3-block CLIP whose towers differ in width (text 32, vision 48), so that couplings change width
+    and a depth-2 prompt stops before the last block."""
+    torch.manual_seed(1)
+    model = open_clip.model.CLIP(
+        embed_dim=24,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=3, width=48, head_width=16, patch_size=8, image_size=32),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=3))
+    return FrozenCLIP(model, None, open_clip.get_tokenizer("ViT-B-32"), "test-3-blocks", "none", torch.device("cpu"))
+
+
+def images(n=3, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- the towers
+
+
+def test_text_tower_at_depth_1_is_clip_on_the_prompt_words(tiny_clip):
+    # the context starts as the embeddings of "a photo": with no deeper prompt, the text tower must give
+    # exactly CLIP's own features of the written prompt
+    model = maple_model(tiny_clip, prompt_depth=1)
+    with torch.no_grad():
+        t = model.encode_text([0, 1, 2])
+    expect = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
+    torch.testing.assert_close(t, expect, rtol=0, atol=1e-6)
+
+
+def test_image_tower_without_prompts_is_clip(tiny_clip, deep_clip):
+    for clip in (tiny_clip, deep_clip):
+        x = images()
+        with torch.no_grad():
+            torch.testing.assert_close(encode_image_deep(clip, x, []), clip.encode_images(x), rtol=0, atol=1e-6)
+
+
+class BlockInputs:
+    """Records the input and output of every block of a transformer."""
+
+    def __init__(self, transformer):
+        self.inputs, self.outputs = {}, {}
+        self.handles = []
+        for i, block in enumerate(transformer.resblocks):
+            self.handles.append(block.register_forward_pre_hook(
+                lambda m, args, kw, i=i: self.inputs.__setitem__(i, (args[0] if args else kw["q_x"]).detach()),
+                with_kwargs=True))
+            self.handles.append(block.register_forward_hook(
+                lambda m, args, out, i=i: self.outputs.__setitem__(i, out.detach())))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_deep_prompts_take_their_positions_at_their_layers(deep_clip):
+    model = maple_model(deep_clip, prompt_depth=2)
+    learner = model.learner
+    n = 2
+    text = BlockInputs(deep_clip.model.transformer)
+    vision = BlockInputs(deep_clip.model.visual.transformer)
+    try:
+        with torch.no_grad():
+            model.encode_text([0, 1, 2])
+            model.image_features(images())
+    finally:
+        text.remove()
+        vision.remove()
+    with torch.no_grad():
+        pos = deep_clip.model.positional_embedding
+        ctx = learner.context
+        # text: the context (plus positions) at 1..n going into block 0, layer 1's prompt replacing them before block 1
+        torch.testing.assert_close(text.inputs[0][:, 1:1 + n], (ctx + pos[1:1 + n]).expand(3, -1, -1))
+        torch.testing.assert_close(text.inputs[1][:, 1:1 + n], learner.text_deep[0].expand(3, -1, -1))
+        # the rest of the stream is the previous block's output, untouched
+        torch.testing.assert_close(text.inputs[1][:, 1 + n:], text.outputs[0][:, 1 + n:])
+        torch.testing.assert_close(text.inputs[1][:, :1], text.outputs[0][:, :1])
+        # beyond the depth nothing is replaced
+        torch.testing.assert_close(text.inputs[2], text.outputs[1])
+        # vision: n tokens appended after class token + 16 patches, coupled from the text prompt of each layer
+        v = deep_clip.model.visual
+        assert vision.inputs[0].shape == (3, 1 + 16 + n, 48)
+        torch.testing.assert_close(vision.inputs[0][:, -n:], v.ln_pre(learner.couplings[0](ctx)).expand(3, -1, -1))
+        torch.testing.assert_close(vision.inputs[1][:, -n:], learner.couplings[1](learner.text_deep[0]).expand(3, -1, -1))
+        torch.testing.assert_close(vision.inputs[1][:, :-n], vision.outputs[0][:, :-n])
+        torch.testing.assert_close(vision.inputs[2], vision.outputs[1])
+
+
+def test_a_depth_j_prompt_changes_the_output_and_none_exists_beyond_the_depth(deep_clip):
+    model = maple_model(deep_clip, prompt_depth=2)
+    learner = model.learner
+    assert len(learner.text_deep) == 1 and len(learner.couplings) == 2
+    x = images()
+    with torch.no_grad():
+        t, f = model.encode_text([0, 1, 2]), model.image_features(x)
+        # a random change: a constant one would vanish in the LayerNorms
+        learner.text_deep[0].add_(torch.randn(2, 32, generator=torch.Generator().manual_seed(3)))
+        t2, f2 = model.encode_text([0, 1, 2]), model.image_features(x)
+    assert (t2 - t).abs().max() > 1e-3 and (f2 - f).abs().max() > 1e-3
+    # depth 3 uses every block; depth 4 would need a fourth
+    assert len(maple_model(deep_clip, prompt_depth=3).learner.text_deep) == 2
+    with pytest.raises(ConfigError, match="prompt_depth: 4 asked.*3 blocks"):
+        maple_model(deep_clip, prompt_depth=4)
+
+
+def test_depth_1_has_only_the_input_context_and_the_first_coupling(tiny_clip):
+    model = maple_model(tiny_clip, prompt_depth=1)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names == {"learner.context", "learner.couplings.0.weight", "learner.couplings.0.bias"}
+    assert model.learner.couplings[0].weight.shape == (64, 64)
+
+
+def test_couplings_map_text_width_to_vision_width(deep_clip):
+    learner = maple_model(deep_clip, prompt_depth=3).learner
+    assert [c.weight.shape for c in learner.couplings] == [(48, 32)] * 3
+    assert learner.context.shape == (2, 32)
+    # MaPLe clones one Linear for the deeper layers; the input's coupling is its own draw
+    assert torch.equal(learner.couplings[1].weight, learner.couplings[2].weight)
+    assert not torch.equal(learner.couplings[0].weight, learner.couplings[1].weight)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def test_gradients_reach_every_prompt_coupling_and_label_vector_and_no_clip_weight(deep_clip):
+    torch.manual_seed(0)
+    model = maple_lamm_model(context_of(deep_clip), MapleLammOptions(prompt_depth=3))
+    model.labels.add_classes([0, 1, 2])
+    model.classes = [0, 1, 2]
+    model.train()
+    logits = model(images(4))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+    assert all(p.grad is None for p in deep_clip.model.parameters())
+    # t0 (no label vectors) carries gradient into every text prompt, not into the label vectors
+    model.zero_grad()
+    model(images(4))
+    model.last_original.sum().backward()
+    assert all(p.grad.abs().sum() > 0 for p in model.learner.text_prompts())
+    assert all(v.grad is None or v.grad.abs().sum() == 0 for v in model.labels.vectors.values())
+
+
+def test_maple_lamm_encodes_all_prompts_in_one_text_pass_per_step(tiny_clip, monkeypatch):
+    import lamm_cl.model.deep_prompts as dp
+
+    calls = []
+    real = dp.encode_text_deep
+    monkeypatch.setattr(dp, "encode_text_deep", lambda clip, emb, *a, **k: calls.append(emb.shape[0]) or real(clip, emb, *a, **k))
+    model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2))
+    model.labels.add_classes([0, 1, 2])
+    model.classes = [0, 1, 2]
+    model.train()
+    model(images())
+    assert calls == [6]  # t and t0 of the three classes, together
+    calls.clear()
+    model.eval()
+    model(images())
+    model(images(seed=1))
+    assert calls == [3]  # evaluation: every class once, then from the cache
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_prompt_layouts_for_a_known_class_name(tiny_clip):
+    emb = tiny_clip.model.token_embedding.weight
+    tok = tiny_clip.token_ids
+    assert tok("cat") == [2368] and tok("a photo of a") == [320, 1125, 539, 320] and tok(".") == [269]
+    sos, a, of, cat, dot, eot = (emb[i] for i in (tiny_clip.sos_id, 320, 539, 2368, 269, tiny_clip.eot_id))
+    m = torch.full((1, 64), 0.5)
+    for layout, expected_words in [
+        # reference: [SOS] ctx ctx [M] "a" "cat" "." [EOT] -- the vector where "of" was, the whole name kept
+        ("reference", lambda c: [sos, c[0], c[1], m[0], a, cat, dot, eot]),
+        # name (lamm's layout): [SOS] ctx ctx "of" "a" [M] "." [EOT]
+        ("name", lambda c: [sos, c[0], c[1], of, a, m[0], dot, eot]),
+    ]:
+        model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2, layout=layout))
+        ctx = model.learner.context
+        with torch.no_grad():
+            got, eot_pos = model.prompt_embeddings([0], {0: m})
+            torch.testing.assert_close(got[0], torch.stack(expected_words(ctx)), rtol=0, atol=0)
+            assert eot_pos.tolist() == [7]
+            # t0: the words back in the slot -- "a photo of a cat." with the context in front
+            plain, _ = model.prompt_embeddings([0])
+            torch.testing.assert_close(plain[0], torch.stack([sos, ctx[0], ctx[1], of, a, cat, dot, eot]))
+        # the label vector starts from (and L_param anchors to) the name's first piece in both layouts
+        model.labels.add_classes([0, 1])
+        assert torch.equal(model.labels.original(0), emb[[2368]])
+        assert model.labels.original(1).shape[0] == 1  # "golden retriever": k = min = 1 here, 1 by force in reference
+
+
+def test_reference_layout_allows_one_label_vector_only():
+    with pytest.raises(ConfigError, match="label_tokens.*reference"):
+        MapleLammOptions(layout="reference", label_tokens=2).validate("strategies[0]")
+    MapleLammOptions(layout="reference", label_tokens=1).validate("strategies[0]")
+    assert MapleLammOptions().weights(16).param == 1.0  # lambda_p = 1, as the reference script runs it
+    assert (MapleOptions().epochs, MapleOptions().batch_size, MapleOptions().lr) == (5, 4, 0.0035)
+
+
+def test_ctx_init_shorter_than_n_ctx_is_a_config_error(tiny_clip):
+    with pytest.raises(ConfigError, match="n_ctx"):
+        maple_prompts(context_of(tiny_clip), MapleOptions(n_ctx=5, prompt_depth=1))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+class Snapshot(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.after = []
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.after.append({k: v.detach().clone() for k, v in strategy.model.state_dict().items()})
+
+
+def run_capturing(data: dict, out) -> tuple[dict, list]:
+    """Run ``data`` through the runner; per strategy entry (by position): its template, snapshots, CLIP before."""
+    captured = []
+    with pytest.MonkeyPatch.context() as mp:
+        for name in {s["name"] for s in data["strategies"]}:
+            spec = get_strategy(name)
+
+            def build(ctx, opts, _orig=spec.build):
+                snap = Snapshot()
+                ctx.plugins.append(snap)
+                before = {k: v.clone() for k, v in ctx.clip.model.state_dict().items()}
+                template = _orig(ctx, opts)
+                captured.append(SimpleNamespace(template=template, snap=snap, clip=ctx.clip, before=before))
+                return template
+
+            mp.setattr(spec, "build", build)
+        records = runner.run(config.parse(data), out, progress=False)
+    return captured, records
+
+
+STRATEGIES = [
+    {"name": "maple", "epochs": 1, "prompt_depth": 2},
+    {"name": "maple_lamm", "epochs": 1, "prompt_depth": 2},
+]
+
+
+def quickstart_config(cache_dir, strategies=STRATEGIES, n_experiences=5) -> dict:
+    """The quickstart's benchmark (digits, 5 experiences of 2 classes, tiny random CLIP), fewer images."""
+    return {"name": "maple", "seeds": [0], "device": "cpu",
+            "benchmark": {"dataset": "digits", "n_experiences": n_experiences, "shots": 12, "class_order": "seeded",
+                          "order_seed": 0},
+            "model": {"arch": "lamm-tiny", "pretrained": "none"},
+            "features": {"cache": True, "cache_dir": str(cache_dir)},
+            "strategies": strategies}
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    out = tmp_path_factory.mktemp("maple") / "out"
+    data = quickstart_config(tmp_path_factory.mktemp("features"))
+    captured, records = run_capturing(data, out)
+    return SimpleNamespace(out=out, captured=captured, records=records)
+
+
+def test_both_run_end_to_end(e2e):
+    assert [r.strategy for r in e2e.records] == ["maple", "maple_lamm"]
+    for rec in e2e.records:
+        run = e2e.out / rec.strategy / "seed0"
+        A = rec.matrix
+        assert A.shape == (5, 5) and np.isnan(A[0, 1]) and not np.isnan(np.tril(A)).any()
+        counts = np.array(json.loads((run / "class_order.json").read_text())["test_counts"])
+        correct = np.tril(A) * counts[None, :] / 100
+        assert np.allclose(correct, np.round(correct), atol=1e-6)
+    assert get_strategy("maple").inputs == "images" and get_strategy("maple_lamm").inputs == "images"
+
+
+def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e):
+    for cap in e2e.captured:
+        now = cap.clip.model.state_dict()
+        assert all(torch.equal(now[k], v) for k, v in cap.before.items())
+        assert not any(p.requires_grad for p in cap.clip.model.parameters())
+    maple, lamm = e2e.captured
+    for cap in (maple, lamm):
+        after = cap.snap.after
+        for t in range(1, 5):  # the shared prompts and couplings move on every experience
+            for key in ("learner.context", "learner.text_deep.0", "learner.couplings.1.weight"):
+                assert not torch.equal(after[t][key], after[t - 1][key]), (key, t)
+    # maple_lamm: a class's label vector trains in its own experience, then stays bit-identical
+    order = e2e.records[1].experiences
+    after = lamm.snap.after
+    for t, classes in enumerate(order):
+        for c in classes:
+            assert not torch.equal(after[t][f"labels.vectors.{c}"], after[t][f"labels.m0_{c}"])
+            for later in range(t + 1, 5):
+                assert torch.equal(after[later][f"labels.vectors.{c}"], after[t][f"labels.vectors.{c}"])
+
+
+def test_freeze_after_first_stops_the_shared_prompts_not_the_label_vectors(tmp_path):
+    strategies = [{"name": "maple_lamm", "epochs": 1, "prompt_depth": 2, "layout": "reference",
+                   "freeze_after_first": True, "batch_size": 8}]
+    captured, records = run_capturing(quickstart_config(tmp_path / "f", strategies, n_experiences=3), tmp_path / "o")
+    (cap,) = captured
+    after = cap.snap.after
+    start = dict(cap.template.model.learner.named_parameters())
+    words = cap.clip.embed_tokens(torch.tensor([320, 1125]))  # "a photo": where the context started
+    assert not torch.equal(after[0]["learner.context"], words)  # it trained on experience 0 ...
+    for key in ("context", "text_deep.0", "couplings.0.weight", "couplings.1.weight"):
+        # ... and nothing shared moved after it
+        assert all(torch.equal(after[t][f"learner.{key}"], after[0][f"learner.{key}"]) for t in (1, 2)), key
+        assert not start[key].requires_grad
+    for t, classes in enumerate(records[0].experiences):
+        for c in classes:
+            assert not torch.equal(after[t][f"labels.vectors.{c}"], after[t][f"labels.m0_{c}"])
+    assert not np.isnan(np.tril(records[0].matrix)).any()
+
+
+def test_dry_run_says_they_read_images(digits):
+    cfg = config.parse(quickstart_config("/tmp/unused", [{"name": "maple", "prompt_depth": 2},
+                                                         {"name": "maple_lamm", "prompt_depth": 2},
+                                                         {"name": "lamm"}]))
+    lines = [line for line in dry_run(cfg) if line.startswith("strategy ")]
+    assert "reads images every step (no feature cache)" in lines[0] and "no feature cache" in lines[1]
+    assert "cached image features" in lines[2] and "no feature cache" not in lines[2]

@@ -1,0 +1,438 @@
+"""`lamm-cl sweep`: the grid, the local / Ray / submitit launchers, job state, and the sweep table.
+
+Every job here is a tiny offline run (digits, lamm-tiny with random weights, 1 epoch), so the
+numbers mean nothing; what is checked is that a sweep job gives exactly what `lamm-cl run`
+gives, that the image encoder runs once per image, and that the table adds up.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lamm_cl.cli import main
+
+BENCH = """\
+name: {name}
+device: cpu
+benchmark: {{dataset: digits, n_experiences: {T}, class_order: seeded, order_seed: 0}}
+model: {{arch: lamm-tiny, pretrained: none}}
+features: {{cache: true, cache_dir: {cache}}}
+strategies:
+  - name: zeroshot
+  - name: linear_probe
+    epochs: 1
+    lr: 0.01
+"""
+
+
+def _write_benchmarks(folder: Path, cache: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "digits_a.yaml").write_text(BENCH.format(name="digits_a", T=2, cache=cache))
+    (folder / "digits_b.yaml").write_text(BENCH.format(name="digits_b", T=5, cache=cache))
+
+
+def _sweep_file(tmp: Path, launcher: dict, **extra) -> Path:
+    data = {"name": "tiny", "benchmarks": ["bench/*.yaml"], "seeds": [1, 2], "output": str(tmp / "out"),
+            "launcher": launcher, **extra}
+    f = tmp / "sweep.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+def _matrix(run_dir: Path) -> np.ndarray:
+    return pd.read_csv(run_dir / "accuracy_matrix.csv", index_col=0).to_numpy()
+
+
+def _last_avg(run_dir: Path) -> tuple[float, float]:
+    """Last and Avg by hand: test-count-weighted rows of the accuracy matrix."""
+    A = _matrix(run_dir)
+    counts = np.array(json.loads((run_dir / "class_order.json").read_text())["test_counts"], dtype=float)
+    rows = [float(np.dot(A[i, : i + 1], counts[: i + 1]) / counts[: i + 1].sum()) for i in range(len(A))]
+    return rows[-1], float(np.mean(rows))
+
+
+# --------------------------------------------------------------------------- a worker-side encoder counter
+
+def count_encoder_calls() -> None:
+    """Local-launcher worker initializer: log how many images every image-encoder call gets."""
+    from lamm_cl.model.clip import FrozenCLIP
+
+    original = FrozenCLIP.encode_images
+    path = os.environ["SWEEP_TEST_ENCODER_LOG"]
+
+    def counted(self, images):
+        with open(path, "a") as f:
+            f.write(f"{len(images)}\n")
+        return original(self, images)
+
+    FrozenCLIP.encode_images = counted
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+def test_sweep_file_is_validated_and_expanded(tmp_path, capsys):
+    from lamm_cl.errors import ConfigError
+    from lamm_cl.sweep import load_sweep
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 2}, strategies=["linear_probe"],
+                    grid={"benchmark.order_seed": [0, 3]})
+    sweep = load_sweep(f)
+    # 2 files x 2 grid cells x 1 strategy x 2 seeds, each with its own run folder
+    assert len(sweep.jobs) == 8
+    assert len({j.run_dir for j in sweep.jobs}) == 8
+    job = next(j for j in sweep.jobs if j.benchmark == "digits_b" and j.cell == "order_seed=3" and j.seed == 2)
+    assert job.run_dir == tmp_path / "out" / "digits_b" / "order_seed=3" / "linear_probe" / "seed2"
+    assert job.run_overrides() == ["benchmark.order_seed=3", "seeds=[2]"]
+
+    def error(**changes) -> str:
+        bad = yaml.safe_load(f.read_text())
+        bad.update(changes)
+        f.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError) as e:
+            load_sweep(f)
+        f.write_text(yaml.safe_dump(yaml.safe_load(_sweep_file(tmp_path, {"name": "local"}).read_text())))
+        return str(e.value)
+
+    assert "workerz" in error(workerz=2) and "unknown key" in error(workerz=2)
+    assert "matches no file" in error(benchmarks=["lamm_paper/*.yaml"])  # a glob that matches nothing yet
+    assert "has no strategy coop" in error(strategies=["coop"])
+    assert "seeds" in error(seeds="1")
+    assert "grid.benchmark.shots" in error(grid={"benchmark.shots": 4})
+    # and on the command line: one line, exit 2
+    bad = yaml.safe_load(f.read_text())
+    bad["launcher"] = {"name": "kubernetes"}
+    f.write_text(yaml.safe_dump(bad))
+    capsys.readouterr()
+    assert main(["sweep", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown launcher 'kubernetes'" in err and "local, ray, slurm" in err
+
+
+@pytest.mark.parametrize("launcher, module, extra", [("slurm", "submitit", "slurm"), ("ray", "ray", "ray")])
+def test_missing_extra_is_one_line_naming_pip(tmp_path, capsys, monkeypatch, launcher, module, extra):
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"}, strategies=["zeroshot"])
+    monkeypatch.setitem(sys.modules, module, None)  # `import submitit` / `import ray` now fails
+    assert main(["sweep", str(f), "--launcher", launcher]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"pip install 'lamm-cl[{extra}]'" in err and module in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_status_reads_state_files(tmp_path, capsys):
+    """A job whose process is gone is interrupted (resumable); a live one is running; done is results."""
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.spec import write_sweep
+    from lamm_cl.sweep.state import log_path, state_path
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"}, strategies=["zeroshot"])
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    a, b, c = sweep.jobs[:3]
+    for job, pid, line in ((a, os.getpid(), "zeroshot seed 1 experience 1/2"), (b, 2**22 + 12345, "killed here")):
+        state_path(sweep.output, job).parent.mkdir(parents=True, exist_ok=True)
+        state_path(sweep.output, job).write_text(json.dumps({"state": "running", "pid": pid,
+                                                             "host": os.uname().nodename}))
+        log_path(sweep.output, job).write_text(f"first\n{line}\n")
+    c.run_dir.mkdir(parents=True)
+    (c.run_dir / "summary.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "4 jobs: 1 done, 1 running, 1 interrupted, 1 pending" in out
+    assert f"running     {a.id}" in out and "experience 1/2" in out
+    assert f"interrupted {b.id}" in out and "killed here" in out
+
+
+# --------------------------------------------------------------------------- the local launcher
+
+
+def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monkeypatch):
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.driver import run_sweep
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
+    counter = tmp_path / "encoded.txt"
+    monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
+    sweep = load_sweep(f)
+    assert len(sweep.jobs) == 8  # 2 benchmarks x 2 strategies x 2 seeds
+
+    # --status while the jobs run: the sweep runs in a thread, the status is read beside it
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "outcome", run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})))
+    t.start()
+    seen_running = False
+    while t.is_alive():
+        capsys.readouterr()
+        assert main(["sweep", str(f), "--status"]) in (0, 2)  # 2 until sweep.json exists
+        seen_running |= " running " in capsys.readouterr().out
+        time.sleep(0.2)
+    t.join()
+    assert seen_running
+    outcome = result["outcome"]
+    assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done"] * 8
+
+    # the image encoder ran once per image: digits' 1797 images, shared by both benchmarks
+    from lamm_cl.data import load_dataset
+
+    parts = load_dataset("digits")
+    assert sum(int(n) for n in counter.read_text().split()) == len(parts.train) + len(parts.test)
+
+    # each job's results are exactly those of `lamm-cl run` on the file alone
+    for name in ("digits_a", "digits_b"):
+        alone = tmp_path / "alone" / name
+        assert main(["run", str(tmp_path / "bench" / f"{name}.yaml"), "--output", str(alone), "--no-progress",
+                     "--set", "seeds=[1, 2]", "--set", f"features.cache_dir={tmp_path / 'cache2'}"]) == 0
+        for strategy in ("zeroshot", "linear_probe"):
+            for seed in (1, 2):
+                got = tmp_path / "out" / name / strategy / f"seed{seed}"
+                np.testing.assert_array_equal(_matrix(got), _matrix(alone / strategy / f"seed{seed}"))
+        assert (tmp_path / "out" / name / "summary.csv").is_file()  # built once its jobs were done
+        assert (tmp_path / "out" / name / "report.md").is_file()
+
+    # the combined table: Last and Avg by hand from the matrices, mean ± std over seeds
+    assert main(["report", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False)
+    for strategy in ("zeroshot", "linear_probe"):
+        per = {d: [_last_avg(tmp_path / "out" / d / strategy / f"seed{s}") for s in (1, 2)]
+               for d in ("digits_a", "digits_b")}
+        for d, vals in per.items():
+            row = table[(table.strategy == strategy) & (table.dataset == d)].iloc[0]
+            last = [v[0] for v in vals]
+            assert row.last_mean == pytest.approx((last[0] + last[1]) / 2)
+            assert row.last_std == pytest.approx(abs(last[0] - last[1]) / math.sqrt(2))
+            assert row.avg_mean == pytest.approx((vals[0][1] + vals[1][1]) / 2)
+        # the mean column: per seed, the mean over the two benchmarks; then mean and std over seeds
+        m = [(per["digits_a"][k][0] + per["digits_b"][k][0]) / 2 for k in (0, 1)]
+        row = table[(table.strategy == strategy) & (table.dataset == "mean")].iloc[0]
+        assert row.last_mean == pytest.approx(sum(m) / 2) and row.last_std == pytest.approx(abs(m[0] - m[1]) / 2**0.5)
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "| strategy | digits_a Last | digits_a Avg | digits_b Last | digits_b Avg | mean Last | mean Avg |" in md
+    assert (tmp_path / "out" / "plots" / "last_per_dataset.png").stat().st_size > 1000
+    logs = (tmp_path / "out" / "_jobs" / "digits_b__linear_probe__seed1.log").read_text()
+    assert "\r" not in logs and "linear_probe exp 4 epoch 1/1: loss" in logs  # one line per epoch
+    assert "Warning" not in logs  # no third-party warning (qpsolvers at Avalanche's import) in a job's log
+
+    # a rerun skips every finished job and encodes nothing
+    before = counter.read_text()
+    again = run_sweep(load_sweep(f), launch_kwargs={"initializer": count_encoder_calls})
+    assert again.exit_code == 0 and set(again.shown.values()) == {"skipped"} and len(again.shown) == 8
+    assert counter.read_text() == before
+    assert "8 jobs: 8 skipped" in again.table()[0]
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def test_ray_launcher_runs_jobs(tmp_path):
+    ray = pytest.importorskip("ray")  # installed by the `test` extra in CI
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.driver import run_sweep
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    (tmp_path / "bench" / "digits_b.yaml").unlink()
+    f = _sweep_file(tmp_path, {"name": "ray", "num_cpus": 1}, strategies=["linear_probe"])
+    try:  # a Ray that fails to start (its agents time out on a crowded machine) is shut down all the same
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        outcome = run_sweep(load_sweep(f))
+    finally:
+        ray.shutdown()
+    assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
+    alone = tmp_path / "alone"
+    assert main(["run", str(tmp_path / "bench" / "digits_a.yaml"), "--output", str(alone), "--no-progress",
+                 "--set", "seeds=[1, 2]", "--set", "strategies=[{name: linear_probe, epochs: 1, lr: 0.01}]"]) == 0
+    for seed in (1, 2):
+        np.testing.assert_array_equal(_matrix(tmp_path / "out" / "digits_a" / "linear_probe" / f"seed{seed}"),
+                                      _matrix(alone / "linear_probe" / f"seed{seed}"))
+
+
+# --------------------------------------------------------------------------- submitit (SLURM's client), locally
+
+
+def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
+    pytest.importorskip("submitit")
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.launch_slurm import Options, SweepTask, executor
+    from lamm_cl.sweep.spec import write_sweep
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "long.yaml").write_text(BENCH.format(name="long", T=5, cache=tmp_path / "cache").replace(
+        "epochs: 1", "epochs: 6"))
+    f = _sweep_file(tmp_path, {"name": "slurm", "cluster": "local", "gpus_per_job": 0, "cpus_per_job": 1},
+                    strategies=["linear_probe"], seeds=[3])
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    (job,) = sweep.jobs
+    ex = executor(Options(cluster="local", gpus_per_job=0, cpus_per_job=1, time_min=10), str(sweep.output))
+    sj = ex.submit(SweepTask(("run_job", str(sweep.output), job.id)))
+    ckpt = job.run_dir / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists():  # the first experience is done: the job is now inside a later one
+        assert time.time() < deadline and not sj.done(), "the job finished or stalled before it could be killed"
+        time.sleep(0.02)
+    os.kill(sj._process.pid, signal.SIGTERM)  # what SLURM sends on pre-emption (forwarded to the task)
+    result = sj.result()
+    assert result["state"] == "done"
+    log = (sweep.output / "_jobs" / f"{job.id}.log").read_text()
+    assert "interrupted" in log and "resuming after experience" in log  # it was stopped, requeued, resumed
+    summary = json.loads((job.run_dir / "summary.json").read_text())
+    assert summary["info"]["resumed"] is True
+    alone = tmp_path / "alone"
+    assert main(["run", str(bench / "long.yaml"), "--output", str(alone), "--no-progress", "--set", "seeds=[3]",
+                 "--set", "strategies=[{name: linear_probe, epochs: 6, lr: 0.01}]"]) == 0
+    np.testing.assert_array_equal(_matrix(job.run_dir), _matrix(alone / "linear_probe" / "seed3"))
+
+
+# --------------------------------------------------------------------------- the shipped sweeps
+
+
+def test_shipped_sweeps_expand(capsys):
+    from lamm_cl.errors import ConfigError
+    from lamm_cl.sweep import load_sweep
+
+    coop = load_sweep("benchmarks/sweeps/coop11.yaml")
+    assert len({j.benchmark for j in coop.jobs}) == 11 and len(coop.jobs) == 11 * 6 * 3
+    few = load_sweep("benchmarks/sweeps/fewshot_shots.yaml")
+    assert len(few.jobs) == 5 * len(coop.jobs)
+    assert {j.cell for j in few.jobs} == {f"shots={k}" for k in (1, 2, 4, 8, 16)}
+    assert all(j.run_overrides()[0] == f"benchmark.shots={j.cell.split('=')[1]}" for j in few.jobs)
+    if list(Path("benchmarks/lamm_paper").glob("*.yaml")):
+        assert load_sweep("benchmarks/sweeps/lamm_paper.yaml").jobs
+    else:  # the protocol files are not there yet: a clear error at sweep time
+        with pytest.raises(ConfigError, match="lamm_paper/\\*.yaml' matches no file"):
+            load_sweep("benchmarks/sweeps/lamm_paper.yaml")
+    # the dry run counts the jobs and says which datasets it could not count
+    capsys.readouterr()
+    assert main(["sweep", "benchmarks/sweeps/coop11.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "198 jobs in 11 results folders" in out and "estimated GPU-hours" in out
+
+
+def test_dry_run_counts_steps_and_images(tmp_path, capsys):
+    """digits: 1797 images; linear_probe, 1 epoch, batch 32, over 2 seeds of a 2- and a 5-experience split."""
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.config import load
+    from lamm_cl.data import load_dataset
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"}, cost={"encode_image_s": 1.0, "feature_step_s": 10.0})
+    parts = load_dataset("digits")
+    steps = 0
+    for name in ("digits_a", "digits_b"):
+        b = load(tmp_path / "bench" / f"{name}.yaml").benchmark
+        for seed in (1, 2):  # floor(images of the experience / 32), the last partial batch dropped
+            steps += sum(len(i) // 32 for i in make_plan(parts, b, seed).train_index)
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 jobs in 2 results folders" in out and "images to encode once: 1,797 in 1 feature group" in out
+    assert f"{'linear_probe':<16} {steps:>12,} steps" in out
+    assert f"estimated GPU-hours: {(1797 * 1.0 + steps * 10.0) / 3600:.1f}" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_table_one_per_grid_cell_with_published_figures(tmp_path):
+    """Hand-made results: a constant matrix v gives Last = Avg = v, so every cell is known in advance."""
+    from lamm_cl.results import RunRecord, write_run
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.spec import write_sweep
+    from lamm_cl.sweep.table import build_table
+
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"}, strategies=["linear_probe"], grid={"benchmark.order_seed": [0, 3]})
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    # the runs claim CIFAR-100, 10 experiences, ViT-B-16 + openai: Continual-CLIP's published figures match
+    config = {"benchmark": {"dataset": "cifar100", "shots": None}, "model": {"arch": "ViT-B-16", "pretrained": "openai"},
+              "strategies": [{"name": "linear_probe"}]}
+
+    def value(j) -> float:
+        return 10.0 * j.seed + (50.0 if j.benchmark == "digits_b" else 0.0) + (1.0 if j.cell == "order_seed=3" else 0.0)
+
+    for j in sweep.jobs:
+        A = np.full((10, 10), np.nan)
+        A[np.tril_indices(10)] = value(j)
+        write_run(j.run_dir, RunRecord(benchmark=j.benchmark, strategy="linear_probe", seed=j.seed, matrix=A,
+                                       test_counts=[3] * 10, experiences=[[i] for i in range(10)],
+                                       class_names=[str(i) for i in range(10)], class_order=list(range(10)),
+                                       per_class_accuracy=[value(j)] * 10, config=config))
+    build_table(sweep.output)
+    table = pd.read_csv(sweep.output / "table.csv", keep_default_na=False)
+    ours = table[table.strategy == "linear_probe"]
+    got = {(r.cell, r.dataset): (float(r.last_mean), float(r.last_std), float(r.avg_mean)) for r in ours.itertuples()}
+    sd = 10 / math.sqrt(2)  # two seeds 10 apart
+    assert got[("order_seed=0", "digits_a")] == pytest.approx((15.0, sd, 15.0))
+    assert got[("order_seed=0", "digits_b")] == pytest.approx((65.0, sd, 65.0))
+    assert got[("order_seed=0", "mean")] == pytest.approx((40.0, sd, 40.0))
+    assert got[("order_seed=3", "mean")] == pytest.approx((41.0, sd, 41.0))
+    published = table[table.strategy.str.startswith("published: Continual-CLIP")]
+    assert set(published.dataset) == {"digits_a", "digits_b"}
+    assert {float(x) for x in published.last_mean} == {66.72} and {float(x) for x in published.avg_mean} == {75.17}
+    md = (sweep.output / "table.md").read_text()
+    assert "## order_seed=0" in md and "## order_seed=3" in md
+    assert "| linear_probe | 15.00 ± 7.07 | 15.00 ± 7.07 | 65.00 ± 7.07 | 65.00 ± 7.07 | 40.00 ± 7.07 |" in md
+    assert (sweep.output / "plots" / "last_per_dataset_order_seed_3.png").is_file()
+
+
+# --------------------------------------------------------------------------- failures and reruns
+
+
+def _in_process_launcher():
+    """A launcher that runs every call right here, in order: the driver's logic without processes."""
+    from types import SimpleNamespace
+
+    from lamm_cl.sweep.launch_local import Options
+    from lamm_cl.sweep.launchers import call
+
+    def launch(phases, options, output, on_done):
+        for calls in phases:
+            for c in calls:
+                on_done(c, call(c))
+
+    return SimpleNamespace(Options=Options, launch=launch)
+
+
+def test_failed_job_does_not_stop_others_and_is_retried_only_when_asked(tmp_path, capsys, monkeypatch):
+    import lamm_cl.sweep.driver as driver
+
+    bench = tmp_path / "bench"
+    _write_benchmarks(bench, tmp_path / "cache")
+    (bench / "digits_b.yaml").unlink()
+    broken = BENCH.format(name="broken", T=2, cache=tmp_path / "cache").replace(
+        "dataset: digits", f"dataset: imagefolder, root: {tmp_path / 'nowhere'}")
+    (bench / "broken.yaml").write_text(broken)
+    f = _sweep_file(tmp_path, {"name": "local"}, strategies=["zeroshot"], seeds=[1])
+    monkeypatch.setattr(driver, "get_launcher", lambda name: _in_process_launcher())
+    capsys.readouterr()
+    assert main(["sweep", str(f)]) == 1
+    captured = capsys.readouterr()
+    assert "2 jobs: 1 done, 1 failed" in captured.out
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "broken__zeroshot__seed1:" in err and str(tmp_path / "nowhere") in err
+    assert (tmp_path / "out" / "digits_a" / "zeroshot" / "seed1" / "summary.json").is_file()
+    log = tmp_path / "out" / "_jobs" / "broken__zeroshot__seed1.log"
+    assert log.read_text().count("== job broken__zeroshot__seed1") == 1
+
+    assert main(["sweep", str(f)]) == 1  # a rerun skips the done job and leaves the failed one alone
+    assert "2 jobs: 1 skipped, 1 failed" in capsys.readouterr().out
+    assert log.read_text().count("== job broken__zeroshot__seed1") == 1
+    assert main(["sweep", str(f), "--retry-failed"]) == 1  # asked: it runs (and fails) again
+    assert log.read_text().count("== job broken__zeroshot__seed1") == 2
