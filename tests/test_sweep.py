@@ -287,6 +287,10 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
     ref_file.write_text(f.read_text().replace(str(tmp_path / "out"), str(tmp_path / "ref")))
     ref = load_sweep(ref_file)
     write_sweep(ref)
+    # first the sweep's feature stage, so both runs read the store (extracting in a run draws from torch's RNG)
+    from lamm_cl.sweep.job import prepare_features
+
+    assert prepare_features(str(sweep.output), job.id)["state"] == "done"
     ex = executor(Options(cluster="local", gpus_per_job=0, cpus_per_job=1, time_min=10), str(sweep.output))
     sj = ex.submit(SweepTask(("run_job", str(sweep.output), job.id)))
     ckpt = job.run_dir / "checkpoint.pt"
