@@ -426,4 +426,4 @@ def test_benchmark_yaml_splits_every_class(dataset):
     assert set(cfg["model"]) == {"arch", "pretrained"}
     assert set(cfg["features"]) == {"cache", "cache_dir", "train_views"}
     assert [s["name"] for s in cfg["strategies"]] == ["zeroshot", "lamm", "coop", "coop_lamm", "maple", "maple_lamm",
-                                                      "finetune", "linear_probe"]
+                                                      "finetune", "linear_probe", "simplecil", "ranpac", "rapf"]

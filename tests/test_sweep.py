@@ -318,7 +318,7 @@ def test_shipped_sweeps_expand(capsys):
     from lamm_cl.sweep import load_sweep
 
     coop = load_sweep("benchmarks/sweeps/coop11.yaml")
-    assert len({j.benchmark for j in coop.jobs}) == 11 and len(coop.jobs) == 11 * 6 * 3
+    assert len({j.benchmark for j in coop.jobs}) == 11 and len(coop.jobs) == 11 * 11 * 3  # datasets x strategies x seeds
     few = load_sweep("benchmarks/sweeps/fewshot_shots.yaml")
     assert len(few.jobs) == 5 * len(coop.jobs)
     assert {j.cell for j in few.jobs} == {f"shots={k}" for k in (1, 2, 4, 8, 16)}
@@ -332,7 +332,7 @@ def test_shipped_sweeps_expand(capsys):
     capsys.readouterr()
     assert main(["sweep", "benchmarks/sweeps/coop11.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "198 jobs in 11 results folders" in out and "estimated GPU-hours" in out
+    assert "363 jobs in 11 results folders" in out and "estimated GPU-hours" in out
 
 
 def test_dry_run_counts_steps_and_images(tmp_path, capsys):
