@@ -231,12 +231,13 @@ class Results:
         return pd.DataFrame(A, index=pd.Index(range(T), name="after_experience"),
                             columns=pd.Index(range(T), name="experience"))
 
-    def compare(self, a: str, b: str, metric: str = "last", *, n_resamples: Optional[int] = None,
-                seed: int = 0) -> "Comparison":
+    def compare(self, a: str, b: str, metric: str = "last", *, grid: Optional[str] = None,
+                n_resamples: Optional[int] = None, seed: int = 0) -> "Comparison":
         """Strategy ``a`` minus ``b`` on ``metric``, paired on the same (benchmark, grid cell, seed).
 
         Args:
             metric: ``avg``, ``last``, ``forgetting``, ``bwt`` or a ``task_aware_*`` column.
+            grid: only the runs of this grid cell of a sweep (default: pairs from every cell).
             n_resamples: bootstrap resamples (default :data:`lamm_cl.stats.N_RESAMPLES`).
             seed: the bootstrap's seed, so a report is reproducible.
 
@@ -248,6 +249,8 @@ class Results:
 
         column = {v: k for k, v in METRIC_COLUMNS.items()}.get(metric, metric.lower())
         s = self.summary
+        if grid is not None:
+            s = s[s["grid"] == grid] if "grid" in s.columns else s.iloc[0:0]
         if column not in s.columns:
             known = [*METRIC_COLUMNS, *(c for c in s.columns if c.startswith(_TASK_AWARE_PREFIX))]
             raise UserError(f"metric {metric!r}: expected one of {', '.join(known)}")

@@ -138,7 +138,7 @@ def cmd_report(args) -> int:
     if is_sweep_output(args.results_dir):  # a sweep: the cross-dataset table
         from lamm_cl.sweep.table import build_table
 
-        written = build_table(args.results_dir, formats=tuple(args.formats or ["png"]))
+        written = build_table(args.results_dir, formats=tuple(args.formats or ["png"]), baseline=args.baseline)
         _say(f"wrote {len(written)} files under {args.results_dir} (table.md, table.csv, plots/)")
         return 0
     written = build_report(args.results_dir, formats=tuple(args.formats or ["png"]), baseline=args.baseline)

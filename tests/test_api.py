@@ -210,3 +210,21 @@ def test_run_with_an_unknown_key_raises_and_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="benchmark.n_experiences"):
         lamm_cl.run(cfg, set=["benchmark.n_experiences=0"], progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_table_pairs_per_grid_cell(tmp_path):
+    from lamm_cl.sweep.table import paired_lines
+
+    # two benchmarks x two seeds per cell; "a" beats "b" by exactly 2 on Last in shots=1, by 0..3 in shots=16
+    gap = {"shots=1": [2.0, 2.0, 2.0, 2.0], "shots=16": [0.0, 1.0, 2.0, 3.0]}
+    for cell, gaps in gap.items():
+        for k, (bench, seed) in enumerate([("pets", 1), ("pets", 2), ("dtd", 1), ("dtd", 2)]):
+            _write(tmp_path / bench / cell, "b", seed, [[50, nan], [40, 40]], benchmark=bench)
+            _write(tmp_path / bench / cell, "a", seed, [[50, nan], [40 + gaps[k], 40 + gaps[k]]], benchmark=bench)
+    lines = paired_lines(tmp_path, {"shots=1": {}, "shots=16": {}}, baseline="b")
+    i1, i16 = lines.index("shots=1:"), lines.index("shots=16:")
+    # all four differences +2: only ++++ and ---- reach |8| -> p = 2/16; every resample's mean is 2
+    assert lines[i1 + 2] == "- a − b: Last +2.00 [+2.00, +2.00], p = 0.125, 4 pairs"
+    # 0, 1, 2, 3: |sum| >= 6 for +0+1+2+3 and its mirror, whatever the sign of the 0 -> 4 of 16
+    assert lines[i16 + 2].startswith("- a − b: Last +1.50 [") and lines[i16 + 2].endswith("p = 0.250, 4 pairs")
+    assert lamm_cl.load_results(tmp_path).compare("a", "b").n_pairs == 8  # no grid given: every cell

@@ -192,8 +192,39 @@ def _plot(c: dict, title: str):
     return fig
 
 
-def build_table(output: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+def paired_lines(output: str | Path, cells: dict[str, dict], baseline: str = "lamm") -> list[str]:
+    """Each strategy minus ``baseline`` per grid cell, paired on (benchmark, seed): the report's section."""
+    from lamm_cl import stats
+    from lamm_cl.api import load_results
+
+    res = load_results(output)
+    strategies = list(dict.fromkeys(res.summary.strategy))
+    if baseline not in strategies:
+        return ["## Paired differences", "",
+                f"No `{baseline}` runs to compare against (`lamm-cl report DIR --baseline NAME`).", ""]
+    lines = ["## Paired differences", "",
+             f"Each strategy minus `{baseline}` on Last, paired on the same benchmark and seed (percentage points): "
+             f"mean difference, {stats.CONFIDENCE:.0%} percentile-bootstrap interval ({stats.N_RESAMPLES} seeded "
+             "resamples), exact two-sided sign-flip p-value, number of pairs.", ""]
+    for cell in cells:
+        if cell:
+            lines += [f"{cell}:", ""]
+        for name in strategies:
+            if name == baseline:
+                continue
+            try:
+                lines.append(f"- {res.compare(name, baseline, 'last', grid=cell if cell else None)}")
+            except UserError as e:  # no common (benchmark, seed)
+                lines.append(f"- {name} − {baseline}: {e}")
+        lines.append("")
+    return lines
+
+
+def build_table(output: str | Path, formats: tuple[str, ...] = ("png",), baseline: str = "lamm") -> list[Path]:
     """Write ``table.md``, ``table.csv`` and the per-dataset Last plot(s) of the sweep in ``output``.
+
+    Args:
+        baseline: the strategy every other one is compared with in the paired-differences section.
 
     Returns:
         Every path written.
@@ -214,7 +245,8 @@ def build_table(output: str | Path, formats: tuple[str, ...] = ("png",)) -> list
                                      output / "plots" / stem, formats)
         links[cell] = f"plots/{stem}.{formats[0]}"
     written.append(atomic_write_text(output / "table.csv", _csv(cells)))
-    written.append(atomic_write_text(output / "table.md", _markdown(cells, links)))
+    text = _markdown(cells, links).rstrip("\n") + "\n\n" + "\n".join(paired_lines(output, cells, baseline))
+    written.append(atomic_write_text(output / "table.md", text.rstrip("\n") + "\n"))
     return written
 
 
