@@ -25,6 +25,23 @@ class LossOptions:
     temperature: float = 2.0  # T of the logits term
     logits_kind: Literal["reference", "kl"] = "reference"  # reference: what LAMM's code computes; kl: standard KD
 
+    def check(self, path: str) -> None:
+        """Raise ConfigError for a non-positive temperature or a negative weight (``path``: the key's path)."""
+        if self.temperature <= 0:
+            raise ConfigError(f"{path}.temperature: expected a positive number, got {self.temperature}")
+        for key in ("param", "feature", "logits"):
+            v = getattr(self, key)
+            if v != "auto" and v < 0:
+                raise ConfigError(f"{path}.{key}: expected 0 or more, got {v}")
+
+    def weights(self, shots: Optional[int]) -> LammWeights:
+        """The loss weights, ``param: auto`` resolved to 1/shots when few-shot, else 1."""
+        lp = self.param
+        if lp == "auto":
+            lp = 1.0 / shots if shots else 1.0
+        return LammWeights(param=float(lp), feature=self.feature, logits=self.logits,
+                           temperature=self.temperature, logits_kind=self.logits_kind)
+
 
 @dataclass
 class LammOptions(StrategyOptions):
@@ -39,20 +56,11 @@ class LammOptions(StrategyOptions):
         if isinstance(self.label_tokens, int) and self.label_tokens < 1:
             raise ConfigError(f"{path}.label_tokens: expected min, min_experience, all or a positive integer, "
                               f"got {self.label_tokens}")
-        if self.loss.temperature <= 0:
-            raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
-        for key in ("param", "feature", "logits"):
-            v = getattr(self.loss, key)
-            if v != "auto" and v < 0:
-                raise ConfigError(f"{path}.loss.{key}: expected 0 or more, got {v}")
+        self.loss.check(f"{path}.loss")
 
     def weights(self, shots: Optional[int]) -> LammWeights:
         """Resolve ``auto`` and return the loss weights."""
-        lp = self.loss.param
-        if lp == "auto":
-            lp = 1.0 / shots if shots else 1.0
-        return LammWeights(param=float(lp), feature=self.loss.feature, logits=self.loss.logits,
-                           temperature=self.loss.temperature, logits_kind=self.loss.logits_kind)
+        return self.loss.weights(shots)
 
 
 # LAMM's prompt: the reference trains every dataset on "a photo of a" + name + "." (CTX_INIT "a photo of a"

@@ -60,20 +60,11 @@ class MapleLammOptions(MapleOptions):
         if self.layout == "reference" and self.label_tokens not in ("min", 1):
             raise ConfigError(f"{path}.label_tokens: layout: reference has one label vector per class; "
                               f"leave label_tokens out or use layout: name (got {self.label_tokens!r})")
-        if self.loss.temperature <= 0:
-            raise ConfigError(f"{path}.loss.temperature: expected a positive number, got {self.loss.temperature}")
-        for key in ("param", "feature", "logits"):
-            v = getattr(self.loss, key)
-            if v != "auto" and v < 0:
-                raise ConfigError(f"{path}.loss.{key}: expected 0 or more, got {v}")
+        self.loss.check(f"{path}.loss")
 
     def weights(self, shots: Optional[int]) -> LammWeights:
         """Resolve ``auto`` and return the loss weights."""
-        lp = self.loss.param
-        if lp == "auto":
-            lp = 1.0 / shots if shots else 1.0
-        return LammWeights(param=float(lp), feature=self.loss.feature, logits=self.loss.logits,
-                           temperature=self.loss.temperature, logits_kind=self.loss.logits_kind)
+        return self.loss.weights(shots)
 
 
 def maple_lamm_objective(model: MapleClassifier, logits: torch.Tensor, y: torch.Tensor,
