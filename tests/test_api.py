@@ -14,6 +14,7 @@ from lamm_cl.errors import ConfigError, UserError
 from lamm_cl.results import RunRecord, write_run
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "quickstart-reference"
+SHIPPED_SHA256 = "c2f1ecb0912093a1768ff5233c09665654785630d3ea090f9bc57e957c7e2cdf"  # README: the tiny pretrained CLIP
 nan = float("nan")
 
 
@@ -62,7 +63,8 @@ def test_load_results_matches_the_committed_summary_csv_exactly():
         assert line["forgetting"] == float(r["forgetting"])
         assert line["bwt"] == float(r["bwt"])
         assert line["n_experiences"] == int(r["n_experiences"])
-        assert (line["arch"], line["pretrained"]) == ("lamm-tiny", "none")
+        assert (line["arch"], line["pretrained"]) == ("lamm-tiny", "tinyworld")
+        assert line["weights_sha256"] == SHIPPED_SHA256  # the weights that produced the numbers
     assert "grid" not in res.summary.columns  # one benchmark folder: no grid-cell column
 
 
