@@ -159,3 +159,16 @@ def test_logits_loss_kl_passes_no_gradient_to_the_teacher():
     p = torch.softmax(Z_2 / 2, dim=-1)
     q = torch.softmax(Z0_2 / 2, dim=-1)
     torch.testing.assert_close(z.grad, 2 * (p - q) / 2)
+
+
+def test_lamm_loss_passes_its_logits_kind_on():
+    # the one row above, T = 2: softmax(z0/T) = [1/2, 1/4, 1/4], softmax(z/T) = [1/3, 1/3, 1/3], so
+    # kl = T^2 (1/2 ln(3/2) + 2 * 1/4 ln(3/4)); a lamm_loss that dropped the kind would give the reference value
+    kl = 4 * (0.5 * math.log(1.5) + 0.5 * math.log(0.75))
+    reference = 4 * (5 / 3) * math.log(2)
+    y = torch.tensor([0])
+    t = torch.tensor([[1.0, 0.0]])
+    for kind, expected in (("kl", kl), ("reference", reference)):
+        w = LammWeights(param=0.0, feature=0.0, logits=1.0, temperature=2.0, logits_kind=kind)
+        _, parts = lamm_loss(Z, Z0, y, t, t, [], w)
+        assert parts["logits"] == pytest.approx(expected, rel=1e-6), kind

@@ -114,3 +114,25 @@ def test_invalid_input_raises(matrix, counts, message):
             metrics.forgetting(matrix)
         else:
             metrics.seen_accuracy(matrix, counts)
+
+
+# --------------------------------------------------------------------------- validate's contract (mutation survivors)
+
+
+def test_validate_copies_casts_and_accepts_the_edges():
+    A = np.array([[80, 0], [60, 70]])  # integers, and a 0 above the diagonal
+    M, c = metrics.validate(A, [1, 3])  # a test count of 1 is a valid count
+    assert M.dtype == np.float64 and np.isnan(M[0, 1]) and M[1, 0] == 60.0
+    assert A[0, 1] == 0 and A.dtype.kind == "i"  # the caller's array is left alone
+    F = np.array([[80.0, 0.0], [60.0, 70.0]])  # already float64: a copy must still be made
+    metrics.validate(F)
+    assert F[0, 1] == 0.0
+    assert c.tolist() == [1.0, 3.0]
+    # exactly at the slack below 0 is still a percentage (rounding noise), just past it is not
+    metrics.validate([[-1e-6]])
+    with pytest.raises(ValueError, match=r"A\[0\]\[0\] = -2e-06 is not a percentage"):
+        metrics.validate([[-2e-6]])
+    with pytest.raises(ValueError, match=r"accuracy matrix is empty \(T = 0\)"):
+        metrics.validate(np.zeros((0, 0)))
+    # a summary from an integer matrix is the float one's: Avg of [80, (60*1 + 70*3)/4 = 67.5]
+    assert metrics.summarize(A, [1, 3])["avg_incremental_accuracy"] == pytest.approx((80 + 67.5) / 2)
