@@ -172,3 +172,8 @@ def test_lamm_loss_passes_its_logits_kind_on():
         w = LammWeights(param=0.0, feature=0.0, logits=1.0, temperature=2.0, logits_kind=kind)
         _, parts = lamm_loss(Z, Z0, y, t, t, [], w)
         assert parts["logits"] == pytest.approx(expected, rel=1e-6), kind
+
+
+def test_logits_loss_defaults_are_the_references():
+    # T = 2 and LAMM's own soft-target term when nothing is said
+    assert float(logits_loss(Z, Z0)) == pytest.approx(4 * (5 / 3) * math.log(2), rel=1e-6)

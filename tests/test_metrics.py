@@ -128,8 +128,13 @@ def test_validate_copies_casts_and_accepts_the_edges():
     metrics.validate(F)
     assert F[0, 1] == 0.0
     assert c.tolist() == [1.0, 3.0]
-    # exactly at the slack below 0 is still a percentage (rounding noise), just past it is not
-    metrics.validate([[-1e-6]])
+    # 0 and 100 are percentages; so are the ends of the slack (rounding noise); just past them is not
+    for ok in (0.0, 100.0, -1e-6, 100 + 1e-6):
+        metrics.validate([[ok]])
+    with pytest.raises(ValueError, match="is not a percentage"):
+        metrics.validate([[100.5]])
+    with pytest.raises(ValueError, match="is not a percentage"):
+        metrics.validate([[100 + 2e-6]])
     with pytest.raises(ValueError, match=r"A\[0\]\[0\] = -2e-06 is not a percentage"):
         metrics.validate([[-2e-6]])
     with pytest.raises(ValueError, match=r"accuracy matrix is empty \(T = 0\)"):
