@@ -20,7 +20,7 @@ from lamm_cl.features import autocast
 from lamm_cl.model.deep_prompts import MapleClassifier, MultiModalPrompts, prompt_depth_limit
 from lamm_cl.model.prompts import ClassPrompts
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext, lr_schedule_plugin, sgd
+from lamm_cl.training import DropLastPartialBatch, StrategyContext, lr_schedule_plugin, sgd
 
 
 @dataclass
@@ -82,9 +82,10 @@ class FreezePromptsPlugin(SupervisedPlugin):
             strategy.model.learner.requires_grad_(False)
 
 
-class MapleTemplate(SupervisedTemplate):
+class MapleTemplate(DropLastPartialBatch, SupervisedTemplate):
     """Cross-entropy over the seen classes, evaluated under CUDA autocast like the cached features of the
-    other strategies; an experience with nothing left to train skips its epochs."""
+    other strategies; an experience with nothing left to train skips its epochs. MaPLe trains on Dassl
+    too, so the last partial batch is dropped as for CoOp and LAMM (:class:`DropLastPartialBatch`)."""
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         if not any(p.requires_grad for p in self.model.parameters()):

@@ -357,3 +357,21 @@ def test_dry_run_says_they_read_images(digits):
     lines = [line for line in dry_run(cfg) if line.startswith("strategy ")]
     assert "reads images every step (no feature cache)" in lines[0] and "no feature cache" in lines[1]
     assert "cached image features" in lines[2] and "no feature cache" not in lines[2]
+
+
+@pytest.mark.parametrize("n_images, drop", [(10, True), (4, True), (3, False)])
+def test_maple_drops_the_last_partial_batch_as_dassl(monkeypatch, n_images, drop):
+    # MaPLe trains on Dassl as CoOp and LAMM do: drop_last when the experience holds a full batch of 4
+    from types import SimpleNamespace
+
+    from avalanche.training.templates import SupervisedTemplate
+
+    from lamm_cl.strategies.maple import MapleTemplate
+
+    seen = {}
+    monkeypatch.setattr(SupervisedTemplate, "_before_training_exp", lambda self, **kw: seen.update(kw))
+    template = object.__new__(MapleTemplate)  # only the loader decision is under test
+    template.experience = SimpleNamespace(dataset=list(range(n_images)))
+    template.train_mb_size = 4
+    template._before_training_exp()
+    assert seen["drop_last"] is drop
