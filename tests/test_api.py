@@ -14,7 +14,7 @@ from lamm_cl.errors import ConfigError, UserError
 from lamm_cl.results import RunRecord, write_run
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "quickstart-reference"
-SHIPPED_SHA256 = "c2f1ecb0912093a1768ff5233c09665654785630d3ea090f9bc57e957c7e2cdf"  # README: the tiny pretrained CLIP
+SHIPPED_SHA256 = "5f8f1d14f58cdbc25eca1b97a985f0be46b2fddb1288a7e5b797ede68dd4fd67"  # README: the tiny pretrained CLIP
 nan = float("nan")
 
 

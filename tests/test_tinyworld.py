@@ -62,16 +62,20 @@ def test_pretraining_never_shows_a_held_out_pair_and_the_benchmark_does():
 def test_captions_name_the_shape_and_only_true_attributes():
     rng = np.random.default_rng(5)
     vocab = set(world.COLOUR_NAMES) | set(world.SIZES) | set(world.FILLS) | set(world.SHAPES)
-    for _ in range(300):
+    generic = 0
+    for _ in range(1000):
         scene = world.sample_scene(rng)
         text = world.caption(scene, rng)
         words = set(re.findall(r"[a-z]+", text))
-        assert world.SHAPES[scene.shape] in words
+        # the shape by its name, or one time in five the plain word "shape"
+        assert (world.SHAPES[scene.shape] in words) != ("shape" in words), text
+        generic += "shape" in words
         said = words & vocab
         truth = {world.SHAPES[scene.shape], world.COLOUR_NAMES[scene.colour], scene.size, world.FILLS[scene.fill]}
         assert said <= truth, (text, truth)
         # the article before the description is always "a", as lamm-cl's "a photo of a {}." says it
         assert re.fullmatch(r"(?:(?:a photo|a picture|an image|a drawing) of )?a [a-z ]+\.", text), text
+    assert generic == pytest.approx(1000 * world.GENERIC, abs=40)
 
 
 def test_pretraining_batches_are_seeded():
@@ -84,7 +88,9 @@ def test_pretraining_batches_are_seeded():
 
 def test_tinyworld_benchmark_split():
     parts = load_dataset("tinyworld")
-    assert parts.classnames == world.SHAPES and all(n.isalpha() for n in parts.classnames)
+    # the classes are the colours, in plain words that pretraining's captions use ("a photo of a red shape.")
+    assert parts.classnames == ["red shape", "orange shape", "yellow shape", "green shape", "blue shape",
+                                "purple shape", "pink shape", "white shape", "brown shape", "grey shape"]
     assert parts.template == "a photo of a {}."
     assert len(parts.train) == 800 and len(parts.test) == 500
     assert np.bincount(parts.train.labels).tolist() == [80] * 10
@@ -96,6 +102,32 @@ def test_tinyworld_benchmark_split():
     assert not any(img.tobytes() in train for img in parts.test.images)
     assert parts.train.identity != parts.test.identity
     assert parts.train.image(0).size == (32, 32)
+
+
+def test_benchmark_pictures_have_their_class_colour_under_a_warm_lamp():
+    images, labels = world.benchmark_images(3, seed=7)
+    assert labels.tolist() == [c for c in range(10) for _ in range(3)]
+    rng = np.random.default_rng(7)
+    for i, colour in enumerate(labels):  # the same draws, in the same order, as benchmark_images makes
+        scene = world.sample_scene(rng, shifted=True, colour=int(colour))
+        light = world.lamp(rng)
+        assert scene.colour == colour
+        again = world.render(scene, rng, shifted=True, noise=world.BENCHMARK_NOISE, light=tuple(light))
+        assert np.array_equal(images[i], again)
+        # a warm light: red passes at least as well as green, green at least as well as blue, never brighter
+        assert 1.0 >= light[0] >= light[1] >= light[2] > 0
+    lights = np.array([world.lamp(np.random.default_rng(s)) for s in range(200)])
+    assert lights[:, 0].min() >= 0.7 and lights[:, 0].max() <= 1.0  # brightness 70-100 %
+    # at full strength and brightness blue passes 0.42 of its value; at half strength (1 + 0.42) / 2
+    assert lights[:, 2].min() >= 0.42 * 0.7 - 1e-9 and lights[:, 2].max() <= 0.71 + 1e-9
+
+
+def test_the_lamp_multiplies_every_pixel_before_the_noise():
+    scene = plain_scene("square")
+    white = world.render(scene, np.random.default_rng(0))
+    lit = world.render(scene, np.random.default_rng(0), light=(1.0, 0.5, 0.25))
+    assert lit[16, 16].tolist() == [240, 120, 60]  # white (240, 240, 240) in the middle of the square
+    assert np.array_equal(lit[..., 0], white[..., 0])
 
 
 def test_cut_text_forward_equals_open_clip(tiny_clip):

@@ -1,4 +1,4 @@
-"""Tinyworld: ten shapes drawn by lamm_cl.tiny.world, in the benchmark's shifted style. Generated, offline."""
+"""Tinyworld: the colour of shapes drawn by lamm_cl.tiny.world, under the benchmark's lamp. Generated, offline."""
 from __future__ import annotations
 
 import functools
@@ -27,13 +27,13 @@ def _parts() -> tuple[ArraySamples, ArraySamples]:
 
 @register_dataset("tinyworld")
 def load_tinyworld(root: Path, download: bool) -> DatasetParts:
-    """Tinyworld's benchmark: 10 shape classes, 80 train and 50 test images each; ``root`` and
-    ``download`` are ignored (the images are drawn, with fixed seeds, on first use).
+    """Tinyworld's benchmark: 10 colour classes ("red shape", ...), 80 train and 50 test images each;
+    ``root`` and ``download`` are ignored (the images are drawn, with fixed seeds, on first use).
 
     Its images come from a distribution that pretraining (``python -m lamm_cl.tiny pretrain``)
-    did not see: every (shape, colour) pair, a quarter of which pretraining held out, turned
-    further, on a noisy textured background (see :mod:`lamm_cl.tiny.world`).
+    did not see: lit by a warm lamp, every (shape, colour) pair, a quarter of which pretraining
+    held out, turned further, on a noisy textured background (see :mod:`lamm_cl.tiny.world`).
     """
     train, test = _parts()
-    return DatasetParts(name="tinyworld", classnames=list(world.SHAPES), train=train, test=test,
+    return DatasetParts(name="tinyworld", classnames=list(world.CLASS_NAMES), train=train, test=test,
                         template="a photo of a {}.")
