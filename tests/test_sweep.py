@@ -405,6 +405,93 @@ def test_dry_run_counts_steps_and_images(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+CALIBRATE_BENCH = """\
+name: digits_c
+device: cpu
+seeds: [1]
+benchmark: {{dataset: digits, n_experiences: 2, class_order: seeded, order_seed: 0}}
+model: {{arch: lamm-tiny, pretrained: none}}
+features: {{cache: true, cache_dir: {cache}}}
+strategies:
+  - name: zeroshot
+  - name: lamm
+    epochs: 2
+    batch_size: 16
+  - name: maple
+    epochs: 1
+    batch_size: 4
+    n_ctx: 2
+    prompt_depth: 1
+"""
+
+
+def test_calibrate_measures_costs_that_paste_back_and_drive_the_estimate(tmp_path, capsys):
+    """lamm-tiny on CPU: three positive timings, a `cost:` line the sweep parser reads back to the same
+    numbers, and an estimate that is images x encode + steps x step time, counted here by hand."""
+    import re
+
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.config import load
+    from lamm_cl.data import load_dataset
+    from lamm_cl.sweep import load_sweep
+
+    (tmp_path / "bench").mkdir()
+    bench = tmp_path / "bench" / "digits_c.yaml"
+    bench.write_text(CALIBRATE_BENCH.format(cache=tmp_path / "cache"))
+    f = _sweep_file(tmp_path, {"name": "local"}, seeds=[1], cost={"encode_image_s": 9.0, "feature_step_s": 9.0,
+                                                                  "image_step_s": 9.0})
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run", "--calibrate"]) == 0
+    out = capsys.readouterr().out
+    # the sweep's own strategies were timed, at their benchmark file's batch sizes
+    assert "lamm step (batch 16, 10 classes)" in out and "maple step (batch 4, 10 classes)" in out
+    line = next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("cost: {"))
+    cost = yaml.safe_load(line)["cost"]
+    assert set(cost) == {"encode_image_s", "feature_step_s", "image_step_s"}
+    assert all(isinstance(v, float) and math.isfinite(v) and 0 < v < 9.0 for v in cost.values()), cost
+
+    # pasted into the sweep file, the line parses back to exactly those values
+    data = yaml.safe_load(f.read_text())
+    f.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "cost"}) + line + "\n")
+    assert vars(load_sweep(f).config.cost) == cost
+
+    # by hand: digits' 1,797 images encoded once; lamm 2 epochs of floor(n / 16), maple 1 of floor(n / 4)
+    plan = make_plan(load_dataset("digits"), load(bench).benchmark, 1)
+    lamm_steps = sum(2 * (len(i) // 16) for i in plan.train_index)
+    maple_steps = sum(len(i) // 4 for i in plan.train_index)
+    seconds = 1797 * cost["encode_image_s"] + lamm_steps * cost["feature_step_s"] + maple_steps * cost["image_step_s"]
+    assert f"{'lamm':<16} {lamm_steps:>12,} steps" in out and f"{'maple':<16} {maple_steps:>12,} steps" in out
+    printed = re.search(r"estimated GPU-hours: ([0-9.]+) \(([0-9,]+) s;", out)
+    assert printed is not None, out
+    assert printed.group(1) == f"{seconds / 3600:.1f}"
+    assert abs(int(printed.group(2).replace(",", "")) - seconds) <= 0.5 + 1e-6
+    # and a plain --dry-run with the pasted line prints the very same estimate
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    again = capsys.readouterr().out
+    assert printed.group(0) in again
+
+
+def test_calibrate_cost_line_is_yaml_numbers_even_when_tiny():
+    """1e-05 written as such would be a string to YAML 1.1 (no dot): the line must stay positional."""
+    from lamm_cl.sweep.calibrate import Calibration, Timing
+    from lamm_cl.sweep.spec import CostConfig
+
+    t = Timing("x", 1.0, 1)
+    cal = Calibration("cpu", "m", t, t, None, CostConfig(encode_image_s=1e-05, feature_step_s=0.000123,
+                                                         image_step_s=2.5))
+    assert yaml.safe_load(cal.cost_line())["cost"] == {"encode_image_s": 1e-05, "feature_step_s": 0.000123,
+                                                        "image_step_s": 2.5}
+
+
+def test_calibrate_without_dry_run_is_one_line_and_status_2(tmp_path, capsys):
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"})
+    assert main(["sweep", str(f), "--calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--calibrate goes with --dry-run" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_table_one_per_grid_cell_with_published_figures(tmp_path):
     """Hand-made results: a constant matrix v gives Last = Avg = v, so every cell is known in advance."""
     from lamm_cl.results import RunRecord, write_run

@@ -4,8 +4,10 @@ Counts are exact where the data is there (the dataset index is read, the class-i
 plan of every job is built, no image is opened): images to encode once per feature group,
 and training steps per strategy (per experience: ``epochs x floor(images / batch_size)``,
 the last partial batch dropped as Dassl does). The GPU-hours multiply them by the sweep's
-``cost:`` seconds, whose defaults were measured on one H100-class GPU with ViT-B/16 (see the
-README); set them for your hardware.
+``cost:`` seconds. Their defaults (:class:`~lamm_cl.sweep.spec.CostConfig`) are rough estimates
+for ViT-B/16 on one current data-centre GPU, not measurements: no GPU timed them.
+``--calibrate`` (:mod:`lamm_cl.sweep.calibrate`) measures them on the user's own hardware and
+estimates with those; or set them under ``cost:``.
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def estimate(sweep: Sweep) -> list[str]:
                      f"{note}")
     seconds = n_images * cost.encode_image_s + sum(
         n * (cost.image_step_s if kinds[s] == "images" else cost.feature_step_s) for s, n in steps.items())
-    lines.append(f"estimated GPU-hours: {seconds / 3600:.1f} (encode {cost.encode_image_s} s/image, "
+    lines.append(f"estimated GPU-hours: {seconds / 3600:.1f} ({seconds:,.0f} s; encode {cost.encode_image_s} s/image, "
                  f"{cost.feature_step_s} s/step on features, {cost.image_step_s} s/step on images; "
                  "set them under `cost:`; evaluation not counted)")
     for name, why in missing.items():
