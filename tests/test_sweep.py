@@ -238,6 +238,59 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     assert "8 jobs: 8 skipped" in again.table()[0]
 
 
+VIEWS_BENCH = """\
+name: digits_v
+device: cpu
+benchmark: {{dataset: digits, n_experiences: 2, class_order: seeded, order_seed: 0, shots: 5}}
+model: {{arch: lamm-tiny, pretrained: none}}
+features: {{cache: true, cache_dir: {cache}, train_views: 2}}
+strategies:
+  - name: linear_probe
+    epochs: 2
+    lr: 0.01
+"""
+
+
+def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp_path, capsys, monkeypatch):
+    """Few-shot with 2 augmented views: each job trains on views of its own seed's draw (5 shots x 10
+    digits = 50 images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x
+    50 x 2 views = 1,997 images -- and the jobs after it must find everything in the store."""
+    from lamm_cl.model.clip import FrozenCLIP
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.driver import run_sweep
+    from lamm_cl.sweep.job import prepare_features
+    from lamm_cl.sweep.spec import write_sweep
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "digits_v.yaml").write_text(VIEWS_BENCH.format(cache=tmp_path / "cache"))
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    assert "images to encode once: 1,997 in 1 feature group(s), 200 of them augmented training views" in \
+        capsys.readouterr().out
+
+    counter = tmp_path / "encoded.txt"
+    monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
+    original = FrozenCLIP.encode_images
+
+    def counted(self, images):
+        with open(counter, "a") as fh:
+            fh.write(f"{len(images)}\n")
+        return original(self, images)
+
+    monkeypatch.setattr(FrozenCLIP, "encode_images", counted)
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    assert prepare_features(str(sweep.output), sweep.jobs[0].id)["state"] == "done"
+    assert sum(int(n) for n in counter.read_text().split()) == 1797 + 2 * 50 * 2
+
+    outcome = run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})
+    assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
+    assert sum(int(n) for n in counter.read_text().split()) == 1797 + 2 * 50 * 2  # the jobs encoded nothing
+    for seed in (1, 2):
+        assert "epoch 2/2" in (tmp_path / "out" / "_jobs" / f"digits_v__linear_probe__seed{seed}.log").read_text()
+
+
 # --------------------------------------------------------------------------- Ray
 
 
