@@ -216,6 +216,10 @@ def calibrate(sweep: Sweep, classes: int = 10, warmup: int = 3, repeats: int = 1
     device = resolve_device(cfg.device)
     say(f"calibrating on {device} with {cfg.model.arch} + {cfg.model.pretrained} ...")
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
+    if device.type == "cuda":
+        import torch
+
+        torch.set_float32_matmul_precision("high")  # TF32, as every run gets it (FeatureExtractor.from_config)
     encode = _time_encoder(clip, device, max(1, warmup), max(1, repeats // 3))
     steps = {}
     for kind in ("features", "images"):
