@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--dry-run", action="store_true", help="print the jobs and what they will cost; run nothing")
     what.add_argument("--status", action="store_true", help="print where every job stands (reads the output folder)")
     sw.add_argument("--retry-failed", action="store_true", help="run failed jobs again (by default they are skipped)")
+    sw.add_argument("--calibrate", action="store_true",
+                    help="with --dry-run: time the image encoder and a training step on this machine (the sweep's "
+                         "model and device), print them as a `cost:` line and estimate with them")
     return p
 
 
@@ -156,10 +159,19 @@ def cmd_sweep(args) -> int:
         for line in status_table(sweep_status(read_sweep(output_of(args.sweep_file)))):
             _say(line)
         return 0
+    if args.calibrate and not args.dry_run:
+        raise _ArgError("--calibrate goes with --dry-run: lamm-cl sweep SWEEP.yaml --dry-run --calibrate")
     sweep = load_sweep(args.sweep_file, launcher=args.launcher)
     if args.dry_run:
         from lamm_cl.sweep.cost import estimate
 
+        if args.calibrate:
+            from lamm_cl.sweep.calibrate import calibrate, report_lines
+
+            measured = calibrate(sweep, log=_say)
+            for line in report_lines(measured):
+                _say(line)
+            sweep.config.cost = measured.cost  # the estimate below uses what was just measured
         for line in estimate(sweep):
             _say(line)
         return 0

@@ -579,6 +579,11 @@ class FeatureExtractor:
             self._memo[k] = self._load_or_extract(k, samples, view, desc)
         return self._memo[k]
 
+    def forget(self) -> None:
+        """Drop the features held in memory (the on-disk store keeps them): a process that only fills
+        the store, one view after another, need not hold them all."""
+        self._memo.clear()
+
     def _load_or_extract(self, key: str, samples: Samples, view: Optional[int], desc: str) -> torch.Tensor:
         shape = (len(samples), self.clip.embed_dim)
         if self.store is None:

@@ -238,7 +238,107 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     assert "8 jobs: 8 skipped" in again.table()[0]
 
 
+VIEWS_BENCH = """\
+name: digits_v
+device: cpu
+benchmark: {{dataset: digits, n_experiences: 2, class_order: seeded, order_seed: 0, shots: 5}}
+model: {{arch: lamm-tiny, pretrained: none}}
+features: {{cache: true, cache_dir: {cache}, train_views: 2}}
+strategies:
+  - name: linear_probe
+    epochs: 2
+    lr: 0.01
+"""
+
+
+def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp_path, capsys, monkeypatch):
+    """Few-shot with 2 augmented views: each job trains on views of its own seed's draw (5 shots x 10
+    digits = 50 images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x
+    50 x 2 views = 1,997 images -- and the jobs after it must find everything in the store."""
+    from lamm_cl.model.clip import FrozenCLIP
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.driver import run_sweep
+    from lamm_cl.sweep.job import prepare_features
+    from lamm_cl.sweep.spec import write_sweep
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "digits_v.yaml").write_text(VIEWS_BENCH.format(cache=tmp_path / "cache"))
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    assert "images to encode once: 1,997 in 1 feature group(s), 200 of them augmented training views" in \
+        capsys.readouterr().out
+
+    counter = tmp_path / "encoded.txt"
+    monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
+    original = FrozenCLIP.encode_images
+
+    def counted(self, images):
+        with open(counter, "a") as fh:
+            fh.write(f"{len(images)}\n")
+        return original(self, images)
+
+    monkeypatch.setattr(FrozenCLIP, "encode_images", counted)
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    assert prepare_features(str(sweep.output), sweep.jobs[0].id)["state"] == "done"
+    assert sum(int(n) for n in counter.read_text().split()) == 1797 + 2 * 50 * 2
+
+    outcome = run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})
+    assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
+    assert sum(int(n) for n in counter.read_text().split()) == 1797 + 2 * 50 * 2  # the jobs encoded nothing
+    for seed in (1, 2):
+        assert "epoch 2/2" in (tmp_path / "out" / "_jobs" / f"digits_v__linear_probe__seed{seed}.log").read_text()
+
+
 # --------------------------------------------------------------------------- Ray
+
+
+# Ray's node waits a fixed 30 s (ray/_private/node.py, not a setting) for its raylet to register
+# with the GCS, then raises this plain Exception. On a machine whose cores are taken by other jobs
+# the raylet can miss that window; that says nothing about the launcher, so ray.init gets one
+# more try for exactly this message. Any other failure, or a second time-out, fails the test.
+RAY_STARTUP_TIMEOUT = "timed out during startup"
+
+
+def _init_local_ray(ray) -> None:
+    kwargs = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+    try:
+        ray.init(**kwargs)
+    except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for the time-out
+        if RAY_STARTUP_TIMEOUT not in str(e):
+            raise
+        ray.shutdown()  # stop what the first try started (GCS, a half-started raylet)
+        ray.init(**kwargs)
+
+
+def test_init_local_ray_retries_the_startup_timeout_once_and_nothing_else():
+    class FakeRay:
+        def __init__(self, errors):
+            self.errors, self.calls, self.shutdowns = list(errors), 0, 0
+
+        def init(self, **kwargs):
+            self.calls += 1
+            assert kwargs["num_cpus"] == 2
+            if self.errors:
+                raise self.errors.pop(0)
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    timeout = Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+    once = FakeRay([timeout])
+    _init_local_ray(once)
+    assert (once.calls, once.shutdowns) == (2, 1)
+    twice = FakeRay([timeout, Exception(timeout.args[0])])
+    with pytest.raises(Exception, match=RAY_STARTUP_TIMEOUT):
+        _init_local_ray(twice)
+    assert twice.calls == 2
+    other = FakeRay([RuntimeError("address already in use")])
+    with pytest.raises(RuntimeError, match="address already in use"):
+        _init_local_ray(other)
+    assert (other.calls, other.shutdowns) == (1, 0)
 
 
 def test_ray_launcher_runs_jobs(tmp_path):
@@ -250,7 +350,7 @@ def test_ray_launcher_runs_jobs(tmp_path):
     (tmp_path / "bench" / "digits_b.yaml").unlink()
     f = _sweep_file(tmp_path, {"name": "ray", "num_cpus": 1}, strategies=["linear_probe"])
     try:  # a Ray that fails to start (its agents time out on a crowded machine) is shut down all the same
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        _init_local_ray(ray)
         outcome = run_sweep(load_sweep(f))
     finally:
         ray.shutdown()
@@ -355,6 +455,93 @@ def test_dry_run_counts_steps_and_images(tmp_path, capsys):
     assert "8 jobs in 2 results folders" in out and "images to encode once: 1,797 in 1 feature group" in out
     assert f"{'linear_probe':<16} {steps:>12,} steps" in out
     assert f"estimated GPU-hours: {(1797 * 1.0 + steps * 10.0) / 3600:.1f}" in out
+    assert not (tmp_path / "out").exists()
+
+
+CALIBRATE_BENCH = """\
+name: digits_c
+device: cpu
+seeds: [1]
+benchmark: {{dataset: digits, n_experiences: 2, class_order: seeded, order_seed: 0}}
+model: {{arch: lamm-tiny, pretrained: none}}
+features: {{cache: true, cache_dir: {cache}}}
+strategies:
+  - name: zeroshot
+  - name: lamm
+    epochs: 2
+    batch_size: 16
+  - name: maple
+    epochs: 1
+    batch_size: 4
+    n_ctx: 2
+    prompt_depth: 1
+"""
+
+
+def test_calibrate_measures_costs_that_paste_back_and_drive_the_estimate(tmp_path, capsys):
+    """lamm-tiny on CPU: three positive timings, a `cost:` line the sweep parser reads back to the same
+    numbers, and an estimate that is images x encode + steps x step time, counted here by hand."""
+    import re
+
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.config import load
+    from lamm_cl.data import load_dataset
+    from lamm_cl.sweep import load_sweep
+
+    (tmp_path / "bench").mkdir()
+    bench = tmp_path / "bench" / "digits_c.yaml"
+    bench.write_text(CALIBRATE_BENCH.format(cache=tmp_path / "cache"))
+    f = _sweep_file(tmp_path, {"name": "local"}, seeds=[1], cost={"encode_image_s": 9.0, "feature_step_s": 9.0,
+                                                                  "image_step_s": 9.0})
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run", "--calibrate"]) == 0
+    out = capsys.readouterr().out
+    # the sweep's own strategies were timed, at their benchmark file's batch sizes
+    assert "lamm step (batch 16, 10 classes)" in out and "maple step (batch 4, 10 classes)" in out
+    line = next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("cost: {"))
+    cost = yaml.safe_load(line)["cost"]
+    assert set(cost) == {"encode_image_s", "feature_step_s", "image_step_s"}
+    assert all(isinstance(v, float) and math.isfinite(v) and 0 < v < 9.0 for v in cost.values()), cost
+
+    # pasted into the sweep file, the line parses back to exactly those values
+    data = yaml.safe_load(f.read_text())
+    f.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "cost"}) + line + "\n")
+    assert vars(load_sweep(f).config.cost) == cost
+
+    # by hand: digits' 1,797 images encoded once; lamm 2 epochs of floor(n / 16), maple 1 of floor(n / 4)
+    plan = make_plan(load_dataset("digits"), load(bench).benchmark, 1)
+    lamm_steps = sum(2 * (len(i) // 16) for i in plan.train_index)
+    maple_steps = sum(len(i) // 4 for i in plan.train_index)
+    seconds = 1797 * cost["encode_image_s"] + lamm_steps * cost["feature_step_s"] + maple_steps * cost["image_step_s"]
+    assert f"{'lamm':<16} {lamm_steps:>12,} steps" in out and f"{'maple':<16} {maple_steps:>12,} steps" in out
+    printed = re.search(r"estimated GPU-hours: ([0-9.]+) \(([0-9,]+) s;", out)
+    assert printed is not None, out
+    assert printed.group(1) == f"{seconds / 3600:.1f}"
+    assert abs(int(printed.group(2).replace(",", "")) - seconds) <= 0.5 + 1e-6
+    # and a plain --dry-run with the pasted line prints the very same estimate
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    again = capsys.readouterr().out
+    assert printed.group(0) in again
+
+
+def test_calibrate_cost_line_is_yaml_numbers_even_when_tiny():
+    """1e-05 written as such would be a string to YAML 1.1 (no dot): the line must stay positional."""
+    from lamm_cl.sweep.calibrate import Calibration, Timing
+    from lamm_cl.sweep.spec import CostConfig
+
+    t = Timing("x", 1.0, 1)
+    cal = Calibration("cpu", "m", t, t, None, CostConfig(encode_image_s=1e-05, feature_step_s=0.000123,
+                                                         image_step_s=2.5))
+    assert yaml.safe_load(cal.cost_line())["cost"] == {"encode_image_s": 1e-05, "feature_step_s": 0.000123,
+                                                        "image_step_s": 2.5}
+
+
+def test_calibrate_without_dry_run_is_one_line_and_status_2(tmp_path, capsys):
+    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    f = _sweep_file(tmp_path, {"name": "local"})
+    assert main(["sweep", str(f), "--calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--calibrate goes with --dry-run" in err
     assert not (tmp_path / "out").exists()
 
 

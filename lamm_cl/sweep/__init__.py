@@ -8,7 +8,8 @@ sits above it:
 * :mod:`~lamm_cl.sweep.job` -- one job in whatever process a launcher gives it (log, state, resume);
 * :mod:`~lamm_cl.sweep.driver` -- which jobs run, in two phases (image features once, then jobs);
 * ``launch_<name>`` -- one small module per engine (``local``, ``slurm`` via submitit, ``ray``);
-* :mod:`~lamm_cl.sweep.cost` -- the ``--dry-run`` estimate; :mod:`~lamm_cl.sweep.table` -- the
+* :mod:`~lamm_cl.sweep.cost` -- the ``--dry-run`` estimate; :mod:`~lamm_cl.sweep.calibrate` -- its
+  per-unit seconds measured on this machine (``--calibrate``); :mod:`~lamm_cl.sweep.table` -- the
   cross-dataset table of ``lamm-cl report SWEEP_OUTPUT``.
 
 Importing it imports neither torch nor a launcher's engine.

@@ -1,11 +1,14 @@
 """``lamm-cl sweep --dry-run``: what a grid will cost, before anything runs.
 
 Counts are exact where the data is there (the dataset index is read, the class-incremental
-plan of every job is built, no image is opened): images to encode once per feature group,
-and training steps per strategy (per experience: ``epochs x floor(images / batch_size)``,
+plan of every job is built, no image is opened): images to encode once per feature group
+(every image at the centre crop, plus ``train_views`` augmented views of the training images each
+job reads: a few-shot job's own draw), and training steps per strategy (per experience: ``epochs x floor(images / batch_size)``,
 the last partial batch dropped as Dassl does). The GPU-hours multiply them by the sweep's
-``cost:`` seconds, whose defaults were measured on one H100-class GPU with ViT-B/16 (see the
-README); set them for your hardware.
+``cost:`` seconds. Their defaults (:class:`~lamm_cl.sweep.spec.CostConfig`) are rough estimates
+for ViT-B/16 on one current data-centre GPU, not measurements: no GPU timed them.
+``--calibrate`` (:mod:`lamm_cl.sweep.calibrate`) measures them on the user's own hardware and
+estimates with those; or set them under ``cost:``.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def estimate(sweep: Sweep) -> list[str]:
     from lamm_cl.benchmark import make_plan
     from lamm_cl.data import load_dataset
     from lamm_cl.registry import get_strategy
-    from lamm_cl.sweep.job import _config, feature_group, needs_features
+    from lamm_cl.sweep.job import _config, feature_group, needs_features, view_images
 
     cost = sweep.config.cost
     folders = sorted({j.results for j in sweep.jobs})
@@ -36,7 +39,8 @@ def estimate(sweep: Sweep) -> list[str]:
              f"launcher {sweep.config.launcher.get('name')}, output {sweep.output}"]
     parts_of: dict[tuple, object] = {}
     missing: dict[str, str] = {}
-    images: dict[tuple, int] = {}
+    images: dict[tuple, int] = {}  # per feature group: test + train at the centre crop
+    views: dict[tuple, dict] = defaultdict(dict)  # per feature group: each distinct set of viewed images -> views
     steps: dict[str, int] = defaultdict(int)
     kinds: dict[str, str] = {}
     unknown_steps: set[str] = set()
@@ -54,12 +58,19 @@ def estimate(sweep: Sweep) -> list[str]:
         if parts is None:
             unknown_steps.add(j.strategy)
             continue
-        if needs_features(cfg):
+        if needs_features(cfg):  # what the feature stage encodes (job.prepare_features)
             group = feature_group(cfg)
-            images[group] = len(parts.test) + len(parts.train) * (1 + cfg.features.train_views)
-        steps[j.strategy] += _steps(make_plan(parts, b, j.seed), cfg.strategies[0].options)
-    n_images = sum(images.values())
+            images[group] = len(parts.test) + len(parts.train)
+        plan = make_plan(parts, b, j.seed)
+        if needs_features(cfg) and cfg.features.train_views > 0:
+            idx = view_images(cfg, parts, j.seed, plan)  # a few-shot job's views are of its own draw
+            key = None if idx is None else idx.tobytes()
+            views[group][key] = (len(parts.train) if idx is None else len(idx)) * cfg.features.train_views
+        steps[j.strategy] += _steps(plan, cfg.strategies[0].options)
+    n_views = sum(n for sets in views.values() for n in sets.values())
+    n_images = sum(images.values()) + n_views
     lines.append(f"images to encode once: {n_images:,} in {len(images)} feature group(s)"
+                 + (f", {n_views:,} of them augmented training views" if n_views else "")
                  + (" (plus the datasets not found below)" if missing else ""))
     lines.append("training steps per strategy (all its jobs):")
     for s in sorted(kinds, key=lambda s: -steps[s]):
@@ -68,7 +79,7 @@ def estimate(sweep: Sweep) -> list[str]:
                      f"{note}")
     seconds = n_images * cost.encode_image_s + sum(
         n * (cost.image_step_s if kinds[s] == "images" else cost.feature_step_s) for s, n in steps.items())
-    lines.append(f"estimated GPU-hours: {seconds / 3600:.1f} (encode {cost.encode_image_s} s/image, "
+    lines.append(f"estimated GPU-hours: {seconds / 3600:.1f} ({seconds:,.0f} s; encode {cost.encode_image_s} s/image, "
                  f"{cost.feature_step_s} s/step on features, {cost.image_step_s} s/step on images; "
                  "set them under `cost:`; evaluation not counted)")
     for name, why in missing.items():

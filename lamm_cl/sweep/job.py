@@ -140,11 +140,40 @@ def feature_group(cfg) -> tuple:
     return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views)
 
 
+def view_images(cfg, parts, seed: int, plan=None):
+    """The training images whose augmented views the job of ``cfg`` (one seed) reads: its few-shot draw,
+    as :func:`lamm_cl.runner.few_shot_images` gives the runner, or None for every training image.
+
+    Args:
+        plan: the job's plan, if already made (else it is made here).
+    """
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.runner import few_shot_images
+
+    if cfg.features.train_views <= 0:
+        return None
+    return few_shot_images(cfg, {seed: plan if plan is not None else make_plan(parts, cfg.benchmark, seed)})
+
+
+def view_sets(sweep: Sweep, group: tuple, parts) -> list:
+    """The distinct training-image sets (index arrays; None: all) whose views the feature-reading jobs
+    of ``group`` read. Each is its own store entry: a few-shot job's views are of its seed's draw."""
+    seen: dict = {}
+    for j in sweep.jobs:
+        cfg = _config(j)
+        if needs_features(cfg) and feature_group(cfg) == group:
+            idx = view_images(cfg, parts, j.seed)
+            seen.setdefault(None if idx is None else idx.tobytes(), idx)
+    return list(seen.values())
+
+
 def prepare_features(output: str, job_id: str) -> dict:
     """Encode, once, every image the jobs of ``job_id``'s feature group read, into the shared store.
 
-    Train and test images at the centre crop, and every augmented training view when
-    ``features.train_views > 0``. Jobs started afterwards find all of it in the store.
+    Train and test images at the centre crop, and with ``features.train_views > 0`` every
+    augmented view of the training images each job reads (a few-shot job: its seed's draw, see
+    :func:`view_sets`), under the keys the jobs look up. Jobs started afterwards find all of it
+    in the store.
     """
     sweep = read_sweep(output)
     job = _job(sweep, job_id)
@@ -161,9 +190,16 @@ def prepare_features(output: str, job_id: str) -> dict:
             clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device))
             extractor = FeatureExtractor.from_config(clip, cfg.features)
             n = 0
-            for samples, views in ((parts.test, [None]), (parts.train, [None, *range(cfg.features.train_views)])):
-                for v in views:
+            for samples in (parts.test, parts.train):
+                extractor.features(samples)
+                extractor.forget()  # in the store now; ImageNet's views would not fit in memory together
+                n += len(samples)
+            views = cfg.features.train_views
+            for idx in view_sets(sweep, feature_group(cfg), parts) if views > 0 else []:
+                samples = parts.train if idx is None else parts.train.subset(idx)
+                for v in range(views):  # the same samples and view as Inputs._features asks for
                     extractor.features(samples, view=v)
+                    extractor.forget()
                     n += len(samples)
             _say(f"== features of {cfg.benchmark.dataset} ({cfg.model.arch} + {cfg.model.pretrained}): "
                  f"{n} images in the store")

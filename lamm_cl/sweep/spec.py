@@ -34,11 +34,16 @@ JOBS_DIR = "_jobs"  # per-job log and state files, in the output folder
 
 @dataclass
 class CostConfig:
-    """What one unit of work costs on the target GPU, for ``--dry-run``'s estimate (seconds)."""
+    """What one unit of work costs on the target GPU, for ``--dry-run``'s estimate (seconds).
 
-    encode_image_s: float = 0.0008  # encoding one image once (ViT-B/16, batch 512, bf16)
-    feature_step_s: float = 0.012  # one training step of a strategy on cached features (batch 32)
-    image_step_s: float = 0.09  # one training step of a strategy that reads images (finetune, maple)
+    The defaults are rough estimates for ViT-B/16 on one current data-centre GPU, not
+    measurements (nothing here was timed on a GPU); ``lamm-cl sweep SWEEP.yaml --dry-run
+    --calibrate`` measures all three on the machine it runs on and prints the ``cost:`` line.
+    """
+
+    encode_image_s: float = 0.0008  # encoding one image once with the frozen image tower (estimate)
+    feature_step_s: float = 0.012  # one training step of a strategy on cached features, batch 32 (estimate)
+    image_step_s: float = 0.09  # one training step of a strategy that reads images: finetune, maple (estimate)
 
 
 @dataclass
