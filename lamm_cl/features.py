@@ -284,7 +284,9 @@ class FeatureStore:
             with open(data, "rb") as f:
                 if os.fstat(f.fileno()).st_size != info.get("nbytes"):
                     return None, "has the wrong size"
-                if file_sha256(f) != info.get("sha256"):
+                if "sha256" not in info:  # written before entries carried a checksum: nothing to check it by
+                    return None, "has no checksum (written by an older lamm-cl)"
+                if file_sha256(f) != info["sha256"]:
                     return None, "failed its checksum (garbled on disk)"
                 f.seek(0)
                 version = np.lib.format.read_magic(f)

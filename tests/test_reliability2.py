@@ -307,6 +307,22 @@ def test_entry_garbled_at_the_same_size_is_recomputed(tmp_path, tiny_clip, digit
         assert json.loads(meta.read_text())["sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
 
 
+def test_entry_from_before_checksums_is_recomputed_and_named_as_such(tmp_path, tiny_clip, digits):
+    samples = digits.train.subset(range(12))
+    ext = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=12)
+    good = ext.features(samples).clone()
+    data, meta = ext.store.paths(ext.key(samples))
+    info = json.loads(meta.read_text())
+    del info["sha256"]  # what an entry written before checksums existed looks like
+    meta.write_text(json.dumps(info))
+    notes = []
+    fresh = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=12)
+    fresh.log = notes.append
+    assert np.array_equal(fresh.features(samples).numpy(), good.numpy())
+    assert len(notes) == 1 and "has no checksum (written by an older lamm-cl)" in notes[0], notes
+    assert "sha256" in json.loads(meta.read_text())  # rewritten with one
+
+
 # --------------------------------------------------------------------------- 3./4. the results-folder lock
 
 
