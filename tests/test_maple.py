@@ -375,3 +375,33 @@ def test_maple_drops_the_last_partial_batch_as_dassl(monkeypatch, n_images, drop
     template.train_mb_size = 4
     template._before_training_exp()
     assert seen["drop_last"] is drop
+
+
+def test_image_strategies_train_on_the_epochs_augmented_view_not_the_centre_crop(tiny_clip, digits, tmp_path):
+    # The reference trains MaPLe on a random resized crop + flip drawn at every step (Dassl's
+    # TRANSFORMS in MaPLe's vit_b16_c2_ep5_batch4_2ctx.yaml); with train_views > 0 the image reader
+    # must hand training the epoch's view of each image, and the test reader the centre crop.
+    from lamm_cl.data import DatasetParts
+    from lamm_cl.features import AugmentedView, FeatureExtractor, draw_view, view_seed
+    from lamm_cl.runner import Inputs
+
+    parts = DatasetParts("digits", digits.classnames, digits.train.subset(range(20)), digits.test.subset(range(10)))
+    inputs = Inputs(parts, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=tmp_path), train_views=3)
+    (plugin,) = inputs.plugins(seed=5)
+    read = inputs.reader("images", "train")(0, np.arange(20))
+    test = inputs.reader("images", "test")(0, np.arange(10))
+    augment = AugmentedView.for_clip(tiny_clip)  # the crop + flip the feature strategies' views use
+    seen = []
+    for epoch in range(3):
+        plugin.before_training_epoch(SimpleNamespace(experience=SimpleNamespace(current_experience=0),
+                                                     clock=SimpleNamespace(train_exp_epochs=epoch)))
+        view = draw_view(5, 0, epoch, 3)
+        torch.testing.assert_close(read(4), augment(parts.train.image(4), view_seed(view, 4)), rtol=0, atol=0)
+        torch.testing.assert_close(test(4), tiny_clip.preprocess(parts.test.image(4)), rtol=0, atol=0)
+        seen.append(read(4))
+    centre = tiny_clip.preprocess(parts.train.image(4))
+    assert all(not torch.allclose(v, centre) for v in seen)
+    assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])
+    # train_views: 0 keeps the centre crop
+    plain = Inputs(parts, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=tmp_path)).reader("images", "train")
+    torch.testing.assert_close(plain(0, np.arange(20))(4), centre, rtol=0, atol=0)
