@@ -405,3 +405,42 @@ def test_image_strategies_train_on_the_epochs_augmented_view_not_the_centre_crop
     # train_views: 0 keeps the centre crop
     plain = Inputs(parts, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=tmp_path)).reader("images", "train")
     torch.testing.assert_close(plain(0, np.arange(20))(4), centre, rtol=0, atol=0)
+
+
+def test_logits_are_exp_logit_scale_times_cosine(tiny_clip):
+    # MaPLe's CustomCLIP.forward: logit_scale.exp() * normalised image @ normalised text (trainers/maple.py:191-199);
+    # at depth 1 with the context still "a photo", the text side is CLIP's own "a photo of a <name>."
+    model = maple_model(tiny_clip, prompt_depth=1)
+    model.eval()
+    x = images(2)
+    with torch.no_grad():
+        logits = model(x)
+        f = model.image_features(x)
+        t = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
+        t = t / t.norm(dim=-1, keepdim=True)
+        scale = float(tiny_clip.model.logit_scale.exp())
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # exp of a fresh CLIP's log(1 / 0.07), not the raw value
+    torch.testing.assert_close(logits, scale * f @ t.t(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_maple_schedule_is_one_warmup_epoch_then_cosine_over_five(tiny_clip):
+    # configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: LR 0.0035, MAX_EPOCH 5, WARMUP_EPOCH 1 constant 1e-5,
+    # cosine. Dassl's ConstantWarmupScheduler + CosineAnnealingLR(T_max=5) with WARMUP_RECOUNT, worked by hand:
+    # epoch e >= 1 at 0.0035 * (1 + cos(pi * (e - 1) / 5)) / 2 -> 1, 0.9045085, 0.6545085, 0.3454915
+    from lamm_cl.strategies.maple import maple_plugins
+
+    opts = MapleOptions()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=opts.lr)
+    (plugin,) = maple_plugins(opts, optimizer)
+    lrs = []
+    for epoch in range(5):
+        plugin.before_training_epoch(SimpleNamespace(optimizer=optimizer, clock=SimpleNamespace(train_exp_epochs=epoch)))
+        lrs.append(optimizer.param_groups[0]["lr"])
+    expected = [1e-5, 0.0035, 0.0035 * 0.9045085, 0.0035 * 0.6545085, 0.0035 * 0.3454915]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    from lamm_cl.training import sgd
+
+    ref = sgd([torch.nn.Parameter(torch.zeros(1))], opts)  # Dassl's SGD: momentum 0.9, weight decay 5e-4
+    assert (ref.defaults["momentum"], ref.defaults["weight_decay"], ref.defaults["nesterov"],
+            ref.defaults["dampening"]) == (0.9, 5e-4, False, 0)
