@@ -444,3 +444,39 @@ def test_maple_schedule_is_one_warmup_epoch_then_cosine_over_five(tiny_clip):
     ref = sgd([torch.nn.Parameter(torch.zeros(1))], opts)  # Dassl's SGD: momentum 0.9, weight decay 5e-4
     assert (ref.defaults["momentum"], ref.defaults["weight_decay"], ref.defaults["nesterov"],
             ref.defaults["dampening"]) == (0.9, 5e-4, False, 0)
+
+
+def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
+    # LAMM trainers/maple.py:323-337 with --triplet-loss and no --shots:
+    # CE(z) + 1 * sum (M - M0)^2 + mean(1 - cos(t_y, t0_y)) + 0.05 * 4 * CE(z0 / 2, softmax(z / 2)),
+    # z0 = exp(logit_scale) f t0^T with t0 the plain MaPLe prompt. At depth 1 with the context still
+    # "a photo", t0 is CLIP's own "a photo of a <name>." -- computed here without the model's text path.
+    from lamm_cl.strategies.maple_lamm import maple_lamm_objective
+
+    torch.manual_seed(0)
+    model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=1, layout="reference"))
+    model.labels.add_classes([0, 1, 2])
+    model.classes = [0, 1, 2]
+    model.train()
+    with torch.no_grad():
+        for c in range(3):  # M_c = M0_c + 0.1 (c + 1) in each of its 64 entries
+            model.labels.vectors[str(c)].add_(0.1 * (c + 1))
+    y = torch.tensor([0, 1, 1, 2])
+    logits = model(images(4))
+    loss, parts = maple_lamm_objective(model, logits, y, MapleLammOptions().weights(None))
+    with torch.no_grad():
+        f, t = model.last_image, model.last_text
+        t0 = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
+        t0 = t0 / t0.norm(dim=-1, keepdim=True)
+        z0 = float(tiny_clip.model.logit_scale.exp()) * f @ t0.t()
+        ce = torch.nn.functional.cross_entropy(logits, y)
+        l_param = 64 * (0.1 ** 2 + 0.2 ** 2 + 0.3 ** 2)  # = 8.96
+        l_feat = (1 - torch.nn.functional.cosine_similarity(t[y], t0[y], dim=-1)).mean()  # every sample has company
+        l_logits = -(torch.softmax(logits / 2, -1) * torch.log_softmax(z0 / 2, -1)).sum(-1).mean() * 4
+    assert parts["param"] == pytest.approx(8.96, rel=1e-4)
+    assert parts["feature"] == pytest.approx(float(l_feat), rel=1e-4, abs=1e-6)
+    assert parts["logits"] == pytest.approx(float(l_logits), rel=1e-4)
+    assert float(loss) == pytest.approx(float(ce + l_param + l_feat + 0.05 * l_logits), rel=1e-4)
+    # a batch of one class: no feature term (FeatureLoss, trainers/maple.py:67-86)
+    _, parts = maple_lamm_objective(model, model(images(2)), torch.tensor([1, 1]), MapleLammOptions().weights(None))
+    assert parts["feature"] == 0.0
