@@ -14,6 +14,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from lamm_cl import config, runner
 from lamm_cl.benchmark import dry_run
 from lamm_cl.errors import ConfigError
+from lamm_cl.features import AugmentedView
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.model.deep_prompts import MapleClassifier, encode_image_deep
 from lamm_cl.registry import get_strategy
@@ -480,3 +481,23 @@ def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
     # a batch of one class: no feature term (FeatureLoss, trainers/maple.py:67-86)
     _, parts = maple_lamm_objective(model, model(images(2)), torch.tensor([1, 1]), MapleLammOptions().weights(None))
     assert parts["feature"] == 0.0
+
+
+def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
+    # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
+    data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)
+    data["features"]["train_views"] = 2
+    reads = []
+    real = AugmentedView.__call__
+
+    def spy(self, image, seed):
+        reads.append(seed)
+        return real(self, image, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AugmentedView, "__call__", spy)
+        captured, records = run_capturing(data, tmp_path / "o")
+    assert reads  # training read augmented views ...
+    assert not np.isnan(np.tril(records[0].matrix)).any()
+    after = captured[0].snap.after
+    assert not torch.equal(after[1]["learner.context"], after[0]["learner.context"])  # ... and trained on them
