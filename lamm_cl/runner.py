@@ -30,7 +30,8 @@ from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
 from lamm_cl.errors import UserError
-from lamm_cl.features import AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin, ViewSchedule
+from lamm_cl.features import (AugmentedView, AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin,
+                              ViewSchedule, view_seed)
 from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
@@ -61,7 +62,8 @@ class Inputs:
     ``train_views > 0`` a "features" strategy trains on augmented views: the
     training reader returns the view that :meth:`plugins`' view plugin picked
     for the current epoch (each view extracted the first time it is drawn).
-    Test features are always the centre crop.
+    Test features are always the centre crop. An "images" strategy with ``train_views > 0``
+    trains on the same per-epoch view, augmented from the image at each read (nothing cached).
     """
 
     parts: DatasetParts
@@ -101,6 +103,15 @@ class Inputs:
             feats = self._features(split)
             return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].float())
         samples = self.parts.train if split == "train" else self.parts.test
+        if split == "train" and self.train_views > 0:
+            # An image strategy (maple, maple_lamm, finetune) trains on the epoch's augmented view made
+            # afresh from the image, not on the centre crop: Dassl draws a random resized crop + flip at
+            # every step (MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:13, TRANSFORMS),
+            # and each image is read once per epoch, so a new view per epoch is the same draw. The view
+            # is looked up per item: it changes between epochs.
+            augment, schedule = AugmentedView.for_clip(self.clip), self.schedule
+            return lambda t, idx: (lambda i, idx=idx: augment(samples.image(int(idx[i])),
+                                                              view_seed(schedule.view, int(idx[i]))))
         images = ImageReader(samples, self.clip.preprocess)
         return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])])
 

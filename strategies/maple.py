@@ -5,7 +5,25 @@ stay frozen (lamm_cl.model.deep_prompts places the prompts exactly as MaPLe's co
 
 Class-incrementally the shared prompts and couplings keep training on every experience, like CoOp's
 context (``freeze_after_first: true`` stops them after the first). The vision prompts change the image
-features, so this strategy reads images every step: no feature cache.
+features, so this strategy reads images every step: no feature cache. With ``features.train_views > 0``
+training reads each epoch's random resized crop + flip, as Dassl's TRANSFORMS (centre crop otherwise).
+
+What trains is what MaPLe's ``build_model`` leaves trainable (muzairkhattak/multimodal-prompt-learning
+trainers/maple.py:231-239: every parameter named ``prompt_learner``): the context, the deeper text
+prompts and all couplings; the loss is cross-entropy of ``exp(logit_scale) * f t^T`` (:189-202).
+Optimiser and schedule: Dassl's SGD (momentum 0.9, weight decay 5e-4, every parameter of the model
+given, :253) with the config's warm-up + cosine (:254; see lamm_cl.training.warmup_cosine).
+
+Deliberate deviations from the reference (beside those in lamm_cl.model.deep_prompts):
+
+* ``ctx_init`` with ``n_ctx > 4``: MaPLe ignores the words and draws a random context with "X"
+  placeholders (trainers/maple.py:84 ``if ctx_init and (n_ctx) <= 4``); LAMM's copy of the trainer
+  drops that condition (gaojingsheng/LAMM trainers/maple.py:103) and so does lamm-cl: the words are
+  used whenever they are at least ``n_ctx`` tokens.
+* ``ctx_init`` shorter than ``n_ctx`` tokens: the reference would slice EOT and name embeddings into
+  the context (``embedding[0, 1: 1 + n_ctx]``, :91); here it is a config error.
+* class-incrementally the warm-up + cosine schedule restarts at every experience while SGD's
+  momentum carries over (Avalanche keeps the optimiser's state); the reference trains one task.
 """
 from __future__ import annotations
 
@@ -25,14 +43,17 @@ from lamm_cl.training import DropLastPartialBatch, StrategyContext, lr_schedule_
 
 @dataclass
 class MapleOptions(StrategyOptions):
-    # defaults: MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml
-    epochs: int = 5  # passes over each experience's training data
-    batch_size: int = 4  # training mini-batch
-    lr: float = 0.0035  # SGD's base learning rate (one warm-up epoch at 1e-5, then cosine)
-    n_ctx: int = 2  # context vectors at the text input: the first n_ctx tokens of ctx_init
-    ctx_init: str = "a photo of a"  # the prompt before the name; its first n_ctx tokens start the context,
-    #                                 the rest stay words; random: n_ctx vectors N(0, 0.02^2) and no words
-    prompt_depth: int = 9  # layers with prompts (1: the input only); at most the towers' block count
+    # defaults: MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (line numbers of that file);
+    # the base->new scripts use the same file (scripts/maple/base2new_train_maple.sh: CFG=..._ep5_...);
+    # only the cross-dataset file differs (..._cross_datasets.yaml: 2 epochs, lr 0.0026, depth 3)
+    epochs: int = 5  # passes over each experience's training data (MAX_EPOCH, :18)
+    batch_size: int = 4  # training mini-batch (TRAIN_X.BATCH_SIZE, :3)
+    lr: float = 0.0035  # SGD's base learning rate (:17; one warm-up epoch at 1e-5, then cosine, :19-22)
+    n_ctx: int = 2  # context vectors at the text input: the first n_ctx tokens of ctx_init (N_CTX, :33)
+    ctx_init: str = "a photo of a"  # the prompt before the name (CTX_INIT, :34); its first n_ctx tokens start
+    #                                 the context, the rest stay words; random: n_ctx vectors N(0, 0.02^2), no words
+    prompt_depth: int = 9  # layers with prompts, the input counted (PROMPT_DEPTH, :36; 1: the input only);
+    #                        at most the towers' block count
     freeze_after_first: bool = False  # train the prompts and couplings on the first experience only
 
     def validate(self, path: str) -> None:
@@ -50,7 +71,9 @@ def maple_prompts(ctx: StrategyContext, opts: MapleOptions, name: str = "maple")
     """MaPLe's prompts ``[SOS] ctx_1..ctx_n (rest of ctx_init) name . [EOT]`` and the prompt learner.
 
     As in MaPLe's ``MultiModalPromptLearner``, the prompt is ``ctx_init + " " + name + "."`` whose first
-    ``n_ctx`` tokens after SOS become the trainable context (``X`` placeholders for a random one).
+    ``n_ctx`` tokens after SOS become the trainable context (``X`` placeholders for a random one)
+    (trainers/maple.py:84-97, 121): with "a photo of a" and n_ctx 2 the context starts as the
+    embeddings of "a photo" and "of a" stay words (:131 ``token_suffix = embedding[:, 1 + n_ctx:]``).
 
     Raises:
         ConfigError: ``ctx_init`` is shorter than ``n_ctx`` tokens, or ``prompt_depth`` exceeds the model's blocks.

@@ -14,6 +14,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from lamm_cl import config, runner
 from lamm_cl.benchmark import dry_run
 from lamm_cl.errors import ConfigError
+from lamm_cl.features import AugmentedView
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.model.deep_prompts import MapleClassifier, encode_image_deep
 from lamm_cl.registry import get_strategy
@@ -375,3 +376,128 @@ def test_maple_drops_the_last_partial_batch_as_dassl(monkeypatch, n_images, drop
     template.train_mb_size = 4
     template._before_training_exp()
     assert seen["drop_last"] is drop
+
+
+def test_image_strategies_train_on_the_epochs_augmented_view_not_the_centre_crop(tiny_clip, digits, tmp_path):
+    # The reference trains MaPLe on a random resized crop + flip drawn at every step (Dassl's
+    # TRANSFORMS in MaPLe's vit_b16_c2_ep5_batch4_2ctx.yaml); with train_views > 0 the image reader
+    # must hand training the epoch's view of each image, and the test reader the centre crop.
+    from lamm_cl.data import DatasetParts
+    from lamm_cl.features import AugmentedView, FeatureExtractor, draw_view, view_seed
+    from lamm_cl.runner import Inputs
+
+    parts = DatasetParts("digits", digits.classnames, digits.train.subset(range(20)), digits.test.subset(range(10)))
+    inputs = Inputs(parts, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=tmp_path), train_views=3)
+    (plugin,) = inputs.plugins(seed=5)
+    read = inputs.reader("images", "train")(0, np.arange(20))
+    test = inputs.reader("images", "test")(0, np.arange(10))
+    augment = AugmentedView.for_clip(tiny_clip)  # the crop + flip the feature strategies' views use
+    seen = []
+    for epoch in range(3):
+        plugin.before_training_epoch(SimpleNamespace(experience=SimpleNamespace(current_experience=0),
+                                                     clock=SimpleNamespace(train_exp_epochs=epoch)))
+        view = draw_view(5, 0, epoch, 3)
+        torch.testing.assert_close(read(4), augment(parts.train.image(4), view_seed(view, 4)), rtol=0, atol=0)
+        torch.testing.assert_close(test(4), tiny_clip.preprocess(parts.test.image(4)), rtol=0, atol=0)
+        seen.append(read(4))
+    centre = tiny_clip.preprocess(parts.train.image(4))
+    assert all(not torch.allclose(v, centre) for v in seen)
+    assert not torch.allclose(seen[0], seen[1]) and not torch.allclose(seen[1], seen[2])
+    # train_views: 0 keeps the centre crop
+    plain = Inputs(parts, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=tmp_path)).reader("images", "train")
+    torch.testing.assert_close(plain(0, np.arange(20))(4), centre, rtol=0, atol=0)
+
+
+def test_logits_are_exp_logit_scale_times_cosine(tiny_clip):
+    # MaPLe's CustomCLIP.forward: logit_scale.exp() * normalised image @ normalised text (trainers/maple.py:191-199);
+    # at depth 1 with the context still "a photo", the text side is CLIP's own "a photo of a <name>."
+    model = maple_model(tiny_clip, prompt_depth=1)
+    model.eval()
+    x = images(2)
+    with torch.no_grad():
+        logits = model(x)
+        f = model.image_features(x)
+        t = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
+        t = t / t.norm(dim=-1, keepdim=True)
+        scale = float(tiny_clip.model.logit_scale.exp())
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # exp of a fresh CLIP's log(1 / 0.07), not the raw value
+    torch.testing.assert_close(logits, scale * f @ t.t(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_maple_schedule_is_one_warmup_epoch_then_cosine_over_five(tiny_clip):
+    # configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: LR 0.0035, MAX_EPOCH 5, WARMUP_EPOCH 1 constant 1e-5,
+    # cosine. Dassl's ConstantWarmupScheduler + CosineAnnealingLR(T_max=5) with WARMUP_RECOUNT, worked by hand:
+    # epoch e >= 1 at 0.0035 * (1 + cos(pi * (e - 1) / 5)) / 2 -> 1, 0.9045085, 0.6545085, 0.3454915
+    from lamm_cl.strategies.maple import maple_plugins
+
+    opts = MapleOptions()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=opts.lr)
+    (plugin,) = maple_plugins(opts, optimizer)
+    lrs = []
+    for epoch in range(5):
+        plugin.before_training_epoch(SimpleNamespace(optimizer=optimizer, clock=SimpleNamespace(train_exp_epochs=epoch)))
+        lrs.append(optimizer.param_groups[0]["lr"])
+    expected = [1e-5, 0.0035, 0.0035 * 0.9045085, 0.0035 * 0.6545085, 0.0035 * 0.3454915]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    from lamm_cl.training import sgd
+
+    ref = sgd([torch.nn.Parameter(torch.zeros(1))], opts)  # Dassl's SGD: momentum 0.9, weight decay 5e-4
+    assert (ref.defaults["momentum"], ref.defaults["weight_decay"], ref.defaults["nesterov"],
+            ref.defaults["dampening"]) == (0.9, 5e-4, False, 0)
+
+
+def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
+    # LAMM trainers/maple.py:323-337 with --triplet-loss and no --shots:
+    # CE(z) + 1 * sum (M - M0)^2 + mean(1 - cos(t_y, t0_y)) + 0.05 * 4 * CE(z0 / 2, softmax(z / 2)),
+    # z0 = exp(logit_scale) f t0^T with t0 the plain MaPLe prompt. At depth 1 with the context still
+    # "a photo", t0 is CLIP's own "a photo of a <name>." -- computed here without the model's text path.
+    from lamm_cl.strategies.maple_lamm import maple_lamm_objective
+
+    torch.manual_seed(0)
+    model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=1, layout="reference"))
+    model.labels.add_classes([0, 1, 2])
+    model.classes = [0, 1, 2]
+    model.train()
+    with torch.no_grad():
+        for c in range(3):  # M_c = M0_c + 0.1 (c + 1) in each of its 64 entries
+            model.labels.vectors[str(c)].add_(0.1 * (c + 1))
+    y = torch.tensor([0, 1, 1, 2])
+    logits = model(images(4))
+    loss, parts = maple_lamm_objective(model, logits, y, MapleLammOptions().weights(None))
+    with torch.no_grad():
+        f, t = model.last_image, model.last_text
+        t0 = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
+        t0 = t0 / t0.norm(dim=-1, keepdim=True)
+        z0 = float(tiny_clip.model.logit_scale.exp()) * f @ t0.t()
+        ce = torch.nn.functional.cross_entropy(logits, y)
+        l_param = 64 * (0.1 ** 2 + 0.2 ** 2 + 0.3 ** 2)  # = 8.96
+        l_feat = (1 - torch.nn.functional.cosine_similarity(t[y], t0[y], dim=-1)).mean()  # every sample has company
+        l_logits = -(torch.softmax(logits / 2, -1) * torch.log_softmax(z0 / 2, -1)).sum(-1).mean() * 4
+    assert parts["param"] == pytest.approx(8.96, rel=1e-4)
+    assert parts["feature"] == pytest.approx(float(l_feat), rel=1e-4, abs=1e-6)
+    assert parts["logits"] == pytest.approx(float(l_logits), rel=1e-4)
+    assert float(loss) == pytest.approx(float(ce + l_param + l_feat + 0.05 * l_logits), rel=1e-4)
+    # a batch of one class: no feature term (FeatureLoss, trainers/maple.py:67-86)
+    _, parts = maple_lamm_objective(model, model(images(2)), torch.tensor([1, 1]), MapleLammOptions().weights(None))
+    assert parts["feature"] == 0.0
+
+
+def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
+    # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
+    data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)
+    data["features"]["train_views"] = 2
+    reads = []
+    real = AugmentedView.__call__
+
+    def spy(self, image, seed):
+        reads.append(seed)
+        return real(self, image, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AugmentedView, "__call__", spy)
+        captured, records = run_capturing(data, tmp_path / "o")
+    assert reads  # training read augmented views ...
+    assert not np.isnan(np.tril(records[0].matrix)).any()
+    after = captured[0].snap.after
+    assert not torch.equal(after[1]["learner.context"], after[0]["learner.context"])  # ... and trained on them

@@ -1,18 +1,41 @@
 """MaPLe's deep multi-modal prompts (Khattak et al., CVPR 2023), injected into open_clip's frozen towers.
 
-Where the prompts go, as MaPLe's own code places them (muzairkhattak/multimodal-prompt-learning,
-``trainers/maple.py`` ``MultiModalPromptLearner`` and ``clip/model.py``
-``ResidualAttentionBlock_MaPLe`` / ``VisionTransformer_MaPLe``):
+Where the prompts go, as MaPLe's own code places them (muzairkhattak/multimodal-prompt-learning at
+904dbd7: ``trainers/maple.py`` ``MultiModalPromptLearner`` and ``clip/model.py``
+``ResidualAttentionBlock_MaPLe`` / ``VisionTransformer_MaPLe``; line numbers below are of that copy):
 
+* depth: ``PROMPT_DEPTH`` counts the input layer. Depth 9 (the config's value) is the context at
+  the input plus prompts before blocks 1 .. 8; depth 1 is the input context alone
+  (trainers/maple.py:111-117 make ``depth - 1`` deeper prompts and projections;
+  ``ResidualAttentionBlock_MaPLe.forward`` skips block 0 and uses ``compound_prompts_deeper[counter]``
+  before blocks 1, 2, ... while ``counter`` is below their number);
 * text, layer 0: the ``n_ctx`` context vectors take the token positions ``1 .. n_ctx`` of the prompt
-  (right after SOS) and get the positional embedding like any token;
+  (right after SOS) and get the positional embedding like any token (trainers/maple.py:130-131
+  ``token_prefix`` / ``token_suffix = embedding[:, 1 + n_ctx:]``, 148-155, ``TextEncoder.forward``:53);
 * text, layer j = 1 .. depth-1: before block j the residual stream at positions ``1 .. n_ctx`` is
-  *replaced* by the layer's own prompt (no positional embedding);
+  *replaced* by the layer's own prompt (no positional embedding) (``ResidualAttentionBlock_MaPLe``,
+  text branch: ``prefix = x[:1]``, ``suffix = x[1 + n_ctx:]``);
 * vision, layer 0: ``coupling_0(context)`` is appended as ``n_ctx`` extra tokens after the class
-  token and the patches, after the positional embedding and before ``ln_pre``;
+  token and the patches, after the positional embedding and before ``ln_pre``
+  (``VisionTransformer_MaPLe.forward``; ``shared_ctx = self.proj(self.ctx)``, trainers/maple.py:176);
 * vision, layer j = 1 .. depth-1: before block j the last ``n_ctx`` tokens are replaced by
-  ``coupling_j(text prompt of layer j)``;
-* blocks from ``depth`` on see whatever the previous block made of the prompt tokens.
+  ``coupling_j(text prompt of layer j)`` (``ResidualAttentionBlock_MaPLe``, vision branch:
+  ``prefix = x[0 : L - n_ctx]``; trainers/maple.py:171-173);
+* blocks from ``depth`` on see whatever the previous block made of the prompt tokens; the image
+  feature is the class token's (``x[:, 0]`` then ``ln_post``), so the prompt tokens never reach it.
+
+Deliberate deviations (none changes a number on CLIP's ViTs in fp32):
+
+* widths: the reference hard-codes 512 (text prompts) and ``Linear(ctx_dim, 768)`` (couplings,
+  trainers/maple.py:103, 111, 116), ViT-B's widths; here they are the towers' own widths, so any
+  open_clip ViT works;
+* the prompt tokens are dropped before open_clip's pooling: identical for class-token pooling (every
+  CLIP ViT), and for an ``avg``-pooled tower the mean covers the image tokens only;
+* precision: the reference runs CLIP in fp16 (``PREC: "fp16"``, configs/trainers/MaPLe/
+  vit_b16_c2_ep5_batch4_2ctx.yaml:35), with ``self.proj.half()`` (trainers/maple.py:104) and every
+  deeper prompt cast ``.half()`` before it enters a block, the ``ctx`` parameter itself fp16 and
+  the deeper prompts and their projections fp32. Here every parameter is fp32; on CUDA training
+  runs under bf16 autocast and evaluation under fp16 autocast, as for the other strategies.
 
 The encoders are open_clip's own modules, run block by block; nothing of them is copied or changed.
 """
@@ -165,11 +188,13 @@ class MultiModalPrompts(nn.Module):
             raise ValueError(f"prompt depth must be 1 or more, got {depth}")
         n_ctx, width = context.shape
         self.context = nn.Parameter(context.detach().clone())
+        # text prompts of the deeper layers: N(0, 0.02^2), as trainers/maple.py:111-114
         self.text_deep = nn.ParameterList(
             [nn.Parameter(torch.randn(n_ctx, width, device=context.device) * 0.02) for _ in range(depth - 1)])
-        first = nn.Linear(width, vision_width, device=context.device)
-        # MaPLe clones one Linear for every deeper layer, so they all start equal
-        # (trainers/maple.py: `_get_clones(single_layer, depth - 1)`); the input's has its own draw.
+        first = nn.Linear(width, vision_width, device=context.device)  # self.proj, trainers/maple.py:103
+        # MaPLe clones one Linear for every deeper layer, so they all start equal (trainers/maple.py:116-117
+        # `_get_clones(single_layer, depth - 1)`, a deepcopy each, :207-208); the input's has its own draw.
+        # PyTorch's default Linear init in both, as the reference.
         deeper = nn.Linear(width, vision_width, device=context.device)
         self.couplings = nn.ModuleList([first, *(copy.deepcopy(deeper) for _ in range(depth - 1))])
 
@@ -247,6 +272,7 @@ class MapleClassifier(DynamicModule):
 
     @property
     def logit_scale(self) -> float:
+        # CLIP's exp(logit_scale), frozen: trainers/maple.py:191 ``logit_scale = self.logit_scale.exp()``
         return self.clip.logit_scale
 
     def adaptation(self, experience) -> None:
@@ -351,4 +377,4 @@ class MapleClassifier(DynamicModule):
         t, t0 = self.text_features()
         f = self.image_features(images).to(t.dtype)
         self.last_image, self.last_text, self.last_original = f, t, t0
-        return self.logit_scale * f @ t.t()
+        return self.logit_scale * f @ t.t()  # both normalised, as trainers/maple.py:197-199
