@@ -17,7 +17,10 @@ experience, and so the solution for every class moves -- as the paper intends.
 (shuffled) training loader delivered them, are split 80/20; for every λ in 10⁻⁸, 10⁻⁷, ..., 10⁸ a
 ridge fit on the first 80% (that experience's data only) is scored by the mean squared error of its
 one-hot predictions on the last 20%; the best λ (the smallest on ties) then solves the full
-accumulated system. ``M: 0`` skips the projection (the paper's "no RP" ablation: ridge on the raw
+accumulated system. G, Q and the λ search read the un-augmented training images (``RanPAC.py``
+``incremental_train``: ``train_loader_for_CPs`` is a ``mode="test"`` loader), so the strategy is
+registered with ``augmented_views=False``: the centre crop even when ``features.train_views > 0``.
+``M: 0`` skips the projection (the paper's "no RP" ablation: ridge on the raw
 features).
 
 Deviations from the reference, on purpose:
@@ -195,7 +198,7 @@ class RanPACOptions(StrategyOptions):
             raise ConfigError(f"{path}.ridge: expected a positive number or null, got {self.ridge}")
 
 
-@register_strategy("ranpac", options=RanPACOptions)
+@register_strategy("ranpac", options=RanPACOptions, augmented_views=False)  # RanPAC.py: mode="test" loader
 def build(ctx: StrategyContext, opts: RanPACOptions) -> SupervisedTemplate:
     """RanPAC (McDonnell et al., NeurIPS 2023): fixed random projection + ReLU, ridge on accumulated Gram/prototypes."""
     seed = ctx.seed if opts.projection_seed is None else opts.projection_seed

@@ -28,6 +28,11 @@ initialisation as in the reference), t the normalised text features of the promp
    P_old| + ``mix_bias``) keeps the entries that changed most and blends the rest back,
    A ← U (m ⊙ P + (1 − m) ⊙ P_old).
 
+The reference reads every training image through CLIP's own preprocessing (``main.py``: the training
+and the statistics loaders both use ``model.transforms``, no augmentation), so the strategy is
+registered with ``augmented_views=False``: it trains and takes its statistics on the centre crop even
+when ``features.train_views > 0``.
+
 An earlier class's mean and covariance never change; the adapter, shared by all classes, does (the
 method's own design).
 
@@ -327,7 +332,7 @@ class RAPFOptions(StrategyOptions):
             raise ConfigError(f"{path}.template: expected exactly one {{}} or `dataset`, got {self.template!r}")
 
 
-@register_strategy("rapf", options=RAPFOptions)
+@register_strategy("rapf", options=RAPFOptions, augmented_views=False)  # main.py: model.transforms
 def build(ctx: StrategyContext, opts: RAPFOptions) -> SupervisedTemplate:
     """RAPF (Huang et al., ECCV 2024): feature adapter vs. text classifier, old-class Gaussians, parameter fusion."""
     template = ctx.template if opts.template == "dataset" else opts.template

@@ -402,3 +402,32 @@ def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_p
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# --------------------------------------------------------------------------- which training view they read
+
+
+def test_the_three_read_the_centre_crop_even_with_augmented_views(tmp_path):
+    """The references take their statistics (and RAPF trains) on un-augmented training images: PILOT's
+    SimpleCIL and RanPAC read ``mode="test"`` loaders for the prototypes, RAPF's ``main.py`` reads CLIP's own
+    preprocessing for training and for ``analyze_mean_cov``. So ``features.train_views`` must not change
+    what they compute: a run with augmented views gives the very matrix of the centre-crop run."""
+    for name in ("simplecil", "ranpac", "rapf"):
+        assert get_strategy(name).augmented_views is False, name
+    assert get_strategy("linear_probe").augmented_views is True  # the default is untouched
+
+    def matrices(views):
+        data = {"name": "views", "seeds": [0], "device": "cpu",
+                "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 8,
+                              "class_order": "seeded", "order_seed": 0},
+                "model": {"arch": "lamm-tiny", "pretrained": "none"},
+                "features": {"cache": True, "cache_dir": str(tmp_path / "cache"), "train_views": views},
+                "strategies": [{"name": "simplecil"}, {"name": "ranpac", "M": 64},
+                               {"name": "rapf", "epochs": 2, "batch_size": 8}]}
+        records = runner.run(config.parse(data), tmp_path / f"out{views}", progress=False)
+        return {r.strategy: (r.matrix, r.per_class_accuracy) for r in records}
+
+    centre, augmented = matrices(0), matrices(2)
+    for name in ("simplecil", "ranpac", "rapf"):
+        np.testing.assert_array_equal(augmented[name][0], centre[name][0], err_msg=name)
+        assert augmented[name][1] == centre[name][1], name
