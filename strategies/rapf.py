@@ -44,23 +44,24 @@ when ``features.train_views > 0``.
 An earlier class's mean and covariance never change; the adapter, shared by all classes, does (the
 method's own design).
 
-Deviations, on purpose: features come from the shared store in float32 (the reference runs CLIP
-in fp16, so its class statistics are taken of fp16 features, and it casts the adapter's fp32 output
-back to fp16 before the logits, ``models.py:116,132``; here the logits are float32 on CPU and follow
-the run's autocast on CUDA); the fusion's SVD runs in float64 (the reference: float32), with a guard
-for an unchanged adapter, where the reference would divide 0 by 0; the Cholesky factor of each old
-class's covariance is computed once per experience instead of at every draw (the same draws in exact
-arithmetic), in float64, falling back to an eigen-decomposition square root if the factorisation
-fails (the reference would stop with an error); a class with a single training
-sample keeps the covariance 1e-4 I (``torch.cov`` of one sample is undefined); the per-epoch class
-shuffle uses torch's generator instead of Python's ``random``; and the reference hard-codes the
-number of old classes per batch per dataset (2 for CIFAR-100 10-10, 4 for CIFAR-100 with 5 new
-classes, 5 for ImageNet-R, 10 for CUB-200; ``main.py:78-85``): here it is the option
-``old_classes_per_batch``. Shared with the other strategies rather than RAPF's own: the class names
-(the reference prompts CIFAR-100 with torchvision's raw names, underscores included, e.g.
-``aquarium_fish``: ``datasets.py`` ``get_dataset``; lamm-cl reads ``aquarium fish``) and the class
-order (RAPF's ``class_orders/cifar100_order.yaml`` is not the iCaRL order that
-``benchmarks/split_cifar100.yaml`` uses; ``published.csv`` says so beside RAPF's figures).
+Deviations, on purpose: features come from the shared store in float32 (the reference runs CLIP in
+fp16, so its class statistics are taken of fp16 features, and it casts the adapter's fp32 output
+back to fp16 before the logits, ``models.py:116,132``; here the adapter and the logits are float32,
+outside the run's CUDA autocast, as the reference's adapter trains in float32); the fusion's SVD
+runs in float64 (the reference: float32), with a guard for an unchanged adapter, where the reference
+would divide 0 by 0; the Cholesky factor of each old class's covariance is computed once per
+experience instead of at every draw (the same draws in exact arithmetic), in float64, falling back
+to an eigen-decomposition square root if the factorisation fails (the reference would stop with an
+error); a class with a single training sample keeps the covariance 1e-4 I (``torch.cov`` of one
+sample is undefined); the per-epoch class shuffle uses torch's generator instead of Python's
+``random``; and the reference hard-codes the number of old classes per batch per dataset (2 for
+CIFAR-100 10-10, 4 for CIFAR-100 with 5 new classes, 5 for ImageNet-R, 10 for CUB-200;
+``main.py:78-85``): here it is the option ``old_classes_per_batch``. Shared with the other
+strategies rather than RAPF's own: the class names (the reference prompts CIFAR-100 with
+torchvision's raw names, underscores included, e.g. ``aquarium_fish``: ``datasets.py``
+``get_dataset``; lamm-cl reads ``aquarium fish``) and the class order (RAPF's
+``class_orders/cifar100_order.yaml`` is not the iCaRL order that ``benchmarks/split_cifar100.yaml``
+uses; ``published.csv`` says so beside RAPF's figures).
 """
 from __future__ import annotations
 
@@ -191,11 +192,15 @@ class AdaptedTextClassifier(SeenClasses):
         self.register_buffer("has_stats", torch.zeros(n, dtype=torch.bool))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """normalize(A f): the adapted, normalised image feature."""
-        return normalize(self.adapter(x.float()))
+        """normalize(A f): the adapted, normalised image feature, in float32 even under autocast."""
+        # the reference trains the adapter in float32 (cifar100_10-10.yaml:33 fp16: false; models.py:70,132):
+        # CUDA training autocast (bf16) would round the features, the weights and the adapted feature to 8 bits
+        with torch.autocast(x.device.type, enabled=False):
+            return normalize(self.adapter(x.float()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.logit_scale * self.embed(x) @ self.text.t()
+        with torch.autocast(x.device.type, enabled=False):
+            logits = self.logit_scale * self.embed(x) @ self.text.t()
         return self.restrict(logits)
 
     @torch.no_grad()

@@ -431,3 +431,23 @@ def test_the_three_read_the_centre_crop_even_with_augmented_views(tmp_path):
     for name in ("simplecil", "ranpac", "rapf"):
         np.testing.assert_array_equal(augmented[name][0], centre[name][0], err_msg=name)
         assert augmented[name][1] == centre[name][1], name
+
+
+def test_rapf_adapter_and_logits_stay_float32_under_autocast():
+    """The reference trains the adapter in float32 (``fp16: false``); the training forward of a CUDA run
+    happens under bf16 autocast, which must not reach RAPF's adapter. Checked with CPU autocast, which
+    casts ``nn.Linear`` to bf16 the same way."""
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]])
+    model = rapf.AdaptedTextClassifier(text, logit_scale=100.0, dim=3)
+    A = torch.tensor([[1.01, 0.02, -0.03], [0.01, 0.97, 0.05], [-0.02, 0.04, 1.03]])
+    model.adapter.weight.data.copy_(A)
+    model.seen[:3] = True
+    x = torch.tensor([[1.234, 0.567, 0.891], [0.123, 2.345, 0.678]])
+    # by hand, in float64: 100 * normalize(x Aᵀ) · tᵀ (the text rows above are unit vectors)
+    z = x.double() @ A.double().t()
+    expected = 100.0 * (z / z.norm(dim=1, keepdim=True)) @ text.double().t()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        emb = model.embed(x)
+    assert out.dtype == torch.float32 and emb.dtype == torch.float32
+    assert torch.allclose(out.double(), expected, atol=1e-4)  # bf16 would be off by ~0.1-0.5
