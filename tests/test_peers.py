@@ -451,3 +451,11 @@ def test_rapf_adapter_and_logits_stay_float32_under_autocast():
         emb = model.embed(x)
     assert out.dtype == torch.float32 and emb.dtype == torch.float32
     assert torch.allclose(out.double(), expected, atol=1e-4)  # bf16 would be off by ~0.1-0.5
+
+
+def test_rapf_shrinkage_by_hand():
+    """``models.py`` ``shrink_cov``: + mean diagonal on the diagonal, + mean non-zero off-diagonal entry off it."""
+    cov = torch.tensor([[2.0, 1.0, 0.0], [1.0, 4.0, 0.0], [0.0, 0.0, 6.0]])
+    # mean diagonal (2 + 4 + 6) / 3 = 4; the non-zero off-diagonal entries are the two 1s: mean 1
+    expected = torch.tensor([[6.0, 2.0, 1.0], [2.0, 8.0, 1.0], [1.0, 1.0, 10.0]])
+    assert torch.allclose(rapf.shrink_covariance(cov), expected)
