@@ -69,6 +69,8 @@ class StrategySpec:
         options: the options dataclass (a :class:`StrategyOptions` subclass).
         inputs: ``"features"`` (frozen image encoder: samples are cached image
             features) or ``"images"`` (samples are preprocessed images).
+        augmented_views: whether a ``"features"`` strategy trains on the augmented views when
+            ``features.train_views > 0`` (False: always the centre crop).
         source: where it was loaded from: ``built-in strategies/lamm.py``,
             ``file /path/to/plugin.py``, ``entry point ncm = pkg.mod (dist 1.0)``.
         description: one line for ``lamm-cl list`` (the builder's docstring, first line).
@@ -80,6 +82,7 @@ class StrategySpec:
     inputs: Literal["features", "images"]
     source: str
     description: str
+    augmented_views: bool = True
 
 
 _REGISTRY: dict[str, StrategySpec] = {}
@@ -89,7 +92,8 @@ _ENTRY_POINTS_SCANNED = False
 
 
 def register_strategy(name: str, *, options: type = StrategyOptions,
-                      inputs: Literal["features", "images"] = "features") -> Callable:
+                      inputs: Literal["features", "images"] = "features",
+                      augmented_views: bool = True) -> Callable:
     """Register a strategy builder under ``name``.
 
     The builder is called once per (strategy, seed) as ``build(ctx, opts)`` with a
@@ -102,6 +106,9 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
             YAML keys this strategy accepts (unknown keys and wrong types are errors).
         inputs: ``"features"`` to train on cached frozen image features, ``"images"``
             to receive preprocessed images.
+        augmented_views: with ``features.train_views > 0``, a ``"features"`` strategy trains on
+            that epoch's augmented view; False keeps it on the centre crop (for methods whose
+            reference reads the un-augmented training images, e.g. to take class statistics).
 
     Example:
         >>> @register_strategy("my_method", options=MyOptions)  # doctest: +SKIP
@@ -126,7 +133,8 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
         if name in _REGISTRY:
             raise UserError(f"strategy {name!r} is registered twice: by {_REGISTRY[name].source} and by {source}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = StrategySpec(name, fn, options, inputs, source, doc[0].strip() if doc else "")
+        _REGISTRY[name] = StrategySpec(name, fn, options, inputs, source, doc[0].strip() if doc else "",
+                                       augmented_views=bool(augmented_views))
         return fn
 
     return deco

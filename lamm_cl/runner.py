@@ -94,9 +94,12 @@ class Inputs:
             raise ValueError("a training image outside Inputs.views_of was asked for")
         return rows
 
-    def reader(self, kind: str, split: str):
-        """``(experience, indices) -> (i -> tensor)`` for :func:`make_streams`."""
-        if kind == "features" and split == "train" and self.train_views > 0:
+    def reader(self, kind: str, split: str, views: bool = True):
+        """``(experience, indices) -> (i -> tensor)`` for :func:`make_streams`.
+
+        ``views=False``: training features are the centre crop even when ``train_views > 0``.
+        """
+        if kind == "features" and split == "train" and self.train_views > 0 and views:
             at = self._features  # the view is looked up per item: it changes between epochs
             return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].float())
         if kind == "features":
@@ -115,10 +118,11 @@ class Inputs:
         images = ImageReader(samples, self.clip.preprocess)
         return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])])
 
-    def plugins(self, seed: int) -> list:
-        """Plugins a strategy run on these inputs needs: the per-epoch view choice, CUDA autocast."""
+    def plugins(self, seed: int, views: bool = True) -> list:
+        """Plugins a strategy run on these inputs needs: the per-epoch view choice (unless ``views`` is
+        False: the strategy reads the centre crop), CUDA autocast."""
         out = []
-        if self.train_views > 0:
+        if self.train_views > 0 and views:
             out.append(TrainViewPlugin(self.schedule, self.train_views, seed))
         if self.clip.device.type == "cuda":
             out.append(AutocastPlugin(self.clip.device))
@@ -224,11 +228,13 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     seed_everything(seed)
     acc = AccuracyPlugin()
     evaluator = logging_evaluator(cfg.loggers, run_dir, project=cfg.name, run=f"{entry.name}-seed{seed}")
+    views = spec.augmented_views  # False: the strategy reads the centre crop even with train_views > 0
     ctx = StrategyContext(clip=inputs.clip, class_names=plan.class_names, template=plan.template,
                           device=device, seed=seed, shots=cfg.benchmark.shots,
-                          plugins=[acc, ProgressPlugin(entry.name, enabled=progress), *inputs.plugins(seed)],
+                          plugins=[acc, ProgressPlugin(entry.name, enabled=progress), *inputs.plugins(seed, views)],
                           eval_batch_size=1024 if spec.inputs == "features" else 64, evaluator=evaluator)
-    scenario = make_streams(plan, inputs.reader(spec.inputs, "train"), inputs.reader(spec.inputs, "test"),
+    scenario = make_streams(plan, inputs.reader(spec.inputs, "train", views),
+                            inputs.reader(spec.inputs, "test"),
                             inputs.parts.train.labels, inputs.parts.test.labels)
     template = spec.build(ctx, entry.options)
     T = plan.n_experiences

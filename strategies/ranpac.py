@@ -3,28 +3,39 @@
 McDonnell, Gong, Parvaneh, Abbasnejad, van den Hengel, "RanPAC: Random Projections and Pre-trained
 Models for Continual Learning", NeurIPS 2023 (arXiv 2307.02251); reference code RanPAC/RanPAC
 ``RanPAC.py`` (``setup_RP``, ``replace_fc``, ``optimise_ridge_parameter``) and ``inc_net.py``
-(``CosineLinear.forward`` with ``use_RP``).
+(``CosineLinear.forward`` with ``use_RP``); line numbers cite ``RanPAC.py`` @698e00c, ``inc_net.py``
+@a460ac0 and ``args/cifar224_publish.csv`` @a460ac0, whose row ID 4 (line 6: ``ncm``, ``use_RP`` True,
+M 10000, no tuned epochs) is the setting reproduced here. LAMDA-PILOT's ``models/ranpac.py`` is the
+same algorithm (the same λ search, solve and ReLU projection) behind an always-on first-session
+adaptation.
 
 Every image feature x is projected once, h = ReLU(x W), with W a fixed ``[dim, M]`` matrix of
-standard normal entries (M = 10,000). Over all experiences so far the strategy accumulates the Gram
-matrix G = Σ h hᵀ and the class-prototype matrix Q = Σ h yᵀ (y one-hot), and after each experience
-solves the ridge regression W_o = (G + λI)⁻¹ Q; a test feature scores h W_o, one column per seen class.
+standard normal entries (M = 10,000; ``RanPAC.py:254``, ``inc_net.py:35``). Over all experiences so far
+the strategy accumulates the Gram matrix G = Σ h hᵀ and the class-prototype matrix Q = Σ h yᵀ (y one-hot
+over every class of the benchmark; ``RanPAC.py:115,122-123``), and after each experience solves the
+ridge regression W_o = (G + λI)⁻¹ Q (``RanPAC.py:125``); a test feature scores h W_o, one column per
+seen class (``inc_net.py:39``: ``F.linear(h, W_oᵀ)``, times a scale σ that stays 1, ``inc_net.py:28``).
 G and Q are sums, so they are the same whether the data came in one experience or in many; the
 columns of Q that belong to earlier classes never change, G (shared by all classes) grows with every
 experience, and so the solution for every class moves -- as the paper intends.
 
-λ is chosen per experience as the reference does: the experience's own features, in the order the
-(shuffled) training loader delivered them, are split 80/20; for every λ in 10⁻⁸, 10⁻⁷, ..., 10⁸ a
-ridge fit on the first 80% (that experience's data only) is scored by the mean squared error of its
-one-hot predictions on the last 20%; the best λ (the smallest on ties) then solves the full
-accumulated system. ``M: 0`` skips the projection (the paper's "no RP" ablation: ridge on the raw
-features).
+λ is chosen per experience as the reference does (``RanPAC.py:124,138-150``): the experience's own
+features, in the order the (shuffled) training loader delivered them, are split 80/20; for every λ in
+10⁻⁸, 10⁻⁷, ..., 10⁸ a ridge fit on the first 80% (that experience's data only) is scored by the mean
+squared error of its one-hot predictions on the last 20%; the best λ (the smallest on ties) then
+solves the full accumulated system. G, Q and the λ search read the un-augmented training images
+(``RanPAC.py:167-168``: ``train_loader_for_CPs`` is a shuffled ``mode="test"`` loader), so the
+strategy is registered with ``augmented_views=False``: the centre crop even when
+``features.train_views > 0``. ``M: 0`` skips the projection (the paper's "no RP" ablation: ridge on
+the raw features; ``RanPAC.py:97-100,120-121,256-258``).
 
 Deviations from the reference, on purpose:
 
 * RanPAC's first-session adaptation (Phase 1: parameter-efficient fine-tuning of the backbone on the
-  first experience) is out of scope: lamm-cl's encoder is frozen and its features cached. This is
-  the paper's "No Phase 1" / SI "Phase 2 only" setting.
+  first experience, ``RanPAC.py:225-236``) is out of scope: lamm-cl's encoder is frozen and its
+  features cached. This is the paper's "No Phase 1" / SI "Phase 2 only" setting, the reference's
+  ``model_name: ncm`` with ``use_RP`` (``RanPAC.py:210-211`` freezes the backbone, 228 skips the
+  fine-tuning).
 * The features are CLIP's projected image embeddings from the shared store, not a timm ViT's pooled
   features (for CLIP, the reference runs timm's ``vit_base_patch32_224_clip_laion2b`` without head).
 * The 17 trial fits of the λ search come from one eigendecomposition (of the n×n kernel of the 80%
@@ -49,8 +60,8 @@ from lamm_cl.registry import StrategyOptions, register_strategy
 from lamm_cl.training import StrategyContext
 from lamm_cl.strategies.simplecil import SeenClasses, StatisticsTemplate, idle_optimizer
 
-RIDGES: tuple[float, ...] = tuple(10.0 ** k for k in range(-8, 9))  # RanPAC.py: 10.0**np.arange(-8, 9)
-TRAIN_FRACTION = 0.8  # RanPAC.py optimise_ridge_parameter: int(N * 0.8) samples fit, the rest score
+RIDGES: tuple[float, ...] = tuple(10.0 ** k for k in range(-8, 9))  # RanPAC.py:139: 10.0**np.arange(-8, 9)
+TRAIN_FRACTION = 0.8  # RanPAC.py:140 optimise_ridge_parameter: int(N * 0.8) samples fit, the rest score
 
 
 def ridge_validation_losses(h_fit: torch.Tensor, y_fit: torch.Tensor, h_val: torch.Tensor, y_val: torch.Tensor,
@@ -112,7 +123,7 @@ def select_ridge(h: torch.Tensor, y: torch.Tensor, ridges: Sequence[float] = RID
     if n_fit < 1 or n_fit >= h.shape[0]:
         return 1.0
     losses = ridge_validation_losses(h[:n_fit], y[:n_fit], h[n_fit:], y[n_fit:], ridges)
-    return float(ridges[int(torch.argmin(losses))])  # argmin returns the first minimum, as np.argmin
+    return float(ridges[int(torch.argmin(losses))])  # first minimum, as np.argmin (RanPAC.py:148)
 
 
 class RandomProjectionRidge(SeenClasses):
@@ -131,7 +142,7 @@ class RandomProjectionRidge(SeenClasses):
         super().__init__(n_classes)
         width = M if M > 0 else dim
         gen = torch.Generator().manual_seed(seed)
-        # RanPAC.py setup_RP: W_rand = torch.randn(in_features, M), no scaling
+        # RanPAC.py:254 setup_RP: W_rand = torch.randn(in_features, M), no scaling
         self.register_buffer("projection", torch.randn(dim, M, generator=gen) if M > 0 else torch.zeros(0))
         self.register_buffer("G", torch.zeros(width, width))
         self.register_buffer("Q", torch.zeros(width, n_classes))
@@ -145,7 +156,7 @@ class RandomProjectionRidge(SeenClasses):
         return int(self.Q.shape[1])
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """h = ReLU(x W), or x itself without a projection."""
+        """h = ReLU(x W), or x itself without a projection (``RanPAC.py:118-121``)."""
         x = x.float()
         return F.relu(x @ self.projection) if self.projection.numel() else x
 
@@ -182,7 +193,7 @@ class RanPACOptions(StrategyOptions):
     ridge: Optional[float] = None  # a fixed λ; null: chosen per experience from 1e-8 .. 1e8 as the paper does
     projection_seed: Optional[int] = None  # seeds the projection; null: the run's seed
     epochs: int = 1  # exactly one pass: G and Q are sums over the data
-    batch_size: int = 128  # RanPAC's cifar224 batch_size; only the pass's chunk size
+    batch_size: int = 128  # cifar224_publish.csv batch_size; the chunk size, and the loader's shuffle sets λ's split
     lr: float = 0.0  # nothing is trained by gradient
 
     def validate(self, path: str) -> None:
@@ -195,7 +206,7 @@ class RanPACOptions(StrategyOptions):
             raise ConfigError(f"{path}.ridge: expected a positive number or null, got {self.ridge}")
 
 
-@register_strategy("ranpac", options=RanPACOptions)
+@register_strategy("ranpac", options=RanPACOptions, augmented_views=False)  # RanPAC.py: mode="test" loader
 def build(ctx: StrategyContext, opts: RanPACOptions) -> SupervisedTemplate:
     """RanPAC (McDonnell et al., NeurIPS 2023): fixed random projection + ReLU, ridge on accumulated Gram/prototypes."""
     seed = ctx.seed if opts.projection_seed is None else opts.projection_seed

@@ -4,7 +4,9 @@ adaptive representation adjustment and decomposed parameter fusion; no images ar
 Huang, Chen, Lin, Zheng, Zeng, Li, "Class-Incremental Learning with CLIP: Adaptive Representation
 Adjustment and Parameter Fusion", ECCV 2024 (arXiv 2407.14143); reference code linlany/RAPF
 (``main.py`` ``run_class_incremental``, ``continual_clip/models.py`` ``ClassIncrementalCLIP``,
-``configs/class/cifar100_10-10.yaml`` for the defaults).
+``configs/class/cifar100_10-10.yaml`` for the defaults). Line numbers below cite the stored versions
+``main.py`` @2e7429f, ``continual_clip/models.py`` @32894ba (the version that reads ``cfg.mix_bias``; an
+earlier one, @f57112f, hard-codes the fusion bias 0.5) and ``configs/class/cifar100_10-10.yaml`` @afbea62.
 
 Logits are α · normalize(A f) · tᵀ over every seen class, with f the raw frozen image feature, A a
 bias-free ``dim x dim`` linear adapter (the only trained weights, PyTorch's default ``nn.Linear``
@@ -13,32 +15,53 @@ initialisation as in the reference), t the normalised text features of the promp
 
 1. before training: keep a copy A_old of the adapter (from the second experience on); find the
    *hard pairs* -- every (old class, new class) whose normalised text features lie closer than
-   ``threshold`` (Euclidean); start a fresh Adam (lr 1e-3, no weight decay) with a step schedule
-   (x0.1 after epochs 4 and 10 of 15);
+   ``threshold`` (Euclidean; ``models.py:168-181``); start a fresh Adam (lr 1e-3, no weight decay;
+   ``main.py:52``) with a step schedule (x0.1 after epochs 4 and 10 of 15; ``main.py:57,131``,
+   ``cifar100_10-10.yaml:30-35``);
 2. training (``main.py``): each batch of real features is joined by pseudo-features of old classes,
    drawn from their kept Gaussians N(μ_c, Σ_c): ``old_classes_per_batch`` old classes per batch
    (walked through in an order shuffled every epoch), ``int(10·beta)`` samples each, trained with the
-   same cross-entropy. For every hard pair (o, n) ``int(20·beta)`` samples of class o are drawn
-   too, and the *adaptive representation adjustment* hinge mean(ReLU(cos(A x, t_n) − cos(A x, t_o)
-   + 0.1)) pushes them towards their own text feature and away from the close new class's;
-3. after training: the mean and covariance (+1e-4 I) of every new class's raw features are kept
-   (``analyze_mean_cov``), the only memory of the class;
-4. *decomposed parameter fusion* (``mix_matrix``): with A_old = U S Vᵀ, the new and old adapters
-   are compared in U's basis, P = Uᵀ A and P_old = S Vᵀ; the mask m = min(1, |P − P_old| / max|P −
-   P_old| + ``mix_bias``) keeps the entries that changed most and blends the rest back,
-   A ← U (m ⊙ P + (1 − m) ⊙ P_old).
+   same cross-entropy, one mean over real and drawn rows (``main.py:63-91,119``). For every hard pair
+   (o, n) ``int(20·beta)`` samples of class o are drawn too (``main.py:92-102``), and the *adaptive
+   representation adjustment* hinge mean(ReLU(cos(A x, t_n) − cos(A x, t_o) + 0.1)) pushes them
+   towards their own text feature and away from the close new class's (``main.py:111-121``, loss =
+   CE + hinge, weight 1);
+3. after training: the mean and covariance (+1e-4 I) of every new class's raw (un-normalised,
+   un-adapted) features are kept (``analyze_mean_cov``, ``main.py:132-147``, ``models.py:187-199``),
+   the only memory of the class;
+4. *decomposed parameter fusion* (``mix_matrix``, ``main.py:148``, ``models.py:201-215``): with
+   A_old = U S Vᵀ, the new and old adapters are compared in U's basis, P = Uᵀ A and P_old = S Vᵀ;
+   the mask m = min(1, |P − P_old| / max|P − P_old| + ``mix_bias``) keeps the entries that changed
+   most and blends the rest back, A ← U (m ⊙ P + (1 − m) ⊙ P_old).
+
+Evaluation (``main.py:149-156``) scores every seen class with the fused adapter, argmax.
+
+The reference reads every training image through CLIP's own preprocessing (``main.py:36-42``: the
+training and the statistics loaders both use ``model.transforms``, no augmentation), so the strategy is
+registered with ``augmented_views=False``: it trains and takes its statistics on the centre crop even
+when ``features.train_views > 0``.
 
 An earlier class's mean and covariance never change; the adapter, shared by all classes, does (the
 method's own design).
 
-Deviations, on purpose: features come from the shared store in float32 (the reference runs CLIP
-in fp16, adapter in fp32); the Cholesky factor of each old class's covariance is computed once per
+Deviations, on purpose: features come from the shared store in float32 (the reference runs CLIP in
+fp16, so its class statistics are taken of fp16 features, and it casts the adapter's fp32 output
+back to fp16 before the logits, ``models.py:116,132``; here the adapter and the logits are float32,
+outside the run's CUDA autocast, as the reference's adapter trains in float32); the fusion's SVD
+runs in float64 (the reference: float32), with a guard for an unchanged adapter, where the reference
+would divide 0 by 0; the Cholesky factor of each old class's covariance is computed once per
 experience instead of at every draw (the same draws in exact arithmetic), in float64, falling back
-to an eigen-decomposition square root if the factorisation fails; a class with a single training
-sample keeps the covariance 1e-4 I (``torch.cov`` of one sample is undefined); the per-epoch class
-shuffle uses torch's generator instead of Python's ``random``; and the reference hard-codes the
-number of old classes per batch per dataset (2 for CIFAR-100 10-10, 4 for CIFAR-100 with 5 new
-classes, 5 for ImageNet-R, 10 for CUB-200): here it is the option ``old_classes_per_batch``.
+to an eigen-decomposition square root if the factorisation fails (the reference would stop with an
+error); a class with a single training sample keeps the covariance 1e-4 I (``torch.cov`` of one
+sample is undefined); the per-epoch class shuffle uses torch's generator instead of Python's
+``random``; and the reference hard-codes the number of old classes per batch per dataset (2 for
+CIFAR-100 10-10, 4 for CIFAR-100 with 5 new classes, 5 for ImageNet-R, 10 for CUB-200;
+``main.py:78-85``): here it is the option ``old_classes_per_batch``. Shared with the other
+strategies rather than RAPF's own: the class names (the reference prompts CIFAR-100 with
+torchvision's raw names, underscores included, e.g. ``aquarium_fish``: ``datasets.py``
+``get_dataset``; lamm-cl reads ``aquarium fish``) and the class order (RAPF's
+``class_orders/cifar100_order.yaml`` is not the iCaRL order that ``benchmarks/split_cifar100.yaml``
+uses; ``published.csv`` says so beside RAPF's figures).
 """
 from __future__ import annotations
 
@@ -56,8 +79,8 @@ from lamm_cl.registry import StrategyOptions, register_strategy
 from lamm_cl.training import StrategyContext
 from lamm_cl.strategies.simplecil import SeenClasses
 
-COV_EPS = 1e-4  # models.py analyze_mean_cov: torch.cov(...) + 1e-4 * I
-HINGE_MARGIN = 0.1  # main.py: relu(-cos(pos) + cos(neg) + 0.1)
+COV_EPS = 1e-4  # models.py:194 analyze_mean_cov: torch.cov(...) + 1e-4 * I
+HINGE_MARGIN = 0.1  # main.py:118: relu(-cos(pos) + cos(neg) + 0.1)
 
 
 # --------------------------------------------------------------------------- the pieces, as functions
@@ -67,7 +90,8 @@ def hard_pairs(text: torch.Tensor, old: list[int], new: list[int], threshold: fl
     """``[P, 2]`` pairs (old class, new class) whose normalised text features are closer than ``threshold``.
 
     Ordered old-major, as ``torch.nonzero`` of the reference's ``[n_old, n_new]`` distance table
-    (``models.py`` ``adaptation``).
+    (``models.py:170-181`` ``adaptation``: ``cdist`` of the normalised text features, ``< threshold``;
+    no top-k, every pair under the threshold counts).
     """
     if not old or not new:
         return torch.zeros(0, 2, dtype=torch.long, device=text.device)
@@ -93,7 +117,7 @@ def adjustment_hinge(feat: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tenso
 
 @torch.no_grad()
 def fuse(w_old: torch.Tensor, w_new: torch.Tensor, bias: float) -> torch.Tensor:
-    """Decomposed parameter fusion (``models.py`` ``mix_matrix``).
+    """Decomposed parameter fusion (``models.py:201-215`` ``mix_matrix``).
 
     With ``w_old = U diag(S) Vh``, compare ``P = Uᵀ w_new`` with ``P_old = diag(S) Vh`` entrywise; the
     mask ``m = min(1, |P − P_old| / max|P − P_old| + bias)`` and the result ``U (m ⊙ P + (1 − m) ⊙ P_old)``.
@@ -111,8 +135,9 @@ def fuse(w_old: torch.Tensor, w_new: torch.Tensor, bias: float) -> torch.Tensor:
 
 
 def shrink_covariance(cov: torch.Tensor) -> torch.Tensor:
-    """The reference's optional shrinkage (``shrink_cov``): add the mean diagonal to the diagonal and
-    the mean non-zero off-diagonal entry to every off-diagonal entry."""
+    """The reference's optional shrinkage (``models.py:27-37`` ``shrink_cov``, applied in ``sample`` when
+    ``shrinkage`` is on; off in ``cifar100_10-10.yaml:39``): add the mean diagonal to the diagonal and the mean
+    non-zero off-diagonal entry to every off-diagonal entry."""
     eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
     off = cov * (1 - eye)
     nonzero = off != 0
@@ -159,7 +184,7 @@ class AdaptedTextClassifier(SeenClasses):
     def __init__(self, text: torch.Tensor, logit_scale: float, dim: int):
         n = text.shape[0]
         super().__init__(n)
-        self.adapter = nn.Linear(dim, dim, bias=False)  # models.py: nn.Linear(512, 512, bias=False)
+        self.adapter = nn.Linear(dim, dim, bias=False)  # models.py:71: nn.Linear(512, 512, bias=False), default init
         self.register_buffer("text", normalize(text.detach().float()))
         self.logit_scale = float(logit_scale)
         self.register_buffer("means", torch.zeros(n, dim))
@@ -167,11 +192,15 @@ class AdaptedTextClassifier(SeenClasses):
         self.register_buffer("has_stats", torch.zeros(n, dtype=torch.bool))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """normalize(A f): the adapted, normalised image feature."""
-        return normalize(self.adapter(x.float()))
+        """normalize(A f): the adapted, normalised image feature, in float32 even under autocast."""
+        # the reference trains the adapter in float32 (cifar100_10-10.yaml:33 fp16: false; models.py:70,132):
+        # CUDA training autocast (bf16) would round the features, the weights and the adapted feature to 8 bits
+        with torch.autocast(x.device.type, enabled=False):
+            return normalize(self.adapter(x.float()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.logit_scale * self.embed(x) @ self.text.t()
+        with torch.autocast(x.device.type, enabled=False):
+            logits = self.logit_scale * self.embed(x) @ self.text.t()
         return self.restrict(logits)
 
     @torch.no_grad()
@@ -215,7 +244,7 @@ class RAPFTemplate(SupervisedTemplate):
         self.batch_in_epoch = -1
 
     def make_optimizer(self, **kwargs):
-        # main.py builds a new Adam for every task: no moment carries over
+        # main.py:52 builds a new Adam for every task: no moment carries over
         kwargs["reset_optimizer_state"] = True
         super().make_optimizer(**kwargs)
 
@@ -235,18 +264,18 @@ class RAPFTemplate(SupervisedTemplate):
 
     def _before_training_epoch(self, **kwargs):
         epoch = self.clock.train_exp_epochs
-        # MultiStepLR(milestones, gamma), stepped after every epoch
+        # main.py:57,131: MultiStepLR(milestones, gamma), stepped after every epoch
         lr = self.base_lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.old:
+        if self.old:  # main.py:63-65: every old class, reshuffled each epoch
             self.old_order = [self.old[i] for i in torch.randperm(len(self.old)).tolist()]
         self.batch_in_epoch = -1
         super()._before_training_epoch(**kwargs)
 
     # -- 2. training
     def _draw(self, c: int, n: int) -> torch.Tensor:
-        """``n`` pseudo-features of class ``c`` from N(mean_c, cov_c)."""
+        """``n`` pseudo-features of class ``c`` from N(mean_c, cov_c) (``models.py:38-45`` ``sample``)."""
         mean = self.model.means[c]
         noise = torch.randn(n, mean.shape[-1], device=mean.device)
         return noise @ self.factors[c].t() + mean
@@ -260,6 +289,7 @@ class RAPFTemplate(SupervisedTemplate):
         with torch.autocast(self.device.type, enabled=False):  # draw in float32 even under CUDA autocast
             if self.old:
                 k, n_old = self.old_per_batch, len(self.old_order)
+                # main.py:85: batch b takes entries b*k .. b*k+k-1 (mod n_old); one old class is drawn k times
                 chosen = [self.old_order[(self.batch_in_epoch * k + i) % n_old] for i in range(k)]
                 per_class = int(10 * self.beta)
                 drawn = torch.cat([self._draw(c, per_class) for c in chosen])
@@ -299,17 +329,17 @@ class RAPFTemplate(SupervisedTemplate):
 
 @dataclass
 class RAPFOptions(StrategyOptions):
-    epochs: int = 15  # cifar100_10-10.yaml
-    batch_size: int = 100  # train_batch_size
-    lr: float = 0.001  # Adam, weight decay 0
-    milestones: list[int] = field(default_factory=lambda: [4, 10])  # MultiStepLR epochs
-    lr_decay: float = 0.1  # MultiStepLR gamma
-    beta: float = 2.0  # pseudo-features: int(10*beta) per old class per batch, int(20*beta) per hard pair
+    epochs: int = 15  # cifar100_10-10.yaml:31
+    batch_size: int = 100  # cifar100_10-10.yaml:30 train_batch_size (main.py:49, shuffled, last batch kept)
+    lr: float = 0.001  # cifar100_10-10.yaml:32; Adam, weight decay 0 (main.py:52)
+    milestones: list[int] = field(default_factory=lambda: [4, 10])  # cifar100_10-10.yaml:35, MultiStepLR epochs
+    lr_decay: float = 0.1  # MultiStepLR gamma (main.py:57)
+    beta: float = 2.0  # yaml:36; pseudo-features: int(10*beta) per old class per batch, int(20*beta) per hard pair
     old_classes_per_batch: int = 2  # main.py: 2 for CIFAR-100 10-10 (4 for 5-class steps, 5 ImageNet-R, 10 CUB)
-    threshold: float = 0.55  # hard pair: Euclidean distance of normalised text features below this
-    mix_bias: float = 0.6  # parameter fusion: added to the normalised change before clamping at 1
-    shrinkage: bool = False  # shrink old-class covariances before drawing (the reference's option, off)
-    template: str = "a good photo of a {}."  # RAPF's prompt; `dataset` for the benchmark's template
+    threshold: float = 0.55  # yaml:38; hard pair: Euclidean distance of normalised text features below this
+    mix_bias: float = 0.6  # yaml:37; parameter fusion: added to the normalised change before clamping at 1
+    shrinkage: bool = False  # yaml:39; shrink old-class covariances before drawing (the reference's option, off)
+    template: str = "a good photo of a {}."  # yaml:18, RAPF's prompt; `dataset` for the benchmark's template
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -327,7 +357,7 @@ class RAPFOptions(StrategyOptions):
             raise ConfigError(f"{path}.template: expected exactly one {{}} or `dataset`, got {self.template!r}")
 
 
-@register_strategy("rapf", options=RAPFOptions)
+@register_strategy("rapf", options=RAPFOptions, augmented_views=False)  # main.py: model.transforms
 def build(ctx: StrategyContext, opts: RAPFOptions) -> SupervisedTemplate:
     """RAPF (Huang et al., ECCV 2024): feature adapter vs. text classifier, old-class Gaussians, parameter fusion."""
     template = ctx.template if opts.template == "dataset" else opts.template

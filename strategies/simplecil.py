@@ -2,19 +2,22 @@
 
 Zhou, Cai, Ye, Zhan, Liu, "Revisiting Class-Incremental Learning with Pre-Trained Models:
 Generalizability and Adaptivity are All You Need", IJCV 2024 (arXiv 2303.07338); reference code
-sun-hailong/LAMDA-PILOT ``models/simplecil.py``. Each class's prototype is the mean of its frozen
-image features over its training images; a test feature is scored by its cosine to every prototype
-(PILOT's ``SimpleVitNet`` head is a ``CosineLinear`` that normalises both sides). Nothing is trained:
-one pass over each experience fills in the prototypes of its classes, and those of earlier classes
-never change.
+sun-hailong/LAMDA-PILOT ``models/simplecil.py`` (cited @3450184; ``backbone/linears.py`` @087e730).
+Each class's prototype is the mean of its frozen image features over its training images
+(``simplecil.py:48``, ``proto = embedding.mean(0)``); a test feature is scored by its cosine to every
+prototype (PILOT's ``SimpleVitNet`` head is a ``CosineLinear`` that normalises both sides,
+``linears.py:56``). Nothing is trained: one pass over each experience fills in the prototypes of its
+classes, and those of earlier classes never change.
 
-As in the reference (``replace_fc``), the prototype is the mean of the *raw* features (not of
-normalised ones) and the pass reads the un-augmented view. The reference's ``CosineLinear`` multiplies
-the cosines by a learnable scale that SimpleCIL never trains (it stays 1); here the scores are the
-cosines themselves. Deviations: the features are CLIP's projected image embeddings from the shared
-feature store (PILOT's SimpleCIL runs a timm ViT's pooled features); with ``features.train_views > 0``
-and ``epochs > 1`` the prototype is the mean over every view seen, a choice the reference does not
-offer.
+As in the reference (``replace_fc``, ``simplecil.py:27-50``), the prototype is the mean of the *raw*
+features (not of normalised ones) and the pass reads the un-augmented view: PILOT builds the
+prototypes from ``train_dataset_for_protonet`` (``simplecil.py:66-67``, ``mode="test"``), so this
+strategy is registered with ``augmented_views=False`` and reads the centre crop even when
+``features.train_views > 0`` (more epochs then only repeat the same pass: the means do not change).
+The reference's ``CosineLinear`` multiplies the cosines by a learnable scale that SimpleCIL never
+trains (it stays 1, ``linears.py:53``); here the scores are the cosines themselves. Deviation: the
+features are CLIP's projected image embeddings from the shared feature store (PILOT's SimpleCIL runs
+a timm ViT's pooled features).
 """
 from __future__ import annotations
 
@@ -121,8 +124,8 @@ def idle_optimizer() -> torch.optim.Optimizer:
 
 @dataclass
 class SimpleCILOptions(StrategyOptions):
-    epochs: int = 1  # one pass collects the prototypes (more passes average more views)
-    batch_size: int = 128  # PILOT's batch_size; it only sets the pass's chunk size
+    epochs: int = 1  # one pass collects the prototypes (more passes repeat it: the centre crop every time)
+    batch_size: int = 128  # PILOT's batch_size (simplecil.py:16); it only sets the pass's chunk size
     lr: float = 0.0  # nothing trains
 
     def validate(self, path: str) -> None:
@@ -132,7 +135,7 @@ class SimpleCILOptions(StrategyOptions):
                               f"got {self.epochs}")
 
 
-@register_strategy("simplecil", options=SimpleCILOptions)
+@register_strategy("simplecil", options=SimpleCILOptions, augmented_views=False)  # PILOT: mode="test" loader
 def build(ctx: StrategyContext, opts: SimpleCILOptions) -> SupervisedTemplate:
     """SimpleCIL (Zhou et al., IJCV 2024): cosine to each class's mean frozen image feature; trains nothing."""
     model = Prototypes(len(ctx.class_names), ctx.clip.embed_dim)

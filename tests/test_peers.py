@@ -402,3 +402,60 @@ def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_p
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# --------------------------------------------------------------------------- which training view they read
+
+
+def test_the_three_read_the_centre_crop_even_with_augmented_views(tmp_path):
+    """The references take their statistics (and RAPF trains) on un-augmented training images: PILOT's
+    SimpleCIL and RanPAC read ``mode="test"`` loaders for the prototypes, RAPF's ``main.py`` reads CLIP's own
+    preprocessing for training and for ``analyze_mean_cov``. So ``features.train_views`` must not change
+    what they compute: a run with augmented views gives the very matrix of the centre-crop run."""
+    for name in ("simplecil", "ranpac", "rapf"):
+        assert get_strategy(name).augmented_views is False, name
+    assert get_strategy("linear_probe").augmented_views is True  # the default is untouched
+
+    def matrices(views):
+        data = {"name": "views", "seeds": [0], "device": "cpu",
+                "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 8,
+                              "class_order": "seeded", "order_seed": 0},
+                "model": {"arch": "lamm-tiny", "pretrained": "none"},
+                "features": {"cache": True, "cache_dir": str(tmp_path / "cache"), "train_views": views},
+                "strategies": [{"name": "simplecil"}, {"name": "ranpac", "M": 64},
+                               {"name": "rapf", "epochs": 2, "batch_size": 8}]}
+        records = runner.run(config.parse(data), tmp_path / f"out{views}", progress=False)
+        return {r.strategy: (r.matrix, r.per_class_accuracy) for r in records}
+
+    centre, augmented = matrices(0), matrices(2)
+    for name in ("simplecil", "ranpac", "rapf"):
+        np.testing.assert_array_equal(augmented[name][0], centre[name][0], err_msg=name)
+        assert augmented[name][1] == centre[name][1], name
+
+
+def test_rapf_adapter_and_logits_stay_float32_under_autocast():
+    """The reference trains the adapter in float32 (``fp16: false``); the training forward of a CUDA run
+    happens under bf16 autocast, which must not reach RAPF's adapter. Checked with CPU autocast, which
+    casts ``nn.Linear`` to bf16 the same way."""
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]])
+    model = rapf.AdaptedTextClassifier(text, logit_scale=100.0, dim=3)
+    A = torch.tensor([[1.01, 0.02, -0.03], [0.01, 0.97, 0.05], [-0.02, 0.04, 1.03]])
+    model.adapter.weight.data.copy_(A)
+    model.seen[:3] = True
+    x = torch.tensor([[1.234, 0.567, 0.891], [0.123, 2.345, 0.678]])
+    # by hand, in float64: 100 * normalize(x Aᵀ) · tᵀ (the text rows above are unit vectors)
+    z = x.double() @ A.double().t()
+    expected = 100.0 * (z / z.norm(dim=1, keepdim=True)) @ text.double().t()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        emb = model.embed(x)
+    assert out.dtype == torch.float32 and emb.dtype == torch.float32
+    assert torch.allclose(out.double(), expected, atol=1e-4)  # bf16 would be off by ~0.1-0.5
+
+
+def test_rapf_shrinkage_by_hand():
+    """``models.py`` ``shrink_cov``: + mean diagonal on the diagonal, + mean non-zero off-diagonal entry off it."""
+    cov = torch.tensor([[2.0, 1.0, 0.0], [1.0, 4.0, 0.0], [0.0, 0.0, 6.0]])
+    # mean diagonal (2 + 4 + 6) / 3 = 4; the non-zero off-diagonal entries are the two 1s: mean 1
+    expected = torch.tensor([[6.0, 2.0, 1.0], [2.0, 8.0, 1.0], [1.0, 1.0, 10.0]])
+    assert torch.allclose(rapf.shrink_covariance(cov), expected)
