@@ -291,6 +291,44 @@ def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp
         assert "epoch 2/2" in (tmp_path / "out" / "_jobs" / f"digits_v__linear_probe__seed{seed}.log").read_text()
 
 
+def test_feature_stage_encodes_no_views_for_strategies_that_read_the_centre_crop(tmp_path, capsys, monkeypatch):
+    """SimpleCIL (like RanPAC and RAPF) builds its statistics from the centre crop even with train_views: 2
+    (it is registered with augmented_views=False), so the feature stage and --dry-run count the 1,797
+    centre crops only, and the job then encodes nothing more."""
+    from lamm_cl.model.clip import FrozenCLIP
+    from lamm_cl.sweep import load_sweep
+    from lamm_cl.sweep.driver import run_sweep
+    from lamm_cl.sweep.job import prepare_features
+    from lamm_cl.sweep.spec import write_sweep
+
+    (tmp_path / "bench").mkdir()
+    bench = VIEWS_BENCH.format(cache=tmp_path / "cache").split("strategies:")[0] + "strategies:\n  - name: simplecil\n"
+    (tmp_path / "bench" / "digits_v.yaml").write_text(bench)
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 1})
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "images to encode once: 1,797 in 1 feature group(s)" in out and "augmented" not in out
+
+    counter = tmp_path / "encoded.txt"
+    monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
+    original = FrozenCLIP.encode_images
+
+    def counted(self, images):
+        with open(counter, "a") as fh:
+            fh.write(f"{len(images)}\n")
+        return original(self, images)
+
+    monkeypatch.setattr(FrozenCLIP, "encode_images", counted)
+    sweep = load_sweep(f)
+    write_sweep(sweep)
+    assert prepare_features(str(sweep.output), sweep.jobs[0].id)["state"] == "done"
+    assert sum(int(n) for n in counter.read_text().split()) == 1797
+    outcome = run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})
+    assert outcome.exit_code == 0 and {s.state for s in outcome.statuses} == {"done"}
+    assert sum(int(n) for n in counter.read_text().split()) == 1797  # the jobs encoded nothing
+
+
 # --------------------------------------------------------------------------- Ray
 
 

@@ -31,7 +31,7 @@ def estimate(sweep: Sweep) -> list[str]:
     from lamm_cl.benchmark import make_plan
     from lamm_cl.data import load_dataset
     from lamm_cl.registry import get_strategy
-    from lamm_cl.sweep.job import _config, feature_group, needs_features, view_images
+    from lamm_cl.sweep.job import _config, feature_group, needs_features, reads_views, view_images
 
     cost = sweep.config.cost
     folders = sorted({j.results for j in sweep.jobs})
@@ -62,7 +62,7 @@ def estimate(sweep: Sweep) -> list[str]:
             group = feature_group(cfg)
             images[group] = len(parts.test) + len(parts.train)
         plan = make_plan(parts, b, j.seed)
-        if needs_features(cfg) and cfg.features.train_views > 0:
+        if reads_views(cfg):
             idx = view_images(cfg, parts, j.seed, plan)  # a few-shot job's views are of its own draw
             key = None if idx is None else idx.tobytes()
             views[group][key] = (len(parts.train) if idx is None else len(idx)) * cfg.features.train_views

@@ -134,6 +134,15 @@ def needs_features(cfg) -> bool:
     return cfg.features.cache and any(get_strategy(e.name).inputs == "features" for e in cfg.strategies)
 
 
+def reads_views(cfg) -> bool:
+    """True when a strategy of ``cfg`` trains on cached augmented views (``features.train_views > 0`` and a
+    features strategy registered with ``augmented_views``; SimpleCIL, RanPAC and RAPF read the centre crop)."""
+    from lamm_cl.registry import get_strategy
+
+    return needs_features(cfg) and cfg.features.train_views > 0 and any(
+        get_strategy(e.name).inputs == "features" and get_strategy(e.name).augmented_views for e in cfg.strategies)
+
+
 def feature_group(cfg) -> tuple:
     """Jobs whose configs agree on this read the same feature-store entries."""
     b, m, f = cfg.benchmark, cfg.model, cfg.features
@@ -161,7 +170,7 @@ def view_sets(sweep: Sweep, group: tuple, parts) -> list:
     seen: dict = {}
     for j in sweep.jobs:
         cfg = _config(j)
-        if needs_features(cfg) and feature_group(cfg) == group:
+        if reads_views(cfg) and feature_group(cfg) == group:
             idx = view_images(cfg, parts, j.seed)
             seen.setdefault(None if idx is None else idx.tobytes(), idx)
     return list(seen.values())
