@@ -219,6 +219,23 @@ def test_bad_lamm_options_are_refused_by_name(data, message):
     assert str(e.value).startswith(head) and str(e.value).endswith(tail), str(e.value)
 
 
+def test_the_prompt_template_is_lamms_the_users_or_the_benchmarks():
+    from lamm_cl.errors import ConfigError
+    from lamm_cl.strategies.lamm import LammOptions, lamm_template
+
+    ctx = SimpleNamespace(template="the benchmark's {}")
+    assert lamm_template(ctx, lamm_options()) == "a photo of a {}."
+    assert lamm_template(ctx, lamm_options(template="mine: {}")) == "mine: {}"
+    assert lamm_template(ctx, lamm_options(template="dataset")) == "the benchmark's {}"
+    assert lamm_template(ctx, LammOptions()) == "a photo of a {}."  # options without the key (coop_lamm's)
+    lamm_options(template="dataset").validate("strategies[0]")
+    for bad in ("no slot", "{} and {}"):
+        with pytest.raises(ConfigError) as e:
+            lamm_options(template=bad).validate("strategies[0]")
+        assert str(e.value) == ("strategies[0].template: expected a prompt with exactly one {} "
+                                f"(e.g. 'a photo of a {{}}.') or dataset, got {bad!r}")
+
+
 def test_edge_values_are_accepted():
     lamm_options(label_tokens=1, loss={"param": 0.0, "feature": 0.0, "logits": 0.0, "temperature": 0.01}).validate(
         "strategies[0]")
