@@ -147,6 +147,34 @@ def test_softmax_current_reads_the_current_and_replayed_columns(tiny_clip, digit
     assert template.loss_parts["logits"] == pytest.approx(float(logits_term(z, z0, 1.5)), rel=1e-5)
 
 
+def test_fp16_image_features_give_the_fp32_loss(tiny_clip, digits):
+    # features may be stored as float16 (features.dtype): the objective casts them to the text features' dtype
+    from lamm_cl.strategies.lamm import lamm_objective
+
+    template = build("lamm", tiny_clip, digits.classnames)
+    torch.manual_seed(4)
+    x = torch.randn(4, tiny_clip.embed_dim).half()
+    y = torch.tensor([3, 4, 0, 3])
+    model = template.model
+    want, _ = lamm_objective(model, x.float(), model(x.float()), y, template.weights)
+    got, _ = lamm_objective(model, x, model(x), y, template.weights)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+
+
+def test_lamm_model_prompts_come_from_the_template_or_the_shared_context(tiny_clip, digits):
+    from lamm_cl.strategies.lamm import lamm_model
+
+    ctx = StrategyContext(clip=tiny_clip, class_names=digits.classnames, template="the benchmark's {}",
+                          device=torch.device("cpu"), seed=0)
+    assert lamm_model(ctx, lamm_options(template="dataset")).encoder.prompts.template == "the benchmark's {}"
+    assert lamm_model(ctx, lamm_options(template="mine: {}")).encoder.prompts.template == "mine: {}"
+    prompts = ClassPrompts(tiny_clip, digits.classnames, "X X {}.")
+    context = torch.nn.Parameter(torch.zeros(2, tiny_clip.token_width))
+    model = lamm_model(ctx, lamm_options(), context=(prompts, context))
+    assert model.encoder.prompts is prompts and model.context is context
+
+
 # ----------------------------------------------------------------------------- coop_lamm
 
 
