@@ -173,6 +173,8 @@ def test_lamm_model_prompts_come_from_the_template_or_the_shared_context(tiny_cl
     context = torch.nn.Parameter(torch.zeros(2, tiny_clip.token_width))
     model = lamm_model(ctx, lamm_options(), context=(prompts, context))
     assert model.encoder.prompts is prompts and model.context is context
+    table = lamm_model(ctx, lamm_options(label_tokens="all", label_init="random")).labels
+    assert (table.label_tokens, table.label_init) == ("all", "random")
 
 
 # ----------------------------------------------------------------------------- coop_lamm
