@@ -56,16 +56,23 @@ def test_label_i_is_class_order_i_in_the_streams(digits):
     assert plan.experiences == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert plan.class_names == [digits.classnames[o] for o in ORDER]
 
+    asked = []
+
     def index_reader(t, idx):  # the input of a sample is its index into the dataset
+        asked.append((t, list(idx)))
         return lambda i: torch.tensor(int(idx[i]))
 
     scenario = make_streams(plan, index_reader, index_reader, digits.train.labels, digits.test.labels)
+    # a reader is asked once per experience, with the experience's number and its indices
+    assert asked == [(t, list(idx)) for t, idx in enumerate(plan.train_index)] + [
+        (t, list(idx)) for t, idx in enumerate(plan.test_index)]
     for stream, labels in ((scenario.train_stream, digits.train.labels), (scenario.test_stream, digits.test.labels)):
         for t, exp in enumerate(stream):
             assert sorted(exp.classes_in_this_experience) == plan.experiences[t]
             seen = set()
             for i in range(len(exp.dataset)):
-                x, y = exp.dataset[i][:2]
+                x, y, task = exp.dataset[i]
+                assert task == 0  # class-incremental: one task
                 assert labels[int(x)] == ORDER[int(y)], f"label {int(y)} holds an image of class {labels[int(x)]}"
                 seen.add(int(y))
             assert seen == set(plan.experiences[t])
