@@ -101,6 +101,7 @@ def test_split_errors_and_seen_classes(digits):
         split_counts(10, BenchmarkConfig(dataset="digits", classes_per_experience=[5, 4]))
     plan = make_plan(digits, BenchmarkConfig(dataset="digits", classes_per_experience=[6, 1, 3], class_order=ORDER),
                      seed=0)
+    assert plan.experiences == [[0, 1, 2, 3, 4, 5], [6], [7, 8, 9]]
     assert [seen_classes(plan, t) for t in range(3)] == [6, 7, 10]
 
 
@@ -125,11 +126,12 @@ def test_a_class_short_of_shots_keeps_all_its_images_and_one_with_exactly_shots_
     assert plan.short_classes == [("c2", 1)]  # c1 has exactly 4: drawn, not short
     assert (plan.dataset, plan.order_name, plan.template) == ("toy", "explicit", "a toy {}.")
     assert plan.class_names == ["c3", "c2", "c1", "c0"]
-    # training images 0-4: c0, 5-8: c1, 9: c2, 10-15: c3; each class's draw in dataset order
-    idx = plan.train_index[0]
-    assert list(idx[4:9]) == [9, 5, 6, 7, 8]  # c2's one image, then all of c1
-    for part, (lo, hi) in ((idx[:4], (10, 16)), (idx[9:], (0, 5))):
-        assert list(part) == sorted(part) and len(set(part)) == 4 and all(lo <= i < hi for i in part)
+    # training images 0-4: c0, 5-8: c1, 9: c2, 10-15: c3. One generator seeded with the run's seed draws,
+    # in label order, every class that has at least `shots` images (Dassl: random.sample when
+    # len(items) >= num_shots), so c1's draw of all its 4 images still moves it on; each draw in dataset order
+    rng = np.random.default_rng(0)
+    c3, c1, c0 = (np.sort(rng.choice(np.arange(lo, hi), 4, replace=False)) for lo, hi in ((10, 16), (5, 9), (0, 5)))
+    assert list(plan.train_index[0]) == [*c3, 9, *c1, *c0]
     b.template = "itself: {}"
     assert make_plan(toy([5, 4, 1, 6]), b, seed=0).template == "itself: {}"
 
