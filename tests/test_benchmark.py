@@ -226,11 +226,12 @@ def test_dry_run_lines(digits):
         "strategy zeroshot: epochs 0, batch 32, lr 0.002; trains on cached image features",
         "strategy finetune: epochs 2, batch 8, lr 0.01; reads images every step (no feature cache)",
     ]
-    cfg = dry_config(n_experiences=2, class_order="identity", template="digit {}")
+    cfg = dry_config(n_experiences=2, class_order="seeded", template="digit {}")
     cfg.model.pretrained = "tinyworld"
     lines = dry_run(cfg)
     assert lines[:3] == ["dataset digits: 10 classes, 1258 train / 539 test images; template 'digit {}'",
-                         "model lamm-tiny + tinyworld", "seed 0: class order identity, 2 experiences of [5, 5] classes"]
+                         "model lamm-tiny + tinyworld", "seed 0: class order seeded(0), 2 experiences of [5, 5] classes"]
+    assert lines[5] == "seed 1: class order seeded(1), 2 experiences of [5, 5] classes"  # each seed's own plan
     assert not any("shots" in line for line in lines)
 
 
@@ -243,3 +244,18 @@ def test_dry_run_of_missing_data_says_whether_a_real_run_would_download(tmp_path
     told = f"cifar100: no data in {tmp_path} yet; a dry run does not download, a real run will (benchmark.download: true)"
     assert (str(e.value) == told) is download
     assert str(tmp_path) in str(e.value)
+
+
+def test_a_dry_run_never_asks_the_loader_to_download(tmp_path, monkeypatch):
+    import lamm_cl.data
+
+    asked = []
+
+    def loader(name, root, download=False):
+        asked.append(download)
+        raise DataNotFoundError(f"{name}: nothing in {root}")
+
+    monkeypatch.setattr(lamm_cl.data, "load_dataset", loader)
+    with pytest.raises(DataNotFoundError):
+        dry_run(dry_config(n_experiences=2, root=str(tmp_path), download=True))
+    assert asked == [False]
