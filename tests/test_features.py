@@ -177,7 +177,7 @@ def test_fp16_store_halves_the_size_and_keeps_the_values(tiny_clip, samples, tmp
     n, d = f32.shape
     assert (tmp_path / "a").glob("*.npy").__next__().stat().st_size == entry_bytes(n, d, "float32")
     assert (tmp_path / "b").glob("*.npy").__next__().stat().st_size == entry_bytes(n, d, "float16")
-    assert entry_bytes(10_000, 512, "float32") == 10_000 * 512 * 4 + 128
+    assert entry_bytes(10_000, 512, "float32") == entry_bytes(10_000, 512) == 10_000 * 512 * 4 + 128
 
 
 def test_features_config_picks_the_store(tiny_clip, tmp_path, monkeypatch):
@@ -200,6 +200,10 @@ def test_draw_view_visits_every_view_reproducibly():
     # the seed and the experience both choose the order
     assert [draw_view(8, 0, e, 4) for e in range(8)] != seq and [draw_view(7, 1, e, 4) for e in range(8)] != seq
     assert draw_view(0, 0, 5, 1) == 0
+    # epoch e of a cycle of V epochs: place e % V of the permutation drawn from (seed mod 2^32, experience, e // V)
+    assert [draw_view(7, 2, e, 3) for e in range(6)] == [
+        int(np.random.default_rng([7, 2, e // 3]).permutation(3)[e % 3]) for e in range(6)]
+    assert [draw_view(-1, 0, e, 4) for e in range(8)] == [draw_view(2**32 - 1, 0, e, 4) for e in range(8)]
 
 
 def test_views_differ_from_each_other_and_are_reproducible(tiny_clip, samples, tmp_path):
