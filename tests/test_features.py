@@ -638,3 +638,16 @@ def test_an_undecodable_image_is_handed_on_as_its_message():
 
     assert _collate_checked([torch.ones(2), "cannot read x.png", "cannot read y.png"]) == "cannot read x.png"
     torch.testing.assert_close(_collate_checked([torch.ones(2), torch.zeros(2)]), torch.tensor([[1.0, 1], [0, 0]]))
+
+
+def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples):
+    told = []
+
+    def progress(batches, total, desc):
+        told.append((total, desc))
+        return batches
+
+    ext = FeatureExtractor(tiny_clip, batch_size=10, progress=progress)
+    ext.features(samples)  # 24 images: batches of 10, 10 and 4
+    ext.features(samples, view=0, desc="view 0")
+    assert told == [(3, "features"), (3, "view 0")]
