@@ -648,6 +648,19 @@ def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples):
         return batches
 
     ext = FeatureExtractor(tiny_clip, batch_size=10, progress=progress)
-    ext.features(samples)  # 24 images: batches of 10, 10 and 4
+    assert ext.features(samples).dtype == torch.float32  # 24 images: batches of 10, 10 and 4
     ext.features(samples, view=0, desc="view 0")
     assert told == [(3, "features"), (3, "view 0")]
+    assert FeatureExtractor(tiny_clip, dtype="float16").features(samples).dtype == torch.float16  # no store either
+
+
+def test_a_valid_entry_is_read_without_the_lock(tiny_clip, samples, tmp_path):
+    # several jobs read a shared (even read-only) store at once: only a missing or bad entry takes the lock
+    good = _extractor(tiny_clip, tmp_path).features(samples)
+    ext = _extractor(tiny_clip, tmp_path)
+
+    def no_lock(key):
+        raise AssertionError("a valid entry was read under the lock")
+
+    ext.store.locked = no_lock
+    assert torch.equal(ext.features(samples), good)
