@@ -664,3 +664,40 @@ def test_a_valid_entry_is_read_without_the_lock(tiny_clip, samples, tmp_path):
 
     ext.store.locked = no_lock
     assert torch.equal(ext.features(samples), good)
+
+
+def test_under_the_lock_the_entry_is_checked_again_and_only_there_deleted(tiny_clip, samples, calls, tmp_path):
+    import contextlib
+
+    good = _extractor(tiny_clip, tmp_path).features(samples).clone()
+    ext = _extractor(tiny_clip, tmp_path)
+    data, meta = ext.store.paths(ext.key(samples))
+    meta.write_text("{")  # a bad entry: another job may be publishing it right now, so no deleting without the lock
+    real, seen = ext.store.locked, []
+
+    @contextlib.contextmanager
+    def locked(key):
+        seen.append(data.exists() and meta.exists())
+        with real(key):
+            yield
+
+    ext.store.locked = locked
+    calls.clear()
+    assert torch.equal(ext.features(samples), good) and seen == [True] and sum(calls) == len(samples)
+
+    # no entry yet; another job publishes it while this one waits for the lock: it is read, not recomputed
+    data.unlink()
+    meta.unlink()
+    ext = _extractor(tiny_clip, tmp_path)
+    real = ext.store.locked
+
+    @contextlib.contextmanager
+    def locked_after_another_job(key):
+        _extractor(tiny_clip, tmp_path).features(samples)
+        with real(key):
+            yield
+
+    ext.store.locked = locked_after_another_job
+    calls.clear()
+    assert torch.equal(ext.features(samples), good)
+    assert sum(calls) == len(samples) and ext.store.discarded == []  # the other job's encoding only
