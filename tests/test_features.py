@@ -640,7 +640,7 @@ def test_an_undecodable_image_is_handed_on_as_its_message():
     torch.testing.assert_close(_collate_checked([torch.ones(2), torch.zeros(2)]), torch.tensor([[1.0, 1], [0, 0]]))
 
 
-def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples):
+def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples, tmp_path):
     told = []
 
     def progress(batches, total, desc):
@@ -650,7 +650,8 @@ def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples):
     ext = FeatureExtractor(tiny_clip, batch_size=10, progress=progress)
     assert ext.features(samples).dtype == torch.float32  # 24 images: batches of 10, 10 and 4
     ext.features(samples, view=0, desc="view 0")
-    assert told == [(3, "features"), (3, "view 0")]
+    FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=10, progress=progress).features(samples, desc="stored")
+    assert told == [(3, "features"), (3, "view 0"), (3, "stored")]
     assert FeatureExtractor(tiny_clip, dtype="float16").features(samples).dtype == torch.float16  # no store either
 
 
