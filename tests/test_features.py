@@ -702,3 +702,11 @@ def test_under_the_lock_the_entry_is_checked_again_and_only_there_deleted(tiny_c
     calls.clear()
     assert torch.equal(ext.features(samples), good)
     assert sum(calls) == len(samples) and ext.store.discarded == []  # the other job's encoding only
+
+
+def test_an_entry_that_vanishes_after_writing_is_an_error_naming_the_store(tiny_clip, samples, tmp_path):
+    ext = _extractor(tiny_clip, tmp_path)
+    ext.store.load = lambda *args, **kwargs: None  # a folder that loses files as they are written
+    with pytest.raises(OSError) as e:
+        ext.features(samples)
+    assert str(e.value) == f"feature store {tmp_path}: an entry vanished right after it was written"
