@@ -382,6 +382,8 @@ def _garble(how, data, meta):
     info = json.loads(meta.read_text())
     if how == "another key":
         meta.write_text(json.dumps({**info, "key": "other"}))
+    elif how == "metadata of another shape":
+        meta.write_text(json.dumps({**info, "shape": [4, 3]}))  # the file itself still holds [3, 4]
     elif how == "not a mapping":
         meta.write_text("[1, 2]")
     elif how == "longer":
@@ -405,6 +407,7 @@ def _garble(how, data, meta):
 @pytest.mark.parametrize("how, why", [
     ("another key", "belongs to another key"),
     ("not a mapping", "belongs to another key"),
+    ("metadata of another shape", "has another shape or dtype"),
     ("longer", "has the wrong size"),
     ("one byte flipped", "failed its checksum (garbled on disk)"),
     ("no data file", "is incomplete"),
