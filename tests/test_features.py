@@ -177,7 +177,7 @@ def test_fp16_store_halves_the_size_and_keeps_the_values(tiny_clip, samples, tmp
     n, d = f32.shape
     assert (tmp_path / "a").glob("*.npy").__next__().stat().st_size == entry_bytes(n, d, "float32")
     assert (tmp_path / "b").glob("*.npy").__next__().stat().st_size == entry_bytes(n, d, "float16")
-    assert entry_bytes(10_000, 512, "float32") == 10_000 * 512 * 4 + 128
+    assert entry_bytes(10_000, 512, "float32") == entry_bytes(10_000, 512) == 10_000 * 512 * 4 + 128
 
 
 def test_features_config_picks_the_store(tiny_clip, tmp_path, monkeypatch):
@@ -197,8 +197,13 @@ def test_draw_view_visits_every_view_reproducibly():
     assert seq == [draw_view(7, 0, e, 4) for e in range(8)]
     assert sorted(seq[:4]) == [0, 1, 2, 3] and sorted(seq[4:]) == [0, 1, 2, 3]
     assert all(a != b for a, b in zip(seq[:3], seq[1:4]))
-    assert [draw_view(8, 0, e, 4) for e in range(8)] != seq or [draw_view(7, 1, e, 4) for e in range(8)] != seq
+    # the seed and the experience both choose the order
+    assert [draw_view(8, 0, e, 4) for e in range(8)] != seq and [draw_view(7, 1, e, 4) for e in range(8)] != seq
     assert draw_view(0, 0, 5, 1) == 0
+    # epoch e of a cycle of V epochs: place e % V of the permutation drawn from (seed mod 2^32, experience, e // V)
+    assert [draw_view(7, 2, e, 3) for e in range(6)] == [
+        int(np.random.default_rng([7, 2, e // 3]).permutation(3)[e % 3]) for e in range(6)]
+    assert [draw_view(-1, 0, e, 4) for e in range(8)] == [draw_view(2**32 - 1, 0, e, 4) for e in range(8)]
 
 
 def test_views_differ_from_each_other_and_are_reproducible(tiny_clip, samples, tmp_path):
@@ -344,3 +349,367 @@ def test_a_checkpoint_file_is_identified_by_its_bytes_not_its_path(tmp_path):
     assert weights_identity("lamm-tiny", str(tmp_path / "copy.pt")) == first
     assert weights_identity("ViT-B-16", "openai") == "ViT-B-16:openai"
     assert weights_identity("lamm-tiny", "none") != weights_identity("lamm-tiny", "openai")
+
+
+# ---------------------------------------------------------------------------
+# the store's files, checks and messages, on hand-made entries (no encoder)
+# ---------------------------------------------------------------------------
+
+def _entry(tmp_path, key="k"):
+    """A store holding ``key``: the [3, 4] float32 array 0..11."""
+    store = FeatureStore(tmp_path)
+    with store.writer(key, (3, 4), "float32") as arr:
+        arr[:] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    return store, *store.paths(key)
+
+
+def test_entry_files_are_named_by_the_keys_sha256_and_hold_what_was_written(tmp_path):
+    store, data, meta = _entry(tmp_path / "s")
+    name = hashlib.sha256(b"k").hexdigest()[:40]
+    assert (data, meta) == (tmp_path / "s" / f"{name}.npy", tmp_path / "s" / f"{name}.json")
+    assert store.lock_path("k") == tmp_path / "s" / f"{name}.lock"
+    raw = data.read_bytes()
+    assert json.loads(meta.read_text()) == {"key": "k", "shape": [3, 4], "dtype": "float32", "nbytes": len(raw),
+                                            "sha256": hashlib.sha256(raw).hexdigest()}
+    got = store.load("k", (3, 4), "float32")
+    np.testing.assert_array_equal(got, np.arange(12).reshape(3, 4))
+    got[0, 0] = 99.0  # copy-on-write: the file keeps its values
+    np.testing.assert_array_equal(np.load(data), np.arange(12).reshape(3, 4))
+    assert store.discarded == [] and FeatureStore(tmp_path / "none").load("k", (3, 4), "float32") is None
+
+
+def _garble(how, data, meta):
+    info = json.loads(meta.read_text())
+    if how == "another key":
+        meta.write_text(json.dumps({**info, "key": "other"}))
+    elif how == "metadata of another shape":
+        meta.write_text(json.dumps({**info, "shape": [4, 3]}))  # the file itself still holds [3, 4]
+    elif how == "not a mapping":
+        meta.write_text("[1, 2]")
+    elif how == "longer":
+        data.write_bytes(data.read_bytes() + b"\0")
+    elif how == "one byte flipped":
+        raw = bytearray(data.read_bytes())
+        raw[-1] ^= 1
+        data.write_bytes(bytes(raw))
+    elif how == "no data file":
+        data.unlink()
+    elif how == "broken metadata":
+        meta.write_text("{")
+    elif how in ("header [4, 3]", "fortran order"):
+        # a well-formed entry whose metadata vouches for a file holding another array
+        arr = np.zeros((4, 3), np.float32) if how == "header [4, 3]" else np.asfortranarray(np.zeros((3, 4), "<f4"))
+        np.save(data, arr)
+        raw = data.read_bytes()
+        meta.write_text(json.dumps({**info, "nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}))
+
+
+@pytest.mark.parametrize("how, why", [
+    ("another key", "belongs to another key"),
+    ("not a mapping", "belongs to another key"),
+    ("metadata of another shape", "has another shape or dtype"),
+    ("longer", "has the wrong size"),
+    ("one byte flipped", "failed its checksum (garbled on disk)"),
+    ("no data file", "is incomplete"),
+    ("broken metadata", "is unreadable (JSONDecodeError)"),
+    ("header [4, 3]", "has another shape or dtype"),
+    ("fortran order", "has another shape or dtype"),
+])
+def test_a_bad_entry_is_reported_and_deleted_only_when_discarding(tmp_path, how, why):
+    store, data, meta = _entry(tmp_path)
+    _garble(how, data, meta)
+    there = sorted(p.name for p in tmp_path.iterdir())
+    assert store.load("k", (3, 4), "float32", discard=False) is None
+    assert store.discarded == [] and sorted(p.name for p in tmp_path.iterdir()) == there
+    assert store.load("k", (3, 4), "float32") is None
+    assert store.discarded == [f"feature store {tmp_path}: entry {data.name} {why}; recomputing it"]
+    assert not data.exists() and not meta.exists()
+
+
+def test_a_shape_or_dtype_other_than_the_metadatas_is_reported(tmp_path):
+    for shape, dtype in (((3, 5), "float32"), ((3, 4), "float16")):
+        store, data, _ = _entry(tmp_path)
+        assert store.load("k", shape, dtype) is None
+        assert store.discarded == [f"feature store {tmp_path}: entry {data.name} has another shape or dtype; "
+                                   "recomputing it"]
+
+
+def test_a_version_2_header_and_an_empty_entry_are_read(tmp_path):
+    store, data, meta = _entry(tmp_path)
+    with open(data, "wb") as f:
+        np.lib.format.write_array(f, np.full((3, 4), 2.5, np.float32), version=(2, 0))
+    raw = data.read_bytes()
+    info = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**info, "nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}))
+    np.testing.assert_array_equal(store.load("k", (3, 4), "float32"), np.full((3, 4), 2.5))
+
+    with store.writer("empty", (0, 4), "float16"):
+        pass
+    got = store.load("empty", (0, 4), "float16")
+    assert got.shape == (0, 4) and got.dtype == np.float16 and store.discarded == []
+
+
+def test_file_sha256_reads_a_path_or_an_open_file_from_its_start(tmp_path):
+    from lamm_cl.features import file_sha256
+
+    path = tmp_path / "f"
+    path.write_bytes(b"some bytes" * 100)
+    want = hashlib.sha256(b"some bytes" * 100).hexdigest()
+    assert file_sha256(path) == file_sha256(str(path)) == want
+    with open(path, "rb") as f:
+        f.read(7)
+        assert file_sha256(f) == want
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def test_store_errors_name_the_folder_and_what_to_do(tmp_path):
+    import errno
+
+    from lamm_cl.errors import UserError
+
+    store = FeatureStore(tmp_path / "s")
+    full = store._unwritable(OSError(errno.ENOSPC, "No space left on device"), " for a 1.5 MiB entry")
+    assert str(full) == (f"feature store {tmp_path / 's'}: no space left for a 1.5 MiB entry (No space left on "
+                         "device); free space there, set features.cache_dir to another folder, or set "
+                         "features.cache: false")
+    assert "no space left (Disk quota exceeded)" in str(store._unwritable(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    assert str(store._unwritable(OSError(errno.EROFS, "Read-only file system"))) == (
+        f"feature store {tmp_path / 's'}: cannot write there (Read-only file system); set features.cache_dir to a "
+        "writable folder, or set features.cache: false")
+    assert "cannot write there (plain)" in str(store._unwritable(OSError("plain")))
+
+    (tmp_path / "file").write_text("")
+    FeatureStore(tmp_path / "new" / "deeper").check()  # folders still to be made are fine
+    for root in (tmp_path / "file", tmp_path / "file" / "below"):
+        with pytest.raises(UserError) as e:
+            FeatureStore(root).check()
+        assert str(e.value) == (f"features.cache_dir: {root} cannot be a folder because {tmp_path / 'file'} is a "
+                                "file; set features.cache_dir to a folder")
+
+
+def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
+    import fcntl
+    import os
+
+    store, data, _ = _entry(tmp_path)
+    dead = data.with_name(data.name + ".tmp-1-aaaa")
+    live = tmp_path / ("f" * 40 + ".npy.tmp-2-bbbb")
+    new = data.with_name(data.name + ".tmp-3-cccc")
+    for p in (dead, live):
+        p.write_bytes(b"x")
+        os.utime(p, (1000, 1000))
+    new.write_bytes(b"x")
+    fd = os.open(tmp_path / ("f" * 40 + ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer of that entry is at work
+    try:
+        assert store.sweep_temporaries(before=2000) == [dead]
+    finally:
+        os.close(fd)
+    assert live.exists() and new.exists() and data.exists()
+    assert sorted(store.sweep_temporaries()) == sorted([live, new])
+    assert FeatureStore(tmp_path / "absent").sweep_temporaries() == []
+
+
+# ---------------------------------------------------------------------------
+# the extractor's key, defaults and small helpers
+# ---------------------------------------------------------------------------
+
+def test_the_key_names_every_input_of_the_features(tiny_clip, samples):
+    import open_clip
+
+    from lamm_cl.features import STORE_FORMAT, transform_identity
+
+    ext = _extractor(tiny_clip, None)
+    d = tiny_clip.embed_dim
+    versions = f" (open_clip {open_clip.__version__}, torch {torch.__version__.split('+')[0]})"
+    assert ext.key(samples).split("\n") == [
+        STORE_FORMAT, "arch: lamm-tiny", f"weights: {tiny_clip.identity}{versions}",
+        f"images: {samples.identity} (n=24)", f"transform: {transform_identity(tiny_clip.preprocess)}",
+        "view: center", f"dim: {d}", "dtype: float32"]
+    assert STORE_FORMAT == "lamm-cl features v1"
+    view = ext.key(samples, view=2).split("\n")
+    assert view[5] == "view: 2" and view[4] == f"transform: {transform_identity(ext.transform(2))}" != ext.key(
+        samples).split("\n")[4]
+
+
+def test_transform_identity_ignores_addresses_only():
+    from lamm_cl.features import transform_identity
+
+    class Named:
+        def __init__(self, text):
+            self.text = text
+
+        def __repr__(self):
+            return self.text
+
+    same = transform_identity(Named("Compose(<function f at 0x7f00aa>)"))
+    assert same == transform_identity(Named("Compose(<function f at 0x7f11bb>)"))
+    assert same == hashlib.sha1(b"Compose(<function f>)").hexdigest()[:16]
+    assert transform_identity(Named("Compose(<function g at 0x7f00aa>)")) != same
+
+
+def test_extractor_defaults_on_the_cpu(tiny_clip, tmp_path, monkeypatch):
+    from lamm_cl.features import autocast, extraction_batch_size
+
+    ext = FeatureExtractor(tiny_clip)
+    assert (ext.store, ext.dtype, ext.batch_size, ext.num_workers, ext.log) == (None, "float32", 64, 0, None)
+    ext = FeatureExtractor(tiny_clip, cache_dir=tmp_path, dtype="float16", batch_size=5, num_workers=3)
+    assert (ext.store.root, ext.dtype, ext.batch_size, ext.num_workers) == (tmp_path, "float16", 5, 3)
+    with pytest.raises(ValueError) as e:
+        FeatureExtractor(tiny_clip, dtype="float64")
+    assert str(e.value) == "feature dtype must be one of float32, float16, got 'float64'"
+    assert extraction_batch_size(torch.device("cpu")) == 64
+    assert isinstance(autocast(torch.device("cpu")), type(contextlib_null()))
+    # on CUDA: 128 images per 8 GiB of device memory, from 128 to 1024
+    for gib, size in ((4, 128), (16, 256), (24, 384), (80, 1024)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, g=gib: SimpleNamespace(total_memory=g * 2**30))
+        assert extraction_batch_size(torch.device("cuda")) == size
+
+
+def contextlib_null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_autocast_on_cuda_is_bf16_or_fp16_for_inference_only(monkeypatch):
+    from lamm_cl.features import autocast
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    for training in (False, True):
+        ctx = autocast(cuda, training=training)
+        assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and ctx.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    ctx = autocast(cuda)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16 and ctx.device == "cuda"
+    assert not isinstance(autocast(cuda, training=True), torch.autocast)
+
+
+def test_discarded_entries_reach_the_log_once(tiny_clip, samples, tmp_path):
+    ext = _extractor(tiny_clip, tmp_path)
+    good = ext.features(samples).clone()
+    data, meta = FeatureStore(tmp_path).paths(ext.key(samples))
+    meta.write_text("{")
+    told = []
+    ext = _extractor(tiny_clip, tmp_path)
+    ext.log = told.append
+    assert torch.equal(ext.features(samples), good)
+    assert told == [f"feature store {tmp_path}: entry {data.name} is unreadable (JSONDecodeError); recomputing it"]
+    assert ext.store.discarded == []
+    assert ext.features(samples) is ext.features(samples)  # kept in memory after the first read
+
+
+def test_default_cache_dir_without_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for xdg in ("", None):
+        if xdg is None:
+            monkeypatch.delenv("XDG_CACHE_HOME")
+        else:
+            monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert default_cache_dir() == tmp_path / ".cache" / "lamm-cl" / "features"
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/c")
+    assert default_cache_dir() == tmp_path / "c" / "lamm-cl" / "features"
+
+
+def test_a_view_is_its_seeds_augmentation_and_leaves_the_global_stream_alone(tiny_clip, samples):
+    from lamm_cl.features import AugmentedView, ViewReader, view_seed
+
+    augment = AugmentedView.for_clip(tiny_clip)
+    norm = tiny_clip.preprocess.transforms[-1]
+    assert (augment.tail.transforms[-1].mean, augment.tail.transforms[-1].std) == (norm.mean, norm.std)
+    assert augment.crop.size == (tiny_clip.image_size, tiny_clip.image_size) and augment.crop.scale == (0.08, 1.0)
+    assert view_seed(2, 5) == int(np.random.SeedSequence([2, 5]).generate_state(1)[0])
+    assert len({view_seed(0, 1), view_seed(1, 0), view_seed(1, 1)}) == 3
+    reader = ViewReader(samples, augment, view=2)
+    torch.manual_seed(0)
+    got = reader[5]
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.rand(1) == after  # the draw did not move the caller's stream
+    torch.manual_seed(view_seed(2, 5))
+    want = augment.tail(augment.flip(augment.crop(samples.image(5))))
+    assert torch.equal(got, want) and len(reader) == 24
+    with pytest.raises(ValueError, match="no Normalize step"):
+        AugmentedView.for_clip(SimpleNamespace(preprocess=T.Compose([T.ToTensor()]), image_size=8))
+
+
+def test_an_undecodable_image_is_handed_on_as_its_message():
+    from lamm_cl.features import _collate_checked
+
+    assert _collate_checked([torch.ones(2), "cannot read x.png", "cannot read y.png"]) == "cannot read x.png"
+    torch.testing.assert_close(_collate_checked([torch.ones(2), torch.zeros(2)]), torch.tensor([[1.0, 1], [0, 0]]))
+
+
+def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples, tmp_path):
+    told = []
+
+    def progress(batches, total, desc):
+        told.append((total, desc))
+        return batches
+
+    ext = FeatureExtractor(tiny_clip, batch_size=10, progress=progress)
+    assert ext.features(samples).dtype == torch.float32  # 24 images: batches of 10, 10 and 4
+    ext.features(samples, view=0, desc="view 0")
+    FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=10, progress=progress).features(samples, desc="stored")
+    assert told == [(3, "features"), (3, "view 0"), (3, "stored")]
+    assert FeatureExtractor(tiny_clip, dtype="float16").features(samples).dtype == torch.float16  # no store either
+
+
+def test_a_valid_entry_is_read_without_the_lock(tiny_clip, samples, tmp_path):
+    # several jobs read a shared (even read-only) store at once: only a missing or bad entry takes the lock
+    good = _extractor(tiny_clip, tmp_path).features(samples)
+    ext = _extractor(tiny_clip, tmp_path)
+
+    def no_lock(key):
+        raise AssertionError("a valid entry was read under the lock")
+
+    ext.store.locked = no_lock
+    assert torch.equal(ext.features(samples), good)
+
+
+def test_under_the_lock_the_entry_is_checked_again_and_only_there_deleted(tiny_clip, samples, calls, tmp_path):
+    import contextlib
+
+    good = _extractor(tiny_clip, tmp_path).features(samples).clone()
+    ext = _extractor(tiny_clip, tmp_path)
+    data, meta = ext.store.paths(ext.key(samples))
+    meta.write_text("{")  # a bad entry: another job may be publishing it right now, so no deleting without the lock
+    real, seen = ext.store.locked, []
+
+    @contextlib.contextmanager
+    def locked(key):
+        seen.append(data.exists() and meta.exists())
+        with real(key):
+            yield
+
+    ext.store.locked = locked
+    calls.clear()
+    assert torch.equal(ext.features(samples), good) and seen == [True] and sum(calls) == len(samples)
+
+    # no entry yet; another job publishes it while this one waits for the lock: it is read, not recomputed
+    data.unlink()
+    meta.unlink()
+    ext = _extractor(tiny_clip, tmp_path)
+    real = ext.store.locked
+
+    @contextlib.contextmanager
+    def locked_after_another_job(key):
+        _extractor(tiny_clip, tmp_path).features(samples)
+        with real(key):
+            yield
+
+    ext.store.locked = locked_after_another_job
+    calls.clear()
+    assert torch.equal(ext.features(samples), good)
+    assert sum(calls) == len(samples) and ext.store.discarded == []  # the other job's encoding only
+
+
+def test_an_entry_that_vanishes_after_writing_is_an_error_naming_the_store(tiny_clip, samples, tmp_path):
+    ext = _extractor(tiny_clip, tmp_path)
+    ext.store.load = lambda *args, **kwargs: None  # a folder that loses files as they are written
+    with pytest.raises(OSError) as e:
+        ext.features(samples)
+    assert str(e.value) == f"feature store {tmp_path}: an entry vanished right after it was written"

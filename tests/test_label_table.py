@@ -1,4 +1,6 @@
 """The label table grows per experience; new rows train; old rows stay bit-identical."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,68 @@ def test_old_class_text_features_are_cached_and_equal_fresh_ones(tiny_clip, digi
     t[2:].sum().backward()
     assert all(float(table.vectors[str(c)].grad.abs().sum()) > 0 for c in (2, 3))
     np.testing.assert_array_equal(sorted(model.classes), [0, 1, 2, 3])
+
+
+# ----------------------------------------------------------------------------- k per class, growth, anchors
+
+
+NAMES = ["zero", "aquarium fish", "sweet pepper plant"]  # 1, 2 and 3 BPE pieces (test_label_token_counts)
+
+
+def test_label_tokens_per_experience_and_bad_values(tiny_clip):
+    prompts = ClassPrompts(tiny_clip, NAMES, "a photo of a {}.")
+    assert label_token_counts(prompts, "min_experience", [[0], [2, 1]]) == [1, 2, 2]
+    assert label_token_counts(prompts, "min_experience", [[], [2], [0, 1]]) == [1, 1, 3]
+    assert label_token_counts(prompts, 1) == [1, 1, 1]
+    with pytest.raises(ValueError) as e:
+        label_token_counts(prompts, "min_experience")
+    assert str(e.value) == "label_tokens 'min_experience' needs the classes of each experience"
+    with pytest.raises(ValueError) as e:
+        label_token_counts(prompts, "min_experience", [[0], [2]])
+    assert str(e.value) == "label_tokens 'min_experience': some classes belong to no experience"
+    for bad in (0, True, "max"):
+        with pytest.raises(ValueError) as e:
+            label_token_counts(prompts, bad)
+        assert str(e.value) == f"label_tokens must be 'min', 'min_experience', 'all' or a positive int, got {bad!r}"
+
+
+def test_a_table_grows_freezes_and_keeps_k_of_each_class(tiny_clip):
+    prompts = ClassPrompts(tiny_clip, NAMES, "a photo of a {}.")
+    words = tiny_clip.model.token_embedding.weight
+    with pytest.raises(ValueError) as e:
+        LabelTable(words, prompts, "min", "zeros")
+    assert str(e.value) == "label_init must be 'name' or 'random', got 'zeros'"
+    table = LabelTable(words, prompts, "min_experience")
+    assert table.k == [None, None, None] and table.classes == [] and table.trainable == []
+    table.add_classes([2, 1])
+    assert table.k == [None, 2, 2] and table.classes == [1, 2] and table.trainable == [1, 2]
+    assert [tuple(table.vectors[c].shape) for c in ("1", "2")] == [(2, tiny_clip.token_width)] * 2
+    assert torch.equal(table.original(2), words[torch.tensor(prompts.name_ids[2][:2])])
+    table.add_classes([0, 2])  # 2 is there already: it stays, frozen
+    assert table.k == [1, 2, 2] and table.classes == [1, 2, 0] and table.trainable == [0]
+    assert [table.vectors[c].requires_grad for c in ("0", "1", "2")] == [True, False, False]
+    assert table.as_mapping([0, 2]) == {0: table.vectors["0"], 2: table.vectors["2"]}
+    assert table.originals([1]) == {1: table.original(1)}
+    assert sorted(table.state_dict()) == ["m0_0", "m0_1", "m0_2", "vectors.0", "vectors.1", "vectors.2"]
+    # evaluation on known classes changes nothing; a new class grows the table
+    table.adaptation(SimpleNamespace(classes_in_this_experience=[1, 2]))
+    assert table.trainable == [0] and table.vectors["0"].requires_grad
+    with pytest.raises(TypeError, match="has no forward"):
+        table()
+
+
+def test_the_anchor_is_the_name_or_the_random_start(tiny_clip):
+    prompts = ClassPrompts(tiny_clip, NAMES, "a photo of a {}.")
+    words = tiny_clip.model.token_embedding.weight
+    named = LabelTable(words, prompts, "all", "name")
+    named.adaptation(SimpleNamespace(classes_in_this_experience=[0, 1]))
+    assert named.anchor(1) is named.original(1) and named.trainable == [0, 1]
+    torch.manual_seed(0)
+    rand = LabelTable(words, prompts, "all", "random")
+    rand.add_classes([1])
+    start = rand.vectors["1"].detach().clone()
+    assert torch.equal(rand.anchor(1), start) and not torch.equal(rand.anchor(1), rand.original(1))
+    with torch.no_grad():
+        rand.vectors["1"].add_(1.0)  # training moves the vectors, not their anchor
+    assert torch.equal(rand.anchor(1), start)
+    assert sorted(rand.state_dict()) == ["m0_1", "start_1", "vectors.1"]

@@ -147,6 +147,36 @@ def test_softmax_current_reads_the_current_and_replayed_columns(tiny_clip, digit
     assert template.loss_parts["logits"] == pytest.approx(float(logits_term(z, z0, 1.5)), rel=1e-5)
 
 
+def test_fp16_image_features_give_the_fp32_loss(tiny_clip, digits):
+    # features may be stored as float16 (features.dtype): the objective casts them to the text features' dtype
+    from lamm_cl.strategies.lamm import lamm_objective
+
+    template = build("lamm", tiny_clip, digits.classnames)
+    torch.manual_seed(4)
+    x = torch.randn(4, tiny_clip.embed_dim).half()
+    y = torch.tensor([3, 4, 0, 3])
+    model = template.model
+    want, _ = lamm_objective(model, x.float(), model(x.float()), y, template.weights)
+    got, _ = lamm_objective(model, x, model(x), y, template.weights)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+
+
+def test_lamm_model_prompts_come_from_the_template_or_the_shared_context(tiny_clip, digits):
+    from lamm_cl.strategies.lamm import lamm_model
+
+    ctx = StrategyContext(clip=tiny_clip, class_names=digits.classnames, template="the benchmark's {}",
+                          device=torch.device("cpu"), seed=0)
+    assert lamm_model(ctx, lamm_options(template="dataset")).encoder.prompts.template == "the benchmark's {}"
+    assert lamm_model(ctx, lamm_options(template="mine: {}")).encoder.prompts.template == "mine: {}"
+    prompts = ClassPrompts(tiny_clip, digits.classnames, "X X {}.")
+    context = torch.nn.Parameter(torch.zeros(2, tiny_clip.token_width))
+    model = lamm_model(ctx, lamm_options(), context=(prompts, context))
+    assert model.encoder.prompts is prompts and model.context is context
+    table = lamm_model(ctx, lamm_options(label_tokens="all", label_init="random")).labels
+    assert (table.label_tokens, table.label_init) == ("all", "random")
+
+
 # ----------------------------------------------------------------------------- coop_lamm
 
 
@@ -217,6 +247,23 @@ def test_bad_lamm_options_are_refused_by_name(data, message):
         lamm_options(**data).validate("strategies[0]")
     head, _, tail = message.partition("*")  # `*`: the list of named choices may grow
     assert str(e.value).startswith(head) and str(e.value).endswith(tail), str(e.value)
+
+
+def test_the_prompt_template_is_lamms_the_users_or_the_benchmarks():
+    from lamm_cl.errors import ConfigError
+    from lamm_cl.strategies.lamm import LammOptions, lamm_template
+
+    ctx = SimpleNamespace(template="the benchmark's {}")
+    assert lamm_template(ctx, lamm_options()) == "a photo of a {}."
+    assert lamm_template(ctx, lamm_options(template="mine: {}")) == "mine: {}"
+    assert lamm_template(ctx, lamm_options(template="dataset")) == "the benchmark's {}"
+    assert lamm_template(ctx, LammOptions()) == "a photo of a {}."  # options without the key (coop_lamm's)
+    lamm_options(template="dataset").validate("strategies[0]")
+    for bad in ("no slot", "{} and {}"):
+        with pytest.raises(ConfigError) as e:
+            lamm_options(template=bad).validate("strategies[0]")
+        assert str(e.value) == ("strategies[0].template: expected a prompt with exactly one {} "
+                                f"(e.g. 'a photo of a {{}}.') or dataset, got {bad!r}")
 
 
 def test_edge_values_are_accepted():
