@@ -153,8 +153,13 @@ def test_a_table_grows_freezes_and_keeps_k_of_each_class(tiny_clip):
     # evaluation on known classes changes nothing; a new class grows the table
     table.adaptation(SimpleNamespace(classes_in_this_experience=[1, 2]))
     assert table.trainable == [0] and table.vectors["0"].requires_grad
-    with pytest.raises(TypeError, match="has no forward"):
+    with pytest.raises(TypeError) as e:
         table()
+    assert str(e.value) == "LabelTable is read through as_mapping(); it has no forward"
+    # the defaults are LAMM's: label_tokens "min" (k = the shortest name's length) and the name's embeddings
+    plain = LabelTable(words, prompts)
+    assert plain.label_tokens == "min" and plain.k == label_token_counts(prompts, "min")
+    assert plain.label_init == "name"
 
 
 def test_the_anchor_is_the_name_or_the_random_start(tiny_clip):
