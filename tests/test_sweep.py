@@ -251,23 +251,14 @@ strategies:
 """
 
 
-def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp_path, capsys, monkeypatch):
-    """Few-shot with 2 augmented views: each job trains on views of its own seed's draw (5 shots x 10
-    digits = 50 images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x
-    50 x 2 views = 1,997 images -- and the jobs after it must find everything in the store."""
+def _feature_stage_then_jobs(tmp_path: Path, sweep_file: Path, monkeypatch) -> tuple[int, int, object]:
+    """Run the sweep's feature stage, then its jobs, counting encoded images (in this process and, through
+    count_encoder_calls, in the workers): (encoded by the stage, encoded in all, the sweep's outcome)."""
     from lamm_cl.model.clip import FrozenCLIP
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.driver import run_sweep
     from lamm_cl.sweep.job import prepare_features
     from lamm_cl.sweep.spec import write_sweep
-
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "digits_v.yaml").write_text(VIEWS_BENCH.format(cache=tmp_path / "cache"))
-    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
-    capsys.readouterr()
-    assert main(["sweep", str(f), "--dry-run"]) == 0
-    assert "images to encode once: 1,997 in 1 feature group(s), 200 of them augmented training views" in \
-        capsys.readouterr().out
 
     counter = tmp_path / "encoded.txt"
     monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
@@ -279,14 +270,30 @@ def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp
         return original(self, images)
 
     monkeypatch.setattr(FrozenCLIP, "encode_images", counted)
-    sweep = load_sweep(f)
+    sweep = load_sweep(sweep_file)
     write_sweep(sweep)
     assert prepare_features(str(sweep.output), sweep.jobs[0].id)["state"] == "done"
-    assert sum(int(n) for n in counter.read_text().split()) == 1797 + 2 * 50 * 2
-
+    stage = sum(int(n) for n in counter.read_text().split())
     outcome = run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})
+    return stage, sum(int(n) for n in counter.read_text().split()), outcome
+
+
+def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp_path, capsys, monkeypatch):
+    """Few-shot with 2 augmented views: each job trains on views of its own seed's draw (5 shots x 10
+    digits = 50 images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x
+    50 x 2 views = 1,997 images -- and the jobs after it must find everything in the store."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "digits_v.yaml").write_text(VIEWS_BENCH.format(cache=tmp_path / "cache"))
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    assert "images to encode once: 1,997 in 1 feature group(s), 200 of them augmented training views" in \
+        capsys.readouterr().out
+
+    stage, total, outcome = _feature_stage_then_jobs(tmp_path, f, monkeypatch)
+    assert stage == 1797 + 2 * 50 * 2
     assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
-    assert sum(int(n) for n in counter.read_text().split()) == 1797 + 2 * 50 * 2  # the jobs encoded nothing
+    assert total == stage  # the jobs encoded nothing
     for seed in (1, 2):
         assert "epoch 2/2" in (tmp_path / "out" / "_jobs" / f"digits_v__linear_probe__seed{seed}.log").read_text()
 
@@ -295,12 +302,6 @@ def test_feature_stage_encodes_no_views_for_strategies_that_read_the_centre_crop
     """SimpleCIL (like RanPAC and RAPF) builds its statistics from the centre crop even with train_views: 2
     (it is registered with augmented_views=False), so the feature stage and --dry-run count the 1,797
     centre crops only, and the job then encodes nothing more."""
-    from lamm_cl.model.clip import FrozenCLIP
-    from lamm_cl.sweep import load_sweep
-    from lamm_cl.sweep.driver import run_sweep
-    from lamm_cl.sweep.job import prepare_features
-    from lamm_cl.sweep.spec import write_sweep
-
     (tmp_path / "bench").mkdir()
     bench = VIEWS_BENCH.format(cache=tmp_path / "cache").split("strategies:")[0] + "strategies:\n  - name: simplecil\n"
     (tmp_path / "bench" / "digits_v.yaml").write_text(bench)
@@ -310,23 +311,10 @@ def test_feature_stage_encodes_no_views_for_strategies_that_read_the_centre_crop
     out = capsys.readouterr().out
     assert "images to encode once: 1,797 in 1 feature group(s)" in out and "augmented" not in out
 
-    counter = tmp_path / "encoded.txt"
-    monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
-    original = FrozenCLIP.encode_images
-
-    def counted(self, images):
-        with open(counter, "a") as fh:
-            fh.write(f"{len(images)}\n")
-        return original(self, images)
-
-    monkeypatch.setattr(FrozenCLIP, "encode_images", counted)
-    sweep = load_sweep(f)
-    write_sweep(sweep)
-    assert prepare_features(str(sweep.output), sweep.jobs[0].id)["state"] == "done"
-    assert sum(int(n) for n in counter.read_text().split()) == 1797
-    outcome = run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})
+    stage, total, outcome = _feature_stage_then_jobs(tmp_path, f, monkeypatch)
+    assert stage == 1797
     assert outcome.exit_code == 0 and {s.state for s in outcome.statuses} == {"done"}
-    assert sum(int(n) for n in counter.read_text().split()) == 1797  # the jobs encoded nothing
+    assert total == stage  # the jobs encoded nothing
 
 
 # --------------------------------------------------------------------------- Ray
