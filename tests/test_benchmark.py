@@ -246,6 +246,26 @@ def test_dry_run_of_missing_data_says_whether_a_real_run_would_download(tmp_path
     assert str(tmp_path) in str(e.value)
 
 
+def test_the_suite_cannot_reach_the_network():
+    """conftest refuses connections off the machine, so a download that a bug lets through fails loudly
+    instead of fetching CIFAR-100 (the test above sets benchmark.download: true)."""
+    import socket
+    import urllib.request
+
+    from conftest import NetworkBlocked
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        with pytest.raises(NetworkBlocked, match="203.0.113.7"):
+            s.connect(("203.0.113.7", 443))  # TEST-NET-3: never routed
+    with pytest.raises(NetworkBlocked, match="198.51.100.9"):  # what torchvision's download goes through
+        urllib.request.urlopen("http://198.51.100.9/cifar-100-python.tar.gz", timeout=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        client.connect(server.getsockname())  # loopback stays open (Ray, submitit)
+
+
 def test_a_dry_run_never_asks_the_loader_to_download(tmp_path, monkeypatch):
     import lamm_cl.data
 
