@@ -108,7 +108,8 @@ def maple_lamm_objective(model: MapleClassifier, logits: torch.Tensor, y: torch.
     t, t0 = model.last_text[cols], model.last_original[cols]
     z = logits[:, cols]
     z0 = model.logit_scale * model.last_image @ t0.t()
-    pairs = [(table.vectors[str(c)], table.original(c)) for c in table.trainable]
+    # the anchor: M0, or with label_init random the random start (fix_token is copied after normal_, :198-202)
+    pairs = [(table.vectors[str(c)], table.anchor(c)) for c in table.trainable]
     return lamm_loss(z, z0, target, t[target], t0[target], pairs, weights)
 
 

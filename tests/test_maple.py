@@ -483,6 +483,26 @@ def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
     assert parts["feature"] == 0.0
 
 
+def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_clip):
+    # LAMM trainers/maple.py:198-202: with --random-init, fix_token is deep-copied after normal_, so
+    # L_param pulls M_c towards its random start, not towards the name's embeddings.
+    from lamm_cl.strategies.maple_lamm import maple_lamm_objective
+
+    torch.manual_seed(0)
+    opts = MapleLammOptions(prompt_depth=1, label_init="random")
+    model = maple_lamm_model(context_of(tiny_clip), opts)
+    model.labels.add_classes([0, 1])
+    model.classes = [0, 1]
+    model.train()
+    y = torch.tensor([0, 1])
+    _, parts = maple_lamm_objective(model, model(images(2)), y, opts.weights(None))
+    assert parts["param"] == 0.0  # untrained: every vector still sits at its anchor
+    with torch.no_grad():
+        model.labels.vectors["1"].add_(0.5)  # one class moved by 0.5 in each of its k x 64 entries
+    _, parts = maple_lamm_objective(model, model(images(2)), y, opts.weights(None))
+    assert parts["param"] == pytest.approx(0.25 * model.labels.vectors["1"].numel(), rel=1e-4)
+
+
 def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
     # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
     data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)
