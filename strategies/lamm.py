@@ -89,9 +89,10 @@ def lamm_template(ctx: StrategyContext, opts: LammOptions) -> str:
     return ctx.template if template == "dataset" else template
 
 
-class LammTemplate(DropLastPartialBatch, SupervisedTemplate):
-    """A SupervisedTemplate whose criterion is the LAMM objective during training (plain CE in eval);
-    the last partial training batch is dropped as Dassl does (:class:`DropLastPartialBatch`)."""
+class LammCriterion:
+    """Template mixin: the LAMM objective is the criterion in training, plain CE in evaluation. A
+    template gives :meth:`objective` (its model's LAMM loss on the current minibatch); the last
+    loss terms stay in ``loss_parts``. Put it before the Avalanche template in the bases."""
 
     def __init__(self, *, weights: LammWeights, softmax: str = "seen", **kwargs):
         super().__init__(**kwargs)
@@ -99,12 +100,22 @@ class LammTemplate(DropLastPartialBatch, SupervisedTemplate):
         self.softmax = softmax
         self.loss_parts: dict[str, float] = {}
 
+    def objective(self) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
     def criterion(self):
         if not self.is_training:
             return torch.nn.functional.cross_entropy(self.mb_output, self.mb_y)
-        loss, self.loss_parts = lamm_objective(self.model, self.mb_x, self.mb_output, self.mb_y,
-                                               self.weights, self.softmax)
+        loss, self.loss_parts = self.objective()
         return loss
+
+
+class LammTemplate(LammCriterion, DropLastPartialBatch, SupervisedTemplate):
+    """A SupervisedTemplate whose criterion is the LAMM objective during training (plain CE in eval);
+    the last partial training batch is dropped as Dassl does (:class:`DropLastPartialBatch`)."""
+
+    def objective(self) -> tuple[torch.Tensor, dict[str, float]]:
+        return lamm_objective(self.model, self.mb_x, self.mb_output, self.mb_y, self.weights, self.softmax)
 
 
 def lamm_objective(model: PromptClassifier, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,

@@ -53,7 +53,7 @@ from lamm_cl.losses import LammWeights, lamm_loss
 from lamm_cl.model.deep_prompts import MapleClassifier
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.registry import register_strategy
-from lamm_cl.strategies.lamm import LossOptions
+from lamm_cl.strategies.lamm import LammCriterion, LossOptions
 from lamm_cl.strategies.maple import MapleOptions, MapleTemplate, maple_plugins, maple_prompts
 from lamm_cl.training import StrategyContext, sgd
 
@@ -113,21 +113,11 @@ def maple_lamm_objective(model: MapleClassifier, logits: torch.Tensor, y: torch.
     return lamm_loss(z, z0, target, t[target], t0[target], pairs, weights)
 
 
-class MapleLammTemplate(MapleTemplate):
+class MapleLammTemplate(LammCriterion, MapleTemplate):
     """MaPLe's template whose training criterion is the LAMM objective (plain CE in evaluation)."""
 
-    def __init__(self, *, weights: LammWeights, softmax: str = "seen", **kwargs):
-        super().__init__(**kwargs)
-        self.weights = weights
-        self.softmax = softmax
-        self.loss_parts: dict[str, float] = {}
-
-    def criterion(self):
-        if not self.is_training:
-            return torch.nn.functional.cross_entropy(self.mb_output, self.mb_y)
-        loss, self.loss_parts = maple_lamm_objective(self.model, self.mb_output, self.mb_y,
-                                                     self.weights, self.softmax)
-        return loss
+    def objective(self) -> tuple[torch.Tensor, dict[str, float]]:
+        return maple_lamm_objective(self.model, self.mb_output, self.mb_y, self.weights, self.softmax)
 
 
 def maple_lamm_model(ctx: StrategyContext, opts: MapleLammOptions) -> MapleClassifier:
