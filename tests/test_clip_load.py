@@ -161,13 +161,15 @@ def test_a_broken_checkpoint_is_one_data_error_line(tmp_path):
 def test_resolved_file_asks_open_clip_and_never_fails(tmp_path, monkeypatch):
     path = tmp_path / "w.pt"
     path.write_bytes(b"x")
-    fake = types.SimpleNamespace(get_pretrained_cfg=lambda arch, tag: {"url": "u"} if tag == "openai" else {},
-                                 download_pretrained=lambda cfg: "/cache/" + cfg["url"])
+    configs = {("ViT-B-16", "openai"): {"url": "b16.bin"}}
+    fake = types.SimpleNamespace(get_pretrained_cfg=lambda arch, tag: configs.get((arch, tag), {}),
+                                 download_pretrained=lambda cfg: "/cache/" + cfg.get("url", "anything"))
     assert _resolved_file(fake, "ViT-B-16", str(path)) == str(path)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _resolved_file(fake, "ViT-B-16", "~/w.pt") == str(path)
-    assert _resolved_file(fake, "ViT-B-16", "openai") == "/cache/u"
-    assert _resolved_file(fake, "ViT-B-16", "other") is None  # no config: nothing to ask
+    assert _resolved_file(fake, "ViT-B-16", "openai") == "/cache/b16.bin"
+    assert _resolved_file(fake, "ViT-B-32", "openai") is None  # no config: nothing to ask
+    assert _resolved_file(fake, "ViT-B-16", "other") is None
 
     def offline(cfg):
         raise OSError("offline")

@@ -713,3 +713,39 @@ def test_an_entry_that_vanishes_after_writing_is_an_error_naming_the_store(tiny_
     with pytest.raises(OSError) as e:
         ext.features(samples)
     assert str(e.value) == f"feature store {tmp_path}: an entry vanished right after it was written"
+
+
+def test_autocast_plugin_opens_the_context_for_the_forward_and_closes_it_once(monkeypatch):
+    """Forward and loss run inside autocast; backward outside; a skipped backward still closes it, once."""
+    from lamm_cl import features
+    from lamm_cl.features import AutocastPlugin
+
+    log = []
+
+    class Recorder:
+        def __init__(self, device, training):
+            log.append(("make", device.type, training))
+
+        def __enter__(self):
+            log.append("enter")
+
+        def __exit__(self, *exc):
+            log.append(("exit", exc))
+
+    monkeypatch.setattr(features, "autocast", Recorder)
+    plugin = AutocastPlugin(torch.device("cuda"))
+    assert plugin.device == torch.device("cuda")
+    plugin.before_backward(None)  # nothing opened yet: nothing to close
+    plugin.after_training_iteration(None)
+    assert log == []
+    plugin.before_forward(None)
+    assert log == [("make", "cuda", True), "enter"]
+    plugin.before_backward(None)
+    assert log[2:] == [("exit", (None, None, None))]
+    plugin.after_training_iteration(None)  # already closed: nothing more
+    assert len(log) == 3
+    plugin.before_forward(None)  # an iteration whose backward a plugin skipped
+    plugin.after_training_iteration(None)
+    assert log[3:] == [("make", "cuda", True), "enter", ("exit", (None, None, None))]
+    plugin.after_training_iteration(None)
+    assert len(log) == 6
