@@ -34,6 +34,9 @@ def _grow(clf, *classes):
 
 def test_classes_join_in_sorted_order_once(lamm_classifier):
     clf = lamm_classifier
+    assert clf.text_features().shape == (0, 64)  # no class yet: no rows, before and after invalidate()
+    clf.invalidate()
+    assert clf.text_features().shape == (0, 64)
     _grow(clf, 2, 0)
     _grow(clf, 0, 1)  # 0 is known: only 1 joins
     assert clf.classes == [0, 2, 1]

@@ -239,3 +239,14 @@ def test_text_from_embeddings_of_a_linear_projection(tiny_clip):
 def test_normalize_makes_rows_unit_length():
     out = normalize(torch.tensor([[3.0, 4.0], [0.0, -2.0]]))
     assert torch.allclose(out, torch.tensor([[0.6, 0.8], [0.0, -1.0]]))
+
+
+def test_frozen_clip_takes_the_hash_it_is_given(tmp_path, tiny_clip):
+    """build_clip hashes the file once; FrozenCLIP must use that hash, not read the file again."""
+    from lamm_cl.model.clip import FrozenCLIP
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"bytes on disk")
+    clip = FrozenCLIP(tiny_clip.model, tiny_clip.preprocess, tiny_clip.tokenizer, "lamm-tiny", str(path),
+                      torch.device("cpu"), weights_file=str(path), weights_sha256="ab" * 32)
+    assert clip.identity == "lamm-tiny:file:" + "ab" * 10
