@@ -109,8 +109,11 @@ def test_quiet_filter_drops_only_open_clips_own_weight_messages():
 
 def test_random_weights_warn_are_seeded_frozen_and_leave_no_log_filter():
     before = list(logging.getLogger().filters)
-    with pytest.warns(UserWarning, match=r"model.pretrained: none -- lamm-tiny has random weights"):
+    with pytest.warns(UserWarning) as warned:
         first = build_clip("lamm-tiny", "none")
+    assert str(warned[0].message) == ("model.pretrained: none -- lamm-tiny has random weights; its accuracies "
+                                      "say nothing about pretrained CLIP")
+    assert warned[0].filename == __file__  # it points at the caller, not at clip.py
     torch.manual_seed(123)  # another global state: the build draws its own seed
     second = build_clip("lamm-tiny", "none")
     assert logging.getLogger().filters == before
@@ -123,9 +126,11 @@ def test_random_weights_warn_are_seeded_frozen_and_leave_no_log_filter():
     assert first.weights_record() == {"arch": "lamm-tiny", "pretrained": "none", "file": None, "sha256": None}
 
 
-def test_a_checkpoint_file_is_loaded_recorded_and_hashed(tmp_path):
+def test_a_checkpoint_file_is_loaded_recorded_and_hashed(tmp_path, monkeypatch):
     path = tmp_path / "tiny.pt"
     _checkpoint(path, 0.25)
+    # the factory's own load names the file: the fallback that asks open_clip again is not used
+    monkeypatch.setattr(clip_module, "_resolved_file", lambda *a: pytest.fail("fallback used"))
     clip = build_clip("lamm-tiny", str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert clip.weights_record() == {"arch": "lamm-tiny", "pretrained": str(path), "file": str(path.resolve()),
@@ -142,7 +147,12 @@ def test_without_the_factory_record_the_file_is_asked_of_open_clip(tmp_path, mon
     path = tmp_path / "tiny.pt"
     _checkpoint(path)
     monkeypatch.setattr(clip_module, "_record_checkpoint_paths", records_nothing)
+    asked, real = [], clip_module._resolved_file
+    monkeypatch.setattr(clip_module, "_resolved_file", lambda oc, *a: asked.append(oc) or real(oc, *a))
     clip = build_clip("lamm-tiny", str(path))
+    import open_clip
+
+    assert asked == [open_clip]
     assert clip.weights_file == str(path.resolve())
     assert clip.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -156,6 +166,37 @@ def test_a_broken_checkpoint_is_one_data_error_line(tmp_path):
     assert msg.startswith(f"model.pretrained: could not load lamm-tiny weights '{path}' (")
     assert msg.endswith("when offline, download once elsewhere and give the checkpoint file's path")
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("error, shown", [(OSError("hub down\nretry later"), "(hub down)"),
+                                          (RuntimeError("  "), "(RuntimeError)")])
+def test_a_failed_load_shows_the_first_line_of_the_error_or_its_kind(error, shown, monkeypatch):
+    import open_clip
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", fails)
+    with pytest.raises(DataNotFoundError) as err:
+        build_clip("ViT-B-16", "openai")
+    assert str(err.value) == (f"model.pretrained: could not load ViT-B-16 weights 'openai' {shown}; when offline, "
+                              "download once elsewhere and give the checkpoint file's path")
+    with pytest.raises(type(error)):  # random weights that fail to build: the error itself, not a weights message
+        build_clip("lamm-tiny", "none")
+
+
+def test_the_model_is_built_on_the_device_asked(monkeypatch):
+    import open_clip
+
+    devices, real = [], open_clip.create_model_and_transforms
+
+    def recording(arch, **kwargs):
+        devices.append(kwargs.get("device"))
+        return real(arch, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", recording)
+    assert build_clip("lamm-tiny", "none", "cpu").device == torch.device("cpu")
+    assert devices == [torch.device("cpu")]
 
 
 def test_resolved_file_asks_open_clip_and_never_fails(tmp_path, monkeypatch):
@@ -237,8 +278,8 @@ def test_text_from_embeddings_of_a_linear_projection(tiny_clip):
 
 
 def test_normalize_makes_rows_unit_length():
-    out = normalize(torch.tensor([[3.0, 4.0], [0.0, -2.0]]))
-    assert torch.allclose(out, torch.tensor([[0.6, 0.8], [0.0, -1.0]]))
+    out = normalize(torch.tensor([[[3.0, 4.0], [0.0, -2.0]]]))  # [1, 2, 2]: the last dimension, not the second
+    assert torch.allclose(out, torch.tensor([[[0.6, 0.8], [0.0, -1.0]]]))
 
 
 def test_frozen_clip_takes_the_hash_it_is_given(tmp_path, tiny_clip):
