@@ -42,8 +42,10 @@ def test_resolve_weights_names_each_kind_and_refuses_unknown_ones(tmp_path, monk
         resolve_weights("ViT-B-16", "nope")
     with pytest.raises(ConfigError, match=r"is not a tag of lamm-tiny; known: \(none\), or a checkpoint"):
         resolve_weights("lamm-tiny", "openai")
-    with pytest.raises(DataNotFoundError, match=r"checkpoint file .*missing\.pt not found"):
+    with pytest.raises(DataNotFoundError) as err:
         resolve_weights("lamm-tiny", str(tmp_path / "missing.pt"))
+    assert str(err.value) == (f"model.pretrained: checkpoint file {tmp_path / 'missing.pt'} not found; give an "
+                              "existing file, an open_clip tag such as 'openai', or 'none'")
     (tmp_path / "a_dir.pt").mkdir()
     with pytest.raises(DataNotFoundError, match="not found"):
         resolve_weights("lamm-tiny", str(tmp_path / "a_dir.pt"))
@@ -59,8 +61,10 @@ def test_resolve_weights_names_each_kind_and_refuses_unknown_ones(tmp_path, monk
 
 def test_missing_tinyworld_file_is_a_data_error_naming_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(clip_module, "TINYWORLD_FILE", tmp_path / "gone.pt")
-    with pytest.raises(DataNotFoundError, match=r"packaged weights .*gone\.pt are missing; .*lamm_cl.tiny pretrain"):
+    with pytest.raises(DataNotFoundError) as err:
         resolve_weights("lamm-tiny", "tinyworld")
+    assert str(err.value) == (f"model.pretrained: the packaged weights {tmp_path / 'gone.pt'} are missing; reinstall "
+                              "lamm-cl or make them with `python -m lamm_cl.tiny pretrain --out FILE`")
 
 
 def test_weights_identity_is_the_tag_or_the_files_hash(tmp_path):
@@ -148,11 +152,11 @@ def test_without_the_factory_record_the_file_is_asked_of_open_clip(tmp_path, mon
     _checkpoint(path)
     monkeypatch.setattr(clip_module, "_record_checkpoint_paths", records_nothing)
     asked, real = [], clip_module._resolved_file
-    monkeypatch.setattr(clip_module, "_resolved_file", lambda oc, *a: asked.append(oc) or real(oc, *a))
+    monkeypatch.setattr(clip_module, "_resolved_file", lambda *a: asked.append(a) or real(*a))
     clip = build_clip("lamm-tiny", str(path))
     import open_clip
 
-    assert asked == [open_clip]
+    assert asked == [(open_clip, "lamm-tiny", str(path))]
     assert clip.weights_file == str(path.resolve())
     assert clip.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
