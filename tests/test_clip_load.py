@@ -117,7 +117,7 @@ def test_random_weights_warn_are_seeded_frozen_and_leave_no_log_filter():
         first = build_clip("lamm-tiny", "none")
     assert str(warned[0].message) == ("model.pretrained: none -- lamm-tiny has random weights; its accuracies "
                                       "say nothing about pretrained CLIP")
-    assert warned[0].filename == __file__  # it points at the caller, not at clip.py
+    assert not warned[0].filename.endswith("clip.py")  # it points at the caller (the test, or mutmut's trampoline)
     torch.manual_seed(123)  # another global state: the build draws its own seed
     second = build_clip("lamm-tiny", "none")
     assert logging.getLogger().filters == before
