@@ -521,3 +521,29 @@ def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
     assert not np.isnan(np.tril(records[0].matrix)).any()
     after = captured[0].snap.after
     assert not torch.equal(after[1]["learner.context"], after[0]["learner.context"])  # ... and trained on them
+
+
+def test_maple_lamm_text_features_carry_the_label_vectors_in_evaluation_and_training(tiny_clip):
+    """Outside the shared t-and-t0 pass (evaluation; training with the shared prompts frozen) t is still
+    made with each class's label vectors, t0 without them."""
+    from lamm_cl.model.deep_prompts import encode_text_deep
+
+    model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2))
+    model.labels.add_classes([0, 1, 2])
+    model.classes = [0, 1, 2]
+    words = tiny_clip.model.token_embedding.weight
+    with torch.no_grad():
+        model.labels.vectors["0"].copy_(words[tiny_clip.token_ids("car")])  # "cat" now carries "car"'s vector
+        emb, eot = model.prompt_embeddings([0, 1, 2], model.labels.as_mapping([0, 1, 2]))
+        want = torch.nn.functional.normalize(encode_text_deep(tiny_clip, emb, eot, list(model.learner.text_deep)), dim=-1)
+        plain = torch.nn.functional.normalize(model.encode_text([0], original=True), dim=-1)
+    assert not torch.allclose(want[0], plain[0], atol=1e-3)
+    model.eval()
+    t, t0 = model.text_features()
+    assert t0 is None and torch.allclose(t, want, atol=1e-5)
+    model.train()
+    model.learner.requires_grad_(False)  # only the label vectors train: they take the per-class path
+    t, t0 = model.text_features()
+    assert torch.allclose(t.detach(), want, atol=1e-5) and torch.allclose(t0[0], plain[0], atol=1e-5)
+    t[0].sum().backward()
+    assert model.labels.vectors["0"].grad.abs().sum() > 0
