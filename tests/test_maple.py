@@ -547,3 +547,27 @@ def test_maple_lamm_text_features_carry_the_label_vectors_in_evaluation_and_trai
     assert torch.allclose(t.detach(), want, atol=1e-5) and torch.allclose(t0[0], plain[0], atol=1e-5)
     t[0].sum().backward()
     assert model.labels.vectors["0"].grad.abs().sum() > 0
+
+
+def test_t0_without_label_vectors_is_t_and_a_model_without_classes_has_no_columns(tiny_clip):
+    model = maple_model(tiny_clip, prompt_depth=2)
+    model.keep_original = True  # plain MaPLe never asks for t0; if asked, it is t
+    model.train()
+    t, t0 = model.text_features()
+    assert torch.allclose(t0, t, atol=1e-6)
+    model.classes = []
+    assert model(images(2)).shape == (2, 0)
+
+
+def test_maple_lamm_t_and_t0_of_a_long_prompt_in_one_pass(tiny_clip):
+    """A 43-token prompt: the shared pass pads t and t0 to their common length, never beyond CLIP's 77."""
+    names = ["big " * 36, "cat"]
+    model = maple_lamm_model(context_of(tiny_clip, names), MapleLammOptions(prompt_depth=2))
+    model.labels.add_classes([0, 1])
+    model.classes = [0, 1]
+    model.train()
+    t, t0 = model.text_features()
+    assert model.prompts.eot.tolist()[0] == 42
+    with torch.no_grad():
+        alone = torch.nn.functional.normalize(model.encode_text([0, 1], original=True), dim=-1)
+    assert torch.allclose(t0.detach(), alone, atol=1e-5)
