@@ -557,6 +557,8 @@ def test_t0_without_label_vectors_is_t_and_a_model_without_classes_has_no_column
     assert torch.allclose(t0, t, atol=1e-6)
     model.classes = []
     assert model(images(2)).shape == (2, 0)
+    model.eval()  # evaluation too (it used to stack an empty list)
+    assert model(images(2)).shape == (2, 0)
 
 
 def test_maple_lamm_t_and_t0_of_a_long_prompt_in_one_pass(tiny_clip):
@@ -571,3 +573,68 @@ def test_maple_lamm_t_and_t0_of_a_long_prompt_in_one_pass(tiny_clip):
     with torch.no_grad():
         alone = torch.nn.functional.normalize(model.encode_text([0, 1], original=True), dim=-1)
     assert torch.allclose(t0.detach(), alone, atol=1e-5)
+
+
+def test_each_deep_text_prompt_enters_before_its_own_block(deep_clip):
+    """Layer j's prompt replaces the context positions before block j, in order (depth 3: two deep prompts)."""
+    from lamm_cl.model.deep_prompts import _replace, encode_text_deep
+
+    m = deep_clip.model
+    tok = deep_clip.tokenize(["a photo of a cat."])
+    emb = deep_clip.embed_tokens(tok.ids)
+    g = torch.Generator().manual_seed(3)
+    deep = [torch.randn(2, 32, generator=g), torch.randn(2, 32, generator=g)]
+    length = emb.shape[1]
+    x = emb + m.positional_embedding[:length]
+    mask = m.attn_mask[:length, :length]
+    blocks = m.transformer.resblocks
+    x = blocks[0](x, attn_mask=mask)
+    x = blocks[1](_replace(x, 1, deep[0]), attn_mask=mask)
+    x = blocks[2](_replace(x, 1, deep[1]), attn_mask=mask)
+    want = m.ln_final(x)[0, tok.eot[0]] @ m.text_projection
+    got = encode_text_deep(deep_clip, emb, tok.eot, deep)
+    assert torch.allclose(got[0], want, atol=1e-5)
+    swapped = encode_text_deep(deep_clip, emb, tok.eot, deep[::-1])
+    assert not torch.allclose(swapped, got, atol=1e-4)
+
+
+def test_deep_text_tower_with_a_linear_projection(tiny_clip):
+    """Some open_clip towers project text with an nn.Linear instead of a matrix."""
+    from lamm_cl.model.deep_prompts import encode_text_deep
+
+    tok = tiny_clip.tokenize(["a red shape"])
+    emb = tiny_clip.embed_tokens(tok.ids)
+    want = encode_text_deep(tiny_clip, emb, tok.eot, [])
+    matrix = tiny_clip.model.text_projection
+    linear = torch.nn.Linear(64, 64, bias=False)
+    linear.weight.data = matrix.data.t().clone()
+    del tiny_clip.model.text_projection
+    tiny_clip.model.text_projection = linear
+    try:
+        got = encode_text_deep(tiny_clip, emb, tok.eot, [])
+    finally:
+        del tiny_clip.model.text_projection
+        tiny_clip.model.text_projection = matrix
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("flag, fed", [(True, "batch"), (False, "sequence"), (None, "batch")])
+def test_run_blocks_feeds_each_block_the_layout_its_transformer_declares(flag, fed):
+    """open_clip's Transformer says batch_first; one that does not say is taken as batch first."""
+    from lamm_cl.model.deep_prompts import run_blocks
+
+    seen = []
+
+    class Block(torch.nn.Module):
+        def forward(self, x, attn_mask=None):
+            seen.append(tuple(x.shape))
+            return x + 1
+
+    transformer = torch.nn.Module()
+    transformer.resblocks = torch.nn.ModuleList([Block(), Block()])
+    if flag is not None:
+        transformer.batch_first = flag
+    x = torch.zeros(2, 5, 4)  # [N, L, W]
+    out = run_blocks(transformer, x, None, lambda i, x: x)
+    assert seen == ([(2, 5, 4)] * 2 if fed == "batch" else [(5, 2, 4)] * 2)
+    assert out.shape == (2, 5, 4) and torch.equal(out, torch.full((2, 5, 4), 2.0))

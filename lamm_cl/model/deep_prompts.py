@@ -344,6 +344,9 @@ class MapleClassifier(DynamicModule):
         Otherwise only the classes whose label vectors train are; the rest are encoded once and kept.
         """
         original = self.keep_original and self.training
+        if not self.classes:  # no class yet: no columns (as PromptClassifier), in training and evaluation
+            empty = torch.empty(0, self.clip.embed_dim, device=self.clip.device)
+            return empty, (empty if original else None)
         if self.training and self.learner.text_trains():
             return self._encode_both(list(self.classes), original)
         live = set()
