@@ -77,6 +77,7 @@ def _offline_only() -> None:
             if not is_local(self, address):
                 raise NetworkBlocked(f"tests run offline; a connection to {address!r} was refused")
             return original(self, address)
+        connect.offline_guard = True  # lets a test see the guard is in place before it tries anything
         return connect
 
     socket.socket.connect = guarded(socket.socket.connect)

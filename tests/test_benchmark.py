@@ -254,6 +254,9 @@ def test_the_suite_cannot_reach_the_network():
 
     from conftest import NetworkBlocked
 
+    # without the guard the attempts below would go out: stop before them
+    assert getattr(socket.socket.connect, "offline_guard", False), "conftest's offline guard is not installed"
+    assert getattr(socket.socket.connect_ex, "offline_guard", False), "conftest's offline guard is not installed"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         with pytest.raises(NetworkBlocked, match="203.0.113.7"):
             s.connect(("203.0.113.7", 443))  # TEST-NET-3: never routed
