@@ -511,6 +511,51 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
     assert FeatureStore(tmp_path / "absent").sweep_temporaries() == []
 
 
+
+@pytest.mark.parametrize("code", ["EINVAL", "EOPNOTSUPP"])
+def test_without_fallocate_the_entrys_blocks_are_written_as_zeros_and_synced(tmp_path, monkeypatch, code):
+    import errno
+    import os
+
+    import lamm_cl.features as features
+
+    def refuse(fd, offset, n):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(features.os, "posix_fallocate", refuse)
+    monkeypatch.setattr(features.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    path = tmp_path / "x.npy"
+    arr = FeatureStore(tmp_path)._allocate(path, (3, 5), np.dtype("float32"))
+    assert path.stat().st_size == entry_bytes(3, 5) and len(synced) == 1
+    assert isinstance(arr, np.memmap) and arr.shape == (3, 5) and arr.dtype == np.float32 and not arr.any()
+    arr[:] = 2.0
+    arr.flush()
+    np.testing.assert_array_equal(np.load(path), np.full((3, 5), 2.0, np.float32))
+    assert FeatureStore(tmp_path)._allocate(tmp_path / "empty.npy", (0, 5), np.dtype("float16")).shape == (0, 5)
+
+
+def test_a_full_disk_at_allocation_is_one_line_naming_the_entrys_size_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import lamm_cl.features as features
+    from lamm_cl.errors import UserError
+
+    def full(fd, offset, n):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(features.os, "posix_fallocate", full)
+    store = FeatureStore(tmp_path / "s")
+    with pytest.raises(UserError) as e:
+        with store.writer("k", (1000, 256), "float32"):
+            raise AssertionError("the writer must fail before it yields")
+    assert str(e.value) == (f"feature store {tmp_path / 's'}: no space left for a 1.0 MiB entry (No space left on "
+                            "device); free space there, set features.cache_dir to another folder, or set "
+                            "features.cache: false")
+    assert sorted(p.suffix for p in (tmp_path / "s").iterdir()) == []
+
+
 # ---------------------------------------------------------------------------
 # the extractor's key, defaults and small helpers
 # ---------------------------------------------------------------------------

@@ -638,3 +638,74 @@ def test_run_blocks_feeds_each_block_the_layout_its_transformer_declares(flag, f
     out = run_blocks(transformer, x, None, lambda i, x: x)
     assert seen == ([(2, 5, 4)] * 2 if fed == "batch" else [(5, 2, 4)] * 2)
     assert out.shape == (2, 5, 4) and torch.equal(out, torch.full((2, 5, 4), 2.0))
+
+
+def test_no_classes_give_empty_t_on_the_clips_device_and_t0_only_when_asked_in_training(tiny_clip):
+    import copy
+
+    model = maple_model(tiny_clip, prompt_depth=2)
+    model.classes = []
+    elsewhere = copy.copy(tiny_clip)
+    elsewhere.device = torch.device("meta")  # the empty result is made on the CLIP's device, never touching it
+    model._clip = [elsewhere]
+    for training, keep, want_t0 in [(True, True, True), (True, False, False), (False, True, False)]:
+        model.train(training)
+        model.keep_original = keep
+        t, t0 = model.text_features()
+        assert t.shape == (0, tiny_clip.embed_dim) and t.device.type == "meta"
+        if want_t0:
+            assert t0.shape == (0, tiny_clip.embed_dim) and t0.device.type == "meta"
+        else:
+            assert t0 is None
+
+
+def test_with_the_shared_prompts_frozen_a_step_encodes_only_the_live_classes_t(tiny_clip, monkeypatch):
+    """Label vectors of classes 1 and 2 train, class 0's are frozen and nothing shared trains: t0 of all
+    three and t of class 0 are encoded once and kept; each step then encodes t of the two live classes only."""
+    import lamm_cl.model.deep_prompts as dp
+
+    calls = []
+    real = dp.encode_text_deep
+    monkeypatch.setattr(dp, "encode_text_deep", lambda clip, emb, *a, **k: calls.append(emb.shape[0]) or real(clip, emb, *a, **k))
+    model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2))
+    model.labels.add_classes([0, 1, 2])
+    model.labels.vectors["0"].requires_grad_(False)
+    model.learner.requires_grad_(False)
+    model.classes = [0, 1, 2]
+    model.keep_original = True
+    model.train()
+    model(images())
+    assert calls == [2, 2, 2]  # t and t0 of class 0 together, t0 of 1 and 2, t of 1 and 2
+    calls.clear()
+    model(images(seed=1))
+    assert calls == [2]
+
+
+def test_label_vectors_of_another_dtype_enter_the_prompt_in_the_embeddings_dtype(tiny_clip):
+    model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2))
+    model.labels.add_classes([0, 1, 2])
+    want, _ = model.prompt_embeddings([0, 1, 2], model.labels.as_mapping([0, 1, 2]))
+    model.labels.double()
+    got, _ = model.prompt_embeddings([0, 1, 2], model.labels.as_mapping([0, 1, 2]))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_multimodal_prompts_draw_deep_text_prompts_from_n0_002_on_the_contexts_device():
+    from lamm_cl.model.deep_prompts import MultiModalPrompts
+
+    with pytest.raises(ValueError, match=r"^prompt depth must be 1 or more, got 0$"):
+        MultiModalPrompts(torch.zeros(2, 32), 0, 48)
+    torch.manual_seed(5)
+    want = [torch.randn(2, 32) * 0.02, torch.randn(2, 32) * 0.02]  # trainers/maple.py:111-114, drawn first
+    torch.manual_seed(5)
+    learner = MultiModalPrompts(torch.ones(2, 32), 3, 48)
+    assert [torch.equal(p, w) for p, w in zip(learner.text_deep, want)] == [True, True]
+    assert torch.equal(learner.context, torch.ones(2, 32))
+    first, one, two = learner.couplings  # the deeper ones: clones of one draw (trainers/maple.py:116-117), not shared
+    assert torch.equal(one.weight, two.weight) and not torch.equal(first.weight, one.weight)
+    assert len(list(learner.parameters())) == 1 + 2 + 3 * 2
+    with torch.no_grad():
+        one.weight.add_(1.0)
+    assert not torch.equal(one.weight, two.weight)
+    on_meta = MultiModalPrompts(torch.zeros(2, 32, device="meta"), 3, 48)
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
