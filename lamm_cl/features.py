@@ -378,8 +378,7 @@ class FeatureStore:
             yield arr
             if isinstance(arr, np.memmap):
                 arr.flush()
-            else:  # an empty entry: nothing was mapped
-                np.save(tmp_data, arr)
+            # else an empty entry: nothing was mapped, and the header _allocate wrote is the whole file
             del arr
             info = {"key": key, "shape": list(shape), "dtype": dtype, "nbytes": tmp_data.stat().st_size,
                     "sha256": file_sha256(tmp_data)}

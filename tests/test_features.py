@@ -443,10 +443,13 @@ def test_a_version_2_header_and_an_empty_entry_are_read(tmp_path):
     meta.write_text(json.dumps({**info, "nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}))
     np.testing.assert_array_equal(store.load("k", (3, 4), "float32"), np.full((3, 4), 2.5))
 
-    with store.writer("empty", (0, 4), "float16"):
-        pass
+    with store.writer("empty", (0, 4), "float16") as arr:
+        assert arr.shape == (0, 4) and arr.dtype == np.float16
     got = store.load("empty", (0, 4), "float16")
     assert got.shape == (0, 4) and got.dtype == np.float16 and store.discarded == []
+    # nothing else is left behind (np.save once wrote a stray "<temporary>.npy" beside the entry)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for key in ("k", "empty") for p in store.paths(key))
 
 
 def test_file_sha256_reads_a_path_or_an_open_file_from_its_start(tmp_path):
@@ -533,6 +536,26 @@ def test_without_fallocate_the_entrys_blocks_are_written_as_zeros_and_synced(tmp
     arr.flush()
     np.testing.assert_array_equal(np.load(path), np.full((3, 5), 2.0, np.float32))
     assert FeatureStore(tmp_path)._allocate(tmp_path / "empty.npy", (0, 5), np.dtype("float16")).shape == (0, 5)
+
+
+def test_a_store_folder_is_made_with_its_parents_and_an_unmakeable_one_is_one_line(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from lamm_cl.errors import UserError
+
+    store, data, _ = _entry(tmp_path / "a" / "b" / "c")
+    assert data.parent == tmp_path / "a" / "b" / "c" and store.load("k", (3, 4), "float32") is not None
+
+    def refuse(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(UserError) as e:
+        with FeatureStore(tmp_path / "ro").writer("k", (1, 1), "float32"):
+            pass
+    assert str(e.value) == (f"feature store {tmp_path / 'ro'}: cannot write there (Read-only file system); set "
+                            "features.cache_dir to a writable folder, or set features.cache: false")
 
 
 def test_a_full_disk_at_allocation_is_one_line_naming_the_entrys_size_and_leaves_no_file(tmp_path, monkeypatch):
@@ -686,6 +709,27 @@ def test_an_undecodable_image_is_handed_on_as_its_message():
 
     assert _collate_checked([torch.ones(2), "cannot read x.png", "cannot read y.png"]) == "cannot read x.png"
     torch.testing.assert_close(_collate_checked([torch.ones(2), torch.zeros(2)]), torch.tensor([[1.0, 1], [0, 0]]))
+
+
+def test_an_image_that_cannot_be_decoded_reaches_the_user_as_its_own_message(tiny_clip, samples):
+    from lamm_cl.data.base import ImageError
+    from lamm_cl.features import _Checked
+
+    class Broken:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            if i == 1:
+                raise ImageError("cannot read b.png: truncated")
+            return torch.zeros(2)
+
+    assert _Checked(Broken())[1] == "cannot read b.png: truncated" and torch.equal(_Checked(Broken())[0], torch.zeros(2))
+    ext = FeatureExtractor(tiny_clip, batch_size=4)
+    real = samples.image
+    samples.image = lambda i: (_ for _ in ()).throw(ImageError(f"cannot read {i}.png: truncated")) if i == 5 else real(i)
+    with pytest.raises(ImageError, match=r"^cannot read 5\.png: truncated$"):
+        ext.features(samples)
 
 
 def test_progress_is_told_the_batches_and_the_label(tiny_clip, samples, tmp_path):
