@@ -394,6 +394,10 @@ def _garble(how, data, meta):
         data.write_bytes(bytes(raw))
     elif how == "no data file":
         data.unlink()
+    elif how == "no metadata file":  # killed between publishing the data and its metadata
+        meta.unlink()
+    elif how == "no checksum":
+        meta.write_text(json.dumps({k: v for k, v in info.items() if k != "sha256"}))
     elif how == "broken metadata":
         meta.write_text("{")
     elif how in ("header [4, 3]", "fortran order"):
@@ -411,6 +415,8 @@ def _garble(how, data, meta):
     ("longer", "has the wrong size"),
     ("one byte flipped", "failed its checksum (garbled on disk)"),
     ("no data file", "is incomplete"),
+    ("no metadata file", "is incomplete"),
+    ("no checksum", "has no checksum (written by an older lamm-cl)"),
     ("broken metadata", "is unreadable (JSONDecodeError)"),
     ("header [4, 3]", "has another shape or dtype"),
     ("fortran order", "has another shape or dtype"),
@@ -424,6 +430,14 @@ def test_a_bad_entry_is_reported_and_deleted_only_when_discarding(tmp_path, how,
     assert store.load("k", (3, 4), "float32") is None
     assert store.discarded == [f"feature store {tmp_path}: entry {data.name} {why}; recomputing it"]
     assert not data.exists() and not meta.exists()
+
+
+def test_no_entry_at_all_is_no_news_and_a_one_value_entry_reads_its_value(tmp_path):
+    store = FeatureStore(tmp_path)
+    assert store.load("k", (3, 4), "float32") is None and store.discarded == [] and list(tmp_path.iterdir()) == []
+    with store.writer("one", (1, 1), "float32") as arr:
+        arr[:] = 7.5
+    np.testing.assert_array_equal(store.load("one", (1, 1), "float32"), [[7.5]])
 
 
 def test_a_shape_or_dtype_other_than_the_metadatas_is_reported(tmp_path):
