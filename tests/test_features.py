@@ -714,8 +714,12 @@ def test_a_view_is_its_seeds_augmentation_and_leaves_the_global_stream_alone(tin
     torch.manual_seed(view_seed(2, 5))
     want = augment.tail(augment.flip(augment.crop(samples.image(5))))
     assert torch.equal(got, want) and len(reader) == 24
-    with pytest.raises(ValueError, match="no Normalize step"):
-        AugmentedView.for_clip(SimpleNamespace(preprocess=T.Compose([T.ToTensor()]), image_size=8))
+    assert augment.crop.interpolation == T.InterpolationMode.BICUBIC  # CoOp's RRCROP with bicubic
+    assert AugmentedView(8, (0.5,), (0.5,), scale=(0.5, 1.0)).crop.scale == (0.5, 1.0)
+    for preprocess in (T.Compose([T.ToTensor()]), lambda image: image):  # no Normalize; not even a Compose
+        with pytest.raises(ValueError, match=r"^the model's preprocessing has no Normalize step to copy for "
+                                             r"augmented views$"):
+            AugmentedView.for_clip(SimpleNamespace(preprocess=preprocess, image_size=8))
 
 
 def test_an_undecodable_image_is_handed_on_as_its_message():
