@@ -188,6 +188,22 @@ def test_features_config_picks_the_store(tiny_clip, tmp_path, monkeypatch):
     assert FeatureExtractor.from_config(tiny_clip, FeaturesConfig(cache=False)).store is None
 
 
+def test_from_config_passes_dtype_progress_and_log_on_and_allows_tf32_on_cuda_only(tiny_clip, monkeypatch):
+    import copy
+    import os
+
+    asked = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", asked.append)
+    progress, log = (lambda it, n, desc: it), (lambda line: None)
+    ext = FeatureExtractor.from_config(tiny_clip, FeaturesConfig(cache=False, dtype="float16"), progress=progress, log=log)
+    assert (ext.dtype, ext.progress, ext.log, asked) == ("float16", progress, log, [])
+    on_cuda = copy.copy(tiny_clip)
+    on_cuda.device = torch.device("cuda")  # nothing below touches the device but its memory size, faked here
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=16 * 2**30))
+    ext = FeatureExtractor.from_config(on_cuda, FeaturesConfig(cache=False))
+    assert asked == ["high"] and ext.batch_size == 256 and ext.num_workers == min(8, os.cpu_count() or 1)
+
+
 # ---------------------------------------------------------------------------
 # training views
 # ---------------------------------------------------------------------------
