@@ -533,14 +533,17 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
         p.write_bytes(b"x")
         os.utime(p, (1000, 1000))
     new.write_bytes(b"x")
+    edge = data.with_name(data.name + ".tmp-4-dddd")
+    edge.write_bytes(b"x")
+    os.utime(edge, (2000, 2000))  # written at the run's start exactly: possibly the run's own, kept
     fd = os.open(tmp_path / ("f" * 40 + ".lock"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a writer of that entry is at work
     try:
         assert store.sweep_temporaries(before=2000) == [dead]
     finally:
         os.close(fd)
-    assert live.exists() and new.exists() and data.exists()
-    assert sorted(store.sweep_temporaries()) == sorted([live, new])
+    assert live.exists() and new.exists() and data.exists() and edge.exists()
+    assert sorted(store.sweep_temporaries()) == sorted([live, new, edge])
     assert FeatureStore(tmp_path / "absent").sweep_temporaries() == []
 
 
