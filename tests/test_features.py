@@ -544,6 +544,13 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
         os.close(fd)
     assert live.exists() and new.exists() and data.exists() and edge.exists()
     assert sorted(store.sweep_temporaries()) == sorted([live, new, edge])
+    umask = os.umask(0)
+    os.umask(umask)
+    orphan = tmp_path / ("e" * 40 + ".npy.tmp-5-eeee")  # its lock file does not exist yet: the sweep makes it
+    orphan.write_bytes(b"x")
+    os.utime(orphan, (1000, 1000))
+    assert store.sweep_temporaries(before=2000) == [orphan]
+    assert (tmp_path / ("e" * 40 + ".lock")).stat().st_mode & 0o777 == 0o666 & ~umask  # not executable
     assert FeatureStore(tmp_path / "absent").sweep_temporaries() == []
 
 
@@ -663,9 +670,13 @@ def test_extractor_defaults_on_the_cpu(tiny_clip, tmp_path, monkeypatch):
     assert extraction_batch_size(torch.device("cpu")) == 64
     assert isinstance(autocast(torch.device("cpu")), type(contextlib_null()))
     # on CUDA: 128 images per 8 GiB of device memory, from 128 to 1024
-    for gib, size in ((4, 128), (16, 256), (24, 384), (80, 1024)):
+    for gib, size in ((4, 128), (16, 256), (20, 256), (24, 384), (80, 1024)):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d, g=gib: SimpleNamespace(total_memory=g * 2**30))
         assert extraction_batch_size(torch.device("cuda")) == size
+    # the memory of the device asked about, not of the current one
+    memory = {torch.device("cuda:0"): 80, torch.device("cuda:1"): 16}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=memory[d] * 2**30))
+    assert extraction_batch_size(torch.device("cuda:1")) == 256
 
 
 def contextlib_null():
