@@ -698,6 +698,13 @@ def test_autocast_on_cuda_is_bf16_or_fp16_for_inference_only(monkeypatch):
     ctx = autocast(cuda)
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16 and ctx.device == "cuda"
     assert not isinstance(autocast(cuda, training=True), torch.autocast)
+    if hasattr(torch, "set_autocast_dtype"):  # torch >= 2.4
+        default = torch.get_autocast_dtype("cuda")
+        torch.set_autocast_dtype("cuda", torch.bfloat16)  # fp16 is asked for by name: no other default leaks in
+        try:
+            assert autocast(cuda).fast_dtype == torch.float16
+        finally:
+            torch.set_autocast_dtype("cuda", default)
 
 
 def test_discarded_entries_reach_the_log_once(tiny_clip, samples, tmp_path):
