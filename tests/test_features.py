@@ -202,6 +202,9 @@ def test_from_config_passes_dtype_progress_and_log_on_and_allows_tf32_on_cuda_on
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=16 * 2**30))
     ext = FeatureExtractor.from_config(on_cuda, FeaturesConfig(cache=False))
     assert asked == ["high"] and ext.batch_size == 256 and ext.num_workers == min(8, os.cpu_count() or 1)
+    for cpus, workers in ((16, 8), (3, 3), (None, 1)):  # decoding workers on CUDA: one per core, 1 to 8
+        monkeypatch.setattr(os, "cpu_count", lambda n=cpus: n)
+        assert FeatureExtractor(on_cuda).num_workers == workers
 
 
 # ---------------------------------------------------------------------------
