@@ -603,7 +603,6 @@ def test_a_store_folder_is_made_with_its_parents_and_an_unmakeable_one_is_one_li
 
 def test_a_full_disk_at_allocation_is_one_line_naming_the_entrys_size_and_leaves_no_file(tmp_path, monkeypatch):
     import errno
-    import os
 
     import lamm_cl.features as features
     from lamm_cl.errors import UserError
