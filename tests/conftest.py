@@ -55,33 +55,38 @@ class NetworkBlocked(RuntimeError):
     """A test tried to open a connection off this machine. Not an OSError, so no download code swallows it."""
 
 
+def _is_local(sock, address) -> bool:
+    import ipaddress
+    import socket
+
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return True
+    host = address[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def offline_guard(original):
+    """``original`` (a socket's connect or connect_ex), refusing every TCP connection off this machine."""
+    def connect(self, address):
+        if not _is_local(self, address):
+            raise NetworkBlocked(f"tests run offline; a connection to {address!r} was refused")
+        return original(self, address)
+    connect.offline_guard = True  # lets a test see the guard is in place
+    return connect
+
+
 def _offline_only() -> None:
     """Refuse every TCP connection that leaves the machine, for the whole session: the suite must run
     offline (no dataset or weight download, whatever a bug in the code under test asks for). Loopback
     and Unix sockets (Ray, submitit, wandb's offline service) stay open; UDP ``connect`` sends nothing
     (Ray uses it to learn its own address) and is left alone."""
-    import ipaddress
     import socket
 
-    def is_local(sock, address) -> bool:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
-            return True
-        host = address[0]
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return host == "localhost"
-
-    def guarded(original):
-        def connect(self, address):
-            if not is_local(self, address):
-                raise NetworkBlocked(f"tests run offline; a connection to {address!r} was refused")
-            return original(self, address)
-        connect.offline_guard = True  # lets a test see the guard is in place before it tries anything
-        return connect
-
-    socket.socket.connect = guarded(socket.socket.connect)
-    socket.socket.connect_ex = guarded(socket.socket.connect_ex)
+    socket.socket.connect = offline_guard(socket.socket.connect)
+    socket.socket.connect_ex = offline_guard(socket.socket.connect_ex)
 
 
 _offline_only()

@@ -246,27 +246,44 @@ def test_dry_run_of_missing_data_says_whether_a_real_run_would_download(tmp_path
     assert str(tmp_path) in str(e.value)
 
 
-def test_the_suite_cannot_reach_the_network():
+def test_the_suite_cannot_reach_the_network(monkeypatch):
     """conftest refuses connections off the machine, so a download that a bug lets through fails loudly
-    instead of fetching CIFAR-100 (the test above sets benchmark.download: true)."""
+    instead of fetching CIFAR-100 (the test above sets benchmark.download: true).
+
+    The off-machine attempts below never reach a real connect: conftest's guard is checked wrapped
+    around a stand-in that only records, so even a broken guard sends nothing."""
     import socket
     import urllib.request
 
-    from conftest import NetworkBlocked
+    from conftest import NetworkBlocked, offline_guard
 
-    # without the guard the attempts below would go out: stop before them
     assert getattr(socket.socket.connect, "offline_guard", False), "conftest's offline guard is not installed"
     assert getattr(socket.socket.connect_ex, "offline_guard", False), "conftest's offline guard is not installed"
+    passed = []
+    real_connect = socket.socket.connect
+
+    def stand_in(sock, address):  # what the guard lets through: off the machine never, loopback for real
+        passed.append(address[0])
+        if address[0] != "127.0.0.1":
+            raise AssertionError(f"the guard let {address!r} through")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", offline_guard(stand_in))
+    monkeypatch.setattr(socket.socket, "connect_ex", offline_guard(stand_in))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         with pytest.raises(NetworkBlocked, match="203.0.113.7"):
-            s.connect(("203.0.113.7", 443))  # TEST-NET-3: never routed
+            s.connect(("203.0.113.7", 443))  # TEST-NET-3
+        with pytest.raises(NetworkBlocked, match="203.0.113.8"):
+            s.connect_ex(("203.0.113.8", 443))
     with pytest.raises(NetworkBlocked, match="198.51.100.9"):  # what torchvision's download goes through
         urllib.request.urlopen("http://198.51.100.9/cifar-100-python.tar.gz", timeout=1)
+    assert passed == []
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server, \
             socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         client.connect(server.getsockname())  # loopback stays open (Ray, submitit)
+    assert passed == ["127.0.0.1"]
 
 
 def test_a_dry_run_never_asks_the_loader_to_download(tmp_path, monkeypatch):
