@@ -1,4 +1,4 @@
-"""What lets a benchmark run survive a crash: per-experience checkpoints and the results-folder lock.
+"""What lets a benchmark run survive a crash: per-experience checkpoints.
 
 A checkpoint is written after every finished experience of the (strategy, seed)
 in progress, to ``<out>/<strategy>/seed<k>/checkpoint.pt`` (atomically: a
@@ -18,37 +18,25 @@ into the next experience:
 Restoring replays the model adaptation of the finished experiences (dynamic
 modules such as LAMM's label table grow and freeze as they did), then loads the
 states over it, so training continues bit for bit as if never stopped (on CPU).
-
-The lock is a file holding the owner's pid and host, held with :func:`fcntl.flock`
-for the whole run: the kernel decides who holds it (atomically, and it lets go when
-the process dies), and every look at the pid happens under the flock, so two
-processes can never both take it. A lock file whose pid is no longer alive is
-taken over.
 """
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
 import random
-import re
-import socket
 import types
-from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
 
 from lamm_cl.errors import UserError
 from lamm_cl.model.clip import FrozenCLIP
-from lamm_cl.results import atomic_write_bytes
+from lamm_cl.safe_io import atomic_write_bytes, remove_files, temporaries_of
 
 CHECKPOINT_FILE = "checkpoint.pt"
-LOCK_FILE = ".lamm-cl.lock"
 FORMAT = 1  # bump when the checkpoint layout changes; older files are then refused
 
 
@@ -407,210 +395,4 @@ def restore(template, scenario, state: dict, refs_of) -> None:
 def remove(path: Path) -> None:
     """Delete a checkpoint and any temporary file an interrupted write left beside it."""
     path = Path(path)
-    for p in [path, *path.parent.glob(f".{path.name}.*.tmp")]:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files (``.<name>.<pid>.<hex>.tmp``) a killed writer left in ``folder``."""
-    for p in Path(folder).glob(".*.tmp"):
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-
-
-# --------------------------------------------------------------------------- the results-folder lock
-
-
-def _name_max(folder: Path) -> int:
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    except OSError:
-        return True
-    return True
-
-
-def lock_holder(out: Path) -> Optional[str]:
-    """Who holds the lock on ``out`` (``"pid N on HOST"``), or None when it is free or stale."""
-    lock = Path(out) / LOCK_FILE
-    try:
-        text = lock.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return f"an unreadable lock {lock}"
-    parts = text.split()
-    try:
-        pid = int(parts[0])
-    except (IndexError, ValueError):
-        return None  # half-written or garbage: nobody can be holding it meaningfully
-    host = parts[1] if len(parts) > 1 else socket.gethostname()
-    if host != socket.gethostname():
-        return f"pid {pid} on {host}"  # cannot check another machine's processes
-    if pid == os.getpid() or _pid_alive(pid):
-        return f"pid {pid}"
-    return None
-
-
-def in_use(out: Path, holder: str) -> UserError:
-    """The error for a results folder (or run folder) another live process holds."""
-    return _in_use(out, holder)
-
-
-def _in_use(out: Path, holder: str) -> UserError:
-    return UserError(f"{out} is in use by another lamm-cl run ({holder}); wait for it to finish or choose "
-                     f"another --output (if no run is using it, delete {Path(out) / LOCK_FILE})")
-
-
-@contextmanager
-def lock_output(out: Path) -> Iterator[Path]:
-    """Hold the lock on results folder ``out`` (created if needed) for the duration of the block.
-
-    Raises:
-        UserError: another live process holds it, or the folder cannot be created or written.
-    """
-    import fcntl
-
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out}: cannot create the results folder ({e.strerror or e})") from None
-    lock = out / LOCK_FILE
-    mine = f"{os.getpid()} {socket.gethostname()}\n"
-    for _ in range(100):
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise UserError(f"{out}: cannot write there ({e.strerror or e})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise _in_use(out, lock_holder(out) or "another process") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # its holder deleted it as we opened it: take the new file
-            os.close(fd)
-            continue
-        # The flock is ours, so nobody else looks at the pid now. A live pid is a holder that
-        # does not flock (an older lamm-cl); a dead one is a stale lock, taken over.
-        holder = lock_holder(out)
-        if holder is not None and holder != f"pid {os.getpid()}":
-            os.close(fd)
-            raise _in_use(out, holder)
-        try:
-            os.ftruncate(fd, 0)
-            data, done = mine.encode(), 0
-            while done < len(data):  # a nearly full disk writes short before it fails
-                done += os.pwrite(fd, data[done:], done)
-        except OSError as e:
-            with suppress(OSError):
-                lock.unlink()  # ours (we hold the flock) and empty: leave nothing behind
-            os.close(fd)
-            raise UserError(f"{out}: cannot write there ({e.strerror or e}); free space or choose another "
-                            "--output") from None
-        break
-    else:  # pragma: no cover - the file kept vanishing under us
-        raise _in_use(out, "another process")
-    try:
-        yield lock
-    finally:
-        try:
-            if lock.read_text(encoding="utf-8") == mine:
-                lock.unlink()  # while still holding the flock: a waiter then sees another inode and retries
-        except OSError:
-            pass
-        os.close(fd)
-
-
-def check_empty(out: Path) -> None:
-    """Refuse a results folder that holds anything but the lock (without ``--resume``/``--overwrite``).
-
-    Raises:
-        UserError: one line saying what to do.
-    """
-    out = Path(out)
-    entries = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
-    if entries:
-        raise UserError(f"{out} is not empty; add --resume to continue the runs there, --overwrite to replace "
-                        "them, or choose another --output")
-
-
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.tmp$")  # results.atomic_write_bytes' temporary names
-
-
-def sweep_temporaries(folder: Path, before: float) -> list[Path]:
-    """Delete temporary files (``.<name>.<pid>.<hex>.tmp``) in ``folder`` that are older than ``before``
-    and whose writer is not alive on this host (e.g. a killed ``lamm-cl report``). Returns those deleted."""
-    gone = []
-    try:
-        found = [p for p in Path(folder).iterdir() if _TEMPORARY.match(p.name)]
-    except OSError:
-        return gone
-    for p in found:
-        pid = int(_TEMPORARY.match(p.name).group(1))
-        try:
-            if p.stat().st_mtime >= before or (pid != os.getpid() and _pid_alive(pid)):
-                continue
-            p.unlink()
-            gone.append(p)
-        except OSError:
-            pass
-    return gone
-
-
-def check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a results folder before any work: in use, not a folder, not writable, or not empty.
-
-    Nothing is written. A non-empty folder is accepted only with ``resume`` or ``overwrite``.
-
-    Raises:
-        UserError: one line saying what is wrong and what to do.
-    """
-    out = Path(out)
-    try:
-        os.stat(out)
-    except OSError as e:
-        if e.errno == errno.ENAMETOOLONG:
-            long = max(out.parts, key=len)
-            raise UserError(f"{out}: the folder name {long[:40]}... ({len(os.fsencode(long))} bytes) is longer than "
-                            "the filesystem allows; choose a shorter name or --output") from None
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another --output")
-    holder = lock_holder(out) if out.is_dir() else None
-    if holder is not None:
-        raise _in_use(out, holder)
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{out}: cannot be created because {probe} is not a folder; choose another --output")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: cannot write there ({os.strerror(errno.EACCES).lower()} on {probe}); "
-                        "choose another --output")
-    too_long = next((part for part in out.parts if len(os.fsencode(part)) > _name_max(probe)), None)
-    if too_long is not None:
-        raise UserError(f"{out}: the folder name {too_long[:40]}... is longer than the filesystem allows "
-                        f"({_name_max(probe)} bytes); choose a shorter name or --output")
-    if not (resume or overwrite):
-        check_empty(out)  # and again under the lock: another run may fill it meanwhile
+    remove_files(path, *temporaries_of(path))

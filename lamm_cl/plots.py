@@ -21,7 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lamm_cl import metrics
-from lamm_cl.results import RunRecord, atomic_write_bytes
+from lamm_cl.results import RunRecord
+from lamm_cl.safe_io import atomic_write_bytes
 
 __all__ = [
     "FORMATS",
@@ -64,7 +65,7 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> L
     """Save ``fig`` as ``stem.<fmt>`` for each format, atomically and without dates.
 
     The figure is rendered into memory and written with
-    :func:`lamm_cl.results.atomic_write_bytes` (temporary name, then rename).
+    :func:`lamm_cl.safe_io.atomic_write_bytes` (temporary name, then rename).
 
     Returns:
         The paths written, one per format.

@@ -28,11 +28,11 @@ import numpy as np
 import yaml
 
 from lamm_cl.errors import UserError
+from lamm_cl.safe_io import atomic_write_text
 from lamm_cl.results import (
     SUMMARY_FILE,
     SUMMARY_METRICS,
     RunRecord,
-    atomic_write_text,
     find_run_dirs,
     find_runs,
 )

@@ -15,20 +15,18 @@ Layout (DESIGN section 8)::
 All accuracies are percentages (0-100). ``summary.json`` is written last, so
 its presence marks a finished run; :func:`find_runs` skips folders without it
 (a run that was killed, or is still going). Every file is written to a
-temporary name in the same folder, fsynced and renamed into place, so a reader
-never sees half a file.
+temporary name in the same folder, fsynced and renamed into place
+(:func:`lamm_cl.safe_io.atomic_write_text`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import math
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -38,12 +36,10 @@ import yaml
 
 from lamm_cl import metrics
 from lamm_cl.errors import UserError
+from lamm_cl.safe_io import atomic_write_text
 
 __all__ = [
     "RunRecord",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "WriteError",
     "write_run",
     "read_run",
     "find_run_dirs",
@@ -124,81 +120,6 @@ class RunRecord:
         if self.matrix_task_aware is None:
             return None
         return metrics.summarize(self.matrix_task_aware, self.test_counts)
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    The bytes go to a temporary file in the same folder (same filesystem, so
-    the rename is atomic), are flushed and fsynced, and the file is renamed
-    over ``path`` with :func:`os.replace`. On any error the temporary file is
-    removed. Parent folders are created. Returns ``path`` as a :class:`Path`.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with 0o666 lets the umask decide the mode, like a plain open() would.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise _unwritable(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise _unwritable(path, e) from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-class WriteError(UserError, OSError):
-    """A result file could not be written (full disk, read-only folder, a file where a folder goes).
-
-    A :class:`UserError` (one line, exit status 2) that callers catching ``OSError`` still catch.
-    """
-
-
-def _unwritable(path: Path, e: OSError) -> WriteError:
-    """A failed write as one line naming the file: a full disk, a read-only folder, a file where a folder goes."""
-    why = e.strerror or str(e)
-    hint = ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        hint = "; free space there (finished runs are kept: continue with --resume)"
-    elif isinstance(e, (FileExistsError, NotADirectoryError)):
-        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
-        return WriteError(f"{path}: cannot write it because {folder} is a file, not a folder; move that file away")
-    return WriteError(f"{path}: cannot write it ({why}){hint}")
-
-
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """:func:`atomic_write_bytes` for text; newlines are written as given (no platform translation)."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- writing

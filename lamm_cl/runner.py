@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from lamm_cl import checkpoint
+from lamm_cl import checkpoint, run_folder, safe_io
 from lamm_cl.benchmark import Plan, make_plan, make_streams, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
@@ -353,7 +353,7 @@ def clear_results(out: Path) -> None:
     def remove(files, folder: Path) -> None:
         for f in files:
             f.unlink(missing_ok=True)
-        checkpoint.remove_stale_temporaries(folder)
+        safe_io.remove_stale_temporaries(folder)
         with suppress(OSError):
             folder.rmdir()  # only once empty
 
@@ -462,12 +462,12 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     out = Path(out)
     dev = resolve_device(device or cfg.device)
     _check_strategies(cfg)
-    checkpoint.check_output(out, resume=resume, overwrite=overwrite)
+    run_folder.check_output(out, resume=resume, overwrite=overwrite)
     for seed in cfg.seeds:  # a sweep job may hold one run folder: refuse before any work
         for entry in cfg.strategies:
-            holder = checkpoint.lock_holder(out / entry.name / f"seed{seed}")
+            holder = safe_io.lock_holder(out / entry.name / f"seed{seed}")
             if holder is not None:
-                raise checkpoint.in_use(out / entry.name / f"seed{seed}", holder)
+                raise safe_io.in_use(out / entry.name / f"seed{seed}", holder)
     done, ckpts = _resume_state(cfg, out) if resume and out.is_dir() else ({}, {})
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
@@ -478,10 +478,10 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     train_views=cfg.features.train_views, views_of=few_shot_images(cfg, plans))
     records = RunRecords()
     started = time.time()
-    with (nullcontext() if lock_runs else checkpoint.lock_output(out)), deterministic(dev):
+    with (nullcontext() if lock_runs else safe_io.lock_output(out)), deterministic(dev):
         # Checked again under the lock: another run may have written here since the first look.
         if not (resume or overwrite):
-            checkpoint.check_empty(out)
+            run_folder.check_empty(out)
         if resume:
             done, ckpts = _resume_state(cfg, out)
         for key, state in ckpts.items():
@@ -489,7 +489,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                 raise UserError(f"{out / key[0] / f'seed{key[1]}' / checkpoint.CHECKPOINT_FILE}: malformed "
                                 "checkpoint (its accuracy matrix has another number of experiences); delete it")
         for folder in (out, out / "plots"):
-            checkpoint.sweep_temporaries(folder, before=started)
+            safe_io.sweep_temporaries(folder, before=started)
         if overwrite:
             _check_data(inputs, cfg)  # a corrupt image must not cost the old results
             clear_results(out)
@@ -504,9 +504,9 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     log(f"  {entry.name} seed {seed}: already finished, kept")
                     records.append(done[entry.name, seed])
                     continue
-                with (checkpoint.lock_output(run_dir) if lock_runs else nullcontext()):
+                with (safe_io.lock_output(run_dir) if lock_runs else nullcontext()):
                     if run_dir.is_dir():
-                        checkpoint.remove_stale_temporaries(run_dir)
+                        safe_io.remove_stale_temporaries(run_dir)
                     try:
                         rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir,
                                            resume_from=ckpts.get((entry.name, seed)))

@@ -415,8 +415,6 @@ def _garble(how, data, meta):
         data.unlink()
     elif how == "no metadata file":  # killed between publishing the data and its metadata
         meta.unlink()
-    elif how == "no checksum":
-        meta.write_text(json.dumps({k: v for k, v in info.items() if k != "sha256"}))
     elif how == "broken metadata":
         meta.write_text("{")
     elif how in ("header [4, 3]", "fortran order"):
@@ -435,7 +433,6 @@ def _garble(how, data, meta):
     ("one byte flipped", "failed its checksum (garbled on disk)"),
     ("no data file", "is incomplete"),
     ("no metadata file", "is incomplete"),
-    ("no checksum", "has no checksum (written by an older lamm-cl)"),
     ("broken metadata", "is unreadable (JSONDecodeError)"),
     ("header [4, 3]", "has another shape or dtype"),
     ("fortran order", "has another shape or dtype"),
@@ -486,7 +483,7 @@ def test_a_version_2_header_and_an_empty_entry_are_read(tmp_path):
 
 
 def test_file_sha256_reads_a_path_or_an_open_file_from_its_start(tmp_path):
-    from lamm_cl.features import file_sha256
+    from lamm_cl.safe_io import file_sha256
 
     path = tmp_path / "f"
     path.write_bytes(b"some bytes" * 100)
@@ -529,14 +526,14 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
     import os
 
     store, data, _ = _entry(tmp_path)
-    dead = data.with_name(data.name + ".tmp-1-aaaa")
-    live = tmp_path / ("f" * 40 + ".npy.tmp-2-bbbb")
-    new = data.with_name(data.name + ".tmp-3-cccc")
+    dead = data.with_name(f".{data.name}.1.aaaa.tmp")
+    live = tmp_path / ("." + "f" * 40 + ".npy.2.bbbb.tmp")
+    new = data.with_name(f".{data.name}.3.cccc.tmp")
     for p in (dead, live):
         p.write_bytes(b"x")
         os.utime(p, (1000, 1000))
     new.write_bytes(b"x")
-    edge = data.with_name(data.name + ".tmp-4-dddd")
+    edge = data.with_name(f".{data.name}.4.dddd.tmp")
     edge.write_bytes(b"x")
     os.utime(edge, (2000, 2000))  # written at the run's start exactly: possibly the run's own, kept
     fd = os.open(tmp_path / ("f" * 40 + ".lock"), os.O_RDWR | os.O_CREAT)
@@ -549,7 +546,7 @@ def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
     assert sorted(store.sweep_temporaries()) == sorted([live, new, edge])
     umask = os.umask(0)
     os.umask(umask)
-    orphan = tmp_path / ("e" * 40 + ".npy.tmp-5-eeee")  # its lock file does not exist yet: the sweep makes it
+    orphan = tmp_path / ("." + "e" * 40 + ".npy.5.eeee.tmp")  # its lock file does not exist yet: the sweep makes it
     orphan.write_bytes(b"x")
     os.utime(orphan, (1000, 1000))
     assert store.sweep_temporaries(before=2000) == [orphan]
@@ -563,14 +560,14 @@ def test_without_fallocate_the_entrys_blocks_are_written_as_zeros_and_synced(tmp
     import errno
     import os
 
-    import lamm_cl.features as features
+    import lamm_cl.features.store as store_module
 
     def refuse(fd, offset, n):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
     synced, real_fsync = [], os.fsync
-    monkeypatch.setattr(features.os, "posix_fallocate", refuse)
-    monkeypatch.setattr(features.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(store_module.os, "posix_fallocate", refuse)
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     path = tmp_path / "x.npy"
     arr = FeatureStore(tmp_path)._allocate(path, (3, 5), np.dtype("float32"))
     assert path.stat().st_size == entry_bytes(3, 5) and len(synced) == 1
@@ -604,13 +601,13 @@ def test_a_store_folder_is_made_with_its_parents_and_an_unmakeable_one_is_one_li
 def test_a_full_disk_at_allocation_is_one_line_naming_the_entrys_size_and_leaves_no_file(tmp_path, monkeypatch):
     import errno
 
-    import lamm_cl.features as features
+    import lamm_cl.features.store as store_module
     from lamm_cl.errors import UserError
 
     def full(fd, offset, n):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(features.os, "posix_fallocate", full)
+    monkeypatch.setattr(store_module.os, "posix_fallocate", full)
     store = FeatureStore(tmp_path / "s")
     with pytest.raises(UserError) as e:
         with store.writer("k", (1000, 256), "float32"):
@@ -762,7 +759,7 @@ def test_a_view_is_its_seeds_augmentation_and_leaves_the_global_stream_alone(tin
 
 
 def test_an_undecodable_image_is_handed_on_as_its_message():
-    from lamm_cl.features import _collate_checked
+    from lamm_cl.features.extractor import _collate_checked
 
     assert _collate_checked([torch.ones(2), "cannot read x.png", "cannot read y.png"]) == "cannot read x.png"
     torch.testing.assert_close(_collate_checked([torch.ones(2), torch.zeros(2)]), torch.tensor([[1.0, 1], [0, 0]]))
@@ -770,7 +767,7 @@ def test_an_undecodable_image_is_handed_on_as_its_message():
 
 def test_an_image_that_cannot_be_decoded_reaches_the_user_as_its_own_message(tiny_clip, samples):
     from lamm_cl.data.base import ImageError
-    from lamm_cl.features import _Checked
+    from lamm_cl.features.extractor import _Checked
 
     class Broken:
         def __len__(self):
@@ -863,8 +860,7 @@ def test_an_entry_that_vanishes_after_writing_is_an_error_naming_the_store(tiny_
 
 def test_autocast_plugin_opens_the_context_for_the_forward_and_closes_it_once(monkeypatch):
     """Forward and loss run inside autocast; backward outside; a skipped backward still closes it, once."""
-    from lamm_cl import features
-    from lamm_cl.features import AutocastPlugin
+    from lamm_cl.features import AutocastPlugin, precision
 
     log = []
 
@@ -878,7 +874,7 @@ def test_autocast_plugin_opens_the_context_for_the_forward_and_closes_it_once(mo
         def __exit__(self, *exc):
             log.append(("exit", exc))
 
-    monkeypatch.setattr(features, "autocast", Recorder)
+    monkeypatch.setattr(precision, "autocast", Recorder)
     plugin = AutocastPlugin(torch.device("cuda"))
     assert plugin.device == torch.device("cuda")
     plugin.before_backward(None)  # nothing opened yet: nothing to close

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from lamm_cl import checkpoint, runner
+from lamm_cl import checkpoint, runner, safe_io
 from lamm_cl.cli import main
 from lamm_cl.results import read_run
 
@@ -251,7 +251,7 @@ def test_sigint_exits_130_and_keeps_finished_files(env, tmp_path, capsys, monkey
     ckpt = out / "lamm_replay" / "seed0" / checkpoint.CHECKPOINT_FILE
     assert checkpoint.load(ckpt)["experience"] == 0  # the last checkpoint, kept
     assert not (out / "lamm_replay" / "seed0" / "summary.json").exists()
-    assert not (out / checkpoint.LOCK_FILE).exists()
+    assert not (out / safe_io.LOCK_FILE).exists()
 
 
 # --------------------------------------------------------------------------- the results folder
@@ -274,21 +274,21 @@ def test_lock_held_by_live_process_is_a_clear_error(env, tmp_path, capsys):
     out.mkdir()
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        (out / checkpoint.LOCK_FILE).write_text(f"{holder.pid} {os.uname().nodename}\n")
+        (out / safe_io.LOCK_FILE).write_text(f"{holder.pid} {os.uname().nodename}\n")
         for extra in ([], ["--resume"], ["--overwrite"]):
             assert main(["run", str(cfg), "--output", str(out), *extra]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and "in use by another lamm-cl run" in err[0] and str(holder.pid) in err[0]
         with pytest.raises(Exception, match="in use"):
-            with checkpoint.lock_output(out):
+            with safe_io.lock_output(out):
                 pass
     finally:
         holder.kill()
         holder.wait()
     # The holder is gone: its lock is stale and is taken over, then released.
-    with checkpoint.lock_output(out) as lock:
+    with safe_io.lock_output(out) as lock:
         assert lock.read_text().split()[0] == str(os.getpid())
-    assert not (out / checkpoint.LOCK_FILE).exists()
+    assert not (out / safe_io.LOCK_FILE).exists()
 
 
 def test_overwrite_replaces_old_runs_only_after_input_checks(env, tmp_path, capsys):

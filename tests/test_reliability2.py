@@ -28,7 +28,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lamm_cl import checkpoint, runner
+from lamm_cl import checkpoint, runner, safe_io
 from lamm_cl.cli import main
 from lamm_cl.data import load_dataset
 from lamm_cl.errors import DataNotFoundError, UserError
@@ -102,7 +102,7 @@ def earlier_results(out: Path) -> None:
 def snapshot(folder: Path) -> dict:
     """Every file under ``folder`` with its bytes (the lock file aside: it comes and goes)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != checkpoint.LOCK_FILE}
+            if p.is_file() and p.name != safe_io.LOCK_FILE}
 
 
 def one_line(err: str, culprit: str) -> None:
@@ -240,7 +240,7 @@ def test_corpus_one_line_status_2_earlier_results_intact(tmp_path, capsys, case)
     assert main(argv) == 2
     one_line(capsys.readouterr().err, culprit)
     assert snapshot(out) == before
-    assert not (out / checkpoint.LOCK_FILE).exists()
+    assert not (out / safe_io.LOCK_FILE).exists()
 
 
 # --------------------------------------------------------------------------- 1. dataset identity
@@ -307,22 +307,6 @@ def test_entry_garbled_at_the_same_size_is_recomputed(tmp_path, tiny_clip, digit
         assert json.loads(meta.read_text())["sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
 
 
-def test_entry_from_before_checksums_is_recomputed_and_named_as_such(tmp_path, tiny_clip, digits):
-    samples = digits.train.subset(range(12))
-    ext = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=12)
-    good = ext.features(samples).clone()
-    data, meta = ext.store.paths(ext.key(samples))
-    info = json.loads(meta.read_text())
-    del info["sha256"]  # what an entry written before checksums existed looks like
-    meta.write_text(json.dumps(info))
-    notes = []
-    fresh = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=12)
-    fresh.log = notes.append
-    assert np.array_equal(fresh.features(samples).numpy(), good.numpy())
-    assert len(notes) == 1 and "has no checksum (written by an older lamm-cl)" in notes[0], notes
-    assert "sha256" in json.loads(meta.read_text())  # rewritten with one
-
-
 # --------------------------------------------------------------------------- 3./4. the results-folder lock
 
 
@@ -350,7 +334,7 @@ def test_a_run_that_filled_the_folder_meanwhile_is_not_overwritten(tmp_path, cap
 def _contend(out: str, stale: bool, barrier, results) -> None:
     barrier.wait()
     try:
-        with checkpoint.lock_output(Path(out)):
+        with safe_io.lock_output(Path(out)):
             start = time.monotonic()
             time.sleep(0.05)
             results.put(("held", os.getpid(), start, time.monotonic()))
@@ -368,7 +352,7 @@ def test_lock_admits_one_holder_at_a_time(tmp_path, stale):
         out = tmp_path / f"out{trial}"
         if stale:  # a lock left by a process that is gone: every contender may judge it stale at once
             out.mkdir()
-            (out / checkpoint.LOCK_FILE).write_text(f"{dead.pid} {os.uname().nodename}\n")
+            (out / safe_io.LOCK_FILE).write_text(f"{dead.pid} {os.uname().nodename}\n")
         barrier, results = ctx.Barrier(3), ctx.Queue()
         procs = [ctx.Process(target=_contend, args=(str(out), stale, barrier, results)) for _ in range(3)]
         for p in procs:
@@ -380,7 +364,7 @@ def test_lock_admits_one_holder_at_a_time(tmp_path, stale):
         assert held, got
         overlaps += sum(b[0] < a[1] for a, b in zip(held, held[1:]))
         assert all("in use" in g[2] for g in got if g[0] == "refused"), got
-        assert not (out / checkpoint.LOCK_FILE).exists()
+        assert not (out / safe_io.LOCK_FILE).exists()
     assert overlaps == 0
 
 
@@ -415,7 +399,7 @@ def _lock_under_limit(out: str, status) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4, 4))  # the pid and host do not fit
     try:
-        with checkpoint.lock_output(Path(out)):
+        with safe_io.lock_output(Path(out)):
             status.put("held")
     except UserError as e:
         status.put(f"error: {e}")
@@ -429,12 +413,10 @@ def test_full_output_filesystem_at_the_lock_is_one_line(tmp_path):
     child.join(timeout=60)
     msg = status.get(timeout=5)
     assert child.exitcode == 0 and msg.startswith("error: ") and "cannot write" in msg and "\n" not in msg, msg
-    assert not (tmp_path / "out" / checkpoint.LOCK_FILE).exists()
+    assert not (tmp_path / "out" / safe_io.LOCK_FILE).exists()
 
 
 def test_full_output_filesystem_is_one_line(tmp_path, monkeypatch, capsys):
-    from lamm_cl import results
-
     out = tmp_path / "out"
     earlier_results(out)
     before = snapshot(out)
@@ -443,17 +425,17 @@ def test_full_output_filesystem_is_one_line(tmp_path, monkeypatch, capsys):
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(results.os, "fsync", full)
+    monkeypatch.setattr(safe_io.os, "fsync", full)
     with pytest.raises(UserError, match="No space left") as e:
-        results.atomic_write_text(out / "summary.csv", "new")
+        safe_io.atomic_write_text(out / "summary.csv", "new")
     assert "summary.csv" in str(e.value) and "\n" not in str(e.value)
-    monkeypatch.setattr(results.os, "fsync", real)
+    monkeypatch.setattr(safe_io.os, "fsync", real)
     assert snapshot(out) == before and not [p for p in out.rglob("*.tmp")]
 
 
 def test_read_only_store_reads_what_it_holds_and_refuses_to_write_in_one_line(tmp_path, tiny_clip, digits,
                                                                              monkeypatch):
-    import lamm_cl.features as features
+    import lamm_cl.features.store as store_module
 
     samples, other = digits.train.subset(range(6)), digits.train.subset(range(6, 12))
     held = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=6).features(samples).clone()
@@ -464,7 +446,7 @@ def test_read_only_store_reads_what_it_holds_and_refuses_to_write_in_one_line(tm
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(features.os, "open", read_only)
+    monkeypatch.setattr(store_module.os, "open", read_only)
     ext = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=6)
     assert np.array_equal(ext.features(samples).numpy(), held.numpy())  # no lock, no write needed
     with pytest.raises(UserError, match="Read-only file system") as e:
@@ -480,8 +462,8 @@ def test_stale_temporaries_are_swept_and_live_ones_kept(tmp_path):
 
     store = FeatureStore(tmp_path)
     old = time.time() - 3600
-    stale = tmp_path / ("a" * 40 + ".npy.tmp-99999999-deadbeef")
-    live = tmp_path / ("b" * 40 + ".npy.tmp-1-cafecafe")
+    stale = tmp_path / ("." + "a" * 40 + ".npy.99999999.deadbeef.tmp")
+    live = tmp_path / ("." + "b" * 40 + ".npy.1.cafecafe.tmp")
     for p in (stale, live):
         p.write_bytes(b"partial")
         os.utime(p, (old, old))
@@ -504,7 +486,7 @@ def test_stale_temporaries_are_swept_and_live_ones_kept(tmp_path):
         os.utime(p, (old, old))
     fresh = plots / f".other.png.{dead.pid}.0a1b2c3e.tmp"
     fresh.write_bytes(b"written after the run started")
-    assert sorted(checkpoint.sweep_temporaries(plots, before=time.time() - 60)) == sorted([left, mine])
+    assert sorted(safe_io.sweep_temporaries(plots, before=time.time() - 60)) == sorted([left, mine])
     assert fresh.exists()
 
 
@@ -595,7 +577,7 @@ def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_
     assert proc.returncode == 143, err
     lines = err.splitlines()
     assert len(lines) == 1 and "terminated (SIGTERM)" in lines[0] and "--resume" in lines[0], err
-    assert not (out / checkpoint.LOCK_FILE).exists()
+    assert not (out / safe_io.LOCK_FILE).exists()
     assert read_run(out / "zeroshot" / "seed0").n_experiences == 2
     assert checkpoint.load(ckpt)["experience"] == 0
     finished = snapshot(out / "zeroshot")

@@ -10,7 +10,8 @@ import pytest
 from lamm_cl import plots
 from lamm_cl.errors import UserError
 from lamm_cl.report import build_report, match_published
-from lamm_cl.results import RunRecord, atomic_write_text, find_runs, read_run, write_run
+from lamm_cl.results import RunRecord, find_runs, read_run, write_run
+from lamm_cl.safe_io import atomic_write_text
 
 nan = float("nan")
 COUNTS = [10, 10, 20]

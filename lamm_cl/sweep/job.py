@@ -87,14 +87,14 @@ def run_job(output: str, job_id: str) -> dict:
     Ctrl-C, a launcher's ``SystemExit`` on pre-emption) is recorded and re-raised: the job's
     finished work and last checkpoint stay, and the next attempt resumes.
     """
-    from lamm_cl import checkpoint
+    from lamm_cl import safe_io
 
     sweep = read_sweep(output)
     job = _job(sweep, job_id)
     out = Path(output)
-    holder = checkpoint.lock_holder(job.run_dir)
+    holder = safe_io.lock_holder(job.run_dir)
     if holder is not None and job_status(out, job).state == "interrupted":
-        (job.run_dir / checkpoint.LOCK_FILE).unlink(missing_ok=True)  # left by a lost job on another host
+        (job.run_dir / safe_io.LOCK_FILE).unlink(missing_ok=True)  # left by a lost job on another host
     elif holder is not None:  # a duplicate of a job that is running: leave it be
         return {"job": job.id, "state": "running", "message": f"already running ({holder})"}
     with logging_to(log_path(out, job)):

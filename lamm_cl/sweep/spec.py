@@ -239,7 +239,7 @@ def output_of(path: str | Path) -> Path:
 
 def write_sweep(sweep: Sweep) -> Path:
     """Write ``<output>/sweep.json`` (the job list every job and ``--status`` read)."""
-    from lamm_cl.results import atomic_write_text
+    from lamm_cl.safe_io import atomic_write_text
 
     sweep.output.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(sweep.output / SWEEP_FILE, json.dumps(sweep.to_dict(), indent=1) + "\n")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from lamm_cl.safe_io import atomic_write_text, pid_alive
 from lamm_cl.sweep.spec import JOBS_DIR, Job, Sweep
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
@@ -31,8 +32,6 @@ def state_path(output: Path, job: Job) -> Path:
 
 def write_state(output: Path, job: Job, state: str, message: str = "") -> None:
     """Record ``state`` of ``job`` (with this process's pid and host)."""
-    from lamm_cl.results import atomic_write_text
-
     info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
             "message": message}
     atomic_write_text(state_path(output, job), json.dumps(info) + "\n")
@@ -61,16 +60,6 @@ def _age(path: Path) -> float:
         return 0.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 @dataclass
 class JobStatus:
     job: Job
@@ -94,7 +83,7 @@ def job_status(output: Path, job: Job) -> JobStatus:
     if info is None:
         return JobStatus(job, "pending", "")
     state = info.get("state", "pending")
-    if state == "running" and info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", 0))):
+    if state == "running" and info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", 0))):
         state = "interrupted"
     elif state == "running" and _age(log_path(output, job)) > STALE_S:
         state = "interrupted"  # another host's job that has not logged a line for hours: it was lost

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from lamm_cl.errors import UserError
-from lamm_cl.results import atomic_write_text, find_runs
+from lamm_cl.results import find_runs
+from lamm_cl.safe_io import atomic_write_text
 from lamm_cl.sweep.spec import read_sweep
 
 METRICS = (("last_accuracy", "Last"), ("avg_incremental_accuracy", "Avg"))
