@@ -1,7 +1,7 @@
 """The frozen-feature store, training views, and the cached / cut text side (DESIGN section 7).
 
 Tiny random-weight CLIP and a few embedded digits only; nothing here is timed
-(``python -m lamm_cl.bench speed`` measures the speed).
+(``python -m lamm_cl.speed speed`` measures the speed).
 """
 from __future__ import annotations
 
@@ -332,9 +332,9 @@ def test_eot_cut_prompts_with_spliced_vectors_equal_open_clip_at_77_tokens(tiny_
     assert float(((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max()) < 1e-5
 
 
-def test_speed_bench_runs_and_its_two_steps_agree(tiny_clip):
-    # a smoke test of `python -m lamm_cl.bench speed` on the tiny model; the timing itself is not checked
-    from lamm_cl.bench import speed
+def test_speed_runs_and_its_two_steps_agree(tiny_clip):
+    # a smoke test of `python -m lamm_cl.speed speed` on the tiny model; the timing itself is not checked
+    from lamm_cl.speed import speed
 
     lines = []
     ratio = speed(arch="lamm-tiny", n_classes=12, n_trainable=3, batch=4, naive_steps=1, fast_steps=1,

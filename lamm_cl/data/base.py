@@ -53,7 +53,7 @@ def files_identity(files: Iterable[tuple[str, str | Path]], listed_in: str = "")
     """A digest of what sits at each listed file: its relative path, size and modification time.
 
     Only ``stat`` is called, never a read, so a dataset of 1.3 M files costs 1.3 M stats
-    (``python -m lamm_cl.bench identity`` measures it); replacing or editing any image
+    (``python -m lamm_cl.speed identity`` measures it); replacing or editing any image
     changes its size or mtime and so the digest, and with it the feature-store key.
 
     Args:

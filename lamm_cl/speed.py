@@ -1,9 +1,9 @@
 """Speed benchmarks behind DESIGN section 7 (timed here, never in tests: timed tests are flaky).
 
-    python -m lamm_cl.bench speed   # one LAMM step: naive loop vs lamm-cl's, on ViT-B-16
-    python -m lamm_cl.bench run     # one quickstart experience with the feature store on and off
-    python -m lamm_cl.bench identity   # stat-based dataset identity: files per second, extrapolated to ImageNet
-    python -m lamm_cl.bench checksum   # the feature store's SHA-256 check of a large entry
+    python -m lamm_cl.speed speed   # one LAMM step: naive loop vs lamm-cl's, on ViT-B-16
+    python -m lamm_cl.speed run     # one quickstart experience with the feature store on and off
+    python -m lamm_cl.speed identity   # stat-based dataset identity: files per second, extrapolated to ImageNet
+    python -m lamm_cl.speed checksum   # the feature store's SHA-256 check of a large entry
 
 ``speed`` builds ViT-B-16 with random weights (the time of a step does not
 depend on the weight values), 100 classes of which the last 10 train, a batch
@@ -321,8 +321,8 @@ def checksum_speed(n_images: int = 100_000, dim: int = 512, log: Log = print) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lamm_cl.bench {speed,run,identity,checksum}``."""
-    p = argparse.ArgumentParser(prog="python -m lamm_cl.bench", description=__doc__.splitlines()[0])
+    """``python -m lamm_cl.speed {speed,run,identity,checksum}``."""
+    p = argparse.ArgumentParser(prog="python -m lamm_cl.speed", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's (ViT-B-16, random weights)")
     s.add_argument("--arch", default="ViT-B-16")
