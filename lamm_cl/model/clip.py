@@ -6,7 +6,6 @@ The architecture and its weights are named apart (``ViT-B-16`` + ``openai``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lamm_cl.errors import ConfigError, DataNotFoundError
+from lamm_cl.safe_io import file_sha256
 
 TINY_ARCH = "lamm-tiny"
 _CONFIG_DIR = Path(__file__).parent / "configs"
@@ -37,18 +37,6 @@ def _open_clip():
 
 def _looks_like_path(pretrained: str) -> bool:
     return os.sep in pretrained or "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks.
-
-    Always reads the bytes: a checkpoint rewritten at the same path gets a new hash.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_identity(arch: str, pretrained: str, sha256: str | None = None) -> str:

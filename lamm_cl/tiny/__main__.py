@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from lamm_cl.tiny.pretrain import PretrainSettings, pretrain, sha256, write
+from lamm_cl.safe_io import atomic_write_bytes
+from lamm_cl.tiny.pretrain import PretrainSettings, pretrain, sha256
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.monotonic()
     data = pretrain(PretrainSettings(epochs=args.epochs))
-    write(data, args.out)
+    atomic_write_bytes(args.out, data)
     print(f"wrote {args.out} ({len(data) / 2**20:.1f} MiB, sha256 {sha256(data)}) in "
           f"{time.monotonic() - start:.0f} s")
     return 0

@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -176,12 +175,3 @@ def pretrain(settings: PretrainSettings = PretrainSettings(),
 def sha256(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def write(data: bytes, out: Path) -> None:
-    """Write ``data`` to ``out`` through a temporary name, so a killed run leaves no half file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
