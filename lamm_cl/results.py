@@ -38,6 +38,7 @@ import yaml
 
 from lamm_cl import metrics
 from lamm_cl.errors import UserError
+from lamm_cl.formatting import csv_number, csv_text, json_text, plain
 
 __all__ = [
     "RunRecord",
@@ -204,40 +205,6 @@ def _fsync_dir(folder: Path) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def _fmt(x: Any) -> str:
-    """A float cell at full precision (shortest repr that round-trips); blank for NaN/None."""
-    if x is None:
-        return ""
-    x = float(x)
-    return "" if math.isnan(x) else repr(x)
-
-
-def _plain(obj: Any) -> Any:
-    """Turn numpy scalars/arrays, tuples and paths into plain YAML/JSON data."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _json_text(obj: Any) -> str:
-    return json.dumps(_plain(obj), indent=2, ensure_ascii=False) + "\n"
-
-
 def _check_record(record: RunRecord) -> np.ndarray:
     """Validate a record before writing; these are programming errors, hence ValueError."""
     A, _ = metrics.validate(record.matrix, record.test_counts)
@@ -261,8 +228,8 @@ def _matrix_csv(A: np.ndarray) -> str:
     T = A.shape[0]
     rows: List[List[Any]] = [["after_experience"] + [f"exp{j}" for j in range(T)]]
     for i in range(T):
-        rows.append([i] + [_fmt(A[i, j]) if j <= i else "" for j in range(T)])
-    return _csv_text(rows)
+        rows.append([i] + [csv_number(A[i, j]) if j <= i else "" for j in range(T)])
+    return csv_text(rows)
 
 
 def _metrics_csv(A: np.ndarray, record: RunRecord) -> str:
@@ -275,15 +242,15 @@ def _metrics_csv(A: np.ndarray, record: RunRecord) -> str:
     seen = 0
     for i in range(A.shape[0]):
         seen += len(record.experiences[i])
-        rows.append([i, seen, _fmt(acc[i]), _fmt(old[i]), _fmt(new[i]), _fmt(avg[i]), _fmt(fgt[i]), _fmt(bwt[i])])
-    return _csv_text(rows)
+        rows.append([i, seen, csv_number(acc[i]), csv_number(old[i]), csv_number(new[i]), csv_number(avg[i]), csv_number(fgt[i]), csv_number(bwt[i])])
+    return csv_text(rows)
 
 
 def _per_class_csv(record: RunRecord) -> str:
     rows: List[List[Any]] = [PER_CLASS_COLUMNS]
     for label, acc in enumerate(record.per_class_accuracy):
-        rows.append([label, record.class_names[label], int(record.class_order[label]), _fmt(acc)])
-    return _csv_text(rows)
+        rows.append([label, record.class_names[label], int(record.class_order[label]), csv_number(acc)])
+    return csv_text(rows)
 
 
 def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
@@ -322,14 +289,14 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         "test_counts": [int(n) for n in record.test_counts],
     }
     files = [
-        (CONFIG_FILE, yaml.safe_dump(_plain(record.config), sort_keys=False, allow_unicode=True)),
-        (CLASS_ORDER_FILE, _json_text(class_order)),
+        (CONFIG_FILE, yaml.safe_dump(plain(record.config), sort_keys=False, allow_unicode=True)),
+        (CLASS_ORDER_FILE, json_text(class_order)),
         (MATRIX_FILE, _matrix_csv(A)),
         *([(MATRIX_TASK_AWARE_FILE, _matrix_csv(metrics.validate(record.matrix_task_aware)[0]))]
           if record.matrix_task_aware is not None else []),
         (METRICS_FILE, _metrics_csv(A, record)),
         (PER_CLASS_FILE, _per_class_csv(record)),
-        (SUMMARY_FILE, _json_text(summary)),  # last: marks the run finished
+        (SUMMARY_FILE, json_text(summary)),  # last: marks the run finished
     ]
     return [atomic_write_text(run_dir / name, text) for name, text in files]
 
