@@ -1,6 +1,7 @@
-"""Running a sweep: load it with its launcher's options checked, decide which jobs to run, hand them to a launcher in two phases (image
-features once per feature group, then the jobs), build each benchmark's report as soon as
-its jobs are all done, and end with the table of done / skipped / failed jobs.
+"""Running a sweep: load it with its launcher's options checked, decide which jobs to run, hand them
+to a launcher in two phases (image features once per feature group, then the jobs), build each
+benchmark's report as soon as its jobs are all done, and end with the table of done / skipped /
+failed jobs.
 """
 from __future__ import annotations
 
