@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
@@ -123,13 +122,10 @@ def _run_folders(root: Path) -> list[tuple[tuple[str, ...], Path]]:
     return found
 
 
-def _model_identity(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict:
+def _model_identity(config: Mapping[str, Any], info: Mapping[str, Any]) -> dict:
     model = config.get("model") or {}
-    info = summary.get("info") or {}
-    weights = summary.get("weights") or info.get("weights") or {}
-    sha = (weights.get("sha256") if isinstance(weights, Mapping) else None) or summary.get("weights_sha256") \
-        or info.get("weights_sha256")
-    return {"arch": model.get("arch"), "pretrained": model.get("pretrained"), "weights_sha256": sha}
+    return {"arch": model.get("arch"), "pretrained": model.get("pretrained"),
+            "weights_sha256": info["weights"].get("sha256")}
 
 
 def load_results(path: Union[str, Path]) -> "Results":
@@ -149,7 +145,6 @@ def load_results(path: Union[str, Path]) -> "Results":
     rows, matrices, metric_rows, keys = [], {}, [], set()
     for parts, run_dir in _run_folders(root):
         rec = read_run(run_dir)
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))  # read_run checked it
         grid = "/".join(parts[1:])
         key = (rec.benchmark, grid, rec.strategy, rec.seed)
         if key in keys:
@@ -160,10 +155,9 @@ def load_results(path: Union[str, Path]) -> "Results":
         row = {"benchmark": rec.benchmark, "grid": grid, "strategy": rec.strategy, "seed": rec.seed,
                **{short: s[long] for short, long in METRIC_COLUMNS.items()},
                "n_experiences": rec.n_experiences}
-        ta = rec.task_aware_summary()  # runs made before task-aware evaluation have none
-        if ta is not None:
-            row.update({_TASK_AWARE_PREFIX + short: ta[long] for short, long in METRIC_COLUMNS.items()})
-        row.update(_model_identity(rec.config, summary))
+        ta = rec.task_aware_summary()
+        row.update({_TASK_AWARE_PREFIX + short: ta[long] for short, long in METRIC_COLUMNS.items()})
+        row.update(_model_identity(rec.config, rec.info))
         row["path"] = str(run_dir)
         rows.append(row)
         matrices[key] = rec
@@ -185,7 +179,7 @@ class Results:
     Attributes:
         path: the folder read.
         summary: one row per benchmark x grid cell x strategy x seed: ``avg``, ``last``,
-            ``forgetting``, ``bwt`` (percent), task-aware figures where present
+            ``forgetting``, ``bwt`` (percent), the task-aware figures
             (``task_aware_avg``, ``task_aware_last``, ...), ``n_experiences``, ``arch``, ``pretrained``, ``weights_sha256``.
             ``grid`` (the grid cell's folder) only for a sweep with grid cells.
         metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value.

@@ -84,13 +84,9 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
-            "strategies": [{"name": s.name, **_plain(dataclasses.asdict(s.options))} for s in self.strategies],
+            "strategies": [{"name": s.name, **dataclasses.asdict(s.options)} for s in self.strategies],
         }
         return out
-
-
-def _plain(d: dict) -> dict:
-    return {k: v for k, v in d.items()}
 
 
 # ---------------------------------------------------------------------------

@@ -22,12 +22,12 @@ import io
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
-import numpy as np
 import yaml
 
 from lamm_cl.errors import UserError
+from lamm_cl.formatting import csv_number, csv_text, mean_std, mean_std_text, md_table
 from lamm_cl.safe_io import atomic_write_text
 from lamm_cl.results import (
     SUMMARY_FILE,
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # Task-aware numbers (each experience's test images among its own classes: the protocol of LAMM's
-# base->new tables) sit after the headline columns; blank for runs that predate them.
+# base->new tables) sit after the headline columns.
 TASK_AWARE_METRICS = ["avg_incremental_accuracy", "last_accuracy", "forgetting"]
 TASK_AWARE_COLUMNS = [f"task_aware_{m}" for m in TASK_AWARE_METRICS]
 SUMMARY_CSV_COLUMNS = ["strategy", "seed", *SUMMARY_METRICS, "n_experiences", *TASK_AWARE_COLUMNS]
@@ -84,29 +84,6 @@ def _get(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
             return default
         node = node[key]
     return node
-
-
-def _fmt(x: Any) -> str:
-    """Full-precision CSV cell; blank for NaN/None."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    return repr(float(x))
-
-
-def _pm(mean: float, std: Optional[float]) -> str:
-    if std is None or math.isnan(std):
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {std:.2f}"
-
-
-def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def _check_formats(formats: Sequence[str]) -> List[str]:
@@ -173,9 +150,7 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
     """Rows of ``summary.csv``: one per strategy x seed, then ``mean`` and ``std`` per strategy.
 
     ``std`` is the sample standard deviation over seeds (``ddof=1``); with a
-    single seed it is undefined and left blank (NaN here). The task-aware
-    columns are NaN for a run without a task-aware matrix, and their mean and
-    std are NaN unless every seed has one.
+    single seed it is undefined and left blank (NaN here).
     """
     rows: List[Dict[str, Any]] = []
     columns = [*SUMMARY_METRICS, *TASK_AWARE_COLUMNS]
@@ -183,27 +158,24 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
         values: Dict[str, List[float]] = {m: [] for m in columns}
         for run in runs:
             s = run.summary()
-            ta = run.task_aware_summary() or {}
-            s.update({f"task_aware_{m}": ta.get(m, math.nan) for m in TASK_AWARE_METRICS})
+            ta = run.task_aware_summary()
+            s.update({f"task_aware_{m}": ta[m] for m in TASK_AWARE_METRICS})
             rows.append({"strategy": strategy, "seed": run.seed, **s, "n_experiences": run.n_experiences})
             for m in columns:
                 values[m].append(s[m])
         T = runs[0].n_experiences
-        mean = {m: float(np.mean(v)) for m, v in values.items()}
-        std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for m, v in values.items()}
+        over_seeds = {m: mean_std(v) for m, v in values.items()}
+        mean = {m: over_seeds[m][0] for m in columns}
+        std = {m: over_seeds[m][1] for m in columns}
         rows.append({"strategy": strategy, "seed": "mean", **mean, "n_experiences": T})
         rows.append({"strategy": strategy, "seed": "std", **std, "n_experiences": T})
     return rows
 
 
 def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SUMMARY_CSV_COLUMNS)
-    for row in rows:
-        writer.writerow([row["strategy"], row["seed"], *(_fmt(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
-                         *(_fmt(row.get(m)) for m in TASK_AWARE_COLUMNS)])
-    return buf.getvalue()
+    return csv_text([SUMMARY_CSV_COLUMNS] + [
+        [row["strategy"], row["seed"], *(csv_number(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
+         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS)] for row in rows])
 
 
 # --------------------------------------------------------------------------- published figures
@@ -288,9 +260,9 @@ def _results_section(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[M
     for strategy, runs in groups.items():
         mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
         seeds = ", ".join(str(r.seed) for r in runs)
-        table.append([f"`{strategy}`", seeds] + [_pm(mean[m], std[m]) for m in SUMMARY_METRICS])
+        table.append([f"`{strategy}`", seeds] + [mean_std_text(mean[m], std[m]) for m in SUMMARY_METRICS])
     header = ["Strategy", "Seeds"] + [_METRIC_TITLES[m] for m in SUMMARY_METRICS]
-    lines = ["## Results", ""] + _md_table(header, table) + [""]
+    lines = ["## Results", ""] + md_table(header, table) + [""]
     lines += [
         "Avg: average incremental accuracy, the mean over experiences of the accuracy on all classes "
         "seen so far (pooled test images). Last: that accuracy after the last experience. "
@@ -307,20 +279,17 @@ def _results_section(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[M
 
 def _task_aware_section(groups: Mapping[str, Sequence[RunRecord]],
                         by_key: Mapping[tuple, Mapping[str, Any]]) -> List[str]:
-    """The task-aware numbers beside the headline (runs from before they were recorded show a dash)."""
-    if not any(r.matrix_task_aware is not None for runs in groups.values() for r in runs):
-        return []
+    """The task-aware numbers beside the headline."""
     table = []
     for strategy, runs in groups.items():
         mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
-        cells = ["—" if math.isnan(mean[m]) else _pm(mean[m], std[m]) for m in TASK_AWARE_COLUMNS]
+        cells = [mean_std_text(mean[m], std[m]) for m in TASK_AWARE_COLUMNS]
         table.append([f"`{strategy}`", ", ".join(str(r.seed) for r in runs)] + cells)
     header = ["Strategy", "Seeds"] + [_METRIC_TITLES[m] for m in TASK_AWARE_COLUMNS]
-    return ["### Task-aware accuracy", ""] + _md_table(header, table) + ["", (
+    return ["### Task-aware accuracy", ""] + md_table(header, table) + ["", (
         "The same runs scored task-aware: each experience's test images predicted among that "
         "experience's classes only (`accuracy_matrix_task_aware.csv`), as LAMM's base-to-new tables "
-        "report them. The class-incremental numbers above stay the headline; a dash marks runs made "
-        "before lamm-cl recorded the task-aware matrix."), ""]
+        "report them. The class-incremental numbers above stay the headline."), ""]
 
 
 def _count(n: int, noun: str) -> str:
@@ -359,8 +328,7 @@ def _published_section(config: Mapping[str, Any], n_experiences: int, groups, ro
     table = []
     for strategy in groups:
         mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
-        cells = ["—" if math.isnan(mean[ours_for[m]]) else _pm(mean[ours_for[m]], std[ours_for[m]])
-                 for m in metric_cols]
+        cells = [mean_std_text(mean[ours_for[m]], std[ours_for[m]]) for m in metric_cols]
         table.append([f"`{strategy}` (ours)"] + cells + ["this report", ours_note])
     methods: Dict[tuple, Dict[str, str]] = {}
     for r in matched:  # one table row per (method, source, note), in file order
@@ -368,7 +336,7 @@ def _published_section(config: Mapping[str, Any], n_experiences: int, groups, ro
     for (method, source, note), values in methods.items():
         table.append([method] + [values.get(m, "—") for m in metric_cols] + [source, note])
     header = ["Method"] + [_METRIC_TITLES[m] for m in metric_cols] + ["Source", "Note"]
-    lines += _md_table(header, table) + [""]
+    lines += md_table(header, table) + [""]
     lines += [
         "Published numbers come from other code bases, class orders and preprocessing; "
         "read them as context, not as a controlled comparison.",
@@ -401,7 +369,7 @@ def _classes_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
         table = []
         for t, exp in enumerate(experiences):
             table.append([t, len(exp), ", ".join(f"{c} ({order[c]}) {names[c]}" for c in exp)])
-        lines += _md_table(["Experience", "Classes", "Label (original) name"], table) + [""]
+        lines += md_table(["Experience", "Classes", "Label (original) name"], table) + [""]
     return lines
 
 
@@ -461,16 +429,14 @@ def weights_lines(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
     """Header lines naming the weights file each run loaded and its SHA-256 (from ``summary.json``).
 
     One line when every run loaded the same weights, else one per distinct weights with the
-    runs that used them; runs written before lamm-cl recorded the weights say so.
+    runs that used them.
     """
     seen: Dict[tuple, List[str]] = {}
     for runs in groups.values():
         for r in runs:
-            w = r.info.get("weights") if isinstance(r.info, Mapping) else None
-            if not isinstance(w, Mapping):
-                key: tuple = ("unrecorded",)
-            elif str(w.get("pretrained")).lower() == "none":
-                key = ("random", str(w.get("arch")), str(w.get("pretrained")))
+            w = r.info["weights"]
+            if str(w.get("pretrained")).lower() == "none":
+                key: tuple = ("random", str(w.get("arch")), str(w.get("pretrained")))
             elif w.get("sha256") is None:
                 key = ("unknown", str(w.get("arch")), str(w.get("pretrained")))
             else:
@@ -478,8 +444,6 @@ def weights_lines(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
             seen.setdefault(key, []).append(f"{r.strategy}/seed{r.seed}")
 
     def text(key: tuple) -> str:
-        if key[0] == "unrecorded":
-            return "not recorded (runs made before lamm-cl recorded the weights file)"
         if key[0] == "random":
             return f"`{key[1]}` + `{key[2]}`: random initial weights, no weights file loaded"
         if key[0] == "unknown":

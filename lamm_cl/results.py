@@ -7,10 +7,10 @@ Layout (DESIGN section 8)::
         class_order.json         class_order, class_names, experiences, test_counts
         accuracy_matrix.csv      after_experience,exp0,exp1,...  (blank above the diagonal)
         accuracy_matrix_task_aware.csv  the same, each experience predicted among its own classes only
-                                 (absent from runs made before it existed)
         metrics.csv              one row per experience (derived from the matrix)
         per_class_accuracy.csv   label,class_name,original_label,accuracy (after the last experience)
-        summary.json             benchmark, strategy, seed, headline metrics, n_experiences, info
+        summary.json             benchmark, strategy, seed, headline metrics, task-aware metrics,
+                                 n_experiences, info (with the weights the run loaded)
 
 All accuracies are percentages (0-100). ``summary.json`` is written last, so
 its presence marks a finished run; :func:`find_runs` skips folders without it
@@ -29,13 +29,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import yaml
 
 from lamm_cl import metrics
 from lamm_cl.errors import UserError
+from lamm_cl.formatting import csv_number, csv_text, json_text, plain
 from lamm_cl.safe_io import atomic_write_text
 
 __all__ = [
@@ -101,10 +102,10 @@ class RunRecord:
     class_order: List[int]  # the dataset's original labels, in order
     per_class_accuracy: List[float]  # percent after the last experience, by remapped label (seen classes)
     config: Dict[str, Any]  # the resolved config of the whole run
-    info: Dict[str, Any] = field(default_factory=dict)  # free-form: versions, device, timings, weights
-    # [T, T] task-aware accuracy: experience j's test images among experience j's classes only;
-    # None for runs written before lamm-cl recorded it
-    matrix_task_aware: Optional[np.ndarray] = None
+    # [T, T] task-aware accuracy: experience j's test images among experience j's classes only
+    matrix_task_aware: np.ndarray
+    # versions, device, timings, ..., and "weights": the model's weights record (FrozenCLIP.weights_record)
+    info: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_experiences(self) -> int:
@@ -115,59 +116,22 @@ class RunRecord:
         """The headline metrics of :func:`lamm_cl.metrics.summarize`."""
         return metrics.summarize(self.matrix, self.test_counts)
 
-    def task_aware_summary(self) -> Optional[Dict[str, float]]:
-        """:func:`lamm_cl.metrics.summarize` of the task-aware matrix (None when the run has none)."""
-        if self.matrix_task_aware is None:
-            return None
+    def task_aware_summary(self) -> Dict[str, float]:
+        """:func:`lamm_cl.metrics.summarize` of the task-aware matrix."""
         return metrics.summarize(self.matrix_task_aware, self.test_counts)
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _fmt(x: Any) -> str:
-    """A float cell at full precision (shortest repr that round-trips); blank for NaN/None."""
-    if x is None:
-        return ""
-    x = float(x)
-    return "" if math.isnan(x) else repr(x)
-
-
-def _plain(obj: Any) -> Any:
-    """Turn numpy scalars/arrays, tuples and paths into plain YAML/JSON data."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _json_text(obj: Any) -> str:
-    return json.dumps(_plain(obj), indent=2, ensure_ascii=False) + "\n"
-
-
 def _check_record(record: RunRecord) -> np.ndarray:
     """Validate a record before writing; these are programming errors, hence ValueError."""
     A, _ = metrics.validate(record.matrix, record.test_counts)
     T = A.shape[0]
-    if record.matrix_task_aware is not None:
-        if np.asarray(record.matrix_task_aware).shape != A.shape:
-            raise ValueError(f"task-aware matrix of shape {np.asarray(record.matrix_task_aware).shape} "
-                             f"beside an accuracy matrix of {A.shape}")
-        metrics.validate(record.matrix_task_aware, record.test_counts)
+    if np.asarray(record.matrix_task_aware).shape != A.shape:
+        raise ValueError(f"task-aware matrix of shape {np.asarray(record.matrix_task_aware).shape} "
+                         f"beside an accuracy matrix of {A.shape}")
+    metrics.validate(record.matrix_task_aware, record.test_counts)
     if len(record.experiences) != T:
         raise ValueError(f"{len(record.experiences)} experiences listed but the accuracy matrix has {T}")
     n_classes = len(record.class_order)
@@ -182,8 +146,8 @@ def _matrix_csv(A: np.ndarray) -> str:
     T = A.shape[0]
     rows: List[List[Any]] = [["after_experience"] + [f"exp{j}" for j in range(T)]]
     for i in range(T):
-        rows.append([i] + [_fmt(A[i, j]) if j <= i else "" for j in range(T)])
-    return _csv_text(rows)
+        rows.append([i] + [csv_number(A[i, j]) if j <= i else "" for j in range(T)])
+    return csv_text(rows)
 
 
 def _metrics_csv(A: np.ndarray, record: RunRecord) -> str:
@@ -196,22 +160,22 @@ def _metrics_csv(A: np.ndarray, record: RunRecord) -> str:
     seen = 0
     for i in range(A.shape[0]):
         seen += len(record.experiences[i])
-        rows.append([i, seen, _fmt(acc[i]), _fmt(old[i]), _fmt(new[i]), _fmt(avg[i]), _fmt(fgt[i]), _fmt(bwt[i])])
-    return _csv_text(rows)
+        rows.append([i, seen, *(csv_number(x[i]) for x in (acc, old, new, avg, fgt, bwt))])
+    return csv_text(rows)
 
 
 def _per_class_csv(record: RunRecord) -> str:
     rows: List[List[Any]] = [PER_CLASS_COLUMNS]
     for label, acc in enumerate(record.per_class_accuracy):
-        rows.append([label, record.class_names[label], int(record.class_order[label]), _fmt(acc)])
-    return _csv_text(rows)
+        rows.append([label, record.class_names[label], int(record.class_order[label]), csv_number(acc)])
+    return csv_text(rows)
 
 
 def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
     """Write every result file of one run into ``run_dir`` (created if needed).
 
     Files: ``config.yaml``, ``class_order.json``, ``accuracy_matrix.csv``,
-    ``accuracy_matrix_task_aware.csv`` (when the record has one),
+    ``accuracy_matrix_task_aware.csv``,
     ``metrics.csv``, ``per_class_accuracy.csv`` and, last, ``summary.json``
     (its presence marks the run finished). Each is written atomically.
 
@@ -232,10 +196,7 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         "n_experiences": A.shape[0],
         "info": record.info,
     }
-    task_aware = record.task_aware_summary()
-    if task_aware is not None:
-        # beside the class-incremental headline, never instead of it
-        summary["task_aware"] = task_aware
+    summary["task_aware"] = record.task_aware_summary()  # beside the class-incremental headline, never instead of it
     class_order = {
         "class_order": [int(c) for c in record.class_order],
         "class_names": [str(n) for n in record.class_names],
@@ -243,14 +204,13 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         "test_counts": [int(n) for n in record.test_counts],
     }
     files = [
-        (CONFIG_FILE, yaml.safe_dump(_plain(record.config), sort_keys=False, allow_unicode=True)),
-        (CLASS_ORDER_FILE, _json_text(class_order)),
+        (CONFIG_FILE, yaml.safe_dump(plain(record.config), sort_keys=False, allow_unicode=True)),
+        (CLASS_ORDER_FILE, json_text(class_order)),
         (MATRIX_FILE, _matrix_csv(A)),
-        *([(MATRIX_TASK_AWARE_FILE, _matrix_csv(metrics.validate(record.matrix_task_aware)[0]))]
-          if record.matrix_task_aware is not None else []),
+        (MATRIX_TASK_AWARE_FILE, _matrix_csv(metrics.validate(record.matrix_task_aware)[0])),
         (METRICS_FILE, _metrics_csv(A, record)),
         (PER_CLASS_FILE, _per_class_csv(record)),
-        (SUMMARY_FILE, _json_text(summary)),  # last: marks the run finished
+        (SUMMARY_FILE, json_text(summary)),  # last: marks the run finished
     ]
     return [atomic_write_text(run_dir / name, text) for name, text in files]
 
@@ -389,9 +349,9 @@ def read_run(run_dir: PathLike) -> RunRecord:
         if not isinstance(summary.get(key), kind):
             raise _bad(summary_path, f"malformed: {key!r} must be a string")
     seed = _int(summary_path, summary.get("seed"), "'seed'")
-    info = summary.get("info", {})
-    if not isinstance(info, dict):
-        raise _bad(summary_path, "malformed: 'info' must be an object")
+    info = summary.get("info")
+    if not isinstance(info, dict) or not isinstance(info.get("weights"), dict):
+        raise _bad(summary_path, "malformed: 'info' must be an object holding the 'weights' record")
 
     config_path = run_dir / CONFIG_FILE
     try:
@@ -415,12 +375,10 @@ def read_run(run_dir: PathLike) -> RunRecord:
         raise _bad(order_path, f"malformed: {e}") from None
 
     per_class = _read_per_class(run_dir / PER_CLASS_FILE, len(order["class_order"]))
-    task_aware = None
     task_aware_path = run_dir / MATRIX_TASK_AWARE_FILE
-    if task_aware_path.is_file():  # runs made before it existed have none
-        task_aware = _read_matrix(task_aware_path)
-        if task_aware.shape != A.shape:
-            raise _bad(task_aware_path, f"malformed: {task_aware.shape[0]} experiences but {matrix_path.name} has {T}")
+    task_aware = _read_matrix(task_aware_path)
+    if task_aware.shape != A.shape:
+        raise _bad(task_aware_path, f"malformed: {task_aware.shape[0]} experiences but {matrix_path.name} has {T}")
     return RunRecord(
         benchmark=summary["benchmark"],
         strategy=summary["strategy"],

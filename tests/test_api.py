@@ -26,7 +26,9 @@ def _write(folder: Path, strategy: str, seed: int, A, benchmark: str = "toy") ->
     rec = RunRecord(benchmark=benchmark, strategy=strategy, seed=seed, matrix=np.array(A, dtype=float),
                     test_counts=[10, 10], experiences=[[0], [1]], class_names=["cat", "dog"], class_order=[0, 1],
                     per_class_accuracy=[A[1][0], A[1][1]],
-                    config={"name": benchmark, "model": {"arch": "lamm-tiny", "pretrained": "none"}})
+                    config={"name": benchmark, "model": {"arch": "lamm-tiny", "pretrained": "none"}},
+                    matrix_task_aware=np.array(A, dtype=float),
+                    info={"weights": {"arch": "lamm-tiny", "pretrained": "none", "file": None, "sha256": None}})
     write_run(folder / strategy / f"seed{seed}", rec)
 
 

@@ -8,7 +8,7 @@ from lamm_cl.results import RunRecord
 def _rec(strategy, seed, A):
     return RunRecord(benchmark="b", strategy=strategy, seed=seed, matrix=np.array(A, dtype=float),
                      test_counts=[10, 10], experiences=[[0], [1]], class_names=["a", "b"], class_order=[0, 1],
-                     per_class_accuracy=[0.0, 0.0], config={})
+                     per_class_accuracy=[0.0, 0.0], config={}, matrix_task_aware=np.array(A, dtype=float))
 
 
 def test_rows_per_seed_and_a_mean_row_per_strategy():

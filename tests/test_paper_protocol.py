@@ -136,12 +136,12 @@ CONFIG = {"name": "toy", "seeds": [0], "benchmark": {"dataset": "digits", "n_exp
           "model": {"arch": "lamm-tiny", "pretrained": "none"}, "strategies": [{"name": "lamm"}, {"name": "coop"}]}
 
 
-def _record(strategy, task_aware=True):
+def _record(strategy):
     return RunRecord(
         benchmark="toy", strategy=strategy, seed=0, matrix=np.array([[90, nan], [60, 50]]), test_counts=COUNTS,
         experiences=[[0], [1]], class_names=["a", "b"], class_order=[0, 1], per_class_accuracy=[60, 50],
         config=CONFIG, info={"weights": {"arch": "lamm-tiny", "pretrained": "none", "file": None, "sha256": None}},
-        matrix_task_aware=np.array([[90, nan], [80, 70]]) if task_aware else None)
+        matrix_task_aware=np.array([[90, nan], [80, 70]]))
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def no_plots(monkeypatch):
 
 def test_task_aware_matrix_summary_and_report(tmp_path, no_plots):
     write_run(tmp_path / "lamm" / "seed0", _record("lamm"))
-    write_run(tmp_path / "coop" / "seed0", _record("coop", task_aware=False))  # a run from before the file existed
+    write_run(tmp_path / "coop" / "seed0", _record("coop"))
     run = tmp_path / "lamm" / "seed0"
     assert (run / "accuracy_matrix_task_aware.csv").read_text() == (
         "after_experience,exp0,exp1\n0,90.0,\n1,80.0,70.0\n")
@@ -166,21 +166,16 @@ def test_task_aware_matrix_summary_and_report(tmp_path, no_plots):
     assert summary["task_aware"] == pytest.approx({"avg_incremental_accuracy": 81.25, "last_accuracy": 72.5,
                                                    "forgetting": 10.0, "bwt": -10.0})
     assert summary["last_accuracy"] == pytest.approx((600 + 1500) / 40)  # the headline stays class-incremental
-    assert not (tmp_path / "coop" / "seed0" / "accuracy_matrix_task_aware.csv").exists()
-    assert "task_aware" not in json.loads((tmp_path / "coop" / "seed0" / "summary.json").read_text())
     np.testing.assert_array_equal(read_run(run).matrix_task_aware, [[90, nan], [80, 70]])
-    assert read_run(tmp_path / "coop" / "seed0").matrix_task_aware is None
 
     build_report(tmp_path)
     rows = {r["strategy"] + "/" + r["seed"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
     assert float(rows["lamm/0"]["task_aware_avg_incremental_accuracy"]) == pytest.approx(81.25)
     assert float(rows["lamm/mean"]["task_aware_last_accuracy"]) == pytest.approx(72.5)
     assert float(rows["lamm/0"]["task_aware_forgetting"]) == pytest.approx(10.0)
-    assert rows["coop/0"]["task_aware_last_accuracy"] == "" and rows["coop/mean"]["task_aware_forgetting"] == ""
     md = (tmp_path / "report.md").read_text()
     assert "### Task-aware accuracy" in md
     assert "| `lamm` | 0 | 81.25 | 72.50 | 10.00 |" in md
-    assert "| `coop` | 0 | — | — | — |" in md
     assert "- Weights: `lamm-tiny` + `none`: random initial weights, no weights file loaded" in md
 
 

@@ -91,7 +91,9 @@ def earlier_results(out: Path) -> None:
     A = np.array([[50.0, math.nan], [40.0, 60.0]])
     record = RunRecord(benchmark="rel17", strategy="zeroshot", seed=0, matrix=A, test_counts=[3, 3],
                        experiences=[[0], [1]], class_names=DTD_CLASSES, class_order=[0, 1],
-                       per_class_accuracy=[40.0, 60.0], config={"name": "rel17"}, info={"seconds": 1.0})
+                       per_class_accuracy=[40.0, 60.0], config={"name": "rel17"}, matrix_task_aware=A,
+                       info={"seconds": 1.0, "weights": {"arch": "lamm-tiny", "pretrained": "none", "file": None,
+                                                         "sha256": None}})
     write_run(out / "zeroshot" / "seed0", record)
     (out / "plots").mkdir()
     (out / "plots" / "seen_accuracy.png").write_bytes(b"\x89PNG earlier plot")

@@ -595,7 +595,9 @@ def test_table_one_per_grid_cell_with_published_figures(tmp_path):
         write_run(j.run_dir, RunRecord(benchmark=j.benchmark, strategy="linear_probe", seed=j.seed, matrix=A,
                                        test_counts=[3] * 10, experiences=[[i] for i in range(10)],
                                        class_names=[str(i) for i in range(10)], class_order=list(range(10)),
-                                       per_class_accuracy=[value(j)] * 10, config=config))
+                                       per_class_accuracy=[value(j)] * 10, config=config, matrix_task_aware=A,
+                                       info={"weights": {"arch": "ViT-B-16", "pretrained": "openai",
+                                                         "file": "ViT-B-16-openai.pt", "sha256": "0" * 64}}))
     build_table(sweep.output)
     table = pd.read_csv(sweep.output / "table.csv", keep_default_na=False)
     ours = table[table.strategy == "linear_probe"]

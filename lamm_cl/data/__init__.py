@@ -1,50 +1,29 @@
-"""Dataset loaders, registered by the name the YAML's ``benchmark.dataset`` uses.
+"""Dataset loaders, looked up by the name the YAML's ``benchmark.dataset`` uses.
 
-Each loader is ``load(root: Path, download: bool) -> DatasetParts`` and raises
+Each loader is ``load(root: Path, download: bool) -> DatasetParts``, registered with
+:func:`lamm_cl.data.registry.register_dataset`, and raises
 :class:`lamm_cl.errors.DataNotFoundError` (one line: what is missing, where it
 looked, how to get it) when the data is not there.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from lamm_cl.data.base import ArraySamples, DatasetParts, FileSamples, Samples
+from lamm_cl.data.registry import LOADERS
 
-Loader = Callable[[Path, bool], DatasetParts]
-_LOADERS: dict[str, Loader] = {}
-
-__all__ = ["ArraySamples", "DatasetParts", "FileSamples", "Samples", "register_dataset",
-           "list_datasets", "load_dataset"]
-
-
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Register a loader under ``name``; registering a name twice is an error."""
-
-    def deco(fn: Loader) -> Loader:
-        if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _LOADERS[name] = fn
-        return fn
-
-    return deco
+__all__ = ["ArraySamples", "DatasetParts", "FileSamples", "Samples", "list_datasets", "load_dataset"]
 
 
 def _ensure_builtin() -> None:
-    # Imported here, not at module import, so `import lamm_cl.data` stays cheap.
-    from lamm_cl.data import digits  # noqa: F401
-    for mod in ("cifar", "coop", "folder", "tinyworld"):
-        try:
-            __import__(f"lamm_cl.data.{mod}")
-        except ModuleNotFoundError as e:  # a loader module not written yet
-            if e.name != f"lamm_cl.data.{mod}":
-                raise
+    # Imported here, not at module import, so `import lamm_cl.data` stays cheap; importing one registers it.
+    from lamm_cl.data import cifar, coop, digits, folder, tinyworld  # noqa: F401
 
 
 def list_datasets() -> list[str]:
     """Names of every registered dataset."""
     _ensure_builtin()
-    return sorted(_LOADERS)
+    return sorted(LOADERS)
 
 
 def load_dataset(name: str, root: str | Path = "~/data", download: bool = False) -> DatasetParts:
@@ -57,6 +36,6 @@ def load_dataset(name: str, root: str | Path = "~/data", download: bool = False)
     from lamm_cl.errors import ConfigError
 
     _ensure_builtin()
-    if name not in _LOADERS:
-        raise ConfigError(f"benchmark.dataset: unknown dataset {name!r}; known: {', '.join(sorted(_LOADERS))}")
-    return _LOADERS[name](Path(root).expanduser(), download)
+    if name not in LOADERS:
+        raise ConfigError(f"benchmark.dataset: unknown dataset {name!r}; known: {', '.join(sorted(LOADERS))}")
+    return LOADERS[name](Path(root).expanduser(), download)

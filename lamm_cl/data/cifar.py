@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lamm_cl.data import register_dataset
+from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import ArraySamples, DatasetParts
 from lamm_cl.data.folder import readable
 from lamm_cl.errors import DataNotFoundError

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lamm_cl.data import register_dataset
+from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import DatasetParts, FileSamples, files_identity
 from lamm_cl.data.folder import class_folders, list_images, readable
 from lamm_cl.errors import DataNotFoundError, UserError

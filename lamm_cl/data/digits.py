@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lamm_cl.data import register_dataset
+from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import ArraySamples, DatasetParts
 
 CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

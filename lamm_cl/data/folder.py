@@ -5,7 +5,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from lamm_cl.data import register_dataset
+from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import DatasetParts, FileSamples
 from lamm_cl.errors import DataNotFoundError, UserError
 

@@ -5,7 +5,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from lamm_cl.data import register_dataset
+from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import ArraySamples, DatasetParts
 from lamm_cl.tiny import world
 

@@ -1,6 +1,7 @@
-"""Running a sweep: decide which jobs to run, hand them to a launcher in two phases (image
-features once per feature group, then the jobs), build each benchmark's report as soon as
-its jobs are all done, and end with the table of done / skipped / failed jobs.
+"""Running a sweep: load it with its launcher's options checked, decide which jobs to run, hand them
+to a launcher in two phases (image features once per feature group, then the jobs), build each
+benchmark's report as soon as its jobs are all done, and end with the table of done / skipped /
+failed jobs.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from lamm_cl.sweep.launchers import Call, get_launcher, options
-from lamm_cl.sweep.spec import Sweep, write_sweep
+from lamm_cl.sweep.spec import Sweep, expand, read_config, write_sweep
 from lamm_cl.sweep.state import JobStatus, status_table, sweep_status
 
 Log = Callable[[str], None]
@@ -30,6 +31,26 @@ class SweepOutcome:
 
     def table(self) -> list[str]:
         return status_table(self.statuses, self.shown)
+
+
+def load_sweep(path: str | Path, launcher: Optional[str] = None) -> Sweep:
+    """Read, validate and expand a sweep file, its launcher's options included.
+
+    The launcher's keys and types are checked before any benchmark file is read, so a bad
+    option fails first and before anything runs, ``--dry-run`` included.
+
+    Args:
+        launcher: ``--launcher``: replaces ``launcher.name`` (the other launcher options stay
+            only when the name is unchanged).
+
+    Raises:
+        ConfigError: one line naming the problem (an unknown key, a glob that matches nothing,
+            a strategy a benchmark file lacks, a bad grid value, two benchmark files with one name,
+            an unknown launcher or launcher option).
+    """
+    cfg = read_config(path, launcher)
+    options(get_launcher(cfg.launcher["name"]), cfg.launcher)  # its keys and types, even for --dry-run
+    return expand(cfg, path)
 
 
 def select(statuses: list[JobStatus], retry_failed: bool) -> tuple[list[JobStatus], dict[str, str]]:

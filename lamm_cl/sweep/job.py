@@ -20,17 +20,14 @@ from lamm_cl.sweep.state import job_status, log_path, write_state
 
 
 def quiet_third_party_warnings() -> None:
-    """The warning filters ``lamm-cl`` sets in ``main``, for worker processes that never run it.
+    """Warnings off in a worker process, as ``lamm-cl``'s ``main`` turns them off for the command it runs.
 
-    Local stand-in until the reliability branch's shared filter lands; then call that instead.
+    Workers never run ``main`` (a spawned pool process, a SLURM task, a Ray worker), so the job
+    applies the same rule itself: every warning ignored unless the user asked for some with
+    ``-W`` / ``PYTHONWARNINGS`` (which a worker inherits as ``sys.warnoptions``).
     """
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*No loggers specified.*")
-    warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
-    warnings.filterwarnings("ignore", message=".*random weights.*")
-    warnings.filterwarnings("ignore", module="qpsolvers")  # Avalanche's import pulls it in
-    warnings.filterwarnings("ignore", message=".*qpsolvers.*")
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
 
 
 @contextlib.contextmanager

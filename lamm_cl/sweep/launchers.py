@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
@@ -26,9 +27,8 @@ OnDone = Callable[[Call, dict], None]
 
 def known_launchers() -> list[str]:
     """Names of the launchers shipped in this package."""
-    import lamm_cl.sweep as pkg
-
-    return sorted(m.name.removeprefix("launch_") for m in pkgutil.iter_modules(pkg.__path__)
+    # this module's own folder, not the package's __path__: importing lamm_cl.sweep would import this module back
+    return sorted(m.name.removeprefix("launch_") for m in pkgutil.iter_modules([str(Path(__file__).parent)])
                   if m.name.startswith("launch_"))
 
 

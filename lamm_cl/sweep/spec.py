@@ -161,23 +161,16 @@ def _check(cfg: SweepConfig) -> None:
         raise ConfigError("launcher.name: expected a string (local, slurm or ray)")
 
 
-def load_sweep(path: str | Path, launcher: Optional[str] = None) -> Sweep:
-    """Read, validate and expand a sweep file.
-
-    Every benchmark file is parsed with each grid cell's overrides (so a bad grid value fails
-    here, naming the file), and the strategy subset is checked against each file.
+def read_config(path: str | Path, launcher: Optional[str] = None) -> SweepConfig:
+    """Read and validate a sweep file, all but its launcher's own options (the driver checks those).
 
     Args:
         launcher: ``--launcher``: replaces ``launcher.name`` (the other launcher options stay
             only when the name is unchanged).
 
     Raises:
-        ConfigError: one line naming the problem (an unknown key, a glob that matches nothing,
-            a strategy a benchmark file lacks, a bad grid value, two benchmark files with one name).
+        ConfigError: one line naming the problem (an unknown key, a wrong type, an empty list).
     """
-    from lamm_cl import config as config_mod
-
-    path = Path(path)
     data = load_yaml(path)
     if isinstance(data.get("launcher"), str):
         data["launcher"] = {"name": data["launcher"]}
@@ -187,9 +180,22 @@ def load_sweep(path: str | Path, launcher: Optional[str] = None) -> Sweep:
     if launcher is not None and launcher != cfg.launcher["name"]:
         cfg.launcher = {"name": launcher}
     _check(cfg)
-    from lamm_cl.sweep.launchers import get_launcher, options
+    return cfg
 
-    options(get_launcher(cfg.launcher["name"]), cfg.launcher)  # its keys and types, even for --dry-run
+
+def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
+    """Expand the validated sweep file ``path`` (read as ``cfg``) into its jobs.
+
+    Every benchmark file is parsed with each grid cell's overrides (so a bad grid value fails
+    here, naming the file), and the strategy subset is checked against each file.
+
+    Raises:
+        ConfigError: one line naming the problem (a glob that matches nothing, a strategy a
+            benchmark file lacks, a bad grid value, two benchmark files with one name).
+    """
+    from lamm_cl import config as config_mod
+
+    path = Path(path)
     base = path.resolve().parent
     files: list[Path] = []
     for i, pattern in enumerate(cfg.benchmarks):

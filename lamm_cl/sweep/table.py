@@ -9,8 +9,6 @@ under the mean when the table holds exactly the 11 CoOp datasets.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -18,24 +16,13 @@ from typing import Any, Optional
 import numpy as np
 
 from lamm_cl.errors import UserError
+from lamm_cl.formatting import csv_number, csv_text, mean_std, mean_std_text, md_row, md_rule
 from lamm_cl.results import find_runs
 from lamm_cl.safe_io import atomic_write_text
 from lamm_cl.sweep.spec import read_sweep
 
 METRICS = (("last_accuracy", "Last"), ("avg_incremental_accuracy", "Avg"))
 MEAN = "mean"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof 1; NaN for one value)."""
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
-
-
-def _pm(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return ""
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def collect(output: str | Path) -> dict[str, dict]:
@@ -83,10 +70,10 @@ def cell_rows(c: dict) -> list[dict[str, Any]]:
         for m, _ in METRICS:
             per_dataset = [c["values"].get((strategy, d), {}).get(m, {}) for d in c["datasets"]]
             for d, seeds in zip(c["datasets"], per_dataset):
-                row[d, m] = (*_mean_std(list(seeds.values())), len(seeds)) if seeds else (math.nan, math.nan, 0)
+                row[d, m] = (*mean_std(list(seeds.values())), len(seeds)) if seeds else (math.nan, math.nan, 0)
             common = set.intersection(*(set(s) for s in per_dataset)) if all(per_dataset) else set()
             if common:
-                row[MEAN, m] = (*_mean_std([float(np.mean([s[k] for s in per_dataset])) for k in sorted(common)]),
+                row[MEAN, m] = (*mean_std([float(np.mean([s[k] for s in per_dataset])) for k in sorted(common)]),
                                 len(common))
             else:
                 row[MEAN, m] = (math.nan, math.nan, 0)
@@ -134,14 +121,13 @@ def _markdown(cells: dict[str, dict], plots: dict[str, str]) -> str:
         if cell:
             lines += [f"## {cell}", ""]
         header = ["strategy"] + [f"{d} {name}" for d in _columns(c) for _, name in METRICS]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
+        lines += [md_row(header), md_rule(len(header))]
         for row in cell_rows(c):
-            cells_text = [_pm(*row[d, m][:2]) for d in _columns(c) for m, _ in METRICS]
-            lines.append("| " + " | ".join([row["strategy"], *cells_text]) + " |")
+            cells_text = [mean_std_text(*row[d, m][:2]) for d in _columns(c) for m, _ in METRICS]
+            lines.append(md_row([row["strategy"], *cells_text]))
         for row in published_rows(c):
             cells_text = [f"{row[d, m]:.2f}" if (d, m) in row else "" for d in _columns(c) for m, _ in METRICS]
-            lines.append("| " + " | ".join([row["label"], *cells_text]) + " |")
+            lines.append(md_row([row["label"], *cells_text]))
         seeds = sorted({n for row in cell_rows(c) for d in _columns(c) for m, _ in METRICS
                         for n in [row[d, m][2]] if n})
         lines += ["", f"Seeds per cell: {', '.join(map(str, seeds)) or 'none'}.", ""]
@@ -151,24 +137,19 @@ def _markdown(cells: dict[str, dict], plots: dict[str, str]) -> str:
 
 
 def _csv(cells: dict[str, dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["cell", "strategy", "dataset", "last_mean", "last_std", "avg_mean", "avg_std", "n_seeds"])
-
-    def num(x: float) -> str:
-        return "" if math.isnan(x) else repr(float(x))
-
+    rows: list[list[Any]] = [["cell", "strategy", "dataset", "last_mean", "last_std", "avg_mean", "avg_std", "n_seeds"]]
     for cell, c in cells.items():
         for row in cell_rows(c):
             for d in _columns(c):
                 (lm, ls, n), (am, as_, _) = row[d, "last_accuracy"], row[d, "avg_incremental_accuracy"]
-                w.writerow([cell, row["strategy"], d, num(lm), num(ls), num(am), num(as_), n])
+                rows.append([cell, row["strategy"], d, csv_number(lm), csv_number(ls), csv_number(am),
+                             csv_number(as_), n])
         for row in published_rows(c):
             for d in _columns(c):
                 if (d, "last_accuracy") in row or (d, "avg_incremental_accuracy") in row:
-                    w.writerow([cell, row["label"], d, num(row.get((d, "last_accuracy"), math.nan)), "",
-                                num(row.get((d, "avg_incremental_accuracy"), math.nan)), "", ""])
-    return buf.getvalue()
+                    rows.append([cell, row["label"], d, csv_number(row.get((d, "last_accuracy"), math.nan)), "",
+                                 csv_number(row.get((d, "avg_incremental_accuracy"), math.nan)), "", ""])
+    return csv_text(rows)
 
 
 def _plot(c: dict, title: str):
