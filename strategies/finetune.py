@@ -14,11 +14,8 @@ import torch
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from lamm_cl.errors import ConfigError
-from lamm_cl.model.clip import normalize
-from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.strategies.linear_probe import GrowingHead, make_optimizer
-from lamm_cl.training import StrategyContext, lr_schedule_plugin
+from lamm_cl import (ConfigError, GrowingHead, StrategyContext, StrategyOptions, lr_schedule_plugin, make_optimizer,
+                     normalize, register_strategy)
 
 # parts of an open_clip VisionTransformer after its blocks; they train with the last blocks
 _VIT_TAIL = ("attn_pool", "ln_post", "proj")
