@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (CoopOptions, PromptClassifier, PromptTemplate, StrategyContext, placeholder_params, prompt_plugins,
-                     register_strategy, sgd, shared_context)
+from lamm_cl.model.classifier import PromptClassifier
+from lamm_cl.registry import register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.prompt_learning import CoopOptions, PromptTemplate, prompt_plugins, shared_context
+from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
 @register_strategy("coop", options=CoopOptions)

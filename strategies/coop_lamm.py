@@ -12,8 +12,11 @@ from dataclasses import dataclass
 
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (CoopOptions, LammOptions, LammTemplate, StrategyContext, lamm_model, placeholder_params,
-                     prompt_plugins, register_strategy, sgd, shared_context)
+from lamm_cl.registry import register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.lamm import LammOptions, LammTemplate, lamm_model
+from lamm_cl.strategy_kit.prompt_learning import CoopOptions, prompt_plugins, shared_context
+from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
 @dataclass

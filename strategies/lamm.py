@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (LAMM_TEMPLATE, ConfigError, LammOptions, LammTemplate, StrategyContext, lamm_model,
-                     lr_schedule_plugin, placeholder_params, register_strategy, sgd)
+from lamm_cl.errors import ConfigError
+from lamm_cl.registry import register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.lamm import LAMM_TEMPLATE, LammOptions, LammTemplate, lamm_model
+from lamm_cl.strategy_kit.recipe import lr_schedule_plugin, placeholder_params, sgd
 
 
 @dataclass

@@ -15,8 +15,12 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from lamm_cl import (ConfigError, GrowingHead, StrategyContext, StrategyOptions, make_optimizer, normalize,
-                     register_strategy)
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.heads import GrowingHead
+from lamm_cl.strategy_kit.recipe import make_optimizer
 
 
 class Standardize(nn.BatchNorm1d):

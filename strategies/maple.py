@@ -29,8 +29,11 @@ from __future__ import annotations
 
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (MapleClassifier, MapleOptions, MapleTemplate, StrategyContext, maple_prompts,
-                     placeholder_params, prompt_plugins, register_strategy, sgd)
+from lamm_cl.model.deep_prompts import MapleClassifier
+from lamm_cl.registry import register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.prompt_learning import MapleOptions, MapleTemplate, maple_prompts, prompt_plugins
+from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
 @register_strategy("maple", options=MapleOptions, inputs="images")

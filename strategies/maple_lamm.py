@@ -47,9 +47,14 @@ from typing import Literal, Union
 
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (ConfigError, LabelTable, LammCriterion, LammKeys, LossOptions, MapleClassifier, MapleOptions,
-                     MapleTemplate, StrategyContext, maple_prompts, placeholder_params, prompt_plugins, register_strategy,
-                     sgd)
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.deep_prompts import MapleClassifier
+from lamm_cl.model.labels import LabelTable
+from lamm_cl.registry import register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.lamm import LammCriterion, LammKeys, LossOptions
+from lamm_cl.strategy_kit.prompt_learning import MapleOptions, MapleTemplate, maple_prompts, prompt_plugins
+from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
 @dataclass

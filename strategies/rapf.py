@@ -73,8 +73,12 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from lamm_cl import (ConfigError, SeenClasses, StrategyContext, StrategyOptions, make_optimizer, normalize,
-                     register_strategy)
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import make_optimizer
+from lamm_cl.strategy_kit.statistics import SeenClasses
 
 COV_EPS = 1e-4  # models.py:194 analyze_mean_cov: torch.cov(...) + 1e-4 * I
 HINGE_MARGIN = 0.1  # main.py:118: relu(-cos(pos) + cos(neg) + 0.1)

@@ -26,8 +26,12 @@ from dataclasses import dataclass
 import torch
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (ConfigError, SeenClasses, StatisticsTemplate, StrategyContext, StrategyOptions, idle_optimizer,
-                     normalize, register_strategy)
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.clip import normalize
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import idle_optimizer
+from lamm_cl.strategy_kit.statistics import SeenClasses, StatisticsTemplate
 
 
 class Prototypes(SeenClasses):

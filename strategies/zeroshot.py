@@ -7,8 +7,12 @@ from typing import Optional
 import torch
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl import (ClassPrompts, ConfigError, PromptClassifier, StrategyContext, StrategyOptions, idle_optimizer,
-                     register_strategy)
+from lamm_cl.errors import ConfigError
+from lamm_cl.model.classifier import PromptClassifier
+from lamm_cl.model.prompts import ClassPrompts
+from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import idle_optimizer
 
 
 @dataclass
