@@ -11,7 +11,21 @@ The public API a strategy plugin needs, importable from ``lamm_cl``:
   device and seed -- and ``ctx.template_kwargs(opts)``, the keyword arguments with
   which the builder hands back an Avalanche ``SupervisedTemplate``;
 * building blocks: :class:`ClassPrompts`, :class:`PromptEncoder`,
-  :class:`PromptClassifier`, :class:`LabelTable`, :func:`normalize`;
+  :class:`PromptClassifier`, :class:`MapleClassifier`, :class:`LabelTable`,
+  :func:`normalize`;
+* the strategy kit (``lamm_cl.strategy_kit``), what the built-in strategies are
+  made of: the reference's recipe (:func:`sgd`, :func:`lr_schedule_plugin`,
+  :func:`warmup_cosine`, :class:`WarmupCosinePlugin`, :class:`DropLastPartialBatch`,
+  and what a template is built with before its model has grown:
+  :func:`placeholder_params`, :func:`make_optimizer`, :func:`idle_optimizer`); the
+  CoOp and MaPLe prompt families (:class:`CoopOptions`, :func:`shared_context`,
+  :class:`MapleOptions`, :func:`maple_prompts`, :class:`PromptTemplate`,
+  :class:`MapleTemplate`, :func:`prompt_plugins`, :class:`FreezeAfterFirstPlugin`);
+  LAMM on any of them (:class:`LossOptions`, :class:`LammKeys`, :class:`LammOptions`,
+  :func:`lamm_objective`, :class:`LammCriterion`, :class:`LammTemplate`,
+  :func:`lamm_model`, :func:`lamm_template`, :data:`LAMM_TEMPLATE`); statistics
+  strategies (:class:`SeenClasses`, :class:`StatisticsTemplate`); and
+  :class:`GrowingHead`;
 * the LAMM loss: :func:`lamm_loss`, :class:`LammWeights`, :func:`param_loss`,
   :func:`feature_loss`, :func:`logits_loss`;
 * errors: :class:`ConfigError` (raise it from ``StrategyOptions.validate``),
@@ -37,13 +51,14 @@ _EXPORTS = {
     "StrategySpec": "lamm_cl.registry",
     "get_strategy": "lamm_cl.registry",
     "list_strategies": "lamm_cl.registry",
-    "StrategyContext": "lamm_cl.training",
+    "StrategyContext": "lamm_cl.strategy_kit.context",
     "FrozenCLIP": "lamm_cl.model.clip",
     "normalize": "lamm_cl.model.clip",
     "ClassPrompts": "lamm_cl.model.prompts",
     "PromptEncoder": "lamm_cl.model.prompts",
     "LabelTable": "lamm_cl.model.labels",
     "PromptClassifier": "lamm_cl.model.classifier",
+    "MapleClassifier": "lamm_cl.model.deep_prompts",
     "lamm_loss": "lamm_cl.losses",
     "LammWeights": "lamm_cl.losses",
     "param_loss": "lamm_cl.losses",
@@ -55,13 +70,47 @@ _EXPORTS = {
     "load_results": "lamm_cl.api",
     "Results": "lamm_cl.api",
     "Comparison": "lamm_cl.stats",
+    # the strategy kit
+    "warmup_cosine": "lamm_cl.strategy_kit.recipe",
+    "DropLastPartialBatch": "lamm_cl.strategy_kit.recipe",
+    "WarmupCosinePlugin": "lamm_cl.strategy_kit.recipe",
+    "lr_schedule_plugin": "lamm_cl.strategy_kit.recipe",
+    "make_optimizer": "lamm_cl.strategy_kit.recipe",
+    "sgd": "lamm_cl.strategy_kit.recipe",
+    "placeholder_params": "lamm_cl.strategy_kit.recipe",
+    "idle_optimizer": "lamm_cl.strategy_kit.recipe",
+    "CoopOptions": "lamm_cl.strategy_kit.prompt_learning",
+    "MapleOptions": "lamm_cl.strategy_kit.prompt_learning",
+    "shared_context": "lamm_cl.strategy_kit.prompt_learning",
+    "maple_prompts": "lamm_cl.strategy_kit.prompt_learning",
+    "FreezeAfterFirstPlugin": "lamm_cl.strategy_kit.prompt_learning",
+    "PromptTemplate": "lamm_cl.strategy_kit.prompt_learning",
+    "MapleTemplate": "lamm_cl.strategy_kit.prompt_learning",
+    "prompt_plugins": "lamm_cl.strategy_kit.prompt_learning",
+    "LossOptions": "lamm_cl.strategy_kit.lamm",
+    "LammKeys": "lamm_cl.strategy_kit.lamm",
+    "LammOptions": "lamm_cl.strategy_kit.lamm",
+    "LAMM_TEMPLATE": "lamm_cl.strategy_kit.lamm",
+    "lamm_template": "lamm_cl.strategy_kit.lamm",
+    "lamm_objective": "lamm_cl.strategy_kit.lamm",
+    "LammCriterion": "lamm_cl.strategy_kit.lamm",
+    "LammTemplate": "lamm_cl.strategy_kit.lamm",
+    "lamm_model": "lamm_cl.strategy_kit.lamm",
+    "SeenClasses": "lamm_cl.strategy_kit.statistics",
+    "StatisticsTemplate": "lamm_cl.strategy_kit.statistics",
+    "GrowingHead": "lamm_cl.strategy_kit.heads",
 }
 
 __all__ = [  # spelled out (not built from _EXPORTS) so linters see what the TYPE_CHECKING imports export
     "register_strategy", "StrategyOptions", "StrategySpec", "get_strategy", "list_strategies",
     "StrategyContext", "FrozenCLIP", "normalize", "ClassPrompts", "PromptEncoder", "LabelTable",
-    "PromptClassifier", "lamm_loss", "LammWeights", "param_loss", "feature_loss", "logits_loss",
+    "PromptClassifier", "MapleClassifier", "lamm_loss", "LammWeights", "param_loss", "feature_loss", "logits_loss",
     "ConfigError", "UserError", "run", "load_results", "Results", "Comparison", "__version__",
+    "warmup_cosine", "DropLastPartialBatch", "WarmupCosinePlugin", "lr_schedule_plugin", "make_optimizer", "sgd",
+    "placeholder_params", "idle_optimizer", "CoopOptions", "MapleOptions", "shared_context", "maple_prompts", "FreezeAfterFirstPlugin",
+    "PromptTemplate", "MapleTemplate", "prompt_plugins", "LossOptions", "LammKeys", "LammOptions", "LAMM_TEMPLATE",
+    "lamm_template", "lamm_objective", "LammCriterion", "LammTemplate", "lamm_model", "SeenClasses",
+    "StatisticsTemplate", "GrowingHead",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
@@ -70,12 +119,22 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from lamm_cl.losses import LammWeights, feature_loss, lamm_loss, logits_loss, param_loss
     from lamm_cl.model.classifier import PromptClassifier
     from lamm_cl.model.clip import FrozenCLIP, normalize
+    from lamm_cl.model.deep_prompts import MapleClassifier
     from lamm_cl.model.labels import LabelTable
     from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
     from lamm_cl.stats import Comparison
     from lamm_cl.registry import (StrategyOptions, StrategySpec, get_strategy, list_strategies,
                                   register_strategy)
-    from lamm_cl.training import StrategyContext
+    from lamm_cl.strategy_kit.context import StrategyContext
+    from lamm_cl.strategy_kit.heads import GrowingHead
+    from lamm_cl.strategy_kit.lamm import (LAMM_TEMPLATE, LammCriterion, LammKeys, LammOptions, LammTemplate,
+                                           LossOptions, lamm_model, lamm_objective, lamm_template)
+    from lamm_cl.strategy_kit.prompt_learning import (CoopOptions, FreezeAfterFirstPlugin, MapleOptions, MapleTemplate,
+                                                      PromptTemplate, maple_prompts, prompt_plugins, shared_context)
+    from lamm_cl.strategy_kit.recipe import (DropLastPartialBatch, WarmupCosinePlugin, idle_optimizer,
+                                             lr_schedule_plugin, make_optimizer, placeholder_params, sgd,
+                                             warmup_cosine)
+    from lamm_cl.strategy_kit.statistics import SeenClasses, StatisticsTemplate
 
 
 def __getattr__(name: str) -> Any:

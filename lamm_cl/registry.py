@@ -54,7 +54,7 @@ class StrategyOptions:
             if not isinstance(p, dict) or not isinstance(p.get("name"), str):
                 raise ConfigError(f"{path}.plugins[{i}]: expected a mapping with a `name`, e.g. {{name: replay, mem_size: 2000}}")
         if self.plugins:
-            from lamm_cl.training import build_avalanche_plugins
+            from lamm_cl.avalanche_plugins import build_avalanche_plugins
 
             build_avalanche_plugins(self.plugins, f"{path}.plugins")  # unknown names or parameters fail here, early
 

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from lamm_cl import checkpoint, run_folder, safe_io
+from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers, close_loggers, logging_evaluator
 from lamm_cl.benchmark import Plan, make_plan, make_streams, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
@@ -36,8 +37,8 @@ from lamm_cl.model.clip import FrozenCLIP, build_clip, resolve_device
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
                              PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, read_run, write_run)
-from lamm_cl.training import (AccuracyPlugin, ProgressPlugin, StrategyContext, build_avalanche_plugins, check_loggers,
-                              close_loggers, logging_evaluator)
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.training import AccuracyPlugin, ProgressPlugin
 
 Log = Callable[[str], None]
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from avalanche.training.templates import SupervisedTemplate
 
 from lamm_cl.registry import register_strategy
-from lamm_cl.strategies.coop import CoopOptions, context_plugins, shared_context
-from lamm_cl.strategies.lamm import LammOptions, LammTemplate, lamm_model
-from lamm_cl.training import StrategyContext, sgd
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.lamm import LammOptions, LammTemplate, lamm_model
+from lamm_cl.strategy_kit.prompt_learning import CoopOptions, prompt_plugins, shared_context
+from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
 @dataclass
 class CoopLammOptions(LammOptions, CoopOptions):
     """LAMM's options (label_tokens, label_init, softmax, loss) plus CoOp's (n_ctx, ctx_init, freeze_after_first).
 
-    ``validate`` runs LAMM's checks, then CoOp's, then the base ones (which check the plugins).
+    ``validate`` runs CoOp's checks (and the base ones, which check the plugins), then LAMM's.
     """
 
 
@@ -31,8 +31,8 @@ class CoopLammOptions(LammOptions, CoopOptions):
 def build(ctx: StrategyContext, opts: CoopLammOptions) -> SupervisedTemplate:
     """CoOp+LAMM: trains the shared context and the current classes' label vectors under LAMM's loss."""
     model = lamm_model(ctx, opts, context=shared_context(ctx, opts, "coop_lamm"))
-    optimizer = sgd([torch.nn.Parameter(torch.zeros(0))], opts)  # Avalanche refills it with the model's parameters
+    optimizer = sgd(placeholder_params(), opts)
     kw = ctx.template_kwargs(opts)
-    kw["plugins"].extend(context_plugins(opts, optimizer))
+    kw["plugins"].extend(prompt_plugins(opts, optimizer, "context"))
     return LammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
                         softmax=opts.softmax, **kw)

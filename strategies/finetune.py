@@ -17,8 +17,9 @@ from torch import nn
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.strategies.linear_probe import GrowingHead, make_optimizer
-from lamm_cl.training import StrategyContext, lr_schedule_plugin
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.heads import GrowingHead
+from lamm_cl.strategy_kit.recipe import lr_schedule_plugin, make_optimizer
 
 # parts of an open_clip VisionTransformer after its blocks; they train with the last blocks
 _VIT_TAIL = ("attn_pool", "ln_post", "proj")

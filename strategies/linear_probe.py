@@ -8,61 +8,19 @@ classes are forgotten unless a plugin (replay, LwF, EWC) holds them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from avalanche.models import DynamicModule
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext
-
-
-class GrowingHead(DynamicModule):
-    """A linear layer with one output row per class seen so far (columns = labels 0..n-1).
-
-    Args:
-        in_features: input width.
-        init: ``[n_classes, in_features]`` starting rows for every class of the benchmark
-            (e.g. text features), or None to start new rows at zero.
-
-    At each experience the rows of its new classes are appended (from ``init``, or zeros) with a
-    zero bias; the weight parameter is replaced by a larger one under the same name, which
-    Avalanche's optimizer update recognises.
-    """
-
-    def __init__(self, in_features: int, init: Optional[torch.Tensor] = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(0, in_features))
-        self.bias = nn.Parameter(torch.zeros(0))
-        self.register_buffer("init", None if init is None else init.detach().clone())
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.weight.shape[0])
-
-    @torch.no_grad()
-    def grow(self, n_classes: int) -> None:
-        """Append rows up to ``n_classes`` (nothing happens when there are that many already)."""
-        old = self.n_classes
-        if n_classes <= old:
-            return
-        w = self.weight
-        rows = (self.init[old:n_classes].to(w) if self.init is not None
-                else w.new_zeros(n_classes - old, w.shape[1]))
-        self.weight = nn.Parameter(torch.cat([w.detach(), rows]))
-        self.bias = nn.Parameter(torch.cat([self.bias.detach(), self.bias.new_zeros(n_classes - old)]))
-
-    def adaptation(self, experience) -> None:
-        """Avalanche hook: grow to cover the experience's classes."""
-        self.grow(max(int(c) for c in experience.classes_in_this_experience) + 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight.t() + self.bias
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.heads import GrowingHead
+from lamm_cl.strategy_kit.recipe import make_optimizer
 
 
 class Standardize(nn.BatchNorm1d):
@@ -105,16 +63,6 @@ class LinearProbeOptions(StrategyOptions):
         super().validate(path)
         if self.weight_decay < 0:
             raise ConfigError(f"{path}.weight_decay: expected 0 or more, got {self.weight_decay}")
-
-
-def make_optimizer(kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """An empty optimizer of ``kind``; Avalanche fills it with the model's parameters."""
-    placeholder = [nn.Parameter(torch.zeros(0))]
-    if kind == "adam":
-        return torch.optim.Adam(placeholder, lr=lr, weight_decay=weight_decay)
-    if kind == "adamw":
-        return torch.optim.AdamW(placeholder, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(placeholder, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
 @register_strategy("linear_probe", options=LinearProbeOptions)

@@ -43,19 +43,18 @@ Reads images every step: no feature cache.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
-import torch
 from avalanche.training.templates import SupervisedTemplate
 
 from lamm_cl.errors import ConfigError
-from lamm_cl.losses import LammWeights, lamm_loss
 from lamm_cl.model.deep_prompts import MapleClassifier
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.registry import register_strategy
-from lamm_cl.strategies.lamm import LammCriterion, LossOptions
-from lamm_cl.strategies.maple import MapleOptions, MapleTemplate, maple_plugins, maple_prompts
-from lamm_cl.training import StrategyContext, sgd
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.lamm import LammCriterion, LammKeys, LossOptions
+from lamm_cl.strategy_kit.prompt_learning import MapleOptions, MapleTemplate, maple_prompts, prompt_plugins
+from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
 @dataclass
@@ -65,59 +64,23 @@ class MapleLossOptions(LossOptions):
 
 
 @dataclass
-class MapleLammOptions(MapleOptions):
+class MapleLammOptions(LammKeys, MapleOptions):
+    """MaPLe's options, then LAMM's (label_tokens, label_init, softmax), ``layout`` and ``loss``."""
+
     label_tokens: Union[Literal["min", "all"], int] = "min"  # vectors per class (layout: name); reference: 1
-    label_init: Literal["name", "random"] = "name"  # from the name's embeddings, or N(0, 0.02^2)
-    softmax: Literal["seen", "current"] = "seen"  # training softmax over every seen class, or the current task's
     layout: Literal["name", "reference"] = "name"  # name: in place of the name's first k pieces;
     #                                                reference: one vector after the context, whole name kept
     loss: MapleLossOptions = field(default_factory=MapleLossOptions)
 
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if isinstance(self.label_tokens, int) and self.label_tokens < 1:
-            raise ConfigError(f"{path}.label_tokens: expected min, all or a positive integer, got {self.label_tokens}")
+    def check_label_tokens(self, path: str) -> None:
+        super().check_label_tokens(path)
         if self.layout == "reference" and self.label_tokens not in ("min", 1):
             raise ConfigError(f"{path}.label_tokens: layout: reference has one label vector per class; "
                               f"leave label_tokens out or use layout: name (got {self.label_tokens!r})")
-        self.loss.check(f"{path}.loss")
-
-    def weights(self, shots: Optional[int]) -> LammWeights:
-        """Resolve ``auto`` and return the loss weights."""
-        return self.loss.weights(shots)
-
-
-def maple_lamm_objective(model: MapleClassifier, logits: torch.Tensor, y: torch.Tensor,
-                         weights: LammWeights, softmax: str = "seen"):
-    """CE + LAMM's three terms for one batch, from what the model's forward left behind
-    (``last_image``, ``last_text``, ``last_original``).
-
-    Returns:
-        ``(loss, parts)`` as :func:`lamm_cl.losses.lamm_loss` does.
-    """
-    table = model.labels
-    classes = list(model.classes)
-    if softmax == "current":
-        keep = set(table.trainable) | {int(c) for c in y.unique()}
-        classes = [c for c in classes if c in keep]
-    col = {c: i for i, c in enumerate(model.classes)}
-    cols = torch.tensor([col[c] for c in classes], device=logits.device)
-    pos = torch.full((max(model.classes) + 1,), -1, dtype=torch.long, device=y.device)
-    pos[torch.tensor(classes, device=y.device)] = torch.arange(len(classes), device=y.device)
-    target = pos[y]
-    t, t0 = model.last_text[cols], model.last_original[cols]
-    z = logits[:, cols]
-    z0 = model.logit_scale * model.last_image @ t0.t()
-    # the anchor: M0, or with label_init random the random start (fix_token is copied after normal_, :198-202)
-    pairs = [(table.vectors[str(c)], table.anchor(c)) for c in table.trainable]
-    return lamm_loss(z, z0, target, t[target], t0[target], pairs, weights)
 
 
 class MapleLammTemplate(LammCriterion, MapleTemplate):
     """MaPLe's template whose training criterion is the LAMM objective (plain CE in evaluation)."""
-
-    def objective(self) -> tuple[torch.Tensor, dict[str, float]]:
-        return maple_lamm_objective(self.model, self.mb_output, self.mb_y, self.weights, self.softmax)
 
 
 def maple_lamm_model(ctx: StrategyContext, opts: MapleLammOptions) -> MapleClassifier:
@@ -134,8 +97,8 @@ def maple_lamm_model(ctx: StrategyContext, opts: MapleLammOptions) -> MapleClass
 def build(ctx: StrategyContext, opts: MapleLammOptions) -> SupervisedTemplate:
     """MaPLe+LAMM: trains MaPLe's prompts and the current classes' label vectors under LAMM's loss; reads images."""
     model = maple_lamm_model(ctx, opts)
-    optimizer = sgd([torch.nn.Parameter(torch.zeros(0))], opts)  # Avalanche refills it with the model's parameters
+    optimizer = sgd(placeholder_params(), opts)
     kw = ctx.template_kwargs(opts)
-    kw["plugins"].extend(maple_plugins(opts, optimizer))
+    kw["plugins"].extend(prompt_plugins(opts, optimizer, "learner"))
     return MapleLammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
                              softmax=opts.softmax, **kw)

@@ -57,8 +57,9 @@ from avalanche.training.templates import SupervisedTemplate
 
 from lamm_cl.errors import ConfigError
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext
-from lamm_cl.strategies.simplecil import SeenClasses, StatisticsTemplate, idle_optimizer
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import idle_optimizer
+from lamm_cl.strategy_kit.statistics import SeenClasses, StatisticsTemplate
 
 RIDGES: tuple[float, ...] = tuple(10.0 ** k for k in range(-8, 9))  # RanPAC.py:139: 10.0**np.arange(-8, 9)
 TRAIN_FRACTION = 0.8  # RanPAC.py:140 optimise_ridge_parameter: int(N * 0.8) samples fit, the rest score

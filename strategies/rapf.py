@@ -76,8 +76,9 @@ from torch import nn
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext
-from lamm_cl.strategies.simplecil import SeenClasses
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import make_optimizer
+from lamm_cl.strategy_kit.statistics import SeenClasses
 
 COV_EPS = 1e-4  # models.py:194 analyze_mean_cov: torch.cov(...) + 1e-4 * I
 HINGE_MARGIN = 0.1  # main.py:118: relu(-cos(pos) + cos(neg) + 0.1)
@@ -363,7 +364,7 @@ def build(ctx: StrategyContext, opts: RAPFOptions) -> SupervisedTemplate:
     template = ctx.template if opts.template == "dataset" else opts.template
     text = ctx.clip.encode_text([template.format(name) for name in ctx.class_names])
     model = AdaptedTextClassifier(text.cpu(), ctx.clip.logit_scale, ctx.clip.embed_dim)
-    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(0))], lr=opts.lr, weight_decay=0.0)
+    optimizer = make_optimizer("adam", opts.lr, weight_decay=0.0)
     return RAPFTemplate(model=model, optimizer=optimizer, beta=opts.beta,
                         old_classes_per_batch=opts.old_classes_per_batch, threshold=opts.threshold,
                         mix_bias=opts.mix_bias, milestones=opts.milestones, lr_decay=opts.lr_decay,

@@ -24,41 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from avalanche.models import DynamicModule
 from avalanche.training.templates import SupervisedTemplate
 
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext
-
-
-class SeenClasses(DynamicModule):
-    """Keeps ``seen``, a flag per benchmark class, set for the classes of every experience adapted to.
-
-    The model's output has one column per seen class: labels ``0..n_seen-1``, the benchmark's
-    class order (a class that is not flagged yet gets ``-inf``, so it never wins).
-    """
-
-    def __init__(self, n_classes: int):
-        super().__init__()
-        self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))
-
-    def adaptation(self, experience) -> None:
-        """Avalanche hook, before training and evaluating an experience: flag its classes."""
-        for c in experience.classes_in_this_experience:
-            self.seen[int(c)] = True
-
-    @property
-    def n_seen(self) -> int:
-        """Output width: one past the largest seen label (0 before any experience)."""
-        idx = torch.nonzero(self.seen).flatten()
-        return int(idx.max()) + 1 if len(idx) else 0
-
-    def restrict(self, scores: torch.Tensor) -> torch.Tensor:
-        """``scores [B, n_classes]`` cut to the seen columns, unseen ones (gaps) at ``-inf``."""
-        n = self.n_seen
-        return scores[:, :n].masked_fill(~self.seen[:n], float("-inf"))
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import idle_optimizer
+from lamm_cl.strategy_kit.statistics import SeenClasses, StatisticsTemplate
 
 
 class Prototypes(SeenClasses):
@@ -90,36 +63,6 @@ class Prototypes(SeenClasses):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = normalize(x.float()) @ normalize(self.prototypes).t()
         return self.restrict(scores)
-
-
-class StatisticsTemplate(SupervisedTemplate):
-    """A template whose training is a pass that hands every batch to ``model.update(x, y)``:
-    no loss, no backward, no optimiser step. After the experience's last pass it calls
-    ``model.finish_experience()`` when the model has one (RanPAC solves its ridge there)."""
-
-    def make_optimizer(self, **kwargs):
-        pass  # nothing to optimise
-
-    def training_epoch(self, **kwargs):
-        for self.mbatch in self.dataloader:  # noqa: B020 (Avalanche's own loop form: plugins read self.mbatch)
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            self.model.update(self.mb_x, self.mb_y)
-            self.loss = self._make_empty_loss()  # plugins read the loss after each iteration
-            self._after_training_iteration(**kwargs)
-
-    def _after_training_exp(self, **kwargs):
-        finish = getattr(self.model, "finish_experience", None)
-        if finish is not None:
-            finish()
-        super()._after_training_exp(**kwargs)
-
-
-def idle_optimizer() -> torch.optim.Optimizer:
-    """An optimiser object over no real parameter: the template wants one."""
-    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
 
 
 @dataclass

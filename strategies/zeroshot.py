@@ -11,7 +11,8 @@ from lamm_cl.errors import ConfigError
 from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.prompts import ClassPrompts
 from lamm_cl.registry import StrategyOptions, register_strategy
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.recipe import idle_optimizer
 
 
 @dataclass
@@ -61,5 +62,4 @@ def build(ctx: StrategyContext, opts: ZeroShotOptions) -> SupervisedTemplate:
         model = EnsembleClassifier(ctx, opts.templates)
     else:
         model = PromptClassifier(ctx.clip, ClassPrompts(ctx.clip, ctx.class_names, ctx.template))
-    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)  # Avalanche wants an optimiser object
-    return ZeroShotTemplate(model=model, optimizer=dummy, **ctx.template_kwargs(opts))
+    return ZeroShotTemplate(model=model, optimizer=idle_optimizer(), **ctx.template_kwargs(opts))

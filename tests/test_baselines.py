@@ -18,7 +18,8 @@ from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.registry import get_strategy
-from lamm_cl.training import EWCPlugin, LwFPlugin, StrategyContext
+from lamm_cl.regularization import EWCPlugin, LwFPlugin
+from lamm_cl.strategy_kit.context import StrategyContext
 from test_lamm_objective import cross_entropy, feature_term, logits_term  # the loss formulas, written out
 
 MEM = 12

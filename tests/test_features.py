@@ -22,8 +22,8 @@ from lamm_cl.features import (FeatureExtractor, FeatureStore, ImageReader, Train
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.runner import Inputs
-from lamm_cl.strategies.lamm import LammOptions, lamm_model, lamm_objective
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.lamm import LammOptions, lamm_model, lamm_objective
+from lamm_cl.strategy_kit.context import StrategyContext
 
 
 @pytest.fixture

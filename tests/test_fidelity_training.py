@@ -23,8 +23,9 @@ from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.registry import get_strategy
-from lamm_cl.strategies.lamm import lamm_objective
-from lamm_cl.training import StrategyContext, warmup_cosine
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.lamm import lamm_objective
+from lamm_cl.strategy_kit.recipe import warmup_cosine
 
 NAMES = ["abyssinian", "american bulldog", "great pyrenees", "sphynx"]
 PETS = "a photo of a {}, a type of pet."  # a dataset template that is not LAMM's

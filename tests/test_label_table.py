@@ -12,7 +12,7 @@ from lamm_cl.model.labels import LabelTable, label_token_counts
 from lamm_cl.model.prompts import ClassPrompts
 from lamm_cl.registry import get_strategy
 from lamm_cl.runner import Inputs, seed_everything
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.context import StrategyContext
 
 
 def _cfg(**lamm):

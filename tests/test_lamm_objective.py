@@ -17,7 +17,7 @@ from avalanche.models.dynamic_modules import avalanche_model_adaptation
 from lamm_cl import config
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.registry import get_strategy
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.context import StrategyContext
 
 LOSS = {"param": 0.5, "feature": 2.0, "logits": 0.3, "temperature": 1.5}
 CURRENT = (3, 4)
@@ -149,7 +149,7 @@ def test_softmax_current_reads_the_current_and_replayed_columns(tiny_clip, digit
 
 def test_fp16_image_features_give_the_fp32_loss(tiny_clip, digits):
     # features may be stored as float16 (features.dtype): the objective casts them to the text features' dtype
-    from lamm_cl.strategies.lamm import lamm_objective
+    from lamm_cl.strategy_kit.lamm import lamm_objective
 
     template = build("lamm", tiny_clip, digits.classnames)
     torch.manual_seed(4)
@@ -163,7 +163,7 @@ def test_fp16_image_features_give_the_fp32_loss(tiny_clip, digits):
 
 
 def test_lamm_model_prompts_come_from_the_template_or_the_shared_context(tiny_clip, digits):
-    from lamm_cl.strategies.lamm import lamm_model
+    from lamm_cl.strategy_kit.lamm import lamm_model
 
     ctx = StrategyContext(clip=tiny_clip, class_names=digits.classnames, template="the benchmark's {}",
                           device=torch.device("cpu"), seed=0)
@@ -251,7 +251,7 @@ def test_bad_lamm_options_are_refused_by_name(data, message):
 
 def test_the_prompt_template_is_lamms_the_users_or_the_benchmarks():
     from lamm_cl.errors import ConfigError
-    from lamm_cl.strategies.lamm import LammOptions, lamm_template
+    from lamm_cl.strategy_kit.lamm import LammOptions, lamm_template
 
     ctx = SimpleNamespace(template="the benchmark's {}")
     assert lamm_template(ctx, lamm_options()) == "a photo of a {}."

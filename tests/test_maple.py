@@ -18,9 +18,9 @@ from lamm_cl.features import AugmentedView
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.model.deep_prompts import MapleClassifier, encode_image_deep
 from lamm_cl.registry import get_strategy
-from lamm_cl.strategies.maple import MapleOptions, maple_prompts
 from lamm_cl.strategies.maple_lamm import MapleLammOptions, maple_lamm_model
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.prompt_learning import MapleOptions, maple_prompts
 
 NAMES = ["cat", "golden retriever", "car"]
 
@@ -367,7 +367,7 @@ def test_maple_drops_the_last_partial_batch_as_dassl(monkeypatch, n_images, drop
 
     from avalanche.training.templates import SupervisedTemplate
 
-    from lamm_cl.strategies.maple import MapleTemplate
+    from lamm_cl.strategy_kit.prompt_learning import MapleTemplate
 
     seen = {}
     monkeypatch.setattr(SupervisedTemplate, "_before_training_exp", lambda self, **kw: seen.update(kw))
@@ -429,18 +429,18 @@ def test_maple_schedule_is_one_warmup_epoch_then_cosine_over_five(tiny_clip):
     # configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: LR 0.0035, MAX_EPOCH 5, WARMUP_EPOCH 1 constant 1e-5,
     # cosine. Dassl's ConstantWarmupScheduler + CosineAnnealingLR(T_max=5) with WARMUP_RECOUNT, worked by hand:
     # epoch e >= 1 at 0.0035 * (1 + cos(pi * (e - 1) / 5)) / 2 -> 1, 0.9045085, 0.6545085, 0.3454915
-    from lamm_cl.strategies.maple import maple_plugins
+    from lamm_cl.strategy_kit.prompt_learning import prompt_plugins
 
     opts = MapleOptions()
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=opts.lr)
-    (plugin,) = maple_plugins(opts, optimizer)
+    (plugin,) = prompt_plugins(opts, optimizer, "learner")
     lrs = []
     for epoch in range(5):
         plugin.before_training_epoch(SimpleNamespace(optimizer=optimizer, clock=SimpleNamespace(train_exp_epochs=epoch)))
         lrs.append(optimizer.param_groups[0]["lr"])
     expected = [1e-5, 0.0035, 0.0035 * 0.9045085, 0.0035 * 0.6545085, 0.0035 * 0.3454915]
     assert lrs == pytest.approx(expected, rel=1e-6)
-    from lamm_cl.training import sgd
+    from lamm_cl.strategy_kit.recipe import sgd
 
     ref = sgd([torch.nn.Parameter(torch.zeros(1))], opts)  # Dassl's SGD: momentum 0.9, weight decay 5e-4
     assert (ref.defaults["momentum"], ref.defaults["weight_decay"], ref.defaults["nesterov"],
@@ -452,7 +452,7 @@ def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
     # CE(z) + 1 * sum (M - M0)^2 + mean(1 - cos(t_y, t0_y)) + 0.05 * 4 * CE(z0 / 2, softmax(z / 2)),
     # z0 = exp(logit_scale) f t0^T with t0 the plain MaPLe prompt. At depth 1 with the context still
     # "a photo", t0 is CLIP's own "a photo of a <name>." -- computed here without the model's text path.
-    from lamm_cl.strategies.maple_lamm import maple_lamm_objective
+    from lamm_cl.strategy_kit.lamm import lamm_objective
 
     torch.manual_seed(0)
     model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=1, layout="reference"))
@@ -463,8 +463,9 @@ def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
         for c in range(3):  # M_c = M0_c + 0.1 (c + 1) in each of its 64 entries
             model.labels.vectors[str(c)].add_(0.1 * (c + 1))
     y = torch.tensor([0, 1, 1, 2])
-    logits = model(images(4))
-    loss, parts = maple_lamm_objective(model, logits, y, MapleLammOptions().weights(None))
+    x = images(4)
+    logits = model(x)
+    loss, parts = lamm_objective(model, x, logits, y, MapleLammOptions().weights(None))
     with torch.no_grad():
         f, t = model.last_image, model.last_text
         t0 = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
@@ -479,14 +480,15 @@ def test_maple_lamm_objective_is_the_references_sum(tiny_clip):
     assert parts["logits"] == pytest.approx(float(l_logits), rel=1e-4)
     assert float(loss) == pytest.approx(float(ce + l_param + l_feat + 0.05 * l_logits), rel=1e-4)
     # a batch of one class: no feature term (FeatureLoss, trainers/maple.py:67-86)
-    _, parts = maple_lamm_objective(model, model(images(2)), torch.tensor([1, 1]), MapleLammOptions().weights(None))
+    x = images(2)
+    _, parts = lamm_objective(model, x, model(x), torch.tensor([1, 1]), MapleLammOptions().weights(None))
     assert parts["feature"] == 0.0
 
 
 def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_clip):
     # LAMM trainers/maple.py:198-202: with --random-init, fix_token is deep-copied after normal_, so
     # L_param pulls M_c towards its random start, not towards the name's embeddings.
-    from lamm_cl.strategies.maple_lamm import maple_lamm_objective
+    from lamm_cl.strategy_kit.lamm import lamm_objective
 
     torch.manual_seed(0)
     opts = MapleLammOptions(prompt_depth=1, label_init="random")
@@ -495,11 +497,13 @@ def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_
     model.classes = [0, 1]
     model.train()
     y = torch.tensor([0, 1])
-    _, parts = maple_lamm_objective(model, model(images(2)), y, opts.weights(None))
+    x = images(2)
+    _, parts = lamm_objective(model, x, model(x), y, opts.weights(None))
     assert parts["param"] == 0.0  # untrained: every vector still sits at its anchor
     with torch.no_grad():
         model.labels.vectors["1"].add_(0.5)  # one class moved by 0.5 in each of its k x 64 entries
-    _, parts = maple_lamm_objective(model, model(images(2)), y, opts.weights(None))
+    x = images(2)
+    _, parts = lamm_objective(model, x, model(x), y, opts.weights(None))
     assert parts["param"] == pytest.approx(0.25 * model.labels.vectors["1"].numel(), rel=1e-4)
 
 

@@ -15,7 +15,7 @@ from lamm_cl import runner, config
 from lamm_cl.benchmark import Plan, make_streams
 from lamm_cl.errors import ConfigError
 from lamm_cl.registry import get_strategy
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.context import StrategyContext
 from lamm_cl.strategies import ranpac, rapf, simplecil
 
 

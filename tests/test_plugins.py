@@ -96,7 +96,7 @@ def test_import_is_cheap_and_exports_the_plugin_api():
     for name, module in lamm_cl._EXPORTS.items():  # each name is the object its own module defines
         assert getattr(lamm_cl, name) is getattr(importlib.import_module(module), name), name
     assert lamm_cl.__version__ == version("lamm-cl")
-    from lamm_cl.training import StrategyContext
+    from lamm_cl.strategy_kit.context import StrategyContext
 
     assert lamm_cl.StrategyContext is StrategyContext
     with pytest.raises(AttributeError):
@@ -303,11 +303,8 @@ def test_list_with_a_config_shows_its_plugins(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------
 
 def readme_section() -> str:
-    """The README's "Adding a strategy" section, or the copy in tests/data before it is pasted there."""
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    if "## Adding a strategy" not in text:
-        text = (ROOT / "tests" / "data" / "adding_a_strategy.md").read_text(encoding="utf-8")
+    """The README's "Adding a strategy" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Adding a strategy", 1)[1]
     return re.split(r"^## ", section, flags=re.M)[0]
 

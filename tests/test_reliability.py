@@ -30,7 +30,7 @@ PLUGIN = '''
 import dataclasses
 
 from lamm_cl.registry import get_strategy, register_strategy
-from lamm_cl.training import StrategyContext
+from lamm_cl.strategy_kit.context import StrategyContext
 
 LAMM = get_strategy("lamm")
 

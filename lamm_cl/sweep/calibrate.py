@@ -149,7 +149,7 @@ def _time_steps(clip, name: str, cfg, classes: int, warmup: int, repeats: int) -
     from lamm_cl.features import AutocastPlugin
     from lamm_cl.registry import get_strategy
     from lamm_cl.runner import seed_everything
-    from lamm_cl.training import StrategyContext
+    from lamm_cl.strategy_kit.context import StrategyContext
 
     spec = get_strategy(name)
     opts = replace(cfg.strategies[0].options, epochs=1)  # one epoch of exactly the timed steps; its plugins stay
