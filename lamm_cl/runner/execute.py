@@ -178,6 +178,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
         if t < T - 1:  # after the last one the results themselves are written
             checkpoints.save(t, scores, seconds=scores.spent + time.perf_counter() - started)
     close_loggers(run.evaluator)
-    return make_record(cfg, entry.name, get_strategy(entry.name).source, seed, plan, scores.matrix,
-                       scores.matrix_task_aware, scores.per_class, scores.spent + time.perf_counter() - started,
-                       device, inputs.clip, resumed=resume_from is not None)
+    return make_record(cfg, strategy=entry.name, source=get_strategy(entry.name).source, seed=seed, plan=plan,
+                       matrix=scores.matrix, matrix_task_aware=scores.matrix_task_aware, per_class=scores.per_class,
+                       seconds=scores.spent + time.perf_counter() - started, device=device, clip=inputs.clip,
+                       resumed=resume_from is not None)

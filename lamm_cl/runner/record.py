@@ -57,11 +57,17 @@ def _plain(obj):
     return obj
 
 
-def make_record(cfg: Config, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
+def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
                 matrix_task_aware: np.ndarray, per_class: dict, seconds: float, device: torch.device,
                 clip: FrozenCLIP, resumed: bool) -> RunRecord:
     """The record of one finished (strategy, seed): its accuracy matrices (``[t, j]``: on experience j
-    after training experience t), per-class accuracies after the last experience, and what made it."""
+    after training experience t), per-class accuracies after the last experience, and what made it.
+
+    Args:
+        source: where the strategy's code comes from (its registry entry's ``source``).
+        seconds: training and evaluation time, resumed runs included.
+        resumed: the run continued from a checkpoint.
+    """
     T = plan.n_experiences
     n_classes = seen_classes(plan, T - 1)
     return RunRecord(
