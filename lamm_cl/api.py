@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pandas and torch load only when used
     import pandas as pd
 
     from lamm_cl.config import Config
-    from lamm_cl.runner import RunRecords
+    from lamm_cl.runner.record import RunRecords
     from lamm_cl.stats import Comparison
 
 __all__ = ["run", "run_config", "load_config", "load_results", "Results", "METRIC_COLUMNS"]
@@ -93,7 +93,7 @@ def run(config: Union[str, Path, Mapping[str, Any]], *, set: Sequence[str] = (),
         UserError: other bad input -- missing data, a folder in use or not empty (nothing is written).
         KeyboardInterrupt: finished runs and the last checkpoint are kept; ``resume=True`` continues.
     """
-    from lamm_cl.runner import output_dir
+    from lamm_cl.runner.record import output_dir
 
     if isinstance(set, str):
         set = [set]  # noqa: A001

@@ -243,8 +243,7 @@ def load_module_extras(model: torch.nn.Module, extras: dict) -> None:
 
 
 def save(path: Path, *, template, refs: References, skip_plugins: Iterable[Any], experience: int,
-         matrix: np.ndarray, per_class: dict, seconds: float, meta: dict,
-         matrix_task_aware: Optional[np.ndarray] = None) -> Path:
+         matrix: np.ndarray, matrix_task_aware: np.ndarray, per_class: dict, seconds: float, meta: dict) -> Path:
     """Write the checkpoint of a run that has finished ``experience`` (0-based) to ``path``, atomically.
 
     Raises:
@@ -261,7 +260,7 @@ def save(path: Path, *, template, refs: References, skip_plugins: Iterable[Any],
         "meta": meta,
         "experience": experience,
         "matrix": np.asarray(matrix, dtype=float).tolist(),
-        "matrix_task_aware": None if matrix_task_aware is None else np.asarray(matrix_task_aware, dtype=float).tolist(),
+        "matrix_task_aware": np.asarray(matrix_task_aware, dtype=float).tolist(),
         "per_class": {int(k): float(v) for k, v in per_class.items()},
         "seconds": float(seconds),
         "model": template.model.state_dict(),
@@ -312,7 +311,7 @@ def _malformed(path: Path, wrong: str) -> UserError:
 
 
 # field -> what it must be; a checkpoint is our own file, so anything else means it was damaged or hand-edited
-_FIELDS = {"meta": dict, "experience": int, "matrix": list, "per_class": dict, "seconds": (int, float),
+_FIELDS = {"meta": dict, "experience": int, "matrix": list, "matrix_task_aware": list, "per_class": dict, "seconds": (int, float),
            "model": dict, "requires_grad": dict, "optimizer": dict, "extras": bytes, "rng": dict}
 
 

@@ -106,7 +106,7 @@ def cmd_run(args) -> int:
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0
-    from lamm_cl.runner import output_dir
+    from lamm_cl.runner.record import output_dir
 
     out = output_dir(cfg, args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "

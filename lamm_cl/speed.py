@@ -211,7 +211,8 @@ def run_experience(config: str = "benchmarks/quickstart.yaml", strategy: str = "
     from lamm_cl.data import load_dataset
     from lamm_cl.features import FeatureExtractor
     from lamm_cl.model.clip import build_clip, resolve_device
-    from lamm_cl.runner import Inputs, run_strategy
+    from lamm_cl.runner.execute import run_strategy
+    from lamm_cl.runner.inputs import Inputs
 
     cfg = config_mod.load(config, [f"features.train_views={views}"])
     entry = next((e for e in cfg.strategies if e.name == strategy), None)

@@ -21,7 +21,7 @@ from lamm_cl.features import (FeatureExtractor, FeatureStore, ImageReader, Train
                               draw_view, entry_bytes)
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
-from lamm_cl.runner import Inputs
+from lamm_cl.runner.inputs import Inputs
 from lamm_cl.strategy_kit.lamm import LammOptions, lamm_model, lamm_objective
 from lamm_cl.strategy_kit.context import StrategyContext
 

@@ -390,7 +390,7 @@ def test_dry_run_prints_one_line_for_short_classes(tmp_path, capsys):
 
 def test_views_are_made_of_the_drawn_few_shot_images_only(tiny_clip, digits, tmp_path):
     from lamm_cl.features import FeatureExtractor
-    from lamm_cl.runner import Inputs, few_shot_images
+    from lamm_cl.runner.inputs import Inputs, few_shot_images
 
     cfg = config.parse({"name": "t", "seeds": [0, 1], "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 3},
                         "features": {"train_views": 2}, "strategies": [{"name": "lamm", "epochs": 2}]})

@@ -11,7 +11,8 @@ from lamm_cl.features import FeatureExtractor
 from lamm_cl.model.labels import LabelTable, label_token_counts
 from lamm_cl.model.prompts import ClassPrompts
 from lamm_cl.registry import get_strategy
-from lamm_cl.runner import Inputs, seed_everything
+from lamm_cl.runner.execute import seed_everything
+from lamm_cl.runner.inputs import Inputs
 from lamm_cl.strategy_kit.context import StrategyContext
 
 

@@ -384,7 +384,7 @@ def test_image_strategies_train_on_the_epochs_augmented_view_not_the_centre_crop
     # must hand training the epoch's view of each image, and the test reader the centre crop.
     from lamm_cl.data import DatasetParts
     from lamm_cl.features import AugmentedView, FeatureExtractor, draw_view, view_seed
-    from lamm_cl.runner import Inputs
+    from lamm_cl.runner.inputs import Inputs
 
     parts = DatasetParts("digits", digits.classnames, digits.train.subset(range(20)), digits.test.subset(range(10)))
     inputs = Inputs(parts, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=tmp_path), train_views=3)

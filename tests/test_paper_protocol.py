@@ -19,8 +19,7 @@ from lamm_cl.model import clip as clip_module
 from lamm_cl.model.labels import LabelTable, label_token_counts
 from lamm_cl.report import build_report, match_published, protocol_of
 from lamm_cl.results import RunRecord, read_run, write_run
-from lamm_cl.runner import evaluate
-from lamm_cl.training import AccuracyPlugin
+from lamm_cl.runner.evaluation import AccuracyPlugin, evaluate
 
 nan = float("nan")
 PAPER = Path("benchmarks/lamm_paper")

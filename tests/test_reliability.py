@@ -24,6 +24,8 @@ import yaml
 from lamm_cl import checkpoint, runner, safe_io
 from lamm_cl.cli import main
 from lamm_cl.results import read_run
+from lamm_cl.runner import execute
+from lamm_cl.runner.record import run_config
 
 PLUGIN = '''
 """Test strategies: LAMM with a small replay buffer, and LAMM whose training loss is NaN."""
@@ -123,8 +125,8 @@ def no_report(monkeypatch):
 @contextmanager
 def capture_final_states(states: list):
     """Append each run's model state_dict after its last experience to ``states`` (by wrapping
-    runner.evaluate): the trained label vectors, far more sensitive than random-weight accuracies."""
-    evaluate = runner.evaluate
+    execute.evaluate): the trained label vectors, far more sensitive than random-weight accuracies."""
+    evaluate = execute.evaluate
 
     def spy(template, test_stream, upto, plan, acc):
         result = evaluate(template, test_stream, upto, plan, acc)
@@ -132,11 +134,11 @@ def capture_final_states(states: list):
             states.append({k: v.clone() for k, v in template.model.state_dict().items()})
         return result
 
-    runner.evaluate = spy
+    execute.evaluate = spy
     try:
         yield states
     finally:
-        runner.evaluate = evaluate
+        execute.evaluate = evaluate
 
 
 # --------------------------------------------------------------------------- resume, determinism
@@ -485,7 +487,7 @@ def test_run_config_ignores_output_seeds_and_other_strategies():
          "features": {"cache": True, "train_views": 0}}
     b = {"name": "x", "output": "b", "seeds": [0, 1], "features": {"cache": False, "train_views": 0},
          "strategies": [{"name": "zeroshot"}, {"name": "lamm", "epochs": 1}]}
-    assert runner.run_config(a, "lamm") == runner.run_config(b, "lamm")
+    assert run_config(a, "lamm") == run_config(b, "lamm")
     b["strategies"][1]["epochs"] = 2
-    assert runner.run_config(a, "lamm") != runner.run_config(b, "lamm")
+    assert run_config(a, "lamm") != run_config(b, "lamm")
 

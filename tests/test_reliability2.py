@@ -28,12 +28,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from lamm_cl import checkpoint, runner, safe_io
+from lamm_cl import checkpoint, safe_io
 from lamm_cl.cli import main
 from lamm_cl.data import load_dataset
 from lamm_cl.errors import DataNotFoundError, UserError
 from lamm_cl.features import FeatureExtractor, FeatureStore
 from lamm_cl.results import RunRecord, read_run, write_run
+from lamm_cl.runner import inputs as runner_inputs
+from lamm_cl.runner.record import run_config
 
 DTD_CLASSES = ["banded", "dotted"]
 
@@ -209,7 +211,7 @@ def malformed_checkpoint(root, out):
     loaded = config.load(cfg)
     run_dir = out / "lamm" / "seed0"
     run_dir.mkdir(parents=True)
-    meta = {"strategy": "lamm", "seed": 0, "config": runner.run_config(loaded.to_dict(), "lamm")}
+    meta = {"strategy": "lamm", "seed": 0, "config": run_config(loaded.to_dict(), "lamm")}
     import torch
 
     torch.save({"format": checkpoint.FORMAT, "meta": meta, "experience": "one", "matrix": [[1.0]]},
@@ -318,13 +320,13 @@ def test_a_run_that_filled_the_folder_meanwhile_is_not_overwritten(tmp_path, cap
     root, out = tmp_path / "data", tmp_path / "out"
     make_dtd(root)
     cfg = write_config(root / "config.yaml", config_data(root, out))
-    build = runner.build_clip
+    build = runner_inputs.build_clip
 
     def other_run_finishes_meanwhile(*args, **kwargs):
         earlier_results(out)
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "build_clip", other_run_finishes_meanwhile)
+    monkeypatch.setattr(runner_inputs, "build_clip", other_run_finishes_meanwhile)
     assert main(["run", str(cfg), "--no-progress"]) == 2
     snap = snapshot(out)
     one_line(capsys.readouterr().err, "is not empty")

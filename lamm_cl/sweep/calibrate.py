@@ -148,7 +148,7 @@ def _time_steps(clip, name: str, cfg, classes: int, warmup: int, repeats: int) -
     from lamm_cl.benchmark import make_streams
     from lamm_cl.features import AutocastPlugin
     from lamm_cl.registry import get_strategy
-    from lamm_cl.runner import seed_everything
+    from lamm_cl.runner.execute import seed_everything
     from lamm_cl.strategy_kit.context import StrategyContext
 
     spec = get_strategy(name)

@@ -148,13 +148,13 @@ def feature_group(cfg) -> tuple:
 
 def view_images(cfg, parts, seed: int, plan=None):
     """The training images whose augmented views the job of ``cfg`` (one seed) reads: its few-shot draw,
-    as :func:`lamm_cl.runner.few_shot_images` gives the runner, or None for every training image.
+    as :func:`lamm_cl.runner.inputs.few_shot_images` gives the runner, or None for every training image.
 
     Args:
         plan: the job's plan, if already made (else it is made here).
     """
     from lamm_cl.benchmark import make_plan
-    from lamm_cl.runner import few_shot_images
+    from lamm_cl.runner.inputs import few_shot_images
 
     if cfg.features.train_views <= 0:
         return None

@@ -1,9 +1,6 @@
-"""The plugins the runner attaches to every strategy: accuracy counts and progress.
-
-:class:`AccuracyPlugin` counts correct predictions per class during evaluation;
-:class:`ProgressPlugin` draws progress (bars on a terminal, one line per epoch otherwise, see
-:func:`lines_mode`) and stops on a NaN/inf loss.
-"""
+"""What a run shows while it works: the training and evaluation progress of each strategy
+(:class:`ProgressPlugin`, which also stops a run whose loss stops being finite), the feature
+extractor's progress (:func:`progress_bar`), and whether stderr gets bars or plain lines."""
 from __future__ import annotations
 
 import math
@@ -11,44 +8,7 @@ import sys
 import time
 from typing import Optional
 
-import torch
 from avalanche.training.plugins import SupervisedPlugin
-
-
-class AccuracyPlugin(SupervisedPlugin):
-    """Counts correct top-1 predictions per class during evaluation, among the first ``n_seen`` labels
-    (class-incremental), and, when ``task_classes`` is set, among those classes only (task-aware).
-
-    Both come from the same logits, so the task-aware count costs no second evaluation pass: it
-    restricts the argmax to the columns of the experience being evaluated.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.n_seen = 0
-        self.task_classes: Optional[list[int]] = None  # the evaluated experience's labels; None: no task-aware count
-        self.correct: dict[int, int] = {}
-        self.correct_task_aware: dict[int, int] = {}
-        self.total: dict[int, int] = {}
-
-    def reset(self, n_seen: int) -> None:
-        self.n_seen = n_seen
-        self.correct, self.correct_task_aware, self.total = {}, {}, {}
-
-    def after_eval_iteration(self, strategy, **kwargs):
-        logits = strategy.mb_output[:, : self.n_seen]
-        pred = logits.argmax(dim=1).cpu()
-        y = strategy.mb_y.cpu()
-        pred_ta = None
-        if self.task_classes is not None:
-            cols = torch.as_tensor(self.task_classes, dtype=torch.long, device=logits.device)
-            pred_ta = cols[logits.index_select(1, cols).argmax(dim=1)].cpu()
-        for c in y.unique().tolist():
-            m = y == c
-            self.correct[c] = self.correct.get(c, 0) + int((pred[m] == c).sum())
-            self.total[c] = self.total.get(c, 0) + int(m.sum())
-            if pred_ta is not None:
-                self.correct_task_aware[c] = self.correct_task_aware.get(c, 0) + int((pred_ta[m] == c).sum())
 
 
 def lines_mode() -> bool:
@@ -122,3 +82,18 @@ class ProgressPlugin(SupervisedPlugin):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def progress_bar(iterable, total: int, desc: str):
+    """``iterable`` with a tqdm bar of ``total`` batches, or, in :func:`lines_mode`, one line once done."""
+    if lines_mode():  # a log file: one line when done, no carriage-return bar
+        return _lines(iterable, total, desc)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, unit="batch")
+
+
+def _lines(iterable, total: int, desc: str):
+    started = time.perf_counter()
+    yield from iterable
+    print(f"  {desc}: {total} batches, {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)

@@ -1,0 +1,98 @@
+"""Runs a benchmark, in stages: check everything that can be checked (:mod:`.validate`), prepare the
+inputs every strategy shares (:mod:`.inputs`), then for each seed, for each strategy, train experience by
+experience and evaluate on every class seen so far (:mod:`.execute`), and write the results of each
+(strategy, seed) as it finishes (:mod:`.record`).
+
+It also keeps a run recoverable (:mod:`lamm_cl.checkpoint`): all input is checked before the results
+folder is touched, the folder is locked while a run writes to it, a checkpoint follows every experience
+so ``resume`` continues a killed run bit-identically on CPU, and a NaN or infinite loss fails only its
+own strategy.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lamm_cl import safe_io
+from lamm_cl.benchmark import Plan
+from lamm_cl.config import Config
+from lamm_cl.runner.execute import Log, deterministic, run_strategy
+from lamm_cl.runner.inputs import Inputs, prepare_inputs
+from lamm_cl.runner.record import RunRecords, clear_results
+from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
+
+
+def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
+        log: Log = lambda s: None, *, resume: bool = False, overwrite: bool = False,
+        warn: Optional[Log] = None, lock_runs: bool = False) -> RunRecords:
+    """Run every seed and strategy of ``cfg``, writing results under ``out``.
+
+    Everything that can be checked is checked before the results folder is touched:
+    the strategies and their plugins, the folder (in use, writable, empty unless
+    ``resume`` or ``overwrite``), the finished runs and checkpoints ``resume`` would
+    reuse, the data, the splits and the weights. Then the folder is locked (and checked
+    again under the lock) and, with ``overwrite``, the old results are removed once every
+    image has been decoded.
+
+    Args:
+        resume: skip runs whose results are already there, continue a run from its checkpoint.
+        overwrite: replace the results already in ``out``.
+        warn: where a failed strategy is reported (default: ``log``).
+        lock_runs: lock each ``<strategy>/seed<k>/`` folder while it runs instead of the whole
+            results folder, so that sweep jobs of one benchmark (one strategy and seed each) run
+            side by side; the benchmark's report is then the sweep's to build.
+
+    Returns:
+        The records of every (strategy, seed) that finished, in run order; ``.failed`` lists
+        the runs a NaN or infinite loss stopped (the others still ran and were written).
+
+    Raises:
+        UserError: bad input; nothing was written.
+        KeyboardInterrupt: finished runs and the last checkpoint are kept.
+    """
+    out = Path(out)
+    dev = check_request(cfg, out, device, resume=resume, overwrite=overwrite)
+    earlier = earlier_runs(cfg, out) if resume and out.is_dir() else EarlierRuns()
+    plans, inputs = prepare_inputs(cfg, dev, progress, log)
+    records = RunRecords()
+    started = time.time()
+    with (nullcontext() if lock_runs else safe_io.lock_output(out)), deterministic(dev):
+        earlier = check_under_lock(cfg, out, plans, earlier, resume=resume, overwrite=overwrite)
+        for folder in (out, out / "plots"):
+            safe_io.sweep_temporaries(folder, before=started)
+        if overwrite:
+            check_images(inputs, cfg)  # a corrupt image must not cost the old results
+            clear_results(out)
+        for seed in cfg.seeds:
+            plan = plans[seed]
+            log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
+            if cfg.benchmark.shots and plan.short_classes:
+                log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
+            for entry in cfg.strategies:
+                run_dir = out / entry.name / f"seed{seed}"
+                if (entry.name, seed) in earlier.done:
+                    log(f"  {entry.name} seed {seed}: already finished, kept")
+                    records.append(earlier.done[entry.name, seed])
+                    continue
+                with (safe_io.lock_output(run_dir) if lock_runs else nullcontext()):
+                    _run_and_write(cfg, entry, seed, plan, inputs, dev, run_dir, records, progress=progress, log=log,
+                                   warn=warn or log, resume_from=earlier.checkpoints.get((entry.name, seed)))
+    return records
+
+
+def _run_and_write(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, dev: torch.device, run_dir: Path,
+                   records: RunRecords, *, progress: bool, log: Log, warn: Log, resume_from: Optional[dict]) -> None:
+    """Run ``entry``'s strategy on ``seed`` and write its results into ``run_dir``; a NaN or infinite loss
+    fails this run only (``warn`` tells, ``records.failed`` keeps it)."""
+    if run_dir.is_dir():
+        safe_io.remove_stale_temporaries(run_dir)
+    try:
+        rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir, resume_from=resume_from)
+    except FloatingPointError as e:
+        records.fail(run_dir, f"{entry.name} seed {seed} failed: {e}; its results were not written", warn)
+        return
+    records.write(run_dir, rec)

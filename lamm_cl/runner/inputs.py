@@ -1,0 +1,125 @@
+"""A run's inputs, prepared once and shared by every strategy and seed: the dataset, each seed's
+plan, the frozen CLIP, and :class:`Inputs`, which hands each strategy the readers of its samples
+(cached features or preprocessed images, centre crop or the epoch's augmented view)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from lamm_cl.benchmark import Plan, make_plan
+from lamm_cl.config import Config
+from lamm_cl.data import load_dataset
+from lamm_cl.data.base import DatasetParts
+from lamm_cl.features import (AugmentedView, AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin,
+                              ViewSchedule, view_seed)
+from lamm_cl.model.clip import FrozenCLIP, build_clip
+from lamm_cl.runner.progress import progress_bar
+from lamm_cl.runner.validate import check_templates
+
+
+@dataclass
+class Inputs:
+    """How a strategy reads samples: cached features, or preprocessed images.
+
+    Features come from the shared extractor (and its on-disk store). With
+    ``train_views > 0`` a "features" strategy trains on augmented views: the
+    training reader returns the view that :meth:`plugins`' view plugin picked
+    for the current epoch (each view extracted the first time it is drawn).
+    Test features are always the centre crop. An "images" strategy with ``train_views > 0``
+    trains on the same per-epoch view, augmented from the image at each read (nothing cached).
+    """
+
+    parts: DatasetParts
+    clip: FrozenCLIP
+    extractor: FeatureExtractor
+    train_views: int = 0  # augmented views per training image; 0: centre crop only
+    # few-shot: the sorted training indices some run draws; augmented views are made of these only
+    # (the centre crop still covers the whole split, so it stays shared between runs and shot counts)
+    views_of: Optional[np.ndarray] = None
+    schedule: ViewSchedule = field(default_factory=ViewSchedule)
+    _feats: dict = field(default_factory=dict)
+
+    def features(self, split: str, view: Optional[int] = None) -> torch.Tensor:
+        """The image features of ``split`` (``"train"`` or ``"test"``): the centre crop, or augmented
+        view ``view`` (of :attr:`views_of` only, when set); extracted on first use."""
+        if (split, view) not in self._feats:
+            samples = self.parts.train if split == "train" else self.parts.test
+            if view is not None and self.views_of is not None:
+                samples = samples.subset(self.views_of)
+            desc = f"{split} image features" + ("" if view is None else f" (view {view})")
+            self._feats[split, view] = self.extractor.features(samples, view=view, desc=desc)
+        return self._feats[split, view]
+
+    def _view_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of the view features that hold training images ``idx``."""
+        if self.views_of is None:
+            return idx
+        rows = np.searchsorted(self.views_of, idx)
+        if np.any(rows >= len(self.views_of)) or np.any(self.views_of[np.minimum(rows, len(self.views_of) - 1)] != idx):
+            raise ValueError("a training image outside Inputs.views_of was asked for")
+        return rows
+
+    def reader(self, kind: str, split: str, views: bool = True):
+        """``(experience, indices) -> (i -> tensor)`` for :func:`make_streams`.
+
+        ``views=False``: training features are the centre crop even when ``train_views > 0``.
+        """
+        if kind == "features" and split == "train" and self.train_views > 0 and views:
+            at = self.features  # the view is looked up per item: it changes between epochs
+            return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].float())
+        if kind == "features":
+            feats = self.features(split)
+            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].float())
+        samples = self.parts.train if split == "train" else self.parts.test
+        if split == "train" and self.train_views > 0:
+            # An image strategy (maple, maple_lamm, finetune) trains on the epoch's augmented view made
+            # afresh from the image, not on the centre crop: Dassl draws a random resized crop + flip at
+            # every step (MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:13, TRANSFORMS),
+            # and each image is read once per epoch, so a new view per epoch is the same draw. The view
+            # is looked up per item: it changes between epochs.
+            augment, schedule = AugmentedView.for_clip(self.clip), self.schedule
+            return lambda t, idx: (lambda i, idx=idx: augment(samples.image(int(idx[i])),
+                                                              view_seed(schedule.view, int(idx[i]))))
+        images = ImageReader(samples, self.clip.preprocess)
+        return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])])
+
+    def plugins(self, seed: int, views: bool = True) -> list:
+        """Plugins a strategy run on these inputs needs: the per-epoch view choice (unless ``views`` is
+        False: the strategy reads the centre crop), CUDA autocast."""
+        out = []
+        if self.train_views > 0 and views:
+            out.append(TrainViewPlugin(self.schedule, self.train_views, seed))
+        if self.clip.device.type == "cuda":
+            out.append(AutocastPlugin(self.clip.device))
+        return out
+
+
+def few_shot_images(cfg: Config, plans: dict[int, Plan]) -> Optional[np.ndarray]:
+    """The training images that any seed's few-shot plan draws (sorted), or None when not few-shot
+    or without augmented views: with ``train_views`` V, only these get V views each, instead of
+    every image of the split (16 shots x 1,000 classes instead of ImageNet's 1.28 M images)."""
+    if not cfg.benchmark.shots or cfg.features.train_views <= 0:
+        return None
+    return np.unique(np.concatenate([i for p in plans.values() for i in p.train_index]))
+
+
+def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
+                   log: Callable[[str], None]) -> tuple[dict[int, Plan], Inputs]:
+    """Load the dataset, make each seed's plan, build CLIP and check every prompt against its context.
+
+    Returns:
+        The plan of each seed of ``cfg``, and the inputs every strategy reads.
+
+    Raises:
+        UserError: missing or bad data, a bad split, weights that do not load, a prompt too long.
+    """
+    parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
+    plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
+    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
+    check_templates(cfg, plans, clip)
+    extractor = FeatureExtractor.from_config(clip, cfg.features, progress=progress_bar if progress else None, log=log)
+    return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views,
+                         views_of=few_shot_images(cfg, plans))

@@ -1,0 +1,123 @@
+"""What a run leaves behind: where its results go (:func:`output_dir`), the record of one finished
+(strategy, seed) and the part of the config it depends on (:func:`run_config`), writing it
+(:class:`RunRecords`), and removing what earlier runs wrote (:func:`clear_results`, for ``--overwrite``)."""
+from __future__ import annotations
+
+import platform
+from contextlib import suppress
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from lamm_cl import checkpoint, safe_io
+from lamm_cl.formatting import plain
+from lamm_cl.benchmark import Plan, seen_classes
+from lamm_cl.config import Config
+from lamm_cl.model.clip import FrozenCLIP
+from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
+                             PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
+
+
+def output_dir(cfg: Config, override: Optional[str] = None) -> Path:
+    """Where a run writes: ``--output``, else the config's ``output``, else ``results/<name>``."""
+    return Path(override or cfg.output or Path("results") / cfg.name).expanduser()
+
+
+def versions() -> dict:
+    """Library versions recorded with every run."""
+    import avalanche
+    import open_clip
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "open_clip": open_clip.__version__, "avalanche": getattr(avalanche, "__version__", "?"),
+            "numpy": np.__version__}
+
+
+def run_config(config: dict, strategy: str) -> dict:
+    """The part of a resolved config that decides one (strategy, seed) run's numbers.
+
+    Leaves out where results go, the other strategies and seeds, and whether features are cached,
+    so adding a strategy or a seed to a config does not invalidate the runs already finished.
+    """
+    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
+    view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
+    view["strategy"] = next((s for s in config.get("strategies") or [] if s.get("name") == strategy), None)
+    return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
+
+
+def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
+                matrix_task_aware: np.ndarray, per_class: dict, seconds: float, device: torch.device,
+                clip: FrozenCLIP, resumed: bool) -> RunRecord:
+    """The record of one finished (strategy, seed): its accuracy matrices (``[t, j]``: on experience j
+    after training experience t), per-class accuracies after the last experience, and what made it.
+
+    Args:
+        source: where the strategy's code comes from (its registry entry's ``source``).
+        seconds: training and evaluation time, resumed runs included.
+        resumed: the run continued from a checkpoint.
+    """
+    T = plan.n_experiences
+    n_classes = seen_classes(plan, T - 1)
+    return RunRecord(
+        benchmark=cfg.name, strategy=strategy, seed=seed, matrix=matrix,
+        test_counts=[int(len(i)) for i in plan.test_index], experiences=plan.experiences,
+        class_names=plan.class_names, class_order=plan.class_order,
+        per_class_accuracy=[float(per_class.get(c, float("nan"))) for c in range(n_classes)],
+        config=cfg.to_dict(),
+        matrix_task_aware=matrix_task_aware,
+        info={"versions": versions(), "device": str(device), "order": plan.order_name,
+              "template": plan.template, "seconds": round(seconds, 2),
+              "seed": seed, "order_seed": cfg.benchmark.order_seed, "deterministic": device.type == "cpu",
+              "resumed": resumed,
+              "random_weights": cfg.model.pretrained == "none", "source": source,
+              # hashed once when the run built CLIP (prepare_inputs), shared by every strategy and seed
+              "weights": clip.weights_record()},
+    )
+
+
+class RunRecords(list):
+    """The records of every finished (strategy, seed), in run order (a plain list), plus
+    ``failed``: one message per run stopped by a non-finite loss (its results were not written)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.failed: list[str] = []
+
+    def write(self, run_dir: Path, rec: RunRecord) -> None:
+        """Write a finished run's results into ``run_dir`` (its checkpoint goes) and add its record."""
+        write_run(run_dir, rec)
+        checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
+        self.append(rec)
+
+    def fail(self, run_dir: Path, msg: str, warn: Callable[[str], None]) -> None:
+        """Note a run that a non-finite loss stopped: its checkpoint goes, ``msg`` is warned and kept."""
+        checkpoint.remove(run_dir / checkpoint.CHECKPOINT_FILE)
+        warn(msg)
+        self.failed.append(msg)
+
+
+RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
+             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE)
+
+
+def clear_results(out: Path) -> None:
+    """Delete what earlier runs wrote in ``out`` (for ``--overwrite``): the result files and checkpoints
+    of ``<strategy>/seed<k>/``, ``summary.csv``, ``report.md`` and the plots. Files lamm-cl does not
+    write are left alone, and so are the folders that hold them."""
+    def remove(files, folder: Path) -> None:
+        for f in files:
+            f.unlink(missing_ok=True)
+        safe_io.remove_stale_temporaries(folder)
+        with suppress(OSError):
+            folder.rmdir()  # only once empty
+
+    for run_dir in find_run_dirs(out, include_unfinished=True):
+        remove([run_dir / name for name in RUN_FILES], run_dir)
+        with suppress(OSError):
+            run_dir.parent.rmdir()
+    if (out / "plots").is_dir():
+        remove([f for f in (out / "plots").iterdir() if f.suffix in (".png", ".svg", ".pdf")], out / "plots")
+    remove([out / "summary.csv", out / "report.md"], out)

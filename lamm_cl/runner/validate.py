@@ -1,0 +1,170 @@
+"""Everything a run checks before it touches its results folder: the request (``resume`` with
+``overwrite``, the device, the strategies, their plugins and loggers, the folder and its run folders),
+the finished runs and checkpoints ``resume`` would reuse (:func:`earlier_runs`), the prompts against
+CLIP's context, and, under the folder's lock, the same again plus every image (before ``--overwrite``
+removes the old results)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lamm_cl import checkpoint, run_folder, safe_io
+from lamm_cl.benchmark import Plan
+from lamm_cl.config import Config
+from lamm_cl.errors import ConfigError, UserError
+from lamm_cl.model.clip import FrozenCLIP, resolve_device
+from lamm_cl.registry import get_strategy
+from lamm_cl.results import SUMMARY_FILE, read_run
+from lamm_cl.runner.record import run_config
+from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers
+
+
+def check_request(cfg: Config, out: Path, device: Optional[str], *, resume: bool, overwrite: bool) -> torch.device:
+    """What can be checked before any data is read, in this order: ``resume`` with ``overwrite``, the
+    device, every strategy name, Avalanche plugin and logger of ``cfg``, the results folder ``out`` (in
+    use, writable, empty unless ``resume`` or ``overwrite``) and each of its run folders (a sweep job may
+    hold one).
+
+    Returns:
+        The device to run on.
+
+    Raises:
+        UserError: the first problem found (a ConfigError where a config value is wrong).
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one")
+    dev = resolve_device(device or cfg.device)
+    check_loggers(cfg.loggers)
+    for i, e in enumerate(cfg.strategies):
+        get_strategy(e.name)
+        build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
+    run_folder.check_output(out, resume=resume, overwrite=overwrite)
+    for seed in cfg.seeds:
+        for entry in cfg.strategies:
+            holder = safe_io.lock_holder(out / entry.name / f"seed{seed}")
+            if holder is not None:
+                raise safe_io.in_use(out / entry.name / f"seed{seed}", holder)
+    return dev
+
+
+@dataclass
+class EarlierRuns:
+    """What ``--resume`` finds in a results folder, by ``(strategy, seed)``: the records of finished
+    runs (``done``) and the states of checkpointed ones (``checkpoints``)."""
+
+    done: dict = field(default_factory=dict)
+    checkpoints: dict = field(default_factory=dict)
+
+
+def earlier_runs(cfg: Config, out: Path) -> EarlierRuns:
+    """The finished runs and checkpoints of ``cfg``'s strategies and seeds in ``out``, each checked
+    against ``cfg``.
+
+    Raises:
+        UserError: a finished run or checkpoint was made with a different config, or is unreadable.
+    """
+    found = EarlierRuns()
+    full = cfg.to_dict()
+    for seed in cfg.seeds:
+        for entry in cfg.strategies:
+            run_dir = out / entry.name / f"seed{seed}"
+            now = run_config(full, entry.name)
+            if (run_dir / SUMMARY_FILE).is_file():
+                rec = read_run(run_dir)
+                if rec.strategy != entry.name or rec.seed != seed:
+                    raise UserError(f"{run_dir} holds the run of {rec.strategy} seed {rec.seed}; "
+                                    "use --overwrite to start over, or another --output")
+                then = run_config(rec.config, entry.name)
+                if now != then:
+                    raise _mismatch(run_dir, now, then)
+                found.done[entry.name, seed] = rec
+            elif (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
+                state = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
+                meta = state.get("meta") or {}
+                if meta.get("strategy") != entry.name or meta.get("seed") != seed:
+                    raise UserError(f"{run_dir / checkpoint.CHECKPOINT_FILE} is not a checkpoint of {entry.name} "
+                                    f"seed {seed}; delete it to restart that run")
+                if meta.get("config") != now:
+                    raise _mismatch(run_dir / checkpoint.CHECKPOINT_FILE, now, meta.get("config"))
+                checkpoint.check_fields(state, run_dir / checkpoint.CHECKPOINT_FILE)
+                found.checkpoints[entry.name, seed] = state
+    return found
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    """The first key path where two plain-data configs differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path or 'config'}: {a!r} now, {b!r} there"
+
+
+def _mismatch(where: Path, now: dict, then: dict) -> UserError:
+    return UserError(f"{where} was made with a different config ({_first_difference(now, then)}); "
+                     "use --overwrite to start over, or another --output")
+
+
+def check_templates(cfg: Config, plans: dict, clip: FrozenCLIP) -> None:
+    """Every prompt the run will build fits CLIP's context (open_clip would silently cut it).
+
+    Raises:
+        ConfigError: naming the template's key and the class whose prompt is too long.
+    """
+    encode = getattr(clip.tokenizer, "encode", None)
+    if encode is None:  # a tokenizer without a plain encode: ClassPrompts still refuses, later
+        return
+    context = int(clip.model.positional_embedding.shape[0])
+    plan = next(iter(plans.values()))
+    templates = [("benchmark.template" if cfg.benchmark.template else "the dataset's template", plan.template)]
+    for i, e in enumerate(cfg.strategies):
+        templates += [(f"strategies[{i}].templates[{j}]", t)
+                      for j, t in enumerate(getattr(e.options, "templates", None) or []) if isinstance(t, str)]
+    longest = max(plan.class_names, key=lambda n: len(encode(n)))
+    for where, template in templates:
+        head, _, tail = template.partition("{}")
+        n = 2 + len(encode(head)) + len(encode(longest)) + len(encode(tail))  # SOS ... EOT
+        if n > context:
+            raise ConfigError(f"{where}: the prompt of class {longest!r} is {n} tokens, longer than CLIP's context "
+                              f"of {context}; shorten the template")
+
+
+def check_under_lock(cfg: Config, out: Path, plans: dict[int, Plan], earlier: EarlierRuns, *,
+                     resume: bool, overwrite: bool) -> EarlierRuns:
+    """The results folder checked again once locked (another run may have written there since the first
+    look): empty unless ``resume`` or ``overwrite``; with ``resume``, its finished runs and checkpoints
+    read again, each checkpoint's accuracy matrix fitting its seed's plan.
+
+    Returns:
+        What ``resume`` reuses (``earlier`` unless read again).
+    """
+    if not (resume or overwrite):
+        run_folder.check_empty(out)
+    if resume:
+        earlier = earlier_runs(cfg, out)
+    for key, state in earlier.checkpoints.items():
+        if len(state["matrix"]) != plans[key[1]].n_experiences:
+            raise UserError(f"{out / key[0] / f'seed{key[1]}' / checkpoint.CHECKPOINT_FILE}: malformed "
+                            "checkpoint (its accuracy matrix has another number of experiences); delete it")
+    return earlier
+
+
+def check_images(inputs, cfg: Config) -> None:
+    """Decode every image of ``inputs`` (:class:`~lamm_cl.runner.inputs.Inputs`) once (by extracting the
+    features the run needs anyway, where a strategy reads features), so that ``--overwrite`` removes the
+    old results only once the new data has checked out."""
+    if any(get_strategy(e.name).inputs == "features" for e in cfg.strategies):
+        inputs.features("train")
+        inputs.features("test")
+        return
+    for samples in (inputs.parts.train, inputs.parts.test):
+        if hasattr(samples, "paths"):  # in-memory datasets decode by construction
+            for i in range(len(samples)):
+                samples.image(i)
