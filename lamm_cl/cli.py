@@ -7,22 +7,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lamm_cl import __version__
 from lamm_cl.errors import UserError
+from lamm_cl.warnings_policy import quiet_third_party_warnings
+
+# Nothing heavy is imported at module level: `lamm-cl --help`, `--version`, `list` and every refusal of a
+# config or a results folder answer without torch, Avalanche or open_clip (tests/test_cli.py checks it);
+# each command imports what it needs.
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lamm-cl", description="Continual-learning benchmarks for CLIP (LAMM and baselines).")
+    p.add_argument("--version", action="version", version=f"lamm-cl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a benchmark config")
     r.add_argument("config", help="a benchmark YAML, e.g. benchmarks/quickstart.yaml")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set strategies.1.epochs=1 (repeatable)")
+                   help="override a config value, e.g. --set strategies.lamm.epochs=1 (a strategy by name or by "
+                        "index; repeatable)")
     r.add_argument("--output", help="results folder (default: the config's output, else results/<name>)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides the config)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -95,6 +103,22 @@ def _summary_table(records) -> str:
     return "\n".join(lines)
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted ``lamm-cl run ARGV``, shell-quoted for pasting.
+
+    Every argument is kept (the config, ``--set``, ``--output``, ``--device``, ...) so that the
+    same results folder and config are resumed; ``--overwrite`` becomes ``--resume`` (the folder
+    now holds this run's own results) and ``--resume`` appears once.
+    """
+    kept = [a for a in argv if a not in ("--resume", "--overwrite")]
+    if "--" in kept:  # after `--` everything is positional: the flag goes before it
+        i = kept.index("--")
+        kept = [*kept[:i], "--resume", *kept[i:]]
+    else:
+        kept.append("--resume")
+    return shlex.join(["lamm-cl", *kept])
+
+
 def cmd_run(args) -> int:
     from lamm_cl.api import load_config, run_config
 
@@ -120,7 +144,7 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"lamm-cl: {what}; finished runs and the last checkpoint are kept in {out}; "
-              f"continue with: lamm-cl run {args.config} --resume", file=sys.stderr, flush=True)
+              f"continue with: {resume_command(args.argv)}", file=sys.stderr, flush=True)
         return _interrupted_status(e)
     if records:
         _say("")
@@ -181,7 +205,7 @@ def cmd_sweep(args) -> int:
         outcome = run_sweep(sweep, retry_failed=args.retry_failed, log=_say)
     except KeyboardInterrupt:
         _warn(f"interrupted; finished jobs and checkpoints are kept in {sweep.output}; "
-              f"continue with: lamm-cl sweep {args.sweep_file}")
+              f"continue with: {shlex.join(['lamm-cl', *args.argv])}")
         return 130
     _say("")
     for line in outcome.table():
@@ -270,11 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError:  # not the main thread: leave signals to whoever owns them
         before = None
     try:
-        with warnings.catch_warnings():
-            if not sys.warnoptions:
-                # Third-party warnings (Avalanche's qpsolvers notice at import, torch's) are not for the
-                # user: lamm-cl says what matters itself, and an error must stay one line. -W shows them.
-                warnings.simplefilter("ignore")
+        with quiet_third_party_warnings():
             return _main(argv)
     finally:
         if before is not None:
@@ -282,12 +302,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*No loggers specified.*")
-    warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
-    warnings.filterwarnings("ignore", message=".*random weights.*")
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
+        args.argv = argv  # as typed, for the resume hint
         handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "sweep": cmd_sweep}[args.command]
         return handler(args)
     except UserError as e:
