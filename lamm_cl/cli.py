@@ -120,9 +120,16 @@ def resume_command(argv: Sequence[str]) -> str:
 
 
 def cmd_run(args) -> int:
-    from lamm_cl.api import load_config, run_config
+    from lamm_cl import config as config_mod
+    from lamm_cl.run_folder import check_output
 
-    cfg = load_config(args.config, args.overrides)
+    _refuse_sweep_file(args.config, "run")
+
+    def check_folder(top) -> None:  # before the strategies are read: a bad folder is refused without torch
+        if not args.dry_run:
+            check_output(top.results_dir(args.output), resume=args.resume, overwrite=args.overwrite)
+
+    cfg = config_mod.load(args.config, args.overrides, before_strategies=check_folder)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
@@ -130,9 +137,9 @@ def cmd_run(args) -> int:
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0
-    from lamm_cl.runner import output_dir
+    from lamm_cl.api import run_config
 
-    out = output_dir(cfg, args.output)
+    out = cfg.results_dir(args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
          f"strategies {', '.join(e.name for e in cfg.strategies)}, seeds {cfg.seeds} -> {out}")
     if cfg.model.pretrained == "none":
@@ -176,6 +183,7 @@ def cmd_report(args) -> int:
 def cmd_sweep(args) -> int:
     from lamm_cl.sweep import load_sweep
 
+    _refuse_sweep_file(args.sweep_file, "sweep")
     if args.status:  # the output folder alone: no benchmark file is read, nothing heavy imported
         from lamm_cl.sweep.spec import output_of, read_sweep
         from lamm_cl.sweep.state import status_table, sweep_status
@@ -224,26 +232,47 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _is_sweep_file(data) -> bool:
+    """A sweep file lists `benchmarks:` (files); a benchmark file has a `benchmark:` section instead."""
+    return isinstance(data, dict) and "benchmarks" in data and "benchmark" not in data
+
+
+def _refuse_sweep_file(path: str, command: str) -> None:
+    """Refuse, naming the right command, a sweep file given to `run` or a benchmark file given to `sweep`."""
+    from lamm_cl.config import load_yaml
+
+    try:
+        data = load_yaml(path)
+    except UserError:
+        return  # missing or broken: the command's own loading says so
+    if command == "run" and _is_sweep_file(data):
+        raise UserError(f"{path} is a sweep file (it lists `benchmarks:`); run it with: lamm-cl sweep {path}")
+    if command == "sweep" and not _is_sweep_file(data) and "benchmark" in data:
+        raise UserError(f"{path} is a benchmark file, not a sweep file; run it with: lamm-cl run {path}")
+
+
 def _columns(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return [indent + "  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
 
 
-def _benchmark_files(folder: Path) -> list[tuple[str, str]]:
-    """(file, its `name`) of every YAML in ``folder`` and its subfolders one level down (``lamm_paper/``);
-    a broken file is listed with the reason."""
+def _benchmark_files(folder: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(file, its `name`) of every YAML in ``folder`` and its subfolders one level down (``lamm_paper/``,
+    ``sweeps/``): the benchmark files, then the sweep files; a broken file is listed with the benchmarks,
+    with the reason."""
     import yaml
 
-    out = []
+    benchmarks, sweeps = [], []
     for f in [*sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]),
               *sorted([*folder.glob("*/*.yaml"), *folder.glob("*/*.yml")])]:
+        data = None
         try:
             data = yaml.safe_load(f.read_text(encoding="utf-8"))
             name = str(data.get("name", "(no name)")) if isinstance(data, dict) else "(not a mapping)"
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             name = f"(cannot read: {type(e).__name__})"
-        out.append((str(f), name))
-    return out
+        (sweeps if _is_sweep_file(data) else benchmarks).append((str(f), name))
+    return benchmarks, sweeps
 
 
 def cmd_list(args) -> int:
@@ -256,18 +285,19 @@ def cmd_list(args) -> int:
         data = load_yaml(args.config)
         plugins = convert(list[str], data.get("plugins") or [], "plugins")
         registry.load_plugin_files(plugins, base=Path(args.config).parent)
-    specs = registry.list_strategies()
+    specs = registry.describe_strategies()  # the built-ins read from their source: no torch imported
     lines = [f"strategies ({len(specs)}):"]
-    lines += _columns([("name", "loaded from", "description")] +
-                      [(s.name, s.source, s.description or "-") for s in specs])
+    lines += _columns([("name", "loaded from", "description")] + [(n, src, d or "-") for n, src, d in specs])
     datasets = list_datasets()
     lines += ["", f"datasets ({len(datasets)}):", *(f"  {name}" for name in datasets)]
     folder = Path("benchmarks")
-    files = _benchmark_files(folder) if folder.is_dir() else []
+    files, sweeps = _benchmark_files(folder) if folder.is_dir() else ([], [])
     if files:
-        lines += ["", f"benchmark files ({len(files)}):", *_columns([("file", "name")] + files)]
+        lines += ["", f"benchmark files ({len(files)}; lamm-cl run FILE):", *_columns([("file", "name")] + files)]
     else:
         lines += ["", f"benchmark files: none in {folder.resolve()}"]
+    if sweeps:
+        lines += ["", f"sweep files ({len(sweeps)}; lamm-cl sweep FILE):", *_columns([("file", "name")] + sweeps)]
     sys.stdout.write("\n".join(lines) + "\n")  # one write, so `lamm-cl list | head` does not hit a closed pipe
     sys.stdout.flush()
     return 0
