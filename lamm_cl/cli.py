@@ -129,7 +129,7 @@ def cmd_run(args) -> int:
         if not args.dry_run:
             check_output(top.results_dir(args.output), resume=args.resume, overwrite=args.overwrite)
 
-    cfg = config_mod.load(args.config, args.overrides, before_strategies=check_folder)
+    cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 

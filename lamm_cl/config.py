@@ -503,13 +503,14 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
 
 
 def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy_options=None, *,
-         refuse_no_ops: bool = True, before_strategies: Optional[Callable[[Config], None]] = None) -> Config:
+         refuse_no_ops: bool = False, before_strategies: Optional[Callable[[Config], None]] = None) -> Config:
     """Load, override and validate a config file.
 
     Args:
         overrides: ``--set`` assignments, applied in order.
-        refuse_no_ops: refuse an override that leaves the resolved config as it was (a sweep
-            checks its grid axes itself, over all its jobs).
+        refuse_no_ops: refuse an override that leaves the resolved config as it was (``--set``;
+            a sweep checks its grid axes itself, over all its jobs, and its jobs' own overrides,
+            such as their seed, may repeat the file).
         before_strategies: see :func:`parse`.
 
     Example:
