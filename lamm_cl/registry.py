@@ -332,7 +332,7 @@ def _builtin_descriptions() -> list[tuple[str, str, str]]:
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # registrations sit at module level
             if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 continue
             for deco in node.decorator_list:
