@@ -229,7 +229,7 @@ def test_python_api_hides_third_party_warnings_as_the_command_does(monkeypatch, 
     import lamm_cl.api
 
     def noisy(*args, **kwargs):
-        warnings.warn("a third-party notice", UserWarning)
+        warnings.warn("a third-party notice", UserWarning, stacklevel=1)
         raise UserError("stop here")
 
     monkeypatch.setattr(lamm_cl.api, "run_config", noisy)
@@ -239,7 +239,7 @@ def test_python_api_hides_third_party_warnings_as_the_command_does(monkeypatch, 
         with pytest.raises(UserError):
             lamm_cl.run(cfg, output=tmp_path / "o", progress=False)
         assert [str(w.message) for w in seen] == []
-        warnings.warn("the caller's own", UserWarning)  # the caller's filters are back afterwards
+        warnings.warn("the caller's own", UserWarning, stacklevel=1)  # the caller's filters are back afterwards
     assert [str(w.message) for w in seen] == ["the caller's own"]
 
 
