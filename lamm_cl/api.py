@@ -93,16 +93,17 @@ def run(config: Union[str, Path, Mapping[str, Any]], *, set: Sequence[str] = (),
         UserError: other bad input -- missing data, a folder in use or not empty (nothing is written).
         KeyboardInterrupt: finished runs and the last checkpoint are kept; ``resume=True`` continues.
     """
-    from lamm_cl.runner.record import output_dir
+    from lamm_cl.warnings_policy import quiet_third_party_warnings
 
     if isinstance(set, str):
         set = [set]  # noqa: A001
-    cfg = load_config(config, set)
-    out = output_dir(cfg, None if output is None else str(output))
-    say = print if progress else (lambda s: None)
-    records = run_config(cfg, out, device=device, resume=resume, overwrite=overwrite, progress=progress,
-                         log=say, warn=say)
-    results = load_results(out)
+    with quiet_third_party_warnings():  # the command line's rule: third-party warnings hidden unless -W
+        cfg = load_config(config, set)
+        out = cfg.results_dir(None if output is None else str(output))
+        say = print if progress else (lambda s: None)
+        records = run_config(cfg, out, device=device, resume=resume, overwrite=overwrite, progress=progress,
+                             log=say, warn=say)
+        results = load_results(out)
     results.failed = list(records.failed)
     return results
 

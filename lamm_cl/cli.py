@@ -7,22 +7,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lamm_cl import __version__
 from lamm_cl.errors import UserError
+from lamm_cl.warnings_policy import quiet_third_party_warnings
+
+# Nothing heavy is imported at module level: `lamm-cl --help`, `--version`, `list` and every refusal of a
+# config or a results folder answer without torch, Avalanche or open_clip (tests/test_cli.py checks it);
+# each command imports what it needs.
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lamm-cl", description="Continual-learning benchmarks for CLIP (LAMM and baselines).")
+    p.add_argument("--version", action="version", version=f"lamm-cl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a benchmark config")
     r.add_argument("config", help="a benchmark YAML, e.g. benchmarks/quickstart.yaml")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set strategies.1.epochs=1 (repeatable)")
+                   help="override a config value, e.g. --set strategies.lamm.epochs=1 (a strategy by name or by "
+                        "index; repeatable)")
     r.add_argument("--output", help="results folder (default: the config's output, else results/<name>)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides the config)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -95,10 +103,33 @@ def _summary_table(records) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args) -> int:
-    from lamm_cl.api import load_config, run_config
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted ``lamm-cl run ARGV``, shell-quoted for pasting.
 
-    cfg = load_config(args.config, args.overrides)
+    Every argument is kept (the config, ``--set``, ``--output``, ``--device``, ...) so that the
+    same results folder and config are resumed; ``--overwrite`` becomes ``--resume`` (the folder
+    now holds this run's own results) and ``--resume`` appears once.
+    """
+    kept = [a for a in argv if a not in ("--resume", "--overwrite")]
+    if "--" in kept:  # after `--` everything is positional: the flag goes before it
+        i = kept.index("--")
+        kept = [*kept[:i], "--resume", *kept[i:]]
+    else:
+        kept.append("--resume")
+    return shlex.join(["lamm-cl", *kept])
+
+
+def cmd_run(args) -> int:
+    from lamm_cl import config as config_mod
+    from lamm_cl.run_folder import check_output
+
+    _refuse_sweep_file(args.config, "run")
+
+    def check_folder(top) -> None:  # before the strategies are read: a bad folder is refused without torch
+        if not args.dry_run:
+            check_output(top.results_dir(args.output), resume=args.resume, overwrite=args.overwrite)
+
+    cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
@@ -106,9 +137,9 @@ def cmd_run(args) -> int:
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0
-    from lamm_cl.runner.record import output_dir
+    from lamm_cl.api import run_config
 
-    out = output_dir(cfg, args.output)
+    out = cfg.results_dir(args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
          f"strategies {', '.join(e.name for e in cfg.strategies)}, seeds {cfg.seeds} -> {out}")
     if cfg.model.pretrained == "none":
@@ -120,7 +151,7 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"lamm-cl: {what}; finished runs and the last checkpoint are kept in {out}; "
-              f"continue with: lamm-cl run {args.config} --resume", file=sys.stderr, flush=True)
+              f"continue with: {resume_command(args.argv)}", file=sys.stderr, flush=True)
         return _interrupted_status(e)
     if records:
         _say("")
@@ -152,6 +183,7 @@ def cmd_report(args) -> int:
 def cmd_sweep(args) -> int:
     from lamm_cl.sweep import load_sweep
 
+    _refuse_sweep_file(args.sweep_file, "sweep")
     if args.status:  # the output folder alone: no benchmark file is read, nothing heavy imported
         from lamm_cl.sweep.spec import output_of, read_sweep
         from lamm_cl.sweep.state import status_table, sweep_status
@@ -181,7 +213,7 @@ def cmd_sweep(args) -> int:
         outcome = run_sweep(sweep, retry_failed=args.retry_failed, log=_say)
     except KeyboardInterrupt:
         _warn(f"interrupted; finished jobs and checkpoints are kept in {sweep.output}; "
-              f"continue with: lamm-cl sweep {args.sweep_file}")
+              f"continue with: {shlex.join(['lamm-cl', *args.argv])}")
         return 130
     _say("")
     for line in outcome.table():
@@ -200,26 +232,48 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _is_sweep_file(data) -> bool:
+    """A sweep file lists `benchmarks:` (files); a benchmark file has a `benchmark:` section instead."""
+    return isinstance(data, dict) and "benchmarks" in data and "benchmark" not in data
+
+
+def _refuse_sweep_file(path: str, command: str) -> None:
+    """Refuse, naming the right command, a sweep file given to `run` or a benchmark file given to `sweep`."""
+    from lamm_cl.config import load_yaml
+
+    try:
+        data = load_yaml(path)
+    except UserError:
+        return  # missing or broken: the command's own loading says so
+    if command == "run" and _is_sweep_file(data):
+        raise UserError(f"{path} is a sweep file (it lists `benchmarks:`); run it with: lamm-cl sweep {path}")
+    if command == "sweep" and not _is_sweep_file(data) and "benchmark" in data:
+        raise UserError(f"{path} is a benchmark file, not a sweep file; run it with: lamm-cl run {path}")
+
+
 def _columns(rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return [indent + "  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
 
 
-def _benchmark_files(folder: Path) -> list[tuple[str, str]]:
-    """(file, its `name`) of every YAML in ``folder`` and its subfolders one level down (``lamm_paper/``);
-    a broken file is listed with the reason."""
+def _benchmark_files(folder: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(file, its `name`) of every YAML in ``folder`` and its subfolders one level down (``lamm_paper/``,
+    ``sweeps/``): the benchmark files, then the sweep files; a broken file is listed with the benchmarks,
+    with the reason."""
     import yaml
 
-    out = []
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where built: ~40 files in a blink, not seconds
+    benchmarks, sweeps = [], []
     for f in [*sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]),
               *sorted([*folder.glob("*/*.yaml"), *folder.glob("*/*.yml")])]:
+        data = None
         try:
-            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+            data = yaml.load(f.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
             name = str(data.get("name", "(no name)")) if isinstance(data, dict) else "(not a mapping)"
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             name = f"(cannot read: {type(e).__name__})"
-        out.append((str(f), name))
-    return out
+        (sweeps if _is_sweep_file(data) else benchmarks).append((str(f), name))
+    return benchmarks, sweeps
 
 
 def cmd_list(args) -> int:
@@ -232,18 +286,19 @@ def cmd_list(args) -> int:
         data = load_yaml(args.config)
         plugins = convert(list[str], data.get("plugins") or [], "plugins")
         registry.load_plugin_files(plugins, base=Path(args.config).parent)
-    specs = registry.list_strategies()
+    specs = registry.describe_strategies()  # the built-ins read from their source: no torch imported
     lines = [f"strategies ({len(specs)}):"]
-    lines += _columns([("name", "loaded from", "description")] +
-                      [(s.name, s.source, s.description or "-") for s in specs])
+    lines += _columns([("name", "loaded from", "description")] + [(n, src, d or "-") for n, src, d in specs])
     datasets = list_datasets()
     lines += ["", f"datasets ({len(datasets)}):", *(f"  {name}" for name in datasets)]
     folder = Path("benchmarks")
-    files = _benchmark_files(folder) if folder.is_dir() else []
+    files, sweeps = _benchmark_files(folder) if folder.is_dir() else ([], [])
     if files:
-        lines += ["", f"benchmark files ({len(files)}):", *_columns([("file", "name")] + files)]
+        lines += ["", f"benchmark files ({len(files)}; lamm-cl run FILE):", *_columns([("file", "name")] + files)]
     else:
         lines += ["", f"benchmark files: none in {folder.resolve()}"]
+    if sweeps:
+        lines += ["", f"sweep files ({len(sweeps)}; lamm-cl sweep FILE):", *_columns([("file", "name")] + sweeps)]
     sys.stdout.write("\n".join(lines) + "\n")  # one write, so `lamm-cl list | head` does not hit a closed pipe
     sys.stdout.flush()
     return 0
@@ -270,11 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError:  # not the main thread: leave signals to whoever owns them
         before = None
     try:
-        with warnings.catch_warnings():
-            if not sys.warnoptions:
-                # Third-party warnings (Avalanche's qpsolvers notice at import, torch's) are not for the
-                # user: lamm-cl says what matters itself, and an error must stay one line. -W shows them.
-                warnings.simplefilter("ignore")
+        with quiet_third_party_warnings():
             return _main(argv)
     finally:
         if before is not None:
@@ -282,12 +333,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*No loggers specified.*")
-    warnings.filterwarnings("ignore", message=".*[Nn]o pretrained weights loaded.*")
-    warnings.filterwarnings("ignore", message=".*random weights.*")
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
+        args.argv = argv  # as typed, for the resume hint
         handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "sweep": cmd_sweep}[args.command]
         return handler(args)
     except UserError as e:

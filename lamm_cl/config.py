@@ -14,7 +14,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
@@ -71,6 +71,10 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     loggers: list[dict] = field(default_factory=list)  # Avalanche loggers by name: tensorboard | wandb | csv (+ params)
     source: Optional[str] = None  # the YAML file this came from (not a YAML key)
+
+    def results_dir(self, override: Optional[str] = None) -> Path:
+        """Where a run writes: ``--output``, else the config's ``output``, else ``results/<name>``."""
+        return Path(override or self.output or Path("results") / self.name).expanduser()
 
     def to_dict(self) -> dict:
         """The resolved config as plain data (what ``config.yaml`` in the results holds)."""
@@ -265,21 +269,72 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def apply_override(data: dict, assignment: str) -> None:
-    """Apply one ``--set dotted.key=value`` to raw config data, in place.
+TRAINING_OPTIONS = ("lr", "epochs", "batch_size")  # refused for a strategy that trains nothing
 
-    The value is read as YAML (``1`` is an int, ``[1, 2]`` a list, ``null`` None).
-    A numeric part indexes a list: ``strategies.1.epochs=1``.
 
-    Raises:
-        ConfigError: malformed assignment, or a path through something that is not there.
-    """
+def _split(assignment: str) -> tuple[str, list[str], str]:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment}: expected dotted.key=value")
     key, _, text = assignment.partition("=")
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"--set {assignment}: expected dotted.key=value")
+    return key.strip(), parts, text
+
+
+def _entry_index(node: list, part: str, key: str, where: str) -> int:
+    """The list index a key part names: a number, or the ``name`` of one entry (``strategies.lamm``)."""
+    if part.isdigit():
+        if int(part) >= len(node):
+            raise ConfigError(f"--set {key}: {where} is a list of {len(node)}; {part!r} is not an index in it")
+        return int(part)
+    names = [e.get("name") if isinstance(e, dict) else None for e in node]
+    hits = [i for i, n in enumerate(names) if n == part]
+    if len(hits) == 1:
+        return hits[0]
+    named = ", ".join(str(n) for n in names if n is not None)
+    if not hits:
+        raise ConfigError(f"--set {key}: {where} has no entry named {part!r}"
+                          + (f"; it has {named} (or give an index 0..{len(node) - 1})" if named else
+                             f"; it is a list of {len(node)}: give an index"))
+    raise ConfigError(f"--set {key}: {where} has {len(hits)} entries named {part!r}; give an index")
+
+
+def key_path(data: dict, key: str) -> list:
+    """A dotted key's parts with every list step as an index (entry names resolved against ``data``).
+
+    Example: with ``strategies: [{name: zeroshot}, {name: lamm}]``, ``strategies.lamm.lr`` is
+    ``["strategies", 1, "lr"]``; parts past what ``data`` holds are kept as written.
+
+    Raises:
+        ConfigError: a list step names no entry (the message lists the names there).
+    """
+    parts = key.split(".")
+    node: Any = data
+    path: list = []
+    for part in parts:
+        where = ".".join(str(p) for p in path) or "config"
+        if isinstance(node, list):
+            i = _entry_index(node, part, key, where)
+            path.append(i)
+            node = node[i]
+        else:
+            path.append(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return path
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``--set dotted.key=value`` to raw config data, in place.
+
+    The value is read as YAML (``1`` is an int, ``[1, 2]`` a list, ``null`` None).
+    A part that steps into a list is an index or the ``name`` of one entry:
+    ``strategies.1.epochs=1`` and ``strategies.lamm.epochs=1`` alike.
+
+    Raises:
+        ConfigError: malformed assignment, or a path through something that is not there.
+    """
+    key, parts, text = _split(assignment)
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -290,12 +345,11 @@ def apply_override(data: dict, assignment: str) -> None:
         last = i == len(parts) - 1
         where = ".".join(walked) or "config"
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: {where} is a list of {len(node)}; {part!r} is not an index in it")
+            index = _entry_index(node, part, key, where)
             if last:
-                node[int(part)] = value
+                node[index] = value
             else:
-                node = node[int(part)]
+                node = node[index]
         elif isinstance(node, dict):
             if last:
                 node[part] = value
@@ -308,7 +362,52 @@ def apply_override(data: dict, assignment: str) -> None:
         walked.append(part)
 
 
-def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Config:
+_ABSENT = object()
+
+
+def resolved_value(cfg: "Config", path: list) -> Any:
+    """The value at ``path`` (from :func:`key_path`) in the resolved config; a private sentinel where absent."""
+    node: Any = cfg.to_dict()
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return _ABSENT
+    return node
+
+
+def changes(before: "Config", after: "Config", path: list) -> bool:
+    """Whether the resolved value at ``path`` differs (True where either config lacks it: no telling)."""
+    a, b = resolved_value(before, path), resolved_value(after, path)
+    return a is _ABSENT or b is _ABSENT or a != b
+
+
+def _refuse_no_ops(data: dict, applied: list[tuple[str, list]], cfg: "Config", source: Optional[str],
+                   strategy_options) -> None:
+    """Refuse a ``--set`` whose key already held that value: it would change nothing and hide a typo
+    (``strategies.0.lr`` meant for the second strategy, a default written out)."""
+    if not applied:
+        return
+    try:
+        base = parse(data, source=source, strategy_options=strategy_options)
+    except ConfigError:
+        return  # the file alone is not a valid config (an override completes it): nothing to compare with
+    for o, path in applied:
+        key = _split(o)[0]
+        if not changes(base, cfg, path):
+            shown = resolved_value(cfg, path)
+            raise ConfigError(f"--set {o}: changes nothing ({key} is already {_yaml_flow(shown)}); "
+                              "check the key, or the strategy it names")
+
+
+def _yaml_flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def parse(data: dict, source: Optional[str] = None, strategy_options=None,
+          before_strategies: Optional[Callable[["Config"], None]] = None) -> Config:
     """Turn raw config data into a validated :class:`Config`.
 
     Args:
@@ -317,6 +416,9 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Co
         strategy_options: ``name -> options dataclass``; defaults to the strategy
             registry (which loads the built-ins, the config's plugin files and
             entry points).
+        before_strategies: called with the config (all but its strategies checked) before the
+            strategies are read: the registry imports torch and Avalanche, so the CLI checks
+            the results folder here and refuses a bad one without them.
     """
     data = copy.deepcopy(data)
     _check_finite(data, "")
@@ -336,11 +438,18 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Co
         raise ConfigError("seeds: expected at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: a seed is repeated in {cfg.seeds}")
+    _check_benchmark(cfg.benchmark)
+    if cfg.features.train_views < 0:
+        raise ConfigError(f"features.train_views: expected 0 or more, got {cfg.features.train_views}")
+    if before_strategies is not None:
+        before_strategies(cfg)
+    trains: Callable[[str], bool] = lambda name: True  # noqa: E731 - a caller's own options table says nothing
     if strategy_options is None:
         from lamm_cl import registry
 
         registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
         strategy_options = registry.options_of
+        trains = lambda name: registry.get_strategy(name).trains  # noqa: E731
     entries = []
     for i, item in enumerate(raw):
         path = f"strategies[{i}]"
@@ -355,6 +464,11 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Co
             opts_cls = strategy_options(name) if callable(strategy_options) else strategy_options[name]
         except (ConfigError, KeyError) as e:
             raise ConfigError(f"{path}.name: {e.args[0] if isinstance(e, ConfigError) else 'unknown strategy ' + repr(name)}") from None
+        if not trains(name):
+            given = [k for k in TRAINING_OPTIONS if k in item]
+            if given:
+                raise ConfigError(f"{path}.{given[0]}: {name} trains nothing; {', '.join(given)} would change "
+                                  "nothing (remove it)")
         opts = from_dict(opts_cls, {k: v for k, v in item.items() if k != "name"}, path)
         check = getattr(opts, "validate", None)
         if check is not None:
@@ -366,9 +480,6 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Co
         raise ConfigError(f"strategies: {', '.join(sorted(dup))} listed twice; results are kept per strategy name")
     cfg.strategies = entries
     cfg.source = source
-    _check_benchmark(cfg.benchmark)
-    if cfg.features.train_views < 0:
-        raise ConfigError(f"features.train_views: expected 0 or more, got {cfg.features.train_views}")
     return cfg
 
 
@@ -391,13 +502,34 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
         raise ConfigError(f"benchmark.template: expected exactly one {{}} for the class name, got {b.template!r}")
 
 
-def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy_options=None) -> Config:
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy_options=None, *,
+         refuse_no_ops: bool = False, before_strategies: Optional[Callable[[Config], None]] = None) -> Config:
     """Load, override and validate a config file.
 
+    Args:
+        overrides: ``--set`` assignments, applied in order.
+        refuse_no_ops: refuse an override that leaves the resolved config as it was (``--set``;
+            a sweep checks its grid axes itself, over all its jobs, and its jobs' own overrides,
+            such as their seed, may repeat the file).
+        before_strategies: see :func:`parse`.
+
     Example:
-        >>> cfg = load("benchmarks/quickstart.yaml", ["strategies.1.epochs=1"])  # doctest: +SKIP
+        >>> cfg = load("benchmarks/quickstart.yaml", ["strategies.lamm.epochs=1"])  # doctest: +SKIP
+
+    Raises:
+        ConfigError: naming the key (or the ``--set`` that changes nothing).
     """
     data = load_yaml(path)
+    original = copy.deepcopy(data)
+    applied = []
     for o in overrides:
+        try:
+            where = key_path(data, _split(o)[0])  # before applying: the override may rename the entry
+        except ConfigError:
+            where = None  # apply_override says what is wrong
         apply_override(data, o)
-    return parse(data, source=str(path), strategy_options=strategy_options)
+        applied.append((o, where))
+    cfg = parse(data, source=str(path), strategy_options=strategy_options, before_strategies=before_strategies)
+    if refuse_no_ops:
+        _refuse_no_ops(original, applied, cfg, str(path), strategy_options)
+    return cfg

@@ -31,6 +31,7 @@ __all__ = [
     "save_figure",
     "plot_seen_accuracy",
     "plot_accuracy_matrix",
+    "plot_accuracy_matrices",
     "plot_final_accuracy_forgetting",
     "plot_old_new_accuracy",
 ]
@@ -54,6 +55,18 @@ def strategy_colors(strategies: Sequence[str]) -> Dict[str, Tuple[float, float, 
     """One colour per strategy, fixed by its position in ``strategies`` (tab10, then tab20)."""
     cmap = matplotlib.colormaps["tab10" if len(strategies) <= 10 else "tab20"]
     return {s: cmap(i % cmap.N) for i, s in enumerate(strategies)}
+
+
+# Marker and dash per strategy, by position: two strategies with the same numbers (lamm and coop on an easy
+# split) draw on top of each other, and a colour alone then hides the one underneath.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+_DASHES = ("-", "--", "-.", ":")
+
+
+def strategy_styles(strategies: Sequence[str]) -> Dict[str, Tuple[str, str]]:
+    """(marker, line style) per strategy, fixed by its position in ``strategies``; no two alike up to 20."""
+    return {s: (_MARKERS[i % len(_MARKERS)], _DASHES[(i // len(_MARKERS) + i) % len(_DASHES)])
+            for i, s in enumerate(strategies)}
 
 
 def safe_name(name: str) -> str:
@@ -116,9 +129,11 @@ def _experience_ticks(ax, groups: Groups, label_classes: bool = True) -> None:
         ax.set_xlabel("Experience")
 
 
-def _line(ax, x, values, color, label, linestyle="-") -> None:
+def _line(ax, x, values, color, label, style: Tuple[str, str] = ("o", "-")) -> None:
     mean, std = _mean_std(values)
-    ax.plot(x, mean, color=color, label=label, marker="o", markersize=3.5, linestyle=linestyle, linewidth=1.6)
+    marker, linestyle = style
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=4.5, linestyle=linestyle, linewidth=1.6,
+            markerfacecolor="none" if marker not in ("o", "*") else color)
     if std is not None:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
 
@@ -141,9 +156,10 @@ def plot_seen_accuracy(groups: Groups, colors: Mapping[str, object]) -> Figure:
     fig, (ax,) = _figure(7.0, 4.4)
     T = _n_experiences(groups)
     x = np.arange(T)
+    styles = strategy_styles(list(groups))
     for strategy, runs in groups.items():
         values = [metrics.seen_accuracy(r.matrix, r.test_counts) for r in runs]
-        _line(ax, x, values, colors[strategy], strategy)
+        _line(ax, x, values, colors[strategy], strategy, styles[strategy])
     _experience_ticks(ax, groups)
     ax.set_ylabel("Accuracy on seen classes (%)")
     ax.set_ylim(0, 100)
@@ -179,14 +195,58 @@ def plot_accuracy_matrix(strategy: str, runs: Sequence[RunRecord]) -> Figure:
     return fig
 
 
+ZERO_BAR = 0.5  # percentage points: a bar lower than this is drawn as a thick mark with its value
+
+
+def plot_accuracy_matrices(groups: Groups) -> Figure:
+    """Every strategy's accuracy matrix (mean over its seeds) side by side, one colour scale, in one figure."""
+    n = len(groups)
+    T = _n_experiences(groups)
+    ncols = min(n, 4)
+    nrows = -(-n // ncols)
+    side = min(2.2 + 0.35 * T, 6.0)
+    fig = Figure(figsize=(side * ncols + 1.0, side * nrows + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    fontsize = max(3.5, min(8.0, 60.0 / T)) / max(1.0, ncols / 3)
+    im = None
+    for ax, (strategy, runs) in zip(axes, groups.items()):
+        A = np.mean([r.matrix for r in runs], axis=0)
+        im = ax.imshow(np.ma.masked_invalid(A), cmap=cmap, vmin=0, vmax=100, origin="upper")
+        if T <= 12:  # numbers in the cells while they stay legible
+            for i in range(T):
+                for j in range(i + 1):
+                    ax.text(j, i, f"{A[i, j]:.0f}", ha="center", va="center", fontsize=fontsize,
+                            color="black" if A[i, j] > 60 else "white")
+        ax.set_xticks(np.arange(T) if T <= 25 else [])
+        ax.set_yticks(np.arange(T) if T <= 25 else [])
+        ax.set_title(f"{strategy} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", fontsize="small")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[(nrows - 1) * ncols:n]:
+        ax.set_xlabel("Evaluated on experience")
+    for ax in axes[:n:ncols]:
+        ax.set_ylabel("After experience")
+    fig.colorbar(im, ax=list(axes[:n]), label="Accuracy (%)", shrink=0.85)
+    fig.suptitle("Accuracy matrices of every strategy")
+    return fig
+
+
 def _grouped_bars(ax, groups: Groups, colors, per_run, n_groups: int) -> None:
     n = len(groups)
     width = 0.8 / max(n, 1)
     x = np.arange(n_groups)
     for k, (strategy, runs) in enumerate(groups.items()):
         mean, std = _mean_std([per_run(r) for r in runs])
-        ax.bar(x + (k - (n - 1) / 2) * width, mean, width, yerr=std, color=colors[strategy],
+        at = x + (k - (n - 1) / 2) * width
+        ax.bar(at, mean, width, yerr=std, color=colors[strategy],
                label=strategy, capsize=2 if std is not None else 0, error_kw={"linewidth": 0.8})
+        for xi, m in zip(at, np.atleast_1d(mean)):
+            if np.isfinite(m) and abs(m) < ZERO_BAR:  # a bar too low to see reads as a missing one: mark it
+                ax.plot([xi - width / 2, xi + width / 2], [0, 0], color=colors[strategy], linewidth=3,
+                        solid_capstyle="butt")
+                ax.text(xi, 0, f"{m:.1f}", ha="center", va="bottom", fontsize="x-small", rotation=90)
     ax.set_xticks(x)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -225,11 +285,12 @@ def plot_old_new_accuracy(groups: Groups, colors: Mapping[str, object]) -> Figur
     T = _n_experiences(groups)
     x = np.arange(T)
     fig, (ax_old, ax_new) = _figure(11.0, 4.4, ncols=2, sharey=True)
+    styles = strategy_styles(list(groups))
     for strategy, runs in groups.items():
         pairs = [metrics.old_new_accuracy(r.matrix, r.test_counts) for r in runs]
         if T > 1:
-            _line(ax_old, x[1:], [old[1:] for old, _ in pairs], colors[strategy], strategy)
-        _line(ax_new, x, [new for _, new in pairs], colors[strategy], strategy)
+            _line(ax_old, x[1:], [old[1:] for old, _ in pairs], colors[strategy], strategy, styles[strategy])
+        _line(ax_new, x, [new for _, new in pairs], colors[strategy], strategy, styles[strategy])
     if T == 1:
         ax_old.text(0.5, 0.5, "no old classes:\na single experience", ha="center", va="center",
                     transform=ax_old.transAxes)

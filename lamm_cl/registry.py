@@ -74,6 +74,8 @@ class StrategySpec:
         source: where it was loaded from: ``built-in strategies/lamm.py``,
             ``file /path/to/plugin.py``, ``entry point ncm = pkg.mod (dist 1.0)``.
         description: one line for ``lamm-cl list`` (the builder's docstring, first line).
+        trains: False for a strategy that learns nothing by gradient (zeroshot, simplecil): a config
+            giving it ``lr``, ``epochs`` or ``batch_size`` is refused, since they would change nothing.
     """
 
     name: str
@@ -83,6 +85,7 @@ class StrategySpec:
     source: str
     description: str
     augmented_views: bool = True
+    trains: bool = True
 
 
 _REGISTRY: dict[str, StrategySpec] = {}
@@ -93,7 +96,7 @@ _ENTRY_POINTS_SCANNED = False
 
 def register_strategy(name: str, *, options: type = StrategyOptions,
                       inputs: Literal["features", "images"] = "features",
-                      augmented_views: bool = True) -> Callable:
+                      augmented_views: bool = True, trains: bool = True) -> Callable:
     """Register a strategy builder under ``name``.
 
     The builder is called once per (strategy, seed) as ``build(ctx, opts)`` with a
@@ -109,6 +112,8 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
         augmented_views: with ``features.train_views > 0``, a ``"features"`` strategy trains on
             that epoch's augmented view; False keeps it on the centre crop (for methods whose
             reference reads the un-augmented training images, e.g. to take class statistics).
+        trains: False when nothing is learned by gradient, so that ``lr``, ``epochs`` and
+            ``batch_size`` in its config entry are refused as options that change nothing.
 
     Example:
         >>> @register_strategy("my_method", options=MyOptions)  # doctest: +SKIP
@@ -134,7 +139,7 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
             raise UserError(f"strategy {name!r} is registered twice: by {_REGISTRY[name].source} and by {source}")
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = StrategySpec(name, fn, options, inputs, source, doc[0].strip() if doc else "",
-                                       augmented_views=bool(augmented_views))
+                                       augmented_views=bool(augmented_views), trains=bool(trains))
         return fn
 
     return deco
@@ -310,6 +315,48 @@ def get_strategy(name: str) -> StrategySpec:
 def options_of(name: str) -> type:
     """The options dataclass of strategy ``name`` (for config validation)."""
     return get_strategy(name).options
+
+
+def _builtin_descriptions() -> list[tuple[str, str, str]]:
+    """(name, source, description) of each built-in, read from its source file without importing it.
+
+    A built-in imports torch and Avalanche (seconds); ``lamm-cl list`` needs only its name and
+    docstring, which the ``@register_strategy("name", ...)`` decorator and the builder's
+    docstring hold as literals.
+    """
+    import ast
+
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    out = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # registrations sit at module level
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            for deco in node.decorator_list:
+                if (isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "register_strategy"
+                        and deco.args and isinstance(deco.args[0], ast.Constant)):
+                    doc = (ast.get_docstring(node) or "").strip().splitlines()
+                    out.append((deco.args[0].value, _builtin_source(path.stem), doc[0].strip() if doc else ""))
+    return out
+
+
+def describe_strategies() -> list[tuple[str, str, str]]:
+    """(name, where it comes from, description) of every strategy, sorted by name, for ``lamm-cl list``.
+
+    Same rows as :func:`list_strategies`, but the built-ins are described from their source unless
+    already imported, so that listing imports no torch (entry points and plugin files are imported).
+    """
+    _scan_entry_points()
+    rows = {s.name: (s.name, s.source, s.description) for s in _REGISTRY.values()}
+    if not _BUILTINS_LOADED:
+        for name, source, description in _builtin_descriptions():
+            if name in rows:
+                raise UserError(f"strategy {name!r} is registered twice: by {source} and by {rows[name][1]}")
+            rows[name] = (name, source, description)
+    return [rows[n] for n in sorted(rows)]
 
 
 def list_strategies() -> list[StrategySpec]:

@@ -78,7 +78,7 @@ class SimpleCILOptions(StrategyOptions):
                               f"got {self.epochs}")
 
 
-@register_strategy("simplecil", options=SimpleCILOptions, augmented_views=False)  # PILOT: mode="test" loader
+@register_strategy("simplecil", options=SimpleCILOptions, augmented_views=False, trains=False)  # PILOT: mode="test" loader
 def build(ctx: StrategyContext, opts: SimpleCILOptions) -> SupervisedTemplate:
     """SimpleCIL (Zhou et al., IJCV 2024): cosine to each class's mean frozen image feature; trains nothing."""
     model = Prototypes(len(ctx.class_names), ctx.clip.embed_dim)

@@ -1,4 +1,6 @@
 """Config loading: typed values, full key paths in errors, --set overrides, exit status 2."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -87,3 +89,77 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- a strategy by name; no-op --set
+
+
+def _file(tmp_path, data=BASE):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_set_names_a_strategy_and_indices_keep_working(tmp_path):
+    path = _file(tmp_path, {**BASE, "strategies": [{"name": "coop"}, {"name": "lamm", "epochs": 1}]})
+    cfg = config.load(path, ["strategies.lamm.lr=0.01", "strategies.0.epochs=7"], refuse_no_ops=True)
+    coop, lamm = (e.options for e in cfg.strategies)
+    assert lamm.lr == 0.01 and coop.lr == 0.002  # the named one, not index 0
+    assert coop.epochs == 7 and lamm.epochs == 1
+    assert config.key_path(yaml.safe_load(path.read_text()), "strategies.lamm.loss.param") == \
+        ["strategies", 1, "loss", "param"]
+    with pytest.raises(ConfigError, match="strategies has no entry named 'lam'; it has coop, lamm"):
+        config.load(path, ["strategies.lam.lr=0.01"])
+
+
+@pytest.mark.parametrize("assignment", [
+    "strategies.lamm.epochs=1",  # written in the file
+    "strategies.lamm.lr=0.002",  # the default
+    "seeds=[0]",
+    "benchmark.n_experiences=5",
+])
+def test_set_that_changes_nothing_is_refused(tmp_path, assignment):
+    path = _file(tmp_path)
+    with pytest.raises(ConfigError, match=r"changes nothing"):
+        config.load(path, [assignment], refuse_no_ops=True)
+    config.load(path, [assignment])  # what a sweep job's own overrides do: accepted
+
+
+def test_set_renaming_then_naming_the_entry(tmp_path):
+    cfg = config.load(_file(tmp_path), ["strategies.lamm.name=coop_lamm", "strategies.coop_lamm.lr=0.01"],
+                      refuse_no_ops=True)
+    assert cfg.strategies[1].name == "coop_lamm" and cfg.strategies[1].options.lr == 0.01
+
+
+@pytest.mark.parametrize("strategy,key", [("zeroshot", "lr"), ("zeroshot", "batch_size"), ("simplecil", "epochs"),
+                                          ("simplecil", "lr")])
+def test_training_options_for_a_strategy_that_trains_nothing_are_refused(tmp_path, strategy, key):
+    data = {**BASE, "strategies": [{"name": strategy, key: 1}, {"name": "lamm", "epochs": 1}]}
+    with pytest.raises(ConfigError, match=rf"strategies\[0\]\.{key}: {strategy} trains nothing"):
+        config.parse(data)
+    with pytest.raises(ConfigError, match=rf"strategies\[0\]\.lr: {strategy} trains nothing"):
+        config.load(_file(tmp_path, {**BASE, "strategies": [{"name": strategy}]}), [f"strategies.{strategy}.lr=0.1"])
+
+
+# --------------------------------------------------------------------------- the shipped files' lambda_p
+
+
+def _lambda_p(entry, shots):
+    p = entry.options.loss.param
+    return (1.0 / shots if shots else 1.0) if p == "auto" else p
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.yaml")) + sorted(SHIPPED.glob("lamm_paper/*.yaml")),
+                         ids=lambda p: p.name)
+def test_lamm_entries_of_a_shipped_file_share_the_lambda_p_its_comment_states(path):
+    import re
+
+    cfg = config.load(path)
+    values = {e.name: _lambda_p(e, cfg.benchmark.shots) for e in cfg.strategies
+              if e.name in ("lamm", "coop_lamm", "maple_lamm")}
+    assert len(set(values.values())) <= 1, f"{path.name}: {values}"
+    for stated in re.findall(r"lambda_p (1/16|1)\b as every LAMM entry", path.read_text()):
+        assert set(values.values()) == {1 / 16 if stated == "1/16" else 1.0}, f"{path.name}: {stated} vs {values}"

@@ -1,12 +1,12 @@
-"""What a run leaves behind: where its results go (:func:`output_dir`), the record of one finished
-(strategy, seed) and the part of the config it depends on (:func:`run_config`), writing it
+"""What a run leaves behind: the record of one finished (strategy, seed) and the part of the config it
+depends on (:func:`run_config`), writing it
 (:class:`RunRecords`), and removing what earlier runs wrote (:func:`clear_results`, for ``--overwrite``)."""
 from __future__ import annotations
 
 import platform
 from contextlib import suppress
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,11 +19,6 @@ from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
                              PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
-
-
-def output_dir(cfg: Config, override: Optional[str] = None) -> Path:
-    """Where a run writes: ``--output``, else the config's ``output``, else ``results/<name>``."""
-    return Path(override or cfg.output or Path("results") / cfg.name).expanduser()
 
 
 def versions() -> dict:

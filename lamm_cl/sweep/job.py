@@ -11,23 +11,12 @@ import contextlib
 import os
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 from lamm_cl.errors import UserError
 from lamm_cl.sweep.spec import JOBS_DIR, Job, Sweep, read_sweep
 from lamm_cl.sweep.state import job_status, log_path, write_state
-
-
-def quiet_third_party_warnings() -> None:
-    """Warnings off in a worker process, as ``lamm-cl``'s ``main`` turns them off for the command it runs.
-
-    Workers never run ``main`` (a spawned pool process, a SLURM task, a Ray worker), so the job
-    applies the same rule itself: every warning ignored unless the user asked for some with
-    ``-W`` / ``PYTHONWARNINGS`` (which a worker inherits as ``sys.warnoptions``).
-    """
-    if not sys.warnoptions:
-        warnings.simplefilter("ignore")
+from lamm_cl.warnings_policy import hide_third_party_warnings
 
 
 @contextlib.contextmanager
@@ -95,7 +84,7 @@ def run_job(output: str, job_id: str) -> dict:
     elif holder is not None:  # a duplicate of a job that is running: leave it be
         return {"job": job.id, "state": "running", "message": f"already running ({holder})"}
     with logging_to(log_path(out, job)):
-        quiet_third_party_warnings()
+        hide_third_party_warnings()  # workers never run cli.main: the same rule, applied here
         write_state(out, job, "running")
         _say(f"== job {job.id} (pid {os.getpid()}, {'resuming' if job.run_dir.exists() else 'starting'})")
         try:
@@ -185,7 +174,7 @@ def prepare_features(output: str, job_id: str) -> dict:
     job = _job(sweep, job_id)
     log = Path(output) / JOBS_DIR / f"features__{job.benchmark}.log"
     with logging_to(log):
-        quiet_third_party_warnings()
+        hide_third_party_warnings()  # workers never run cli.main: the same rule, applied here
         try:
             from lamm_cl.data import load_dataset
             from lamm_cl.features import FeatureExtractor

@@ -7,7 +7,7 @@ types name their path)::
     benchmarks: [../split_*.yaml]          # globs allowed; relative to the sweep file, then the current folder
     strategies: [zeroshot, lamm]           # optional subset, by name, of each file's strategies
     seeds: [1, 2, 3]                       # optional: replaces each file's seeds
-    grid: {benchmark.shots: [1, 2, 4]}     # optional: more axes, as dotted keys (like --set)
+    grid: {benchmark.shots: [1, 2, 4]}     # optional: more axes, as dotted keys (like --set: strategies.lamm.lr)
     output: results/coop11
     launcher: {name: local, workers: 2}
 
@@ -53,7 +53,7 @@ class SweepConfig:
     output: str  # where every job writes, one folder per benchmark (and grid cell); relative to the current folder
     strategies: Optional[list[str]] = None  # a subset, by name, of each benchmark file's strategies
     seeds: Optional[list[int]] = None  # replaces each benchmark file's seeds
-    grid: dict = field(default_factory=dict)  # dotted key -> list of values
+    grid: dict = field(default_factory=dict)  # dotted key (a strategy by name or index, as --set) -> list of values
     launcher: dict = field(default_factory=lambda: {"name": "local"})  # name + that launcher's options
     cost: CostConfig = field(default_factory=CostConfig)  # per-unit costs for --dry-run
 
@@ -207,10 +207,19 @@ def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
     cells = [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.grid[k] for k in keys))] or [{}]
     jobs: list[Job] = []
     names: dict[str, Path] = {}
+    effective: set[str] = set()  # grid axes that change some job's config
     for f in files:
+        extra = [f"seeds={_yaml_text(cfg.seeds)}"] if cfg.seeds else []
+        try:
+            paths = {k: config_mod.key_path(config_mod.load_yaml(f), k) for k in keys}  # names as in --set
+        except ConfigError as e:
+            raise ConfigError(f"grid: {f}: {e}") from None
+        try:
+            base = config_mod.load(f, extra) if keys else None
+        except ConfigError:
+            base = None  # the file alone is not valid (a grid value completes it): no telling what changes
         for values in cells:
             overrides = [f"{k}={_yaml_text(v)}" for k, v in values.items()]
-            extra = [f"seeds={_yaml_text(cfg.seeds)}"] if cfg.seeds else []
             try:
                 run_cfg = config_mod.load(f, [*overrides, *extra])
             except ConfigError as e:
@@ -225,6 +234,13 @@ def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
             if missing:
                 raise ConfigError(f"strategies: {f.name} has no strategy {', '.join(missing)}; it has "
                                   f"{', '.join(have)}")
+            for k, path in paths.items():
+                # an axis into a strategy the sweep does not run (strategies.0 = the file's zeroshot) is no change
+                if path[0] == "strategies" and len(path) > 1 and isinstance(path[1], int) and \
+                        path[1] < len(run_cfg.strategies) and run_cfg.strategies[path[1]].name not in wanted:
+                    continue
+                if base is None or config_mod.changes(base, run_cfg, path):
+                    effective.add(k)
             cell = cell_name(values)
             results = out / run_cfg.name / cell if cell else out / run_cfg.name
             for seed in run_cfg.seeds:
@@ -232,6 +248,11 @@ def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
                     jid = "__".join(p for p in (run_cfg.name, cell, s, f"seed{seed}") if p)
                     jobs.append(Job(id=jid, benchmark=run_cfg.name, config=str(f), overrides=overrides, cell=cell,
                                     strategy=s, seed=seed, results=str(results)))
+    for k in keys:
+        if k not in effective:
+            raise ConfigError(f"grid.{k}: changes nothing in any job it applies to (every value is what the "
+                              "benchmark files already hold, or it names a strategy the sweep does not run; "
+                              "name the strategy, e.g. strategies.lamm.lr)")
     return Sweep(config=cfg, source=str(path), output=out, jobs=jobs)
 
 
