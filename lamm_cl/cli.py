@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir")
     rep.add_argument("--format", dest="formats", action="append", choices=["png", "svg", "pdf"],
                      help="plot format (repeatable; default png)")
-    rep.add_argument("--baseline", default="lamm",
+    rep.add_argument("--baseline", default=None,
                      help="strategy the others are compared with, paired by seed (default lamm)")
     sw = sub.add_parser("sweep", help="run a grid of benchmarks x strategies x seeds on a local pool, SLURM or Ray")
     sw.add_argument("sweep_file", help="a sweep YAML, e.g. benchmarks/sweeps/coop11.yaml")
