@@ -504,7 +504,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     log(f"  {entry.name} seed {seed}: already finished, kept")
                     records.append(done[entry.name, seed])
                     continue
-                with (safe_io.lock_output(run_dir) if lock_runs else nullcontext()):
+                with safe_io.lock_run(run_dir):  # the per-run lock a sweep job takes too
                     if run_dir.is_dir():
                         safe_io.remove_stale_temporaries(run_dir)
                     try:

@@ -135,6 +135,7 @@ def test_missing_extra_is_one_line_naming_pip(tmp_path, capsys, monkeypatch, lau
 
 def test_status_reads_state_files(tmp_path, capsys):
     """A job whose process is gone is interrupted (resumable); a live one is running; done is results."""
+    from lamm_cl.safe_io import process_start
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.spec import write_sweep
     from lamm_cl.sweep.state import log_path, state_path
@@ -147,6 +148,7 @@ def test_status_reads_state_files(tmp_path, capsys):
     for job, pid, line in ((a, os.getpid(), "zeroshot seed 1 experience 1/2"), (b, 2**22 + 12345, "killed here")):
         state_path(sweep.output, job).parent.mkdir(parents=True, exist_ok=True)
         state_path(sweep.output, job).write_text(json.dumps({"state": "running", "pid": pid,
+                                                             "start": process_start(pid),
                                                              "host": os.uname().nodename}))
         log_path(sweep.output, job).write_text(f"first\n{line}\n")
     c.run_dir.mkdir(parents=True)
