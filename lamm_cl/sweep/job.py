@@ -163,10 +163,11 @@ def changed(job: Job, cfg=None) -> str:
     import yaml
 
     from lamm_cl.results import CONFIG_FILE, SUMMARY_FILE
-    from lamm_cl.runner import _first_difference, run_config
 
     if not (job.run_dir / SUMMARY_FILE).is_file():
         return ""
+    from lamm_cl.runner import _first_difference, run_config  # torch: only once a job has finished
+
     now = run_config((cfg if cfg is not None else _config(job)).to_dict(), job.strategy)
     try:
         then = run_config(yaml.safe_load((job.run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}, job.strategy)

@@ -55,6 +55,10 @@ def read_state(output: Path, job: Job) -> Optional[dict]:
     if not isinstance(info, dict) or info.get("state") not in STATES:
         raise UserError(f"{path}: malformed job state (expected an object with a state); delete it to run "
                         "the job again")
+    pid = info.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise UserError(f"{path}: malformed job state (pid {pid!r} is not a process id); delete it to run "
+                        "the job again")
     return info
 
 
