@@ -1031,7 +1031,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT to the group", 130), ("SIGKILL", None)])
+@pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT to the group", 130), ("SIGKILL", None),
+                                       ("a worker SIGKILLed", 1)])
 def test_no_job_starts_after_a_signal_and_workers_end_with_their_driver(tmp_path, how, code):
     import subprocess
 
@@ -1056,13 +1057,18 @@ def test_no_job_starts_after_a_signal_and_workers_end_with_their_driver(tmp_path
         t0 = time.monotonic()
         if how == "SIGINT to the group":
             os.killpg(p.pid, signal.SIGINT)
+        elif how == "a worker SIGKILLed":
+            os.kill(_started(started)[0][1], signal.SIGKILL)
         else:
             p.send_signal(getattr(signal, how))
         out, err = p.communicate(timeout=30)
         if code is not None:
             assert p.returncode == code, err
             assert time.monotonic() - t0 < 15
+        if code in (130, 143):
             assert "no further job was started" in err
+        if how == "a worker SIGKILLed":  # what the table says is what the files say: nothing finished
+            assert "5 jobs: 2 interrupted, 3 pending" in out, out
         workers = [pid for _, pid in _started(started)]
         deadline = time.monotonic() + 30
         while not all(_gone(w) for w in workers) and time.monotonic() < deadline:

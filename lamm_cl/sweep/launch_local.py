@@ -1,9 +1,10 @@
 """The ``local`` launcher: N worker processes on this machine, one GPU each where there are GPUs.
 
 Workers are started fresh (``spawn``), so each sets ``CUDA_VISIBLE_DEVICES`` to its own GPU
-before CUDA starts; without GPUs they are plain CPU processes. A worker that gets SIGINT or SIGTERM
-stops its job like Ctrl-C (finished work and the last checkpoint kept) and no worker starts another
-job; a worker whose driver died (SIGKILL) interrupts its job the same way and exits.
+before CUDA starts; without GPUs they are plain CPU processes. SIGINT or SIGTERM, to the driver or to a
+worker, stops the sweep: every running job stops like Ctrl-C (finished work and the last checkpoint
+kept) and no worker starts another job. A worker whose driver died (SIGKILL) interrupts its job the
+same way and exits.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -52,36 +53,42 @@ def visible_gpus() -> list[str]:
 
 _stop = None  # in a worker: the pool's "start no more jobs" event
 _busy = threading.Event()  # in a worker: a job is running
-_interrupted = False  # in a worker: the first SIGINT/SIGTERM has been turned into KeyboardInterrupt
-PARENT_POLL_S = 0.5  # how often a worker looks whether its driver still lives
+_raised = False  # in a worker: the running job has been sent its KeyboardInterrupt
+PARENT_POLL_S = 0.5  # how often a worker looks whether its driver still lives and whether it must stop
 UNWIND_S = 20.0  # how long a worker whose driver died gives its job to record itself interrupted
 
 
 def _interrupt(signum, frame):
     """SIGINT and SIGTERM end the running job the way Ctrl-C does (finished work and the last checkpoint kept),
     once: a second signal must not cut short the job's own clean-up. The worker then starts no job."""
-    global _interrupted
+    global _raised
     if _stop is not None:
         _stop.set()
-    if _interrupted:
-        return
-    _interrupted = True
-    if _busy.is_set():
+    if _busy.is_set() and not _raised:
+        _raised = True
         raise KeyboardInterrupt
 
 
-def _watch_driver(driver: int) -> None:
-    """Exit when the driver is gone (it was SIGKILLed: nothing else will stop this worker): a running job is
-    interrupted first, as by SIGTERM, and given :data:`UNWIND_S` to record it."""
+def _watch(driver: int, main: int) -> None:
+    """The worker's second thread: when the sweep is stopped (the driver set the stop event, or a signal
+    reached another thread while the job's main thread waits in C), deliver SIGTERM to the main thread
+    itself, where Python runs signal handlers; when the driver is gone (it was SIGKILLed: nothing else
+    will stop this worker), interrupt the running job the same way, give it :data:`UNWIND_S` to record
+    itself interrupted, and exit."""
+    # SIGINT and SIGTERM must reach the main thread: Python runs handlers only there, and a signal the kernel
+    # hands to this (sleeping) thread would wait until the job's main thread next wakes up.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     while os.getppid() == driver:
         time.sleep(PARENT_POLL_S)
+        if _stop is not None and _stop.is_set() and _busy.is_set() and not _raised:
+            signal.pthread_kill(main, signal.SIGTERM)
     if _stop is not None:
         _stop.set()
-    if _busy.is_set():
-        os.kill(os.getpid(), signal.SIGTERM)
-        deadline = time.monotonic() + UNWIND_S
-        while _busy.is_set() and time.monotonic() < deadline:
-            time.sleep(0.1)
+    deadline = time.monotonic() + UNWIND_S
+    while _busy.is_set() and time.monotonic() < deadline:
+        if not _raised:
+            signal.pthread_kill(main, signal.SIGTERM)
+        time.sleep(0.1)
     os._exit(1)
 
 
@@ -96,7 +103,8 @@ def _worker_init(slots, stop, threads: int, user_init: Optional[Callable[[], Non
         os.environ["MKL_NUM_THREADS"] = str(threads)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    threading.Thread(target=_watch_driver, args=(os.getppid(),), daemon=True, name="watch-driver").start()
+    threading.Thread(target=_watch, args=(os.getppid(), threading.main_thread().ident), daemon=True,
+                     name="lamm-cl-watch").start()
     if user_init is not None:
         user_init()
 
@@ -137,13 +145,18 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
     try:
         for calls in phases:
             futures = {pool.submit(_run, c): c for c in calls}
-            for f in as_completed(futures):
-                c = futures[f]
-                try:
-                    result = f.result()
-                except Exception as e:  # noqa: BLE001 - a dead worker fails its job, not the sweep
-                    result = failed(c, f"worker process died ({type(e).__name__}: {e})")
-                on_done(c, result)
+            left = set(futures)
+            while left:
+                # short waits: the main thread wakes to run a signal's handler even when the kernel gave the
+                # signal to one of the pool's threads
+                done, left = wait(left, timeout=0.5, return_when=FIRST_COMPLETED)
+                for f in sorted(done, key=lambda f: calls.index(futures[f])):
+                    c = futures[f]
+                    try:
+                        result = f.result()
+                    except Exception as e:  # noqa: BLE001 - a dead worker fails its job, not the sweep
+                        result = failed(c, f"worker process died ({type(e).__name__}: {e})")
+                    on_done(c, result)
     except BaseException:  # Ctrl-C, SIGTERM: start nothing more, stop what runs, then report the interrupt
         stop.set()
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
