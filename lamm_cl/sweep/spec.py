@@ -89,6 +89,7 @@ class Sweep:
     source: str  # the sweep file
     output: Path
     jobs: list[Job]
+    cost_device: Optional[str] = None  # where `cost:` was measured (--calibrate); None: the file's GPU figures
 
     def to_dict(self) -> dict:
         return {"name": self.config.name, "source": self.source, "output": str(self.output),
