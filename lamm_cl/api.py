@@ -97,6 +97,8 @@ def run(config: Union[str, Path, Mapping[str, Any]], *, set: Sequence[str] = (),
 
     if isinstance(set, str):
         set = [set]  # noqa: A001
+    if not isinstance(set, (list, tuple)) or not all(isinstance(o, str) for o in set):
+        raise ConfigError(f"set: expected a list of 'dotted.key=value' strings, got {set!r}")
     with quiet_third_party_warnings():  # the command line's rule: third-party warnings hidden unless -W
         cfg = load_config(config, set)
         out = cfg.results_dir(None if output is None else str(output))
@@ -138,6 +140,7 @@ def load_results(path: Union[str, Path]) -> "Results":
     Raises:
         UserError: the folder is missing, holds no finished run, or a result file is malformed.
     """
+    from lamm_cl.report import check_run_folder
     from lamm_cl.results import read_run
 
     root = Path(path)
@@ -146,6 +149,7 @@ def load_results(path: Union[str, Path]) -> "Results":
     rows, matrices, metric_rows, keys = [], {}, [], set()
     for parts, run_dir in _run_folders(root):
         rec = read_run(run_dir)
+        check_run_folder(run_dir, rec)
         grid = "/".join(parts[1:])
         key = (rec.benchmark, grid, rec.strategy, rec.seed)
         if key in keys:
@@ -239,13 +243,31 @@ class Results:
         Returns:
             A :class:`~lamm_cl.stats.Comparison`: mean difference, 95 % bootstrap interval,
             exact sign-flip p-value (None with fewer than 3 pairs) and the number of pairs.
+
+        Raises:
+            UserError: an unknown strategy or metric, no pair, or a pair of runs that differ in more than
+                the strategy's options (benchmark, class order, split, shots, model, weights): named.
+            ValueError: ``n_resamples``, ``seed`` or ``grid`` is not a valid value (named).
         """
         from lamm_cl import stats
+        from lamm_cl.report import incomparable
 
+        if n_resamples is not None and (isinstance(n_resamples, bool) or not isinstance(n_resamples, int)
+                                        or n_resamples < 1):
+            raise ValueError(f"n_resamples: expected a whole number of bootstrap resamples, 1 or more; "
+                             f"got {n_resamples!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: expected a whole number 0 or more (the bootstrap's seed), got {seed!r}")
+        if not isinstance(metric, str):
+            raise ValueError(f"metric: expected a name like 'last', got {metric!r}")
         column = {v: k for k, v in METRIC_COLUMNS.items()}.get(metric, metric.lower())
         s = self.summary
         if grid is not None:
-            s = s[s["grid"] == grid] if "grid" in s.columns else s.iloc[0:0]
+            cells = sorted(set(s["grid"])) if "grid" in s.columns else []
+            if grid not in cells:
+                raise ValueError(f"grid: {grid!r} is not a grid cell of {self.path}; "
+                                 + (f"its cells: {', '.join(cells)}" if cells else "it has no grid cells"))
+            s = s[s["grid"] == grid]
         if column not in s.columns:
             known = [*METRIC_COLUMNS, *(c for c in s.columns if c.startswith(_TASK_AWARE_PREFIX))]
             raise UserError(f"metric {metric!r}: expected one of {', '.join(known)}")
@@ -258,5 +280,10 @@ class Results:
         pairs = pairs.sort_values(on)
         if pairs.empty:
             raise UserError(f"{a} and {b} share no (benchmark, seed) in {self.path}: nothing to pair")
+        for _, row in pairs.iterrows():  # pair only runs that differ in nothing but the strategy's options
+            at = (row["benchmark"], row["grid"] if "grid" in on else "", None, int(row["seed"]))
+            why = incomparable(self._records[(at[0], at[1], a, at[3])], self._records[(at[0], at[1], b, at[3])])
+            if why:
+                raise UserError(f"{a} and {b} are not comparable in {self.path}: {why}")
         return stats.compare_paired(pairs[column + "_a"].to_numpy(), pairs[column + "_b"].to_numpy(), a=a, b=b,
                                     metric=column, n_resamples=n_resamples or stats.N_RESAMPLES, seed=seed)

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir")
     rep.add_argument("--format", dest="formats", action="append", choices=["png", "svg", "pdf"],
                      help="plot format (repeatable; default png)")
-    rep.add_argument("--baseline", default="lamm",
+    rep.add_argument("--baseline", default=None,
                      help="strategy the others are compared with, paired by seed (default lamm)")
     sw = sub.add_parser("sweep", help="run a grid of benchmarks x strategies x seeds on a local pool, SLURM or Ray")
     sw.add_argument("sweep_file", help="a sweep YAML, e.g. benchmarks/sweeps/coop11.yaml")
@@ -211,25 +211,19 @@ def cmd_sweep(args) -> int:
 
     try:
         outcome = run_sweep(sweep, retry_failed=args.retry_failed, log=_say)
-    except KeyboardInterrupt:
-        _warn(f"interrupted; finished jobs and checkpoints are kept in {sweep.output}; "
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        _warn(f"{what}; no further job was started; finished jobs and checkpoints are kept in {sweep.output}; "
               f"continue with: {shlex.join(['lamm-cl', *args.argv])}")
-        return 130
+        return _interrupted_status(e)
     _say("")
     for line in outcome.table():
         _say(line)
-    try:
-        from lamm_cl.sweep.table import build_table
-
-        build_table(sweep.output)
-        _say(f"table: {sweep.output / 'table.md'}")
-    except UserError:
-        pass  # nothing finished yet
-    if outcome.failed:
-        _warn(f"{len(outcome.failed)} job(s) failed or were interrupted: " +
-              "; ".join(f"{jid}: {line}" for jid, line in outcome.failed))
-        return 1
-    return 0
+    if outcome.table_path is not None:
+        _say(f"table: {outcome.table_path}")
+    for line in outcome.problems():
+        _warn(line)
+    return outcome.exit_code
 
 
 def _is_sweep_file(data) -> bool:

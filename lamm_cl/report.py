@@ -8,6 +8,7 @@
     <results_dir>/plots/final_accuracy_forgetting.<fmt>
     <results_dir>/plots/old_new_accuracy.<fmt>
     <results_dir>/summary.csv
+    <results_dir>/summary.tex                                a LaTeX table of the summary
     <results_dir>/report.md
 
 It never imports a strategy or a model, so a report can be redrawn long after
@@ -22,7 +23,7 @@ import io
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
@@ -55,6 +56,8 @@ __all__ = [
 TASK_AWARE_METRICS = ["avg_incremental_accuracy", "last_accuracy", "forgetting"]
 TASK_AWARE_COLUMNS = [f"task_aware_{m}" for m in TASK_AWARE_METRICS]
 SUMMARY_CSV_COLUMNS = ["strategy", "seed", *SUMMARY_METRICS, "n_experiences", *TASK_AWARE_COLUMNS]
+
+DEFAULT_BASELINE = "lamm"  # what the paired differences compare against unless told
 
 # `coop11` in published.csv stands for any of these (the CoOp few-shot suite).
 COOP_DATASETS = (
@@ -132,6 +135,72 @@ def _group(runs: Sequence[RunRecord]) -> Dict[str, List[RunRecord]]:
     return groups
 
 
+def read_runs(results_dir: Path) -> List[RunRecord]:
+    """Every finished run under ``results_dir``, each checked against its folder.
+
+    Raises:
+        UserError: as :func:`lamm_cl.results.find_runs`, and a ``summary.json`` whose strategy or seed
+            is not its folder's (``lamm/seed0/summary.json`` saying ``coop``): reporting it under either
+            name would be wrong, so it is malformed.
+    """
+    runs = find_runs(results_dir)
+    for run_dir, rec in zip(find_run_dirs(results_dir), runs):
+        check_run_folder(run_dir, rec)
+    return runs
+
+
+def check_run_folder(run_dir: Path, rec: RunRecord) -> None:
+    """Refuse a run whose ``summary.json`` names another strategy or seed than its folder ``<strategy>/seed<k>``.
+
+    Raises:
+        UserError: naming the file and both names.
+    """
+    if run_dir.parent.name != rec.strategy or run_dir.name != f"seed{rec.seed}":
+        raise UserError(f"{run_dir / SUMMARY_FILE}: malformed: it records strategy {rec.strategy!r} seed {rec.seed} "
+                        f"but sits in {run_dir.parent.name}/{run_dir.name}; move it back or delete the folder")
+
+
+# The config sections two runs must share to be paired; everything else that may differ is the strategy's own
+# options (`strategies`), the seed list, and where and how the run was executed (device, output, caches).
+_PAIRED_BENCHMARK_KEYS_IGNORED = ("download",)
+
+
+def _model_text(rec: RunRecord) -> str:
+    w = rec.info.get("weights") or {}
+    sha = w.get("sha256")
+    return (f"`{_get(rec.config, 'model.arch')}` + `{_get(rec.config, 'model.pretrained')}`"
+            + (f" (SHA-256 {str(sha)[:12]})" if sha else ""))
+
+
+def incomparable(a: RunRecord, b: RunRecord) -> str:
+    """Why runs ``a`` and ``b`` may not be paired ('' when they may).
+
+    A pair shares everything but the strategy's own options: the benchmark section of the config
+    (dataset and its root, class order and its seed, split, shots, template, protocol), the model and
+    its weights (arch, pretrained tag, SHA-256 of the file), and what the run recorded of the data
+    (class order, class names, experiences, test images per experience: the dataset's identity and
+    the few-shot draw's test side).
+    """
+    reasons = []
+    ba = {k: v for k, v in (_get(a.config, "benchmark") or {}).items() if k not in _PAIRED_BENCHMARK_KEYS_IGNORED}
+    bb = {k: v for k, v in (_get(b.config, "benchmark") or {}).items() if k not in _PAIRED_BENCHMARK_KEYS_IGNORED}
+    for key in sorted(set(ba) | set(bb)):
+        if ba.get(key) != bb.get(key):
+            reasons.append(f"benchmark.{key} {ba.get(key)!r} vs {bb.get(key)!r}")
+    if _model_text(a) != _model_text(b) or (a.info.get("weights") or {}).get("sha256") != (
+            b.info.get("weights") or {}).get("sha256"):
+        reasons.append(f"model {_model_text(a)} vs {_model_text(b)}")
+    for field, what in (("class_order", "class order"), ("experiences", "experiences"),
+                        ("class_names", "class names"), ("test_counts", "test images per experience")):
+        if not reasons and list(getattr(a, field)) != list(getattr(b, field)):
+            reasons.append(f"{what} differ")
+    if a.n_experiences != b.n_experiences:
+        reasons.append(f"{a.n_experiences} vs {b.n_experiences} experiences")
+    if not reasons:
+        return ""
+    return f"{a.strategy}/seed{a.seed} and {b.strategy}/seed{b.seed} differ in " + "; ".join(reasons)
+
+
 def _check_consistent(results_dir: Path, runs: Sequence[RunRecord]) -> None:
     benchmarks = sorted({r.benchmark for r in runs})
     if len(benchmarks) > 1:
@@ -176,6 +245,30 @@ def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return csv_text([SUMMARY_CSV_COLUMNS] + [
         [row["strategy"], row["seed"], *(csv_number(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
          *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS)] for row in rows])
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def summary_tex(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[Mapping[str, Any]]) -> str:
+    """``summary.tex``: the results table (mean $\\pm$ std over seeds) as a LaTeX ``tabular`` (booktabs rules),
+    for a paper; one row per strategy, in report order."""
+    by_key = {(r["strategy"], r["seed"]): r for r in rows}
+    titles = [_METRIC_TITLES[m].replace("%", r"\%") for m in SUMMARY_METRICS]
+    lines = [r"% lamm-cl report: mean $\pm$ sample std (ddof=1) over seeds; written by lamm-cl report",
+             r"\begin{tabular}{ll" + "r" * len(SUMMARY_METRICS) + "}", r"\toprule",
+             " & ".join(["Strategy", "Seeds", *titles]) + r" \\", r"\midrule"]
+    for strategy, runs in groups.items():
+        mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
+        cells = [mean_std_text(mean[m], std[m]).replace(" ± ", r" $\pm$ ") for m in SUMMARY_METRICS]
+        lines.append(" & ".join([_tex(strategy), ", ".join(str(r.seed) for r in runs), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- published figures
@@ -387,6 +480,12 @@ def _config_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
             lines += ["The resolved config shared by every run:", ""]
         lines += ["```yaml", text.rstrip("\n"), "```", ""]
     info = {f"{r.strategy}/seed{r.seed}": r.info for r in runs if r.info}
+    versions = [i.get("versions") for i in info.values()]
+    if len(info) > 1 and versions[0] is not None and all(v == versions[0] for v in versions):
+        # one versions block for the folder: the same packages ran every run
+        lines += ["Versions (the same for every run):", "", "```yaml",
+                  yaml.safe_dump(versions[0], sort_keys=False, allow_unicode=True).rstrip("\n"), "```", ""]
+        info = {k: {f: v for f, v in i.items() if f != "versions"} for k, i in info.items()}
     if info:
         lines += ["Run information (from each run's `summary.json`):", "", "```yaml",
                   yaml.safe_dump(info, sort_keys=False, allow_unicode=True).rstrip("\n"), "```", ""]
@@ -394,35 +493,68 @@ def _config_section(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
 
 
 def _paired_section(groups: Mapping[str, Sequence[RunRecord]], baseline: str) -> List[str]:
-    """Each strategy against ``baseline``, paired by seed: mean difference, bootstrap interval, sign-flip p."""
+    """Each strategy against ``baseline``, paired by seed: mean difference, bootstrap interval, sign-flip p.
+
+    Only comparable runs are paired (:func:`incomparable`); a strategy whose runs differ from the
+    baseline's in more than the strategy's own options gets one line saying why, and no numbers.
+    """
     from lamm_cl import stats
 
     lines = ["## Paired differences", ""]
-    if baseline not in groups:
-        lines += [f"No `{baseline}` runs here to compare against (choose one with "
-                  "`lamm-cl report DIR --baseline NAME`).", ""]
-        return lines
-    base = {r.seed: r.summary() for r in groups[baseline]}
-    found = []
+    base = {r.seed: r for r in groups[baseline]}
+    found, few = [], False
     for strategy, runs in groups.items():
         if strategy == baseline:
             continue
-        mine = {r.seed: r.summary() for r in runs}
+        mine = {r.seed: r for r in runs}
         seeds = sorted(set(mine) & set(base))
         if not seeds:
             found.append(f"- {strategy} − {baseline}: no seed in common")
             continue
+        why = next((w for w in (incomparable(mine[s], base[s]) for s in seeds) if w), "")
+        if why:
+            found.append(f"- {strategy} − {baseline}: not compared: {why}")
+            continue
         for metric, key in (("last", "last_accuracy"), ("avg", "avg_incremental_accuracy")):
-            c = stats.compare_paired([mine[s][key] for s in seeds], [base[s][key] for s in seeds],
+            c = stats.compare_paired([mine[s].summary()[key] for s in seeds], [base[s].summary()[key] for s in seeds],
                                      a=strategy, b=baseline, metric=metric)
-            found.append(f"- {c}")
+            few = few or c.p_value is None
+            found.append(f"- {c.text(note=False)}" + (
+                f" (the smallest p {len(seeds)} pairs can give: {stats.min_p_text(len(seeds))})"
+                if c.p_value is not None else ""))
     if not found:
         return []
     lines += [f"Each strategy minus `{baseline}`, paired on the same seed (percentage points): mean "
               f"difference, {stats.CONFIDENCE:.0%} percentile-bootstrap interval ({stats.N_RESAMPLES} seeded "
-              f"resamples) and the exact two-sided sign-flip p-value; with fewer than {stats.MIN_PAIRS} "
-              "pairs only the difference is shown.", ""]
+              f"resamples) and the exact two-sided sign-flip p-value. With n pairs that test cannot give a p "
+              f"below 2/2^n (0.25 with 3 pairs): p < 0.05 needs at least {stats.PAIRS_FOR_5_PERCENT} pairs (seeds). "
+              "Seeds that differ only in training noise are weak pairs; `class_order: seeded` with "
+              "`order_seed: null` gives every seed its own class order."
+              + (f" With fewer than {stats.MIN_PAIRS} pairs only the difference is shown." if few else ""),
+              "", "Runs are paired only when they share the benchmark (dataset, class order, split, shots, "
+              "template, protocol) and the model and its weights; the strategy's own options may differ.", ""]
     return lines + found + [""]
+
+
+def _baseline_check(groups: Mapping[str, Sequence[RunRecord]], results_dir: Path, baseline: str,
+                    explicit: bool) -> None:
+    if explicit and baseline not in groups:
+        raise UserError(f"--baseline {baseline}: no {baseline} runs in {results_dir}; it holds "
+                        f"{', '.join(groups)}")
+
+
+def _models_lines(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
+    """One header line per model present (``arch`` + ``pretrained``), naming the runs when there are several."""
+    seen: Dict[tuple, List[str]] = {}
+    for runs in groups.values():
+        for r in runs:
+            key = (str(_get(r.config, "model.arch")), str(_get(r.config, "model.pretrained")))
+            seen.setdefault(key, []).append(f"{r.strategy}/seed{r.seed}")
+    if len(seen) == 1:
+        (arch, pretrained), = seen
+        return [f"- Model: `{arch}`, pretrained `{pretrained}`"]
+    return [f"- Model of {', '.join(used)}: `{arch}`, pretrained `{pretrained}`" for (arch, pretrained), used
+            in seen.items()]
 
 
 def weights_lines(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
@@ -461,7 +593,6 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
     config = first.config
     T = first.n_experiences
     n_classes = len(first.class_order)
-    arch, pretrained = _get(config, "model.arch"), _get(config, "model.pretrained")
     lines = [f"# {first.benchmark}: lamm-cl report", ""]
     lines += ["Built by `lamm-cl report` from the result files in this folder; rerun it to redraw "
               "without rerunning the benchmark. Accuracies are in percent.", ""]
@@ -472,7 +603,7 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
     lines += [
         f"- Benchmark: `{first.benchmark}` (dataset `{_get(config, 'benchmark.dataset')}`, "
         f"{_count(T, 'experience')}, {_count(n_classes, 'class')}, {_shots_text(config)})",
-        f"- Model: `{arch}`, pretrained `{pretrained}`",
+        *_models_lines(groups),
         *weights_lines(groups),
         f"- Strategies: {', '.join(f'`{s}`' for s in groups)}",
         f"- Seeds: {', '.join(str(s) for s in seeds)}",
@@ -482,8 +613,11 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
         rel = ", ".join(f"`{p.relative_to(results_dir).as_posix()}`" for p in unfinished)
         lines += [f"Unfinished runs left out (no `{SUMMARY_FILE}`): {rel}.", ""]
     lines += _results_section(groups, rows)
-    if len(groups) > 1:
+    if len(groups) > 1 and baseline in groups:
         lines += _paired_section(groups, baseline)
+    elif len(groups) > 1:
+        lines += ["## Paired differences", "", f"No `{baseline}` runs here to compare against (choose one with "
+                  "`lamm-cl report DIR --baseline NAME`).", ""]
     lines += _published_section(config, T, groups, rows)
     lines += _plots_section(plot_links)
     lines += _classes_section(groups)
@@ -494,7 +628,8 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
 # --------------------------------------------------------------------------- entry point
 
 
-def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",), baseline: str = "lamm") -> List[Path]:
+def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",),
+                 baseline: Optional[str] = None) -> List[Path]:
     """Write plots, ``summary.csv`` and ``report.md`` for every finished run under ``results_dir``.
 
     Reads only result files (:func:`lamm_cl.results.find_runs`); strategies are
@@ -505,26 +640,29 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",), bas
         results_dir: a benchmark's results folder, holding ``<strategy>/seed<k>/``.
         formats: figure formats, any of ``png`` (default), ``svg``, ``pdf``;
             the first is the one embedded in ``report.md``.
-        baseline: the strategy every other one is compared with in the paired-differences section.
+        baseline: the strategy every other one is compared with in the paired-differences section
+            (default: ``lamm`` when the folder holds it).
 
     Returns:
-        Every path written: the plots, then ``summary.csv``, then ``report.md``.
+        Every path written: the plots, then ``summary.csv``, ``summary.tex``, then ``report.md``.
 
     Raises:
         UserError: the folder is missing, holds no finished run, mixes
             benchmarks, or a result file is missing or malformed (the one-line
-            message names the file).
+            message names the file), or ``baseline`` names no strategy there (the message lists them).
     """
     from lamm_cl import plots  # matplotlib only when a report is drawn
 
     results_dir = Path(results_dir)
     formats = _check_formats(formats)
-    runs = find_runs(results_dir)
+    runs = read_runs(results_dir)
     if not runs:
         raise UserError(f"{results_dir}: no finished runs (expected <strategy>/seed<k>/{SUMMARY_FILE})")
     _check_consistent(results_dir, runs)
     unfinished = [d for d in find_run_dirs(results_dir, include_unfinished=True) if not (d / SUMMARY_FILE).is_file()]
     groups = _group(runs)
+    _baseline_check(groups, results_dir, baseline or DEFAULT_BASELINE, explicit=baseline is not None)
+    baseline = baseline or DEFAULT_BASELINE
     colors = plots.strategy_colors(list(groups))
     plot_dir = results_dir / "plots"
 
@@ -539,12 +677,14 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",), bas
     save(plots.plot_final_accuracy_forgetting(groups, colors), "final_accuracy_forgetting",
          "Final accuracy and forgetting per experience")
     save(plots.plot_old_new_accuracy(groups, colors), "old_new_accuracy", "Old- vs new-class accuracy")
+    save(plots.plot_accuracy_matrices(groups), "accuracy_matrices", "Accuracy matrices of every strategy")
     for strategy, strategy_runs in groups.items():
         save(plots.plot_accuracy_matrix(strategy, strategy_runs), f"accuracy_matrix_{plots.safe_name(strategy)}",
              f"Accuracy matrix: {strategy}")
 
     rows = summary_rows(groups)
     written.append(atomic_write_text(results_dir / "summary.csv", _summary_csv(rows)))
+    written.append(atomic_write_text(results_dir / "summary.tex", summary_tex(groups, rows)))
     report_md = _report_md(results_dir, groups, rows, links, unfinished, baseline)
     written.append(atomic_write_text(results_dir / "report.md", report_md))
     return written

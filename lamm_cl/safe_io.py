@@ -5,12 +5,15 @@
   ``.<name>.<pid>.<hex>.tmp``, the one scheme every writer uses), fsync, rename, fsync of the folder.
 * :func:`remove_stale_temporaries` and :func:`sweep_temporaries` delete the temporary files a killed
   writer left (the feature store sweeps its own, under its entries' locks, by the same names).
-* :func:`pid_alive` says whether a process of this host still runs.
+* :func:`pid_alive` says whether a process of this host still runs; :func:`process_start` /
+  :func:`process_is` whether it is still the same process (pid and start time, so that a reused pid,
+  or a state file from before a reboot, is not taken for its writer).
 * The results-folder lock (:func:`lock_output`, :func:`lock_holder`, :func:`in_use`) is a file holding
   the owner's pid and host, held with :func:`fcntl.flock` for the whole run: the kernel decides who
   holds it (atomically, and it lets go when the process dies), and every look at the pid happens under
   the flock, so two processes can never both take it. A lock file whose pid is no longer alive is
-  taken over. :func:`open_lock` / :func:`take_lock` are the bare flock a feature-store entry waits on.
+  taken over. :func:`lock_run` is the per-run lock that ``lamm-cl run`` and a sweep job both take.
+  :func:`open_lock` / :func:`take_lock` are the bare flock a feature-store entry waits on.
 * :func:`file_sha256`: a file's checksum, read in chunks.
 
 Nothing here imports torch (``lamm-cl sweep --status`` reads job states through it).
@@ -202,6 +205,40 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> Optional[str]:
+    """An identity of process ``pid`` that a later process with the same pid does not share: the boot id and
+    the process's start time in clock ticks since boot (``/proc/<pid>/stat``, field 22), as ``"BOOT:TICKS"``.
+
+    None where it cannot be read: no ``/proc`` (not Linux), or no such process.
+    """
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text(encoding="ascii", errors="replace")
+        # the command name (field 2) is in parentheses and may hold spaces or ')': split after the last ')'
+        start = stat[stat.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        boot = "?"
+    return f"{boot}:{start}"
+
+
+def process_is(pid: object, start: object) -> bool:
+    """Whether the process that recorded ``pid`` and ``start`` (:func:`process_start`, on this host) still runs.
+
+    A pid that is not a positive integer, a pid now used by another process (another start time, or
+    another boot), or a dead pid is not. Where start times cannot be read (``start`` None and no ``/proc``),
+    a live pid is taken at its word.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    now = process_start(pid)
+    if start is not None or now is not None:
+        return now is not None and now == start
+    return pid_alive(pid)
+
+
 def name_max(folder: Path) -> int:
     """The longest file name (bytes) the filesystem of ``folder`` allows (255 when it does not say)."""
     try:
@@ -257,9 +294,13 @@ def lock_holder(out: Path) -> Optional[str]:
     return None
 
 
-def in_use(out: Path, holder: str) -> UserError:
+class InUseError(UserError):
+    """A results folder or run folder that another live process holds (its lock); nothing was written."""
+
+
+def in_use(out: Path, holder: str) -> InUseError:
     """The error for a results folder (or run folder) another live process holds."""
-    return UserError(f"{out} is in use by another lamm-cl run ({holder}); wait for it to finish or choose "
+    return InUseError(f"{out} is in use by another lamm-cl run ({holder}); wait for it to finish or choose "
                      f"another --output (if no run is using it, delete {Path(out) / LOCK_FILE})")
 
 
@@ -325,3 +366,25 @@ def lock_output(out: Path) -> Iterator[Path]:
         except OSError:
             pass
         os.close(fd)
+
+
+@contextmanager
+def lock_run(run_dir: Path) -> Iterator[Path]:
+    """Hold the per-run lock of ``<results>/<strategy>/seed<k>`` for the duration of the block.
+
+    The one lock a ``lamm-cl run`` (which also holds its whole results folder) and a sweep job (which holds
+    only its run folder, so that jobs of one benchmark run side by side) both take for each run they
+    write. Taken first, then the results folder's own lock is looked at: a run whose folder another
+    process holds is refused, whichever of the two came first.
+
+    Raises:
+        InUseError: another live process holds the run folder or its results folder.
+        UserError: the folder cannot be created or written.
+    """
+    run_dir = Path(run_dir)
+    with lock_output(run_dir) as lock:
+        results = run_dir.parent.parent
+        holder = lock_holder(results)
+        if holder is not None and holder != f"pid {os.getpid()}":
+            raise in_use(results, holder)
+        yield lock

@@ -22,14 +22,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Comparison", "bootstrap_ci", "sign_flip_p", "compare_paired",
-           "N_RESAMPLES", "CONFIDENCE", "MIN_PAIRS", "EXACT_MAX_PAIRS", "MONTE_CARLO_DRAWS"]
+__all__ = ["Comparison", "bootstrap_ci", "sign_flip_p", "compare_paired", "min_p", "min_p_text",
+           "PAIRS_FOR_5_PERCENT", "N_RESAMPLES", "CONFIDENCE", "MIN_PAIRS", "EXACT_MAX_PAIRS", "MONTE_CARLO_DRAWS"]
 
 N_RESAMPLES = 10_000  # bootstrap resamples; the interval's ends move by ~0.1 of a std between seeds at this count
 CONFIDENCE = 0.95
 MIN_PAIRS = 3  # with 1 or 2 pairs the smallest possible p-value is 0.5: no test is worth printing
 EXACT_MAX_PAIRS = 40  # 2 x 2^20 partial sums: about a second and 32 MB, the most an exact count should cost
 MONTE_CARLO_DRAWS = 200_000
+PAIRS_FOR_5_PERCENT = 6  # min_p(5) = 0.0625, min_p(6) = 0.03125: fewer pairs can never reach p < 0.05
 _TOL = 1e-9  # differences printed to 2 decimals are compared with this slack, so ties count as ties
 
 
@@ -64,6 +65,29 @@ def bootstrap_ci(diffs: Sequence[float], n_resamples: int = N_RESAMPLES, confide
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def min_p(n_pairs: int) -> float:
+    """The smallest p-value :func:`sign_flip_p` can give with ``n_pairs`` pairs, whatever the differences.
+
+    Exact test: only the observed assignment and its mirror reach the observed sum when every
+    difference has one sign, so p >= 2 / 2^n (0.25 for 3 pairs, 0.03125 for 6). Monte Carlo
+    (more than :data:`EXACT_MAX_PAIRS` pairs): 1 / (draws + 1).
+
+    Example:
+        >>> min_p(3)
+        0.25
+    """
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be 1 or more, got {n_pairs}")
+    if n_pairs > EXACT_MAX_PAIRS:
+        return 1.0 / (MONTE_CARLO_DRAWS + 1)
+    return 2.0 / 2.0 ** n_pairs
+
+
+def min_p_text(n_pairs: int) -> str:
+    """:func:`min_p` as the report prints it (``0.250``, ``< 0.001``)."""
+    return _p_text(min_p(n_pairs))
 
 
 def _signed_sums(values: np.ndarray) -> np.ndarray:
@@ -128,10 +152,16 @@ class Comparison:
     note: str = ""
 
     def __str__(self) -> str:
+        return self.text()
+
+    def text(self, note: bool = True) -> str:
+        """One line: difference, interval, p and pairs; ``note=False`` leaves out why there is no p-value
+        (a report that says it once)."""
         label = _METRIC_LABELS.get(self.metric, self.metric)
         head = f"{self.a} − {self.b}: {label} {_signed(self.mean_diff)}"
         if self.p_value is None:
-            return f"{head}, {self.n_pairs} pair{'s' if self.n_pairs != 1 else ''} ({self.note})"
+            return (f"{head}, {self.n_pairs} pair{'s' if self.n_pairs != 1 else ''}"
+                    + (f" ({self.note})" if note else ""))
         return (f"{head} [{_signed(self.ci_low)}, {_signed(self.ci_high)}], p = {_p_text(self.p_value)}, "
                 f"{self.n_pairs} pairs")
 

@@ -232,3 +232,29 @@ def test_sweep_table_pairs_per_grid_cell(tmp_path):
     # 0, 1, 2, 3: |sum| >= 6 for +0+1+2+3 and its mirror, whatever the sign of the 0 -> 4 of 16
     assert lines[i16 + 2].startswith("- a − b: Last +1.50 [") and lines[i16 + 2].endswith("p = 0.250, 4 pairs")
     assert lamm_cl.load_results(tmp_path).compare("a", "b").n_pairs == 8  # no grid given: every cell
+
+
+# --------------------------------------------------------------------------- bad arguments name themselves
+
+
+@pytest.mark.parametrize("bad", [123, None, [1], b"seeds=[0]"])
+def test_run_with_set_not_a_list_of_strings_names_set(tmp_path, bad):
+    with pytest.raises(ConfigError, match=r"^set: expected a list of 'dotted.key=value' strings"):
+        lamm_cl.run(_tiny_config(tmp_path / "out"), set=bad, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, name", [({"n_resamples": -1}, "n_resamples"), ({"n_resamples": 0}, "n_resamples"),
+                                          ({"n_resamples": 2.5}, "n_resamples"), ({"seed": -1}, "seed"),
+                                          ({"seed": "0"}, "seed"), ({"grid": "x"}, "grid")])
+def test_compare_with_a_bad_argument_names_it(toy, kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        lamm_cl.load_results(toy).compare("a", "b", **kwargs)
+
+
+def test_compare_with_an_unknown_grid_cell_lists_the_cells(tmp_path):
+    for cell in ("shots=1", "shots=16"):
+        _write(tmp_path / "pets" / cell, "a", 1, [[50, nan], [40, 40]], benchmark="pets")
+        _write(tmp_path / "pets" / cell, "b", 1, [[50, nan], [40, 40]], benchmark="pets")
+    with pytest.raises(ValueError, match="grid: 'shots=2' is not a grid cell .*shots=1, shots=16"):
+        lamm_cl.load_results(tmp_path).compare("a", "b", grid="shots=2")

@@ -124,7 +124,7 @@ def test_read_run_round_trips(results):
 def test_build_report_writes_every_file(built):
     root, written = built
     expected = {root / "plots" / f"{name}.png" for name in PLOTS}
-    expected |= {root / "summary.csv", root / "report.md"}
+    expected |= {root / "summary.csv", root / "summary.tex", root / "report.md"}
     assert set(written) == expected
     for path in expected:
         assert path.stat().st_size > 0
@@ -265,3 +265,114 @@ def test_published_figures_match_dataset_steps_shots_and_backbone():
     assert match_published(coop, 5) == []
     assert match_published({**coop, "benchmark": {"dataset": "eurosat", "shots": None}}, 1) == []
     assert match_published(CONFIG, 3) == []
+
+
+# --------------------------------------------------------------------------- only comparable runs are paired
+
+
+def _three_seed_folder(root, lamm_config=CONFIG, lamm_weights=None):
+    for seed in (0, 1, 2):
+        rec = make_record("zeroshot", 0)
+        rec.seed = seed
+        write_run(root / "zeroshot" / f"seed{seed}", rec)
+        other = make_record("lamm", 0, config=lamm_config)
+        other.seed = seed
+        if lamm_weights:
+            other.info = {**other.info, "weights": lamm_weights}
+        write_run(root / "lamm" / f"seed{seed}", other)
+    return root
+
+
+def test_runs_of_another_class_order_are_not_paired(tmp_path):
+    from lamm_cl.api import load_results
+
+    seeded = {**CONFIG, "benchmark": {**CONFIG["benchmark"], "order_seed": 7}}
+    root = _three_seed_folder(tmp_path / "toy", lamm_config=seeded)
+    build_report(root)
+    md = (root / "report.md").read_text()
+    section = md[md.index("## Paired differences"):md.index("## Published")]
+    assert "zeroshot − lamm: not compared: zeroshot/seed0 and lamm/seed0 differ in benchmark.order_seed None vs 7" \
+        in section
+    assert "p = " not in section and "pairs" not in section.split("not compared")[1]
+    with pytest.raises(UserError, match="not comparable.*order_seed"):
+        load_results(root).compare("lamm", "zeroshot")
+
+
+def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model(tmp_path):
+    from lamm_cl.api import load_results
+
+    tiny = {**CONFIG, "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"}}
+    weights = {"arch": "lamm-tiny", "pretrained": "tinyworld", "file": "w.pt", "sha256": "ab" * 32}
+    root = _three_seed_folder(tmp_path / "toy", lamm_config=tiny, lamm_weights=weights)
+    build_report(root)
+    md = (root / "report.md").read_text()
+    assert "- Model of zeroshot/seed0, zeroshot/seed1, zeroshot/seed2: `tiny`, pretrained `none`" in md
+    assert "- Model of lamm/seed0, lamm/seed1, lamm/seed2: `lamm-tiny`, pretrained `tinyworld`" in md
+    assert "not compared" in md and "model `tiny` + `none` vs `lamm-tiny` + `tinyworld`" in md
+    with pytest.raises(UserError, match="not comparable.*model"):
+        load_results(root).compare("zeroshot", "lamm")
+
+
+def test_comparable_runs_are_paired_and_the_report_says_the_smallest_p(tmp_path):
+    root = _three_seed_folder(tmp_path / "toy")
+    build_report(root)
+    md = (root / "report.md").read_text()
+    assert "- zeroshot − lamm: Last +15.00 [+15.00, +15.00], p = 0.250, 3 pairs " \
+           "(the smallest p 3 pairs can give: 0.250)" in md
+    assert "p < 0.05 needs at least 6 pairs" in md and "`order_seed: null`" in md
+
+
+def test_min_p_by_hand():
+    from lamm_cl import stats
+
+    assert [stats.min_p(n) for n in (1, 3, 5, 6)] == [1.0, 0.25, 0.0625, 0.03125]
+    assert stats.min_p(stats.PAIRS_FOR_5_PERCENT) < 0.05 <= stats.min_p(stats.PAIRS_FOR_5_PERCENT - 1)
+    # the bound is reached: every difference of one sign
+    assert stats.sign_flip_p([1, 2, 3, 4, 5, 6]) == stats.min_p(6)
+
+
+def test_summary_json_naming_another_strategy_or_seed_is_malformed(results):
+    from lamm_cl.api import load_results
+
+    summary = results / "lamm" / "seed0" / "summary.json"
+    data = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**data, "strategy": "coop"}))
+    assert "records strategy 'coop' seed 0 but sits in lamm/seed0" in one_line_error(results, "lamm/seed0/summary.json")
+    with pytest.raises(UserError, match="lamm/seed0/summary.json: malformed"):
+        load_results(results)
+    summary.write_text(json.dumps({**data, "seed": 4}))
+    assert "malformed" in one_line_error(results, "lamm/seed0/summary.json")
+
+
+def test_baseline_naming_no_strategy_is_exit_2_listing_the_strategies(results, capsys):
+    from lamm_cl.cli import main
+
+    assert main(["report", str(results), "--baseline", "knn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--baseline knn" in err and "zeroshot, lamm" in err
+    assert not (results / "report.md").exists() and not (results / "plots").exists()
+    assert main(["report", str(results), "--baseline", "zeroshot"]) == 0
+    assert "Each strategy minus `zeroshot`" in (results / "report.md").read_text()
+
+
+def test_one_seed_says_fewer_than_3_pairs_and_the_versions_once(tmp_path):
+    root = tmp_path / "toy"
+    for strategy in ("zeroshot", "lamm", "coop"):
+        rec = make_record("lamm" if strategy == "coop" else strategy, 0)
+        rec.strategy = strategy
+        rec.info = {**rec.info, "versions": {"lamm_cl": "0.1", "torch": "2.4"}}
+        write_run(root / strategy / "seed0", rec)
+    build_report(root)
+    md = (root / "report.md").read_text()
+    assert md.count("fewer than 3 pairs") == 1
+    assert md.count("torch: '2.4'") == 1 and "Versions (the same for every run)" in md
+
+
+def test_summary_tex_is_a_latex_table_of_the_summary(built):
+    root, _ = built
+    tex = (root / "summary.tex").read_text()
+    assert "\\begin{tabular}{llrrrr}" in tex and "\\end{tabular}" in tex
+    # zeroshot Avg 80.42 ± 2.95 (see EXPECTED), in report order
+    assert "zeroshot & 0, 1 & 80.42 $\\pm$ 2.95 & 70.00 $\\pm$ 0.00" in tex
+    assert tex.index("zeroshot &") < tex.index("lamm &")
+    assert "Avg (\\%)" in tex

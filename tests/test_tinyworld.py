@@ -184,3 +184,63 @@ def test_pretraining_script_reproduces_the_shipped_weights(tmp_path):
     out = tmp_path / "again.pt"
     assert tiny_main(["pretrain", "--out", str(out)]) == 0
     assert sha256(out.read_bytes()) == sha256(TINYWORLD_FILE.read_bytes())
+
+
+# --------------------------------------------------------------------------- pretrain --out (issue 29)
+
+
+def _no_training(monkeypatch):
+    """Training must not start: the --out checks come first."""
+    import lamm_cl.tiny.__main__ as tiny_cli
+
+    def fail(*a, **k):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(tiny_cli, "pretrain", fail)
+    return tiny_cli
+
+
+@pytest.mark.parametrize("case", ["no folder", "read-only", "full", "a folder"])
+def test_pretrain_out_is_checked_before_training(tmp_path, monkeypatch, capsys, case):
+    import os
+    import shutil
+    from collections import namedtuple
+
+    tiny_cli = _no_training(monkeypatch)
+    out = {"no folder": tmp_path / "missing" / "w.pt", "read-only": tmp_path / "ro" / "w.pt",
+           "full": tmp_path / "w.pt", "a folder": tmp_path}[case]
+    if case == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        out.parent.mkdir()
+        out.parent.chmod(0o500)
+    if case == "full":
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 9 << 20, 1 << 20))
+    assert tiny_cli.main(["pretrain", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("--out: ") and err.count("\n") == 1, err
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+
+
+def test_pretrain_that_cannot_write_keeps_the_weights_and_leaves_no_tmp(tmp_path, monkeypatch, capsys):
+    import lamm_cl.tiny.__main__ as tiny_cli
+
+    monkeypatch.setattr(tiny_cli, "pretrain", lambda settings: b"weights")
+    monkeypatch.setattr(tiny_cli.tempfile, "gettempdir", lambda: str(tmp_path / "kept"))
+    real = tiny_cli.atomic_write_bytes
+
+    def disk_full_in_out(path, data):
+        if path.parent.name == "out":  # the disk filled up while training
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(tiny_cli, "atomic_write_bytes", disk_full_in_out)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "kept").mkdir()
+    assert tiny_cli.main(["pretrain", "--out", str(tmp_path / "out" / "w.pt"), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "written to" in err
+    kept = list((tmp_path / "kept").iterdir())
+    assert [p.read_bytes() for p in kept] == [b"weights"]
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))

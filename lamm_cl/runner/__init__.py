@@ -78,7 +78,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     log(f"  {entry.name} seed {seed}: already finished, kept")
                     records.append(earlier.done[entry.name, seed])
                     continue
-                with (safe_io.lock_output(run_dir) if lock_runs else nullcontext()):
+                with safe_io.lock_run(run_dir):  # the per-run lock a sweep job takes too
                     _run_and_write(cfg, entry, seed, plan, inputs, dev, run_dir, records, progress=progress, log=log,
                                    warn=warn or log, resume_from=earlier.checkpoints.get((entry.name, seed)))
     return records

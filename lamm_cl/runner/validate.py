@@ -94,21 +94,21 @@ def earlier_runs(cfg: Config, out: Path) -> EarlierRuns:
     return found
 
 
-def _first_difference(a, b, path: str = "") -> str:
+def first_difference(a, b, path: str = "") -> str:
     """The first key path where two plain-data configs differ, with both values."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
             if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+                return first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
             if x != y:
-                return _first_difference(x, y, f"{path}[{i}]")
+                return first_difference(x, y, f"{path}[{i}]")
     return f"{path or 'config'}: {a!r} now, {b!r} there"
 
 
 def _mismatch(where: Path, now: dict, then: dict) -> UserError:
-    return UserError(f"{where} was made with a different config ({_first_difference(now, then)}); "
+    return UserError(f"{where} was made with a different config ({first_difference(now, then)}); "
                      "use --overwrite to start over, or another --output")
 
 

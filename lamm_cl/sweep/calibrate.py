@@ -231,6 +231,7 @@ def calibrate(sweep: Sweep, classes: int = 10, warmup: int = 3, repeats: int = 1
         feature_step_s=old.feature_step_s if steps["features"] is None else _three_digits(steps["features"].seconds),
         image_step_s=old.image_step_s if steps["images"] is None else _three_digits(steps["images"].seconds),
     )
+    sweep.cost_device = str(device)  # the estimate made with these numbers is in that device's hours
     return Calibration(device=str(device), model=f"{cfg.model.arch} + {cfg.model.pretrained}", encode=encode,
                        feature_step=steps["features"], image_step=steps["images"], cost=cost)
 

@@ -1,7 +1,9 @@
 """``lamm-cl sweep --dry-run``: what a grid will cost, before anything runs.
 
 Counts are exact where the data is there (the dataset index is read, the class-incremental
-plan of every job is built, no image is opened): images to encode once per feature group
+plan of every job is built, no image is opened); a CoOp dataset or CIFAR-100 that is not there is
+counted from its known split sizes (:data:`KNOWN_SPLITS`, each class an equal share), and the
+estimate says so: images to encode once per feature group
 (every image at the centre crop, plus ``train_views`` augmented views of the training images each
 job reads: a few-shot job's own draw), and training steps per strategy (per experience: ``epochs x floor(images / batch_size)``,
 the last partial batch dropped as Dassl does). The GPU-hours multiply them by the sweep's
@@ -16,6 +18,52 @@ from collections import defaultdict
 
 from lamm_cl.errors import UserError
 from lamm_cl.sweep.spec import Sweep
+
+
+# Class count, training and test images of each dataset in the split lamm-cl reads (CoOp's split files;
+# CIFAR-100's own), for estimating before the data is there. Sums: README "What the full grid costs".
+KNOWN_SPLITS = {
+    "imagenet": (1000, 1_281_167, 50_000),
+    "caltech101": (100, 4_128, 2_465),
+    "oxford_pets": (37, 2_944, 3_669),
+    "stanford_cars": (196, 6_509, 8_041),
+    "oxford_flowers": (102, 4_093, 2_463),
+    "food101": (101, 50_500, 30_300),
+    "fgvc_aircraft": (100, 3_334, 3_333),
+    "sun397": (397, 15_880, 19_850),
+    "dtd": (47, 2_820, 1_692),
+    "eurosat": (10, 13_500, 8_100),
+    "ucf101": (101, 7_639, 3_783),
+    "cifar100": (100, 50_000, 10_000),
+}
+
+
+class _Counted:
+    """Stand-in samples: labels only (``n`` images spread over ``k`` classes as evenly as they go), no image."""
+
+    def __init__(self, labels, identity: str):
+        import numpy as np
+
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.identity = identity
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> "_Counted":
+        return _Counted(self.labels[list(indices)], self.identity)
+
+
+def stand_in(name: str):
+    """A :class:`~lamm_cl.data.base.DatasetParts` with ``name``'s known split sizes and no images (for counting)."""
+    import numpy as np
+
+    from lamm_cl.data.base import DatasetParts
+
+    k, n_train, n_test = KNOWN_SPLITS[name]
+    return DatasetParts(name=name, classnames=[f"class {i}" for i in range(k)],
+                        train=_Counted(np.sort(np.arange(n_train) % k), f"{name}:train"),
+                        test=_Counted(np.sort(np.arange(n_test) % k), f"{name}:test"))
 
 
 def _steps(plan, opts) -> int:
@@ -39,6 +87,7 @@ def estimate(sweep: Sweep) -> list[str]:
              f"launcher {sweep.config.launcher.get('name')}, output {sweep.output}"]
     parts_of: dict[tuple, object] = {}
     missing: dict[str, str] = {}
+    sized: set[str] = set()  # datasets absent here, counted from their known split sizes
     images: dict[tuple, int] = {}  # per feature group: test + train at the centre crop
     views: dict[tuple, dict] = defaultdict(dict)  # per feature group: each distinct set of viewed images -> views
     steps: dict[str, int] = defaultdict(int)
@@ -52,7 +101,11 @@ def estimate(sweep: Sweep) -> list[str]:
             try:
                 parts_of[key] = load_dataset(b.dataset, b.root, b.download)
             except UserError as e:
-                missing[b.dataset] = " ".join(str(e).split())
+                if b.dataset in KNOWN_SPLITS:
+                    parts_of[key] = stand_in(b.dataset)
+                    sized.add(b.dataset)
+                else:
+                    missing[b.dataset] = " ".join(str(e).split())
         parts = parts_of.get(key)
         kinds[j.strategy] = get_strategy(j.strategy).inputs
         if parts is None:
@@ -79,9 +132,14 @@ def estimate(sweep: Sweep) -> list[str]:
                      f"{note}")
     seconds = n_images * cost.encode_image_s + sum(
         n * (cost.image_step_s if kinds[s] == "images" else cost.feature_step_s) for s, n in steps.items())
-    lines.append(f"estimated GPU-hours: {seconds / 3600:.1f} ({seconds:,.0f} s; encode {cost.encode_image_s} s/image, "
-                 f"{cost.feature_step_s} s/step on features, {cost.image_step_s} s/step on images; "
-                 "set them under `cost:`; evaluation not counted)")
+    where = sweep.cost_device
+    what = "GPU-hours" if where is None or where.startswith("cuda") else f"hours on {where} (not GPU-hours)"
+    lines.append(f"estimated {what}: {seconds / 3600:.1f} ({seconds:,.0f} s; encode {cost.encode_image_s} s/image, "
+                 f"{cost.feature_step_s} s/step on features, {cost.image_step_s} s/step on images"
+                 + (f", measured on {where}" if where else "; set them under `cost:`") + "; evaluation not counted)")
+    if sized:
+        lines.append(f"not here, counted from their known split sizes (CoOp's splits; CIFAR-100's own), every "
+                     f"class given an equal share: {', '.join(sorted(sized))}")
     for name, why in missing.items():
         lines.append(f"not counted: {name}: {why}")
     return lines

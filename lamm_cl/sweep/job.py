@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
+from typing import Optional
 
 from lamm_cl.errors import UserError
 from lamm_cl.sweep.spec import JOBS_DIR, Job, Sweep, read_sweep
-from lamm_cl.sweep.state import job_status, log_path, write_state
+from lamm_cl.sweep.state import job_status, log_path, state_path, write_state
 from lamm_cl.warnings_policy import hide_third_party_warnings
 
 
@@ -83,6 +85,7 @@ def run_job(output: str, job_id: str) -> dict:
         (job.run_dir / safe_io.LOCK_FILE).unlink(missing_ok=True)  # left by a lost job on another host
     elif holder is not None:  # a duplicate of a job that is running: leave it be
         return {"job": job.id, "state": "running", "message": f"already running ({holder})"}
+    before = _state_bytes(out, job)
     with logging_to(log_path(out, job)):
         hide_third_party_warnings()  # workers never run cli.main: the same rule, applied here
         write_state(out, job, "running")
@@ -90,7 +93,17 @@ def run_job(output: str, job_id: str) -> dict:
         try:
             from lamm_cl.runner import run
 
-            records = run(_config(job), Path(job.results), progress=True, log=_say, resume=True, lock_runs=True)
+            cfg = _config(job)
+            what = changed(job, cfg)
+            if what:  # its results are of a config the sweep no longer holds: replace them
+                _say(f"== job {job.id}: config changed since it ran ({what}); running it again")
+                shutil.rmtree(job.run_dir)
+            records = run(cfg, Path(job.results), progress=True, log=_say, resume=True, lock_runs=True)
+        except safe_io.InUseError as e:  # another process holds the run: its state is not ours to change
+            msg = " ".join(str(e).split())
+            _say(f"lamm-cl: not started: {msg}")
+            _restore_state(out, job, before)
+            return {"job": job.id, "state": "refused", "message": msg}
         except UserError as e:
             msg = " ".join(str(e).split())
             _say(f"lamm-cl: error: {msg}")
@@ -111,6 +124,46 @@ def run_job(output: str, job_id: str) -> dict:
         write_state(out, job, "done")
         _say(f"== job {job.id} done")
         return {"job": job.id, "state": "done", "message": ""}
+
+
+def _state_bytes(output: Path, job: Job) -> Optional[bytes]:
+    try:
+        return state_path(output, job).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _restore_state(output: Path, job: Job, data: Optional[bytes]) -> None:
+    from lamm_cl.safe_io import atomic_write_bytes
+
+    if data is None:
+        state_path(output, job).unlink(missing_ok=True)
+    else:
+        atomic_write_bytes(state_path(output, job), data)
+
+
+def changed(job: Job, cfg=None) -> str:
+    """How the resolved config of ``job``'s finished run differs from the one the sweep would run now
+    ('' when it does not, or the job has not finished).
+
+    Compared as ``lamm-cl run --resume`` compares them (:func:`lamm_cl.runner.run_config`: what decides
+    the run's numbers, not where it writes); an unreadable ``config.yaml`` counts as changed.
+    """
+    import yaml
+
+    from lamm_cl.results import CONFIG_FILE, SUMMARY_FILE
+
+    if not (job.run_dir / SUMMARY_FILE).is_file():
+        return ""
+    from lamm_cl.runner.record import run_config  # torch: only once a job has finished
+    from lamm_cl.runner.validate import first_difference
+
+    now = run_config((cfg if cfg is not None else _config(job)).to_dict(), job.strategy)
+    try:
+        then = run_config(yaml.safe_load((job.run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}, job.strategy)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return f"{job.run_dir / CONFIG_FILE} unreadable"
+    return "" if now == then else first_difference(now, then)
 
 
 def needs_features(cfg) -> bool:

@@ -1,26 +1,41 @@
 """The ``local`` launcher: N worker processes on this machine, one GPU each where there are GPUs.
 
 Workers are started fresh (``spawn``), so each sets ``CUDA_VISIBLE_DEVICES`` to its own GPU
-before CUDA starts; without GPUs they are plain CPU processes. A worker that gets SIGTERM
-stops its job like Ctrl-C (finished work and the last checkpoint kept) and takes the next.
+before CUDA starts; without GPUs they are plain CPU processes. SIGINT or SIGTERM, to the driver or to a
+worker, stops the sweep: every running job stops like Ctrl-C (finished work and the last checkpoint
+kept) and no worker starts another job. A worker whose driver died (SIGKILL) interrupts its job the
+same way and exits.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from lamm_cl.config import ConfigError
-from lamm_cl.sweep.launchers import Call, OnDone, call, failed
+from lamm_cl.sweep.launchers import Call, OnDone, at_least, call, failed
 
 
 @dataclass
 class Options:
     workers: Optional[int] = None  # parallel jobs; default: one per visible GPU, else 1
     gpus: Optional[list[int]] = None  # GPU ids to hand out, one per worker; default: every visible GPU
+
+
+def validate(options: Options) -> None:
+    """Values the types allow but a pool cannot use (``workers: 0``), refused when the sweep is loaded."""
+    at_least(options, "workers", 1)
+    for i, g in enumerate(options.gpus or []):
+        if g < 0:
+            raise ConfigError(f"launcher.gpus[{i}]: expected a GPU id, 0 or more, got {g}")
+    if options.gpus is not None and not options.gpus:
+        raise ConfigError("launcher.gpus: expected at least one GPU id (leave it out for every visible GPU)")
 
 
 def visible_gpus() -> list[str]:
@@ -36,58 +51,117 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def _sigterm_as_ctrl_c(signum, frame):  # pre-emption and kill(1) end a job the way Ctrl-C does
-    raise KeyboardInterrupt
+_stop = None  # in a worker: the pool's "start no more jobs" event
+_busy = threading.Event()  # in a worker: a job is running
+_raised = False  # in a worker: the running job has been sent its KeyboardInterrupt
+PARENT_POLL_S = 0.5  # how often a worker looks whether its driver still lives and whether it must stop
+UNWIND_S = 20.0  # how long a worker whose driver died gives its job to record itself interrupted
 
 
-def _worker_init(slots, threads: int, user_init: Optional[Callable[[], None]]) -> None:
+def _interrupt(signum, frame):
+    """SIGINT and SIGTERM end the running job the way Ctrl-C does (finished work and the last checkpoint kept),
+    once: a second signal must not cut short the job's own clean-up. The worker then starts no job."""
+    global _raised
+    if _stop is not None:
+        _stop.set()
+    if _busy.is_set() and not _raised:
+        _raised = True
+        raise KeyboardInterrupt
+
+
+def _watch(driver: int, main: int) -> None:
+    """The worker's second thread: when the sweep is stopped (the driver set the stop event, or a signal
+    reached another thread while the job's main thread waits in C), deliver SIGTERM to the main thread
+    itself, where Python runs signal handlers; when the driver is gone (it was SIGKILLed: nothing else
+    will stop this worker), interrupt the running job the same way, give it :data:`UNWIND_S` to record
+    itself interrupted, and exit."""
+    # SIGINT and SIGTERM must reach the main thread: Python runs handlers only there, and a signal the kernel
+    # hands to this (sleeping) thread would wait until the job's main thread next wakes up.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    while os.getppid() == driver:
+        time.sleep(PARENT_POLL_S)
+        if _stop is not None and _stop.is_set() and _busy.is_set() and not _raised:
+            signal.pthread_kill(main, signal.SIGTERM)
+    if _stop is not None:
+        _stop.set()
+    deadline = time.monotonic() + UNWIND_S
+    while _busy.is_set() and time.monotonic() < deadline:
+        if not _raised:
+            signal.pthread_kill(main, signal.SIGTERM)
+        time.sleep(0.1)
+    os._exit(1)
+
+
+def _worker_init(slots, stop, threads: int, user_init: Optional[Callable[[], None]]) -> None:
+    global _stop
+    _stop = stop
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     else:  # CPU workers share the cores instead of each spinning up one thread per core
         os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ["MKL_NUM_THREADS"] = str(threads)
-    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    threading.Thread(target=_watch, args=(os.getppid(), threading.main_thread().ident), daemon=True,
+                     name="lamm-cl-watch").start()
     if user_init is not None:
         user_init()
 
 
 def _run(c: Call) -> dict:
+    if _stop is not None and _stop.is_set():  # queued before the sweep was stopped: never starts
+        return {"job": c[2], "state": "pending", "message": "not started: the sweep was stopped"}
+    _busy.set()
     try:
         return call(c)
     except KeyboardInterrupt:
         return {"job": c[2], "state": "interrupted", "message": "interrupted (Ctrl-C or SIGTERM)"}
+    finally:
+        _busy.clear()
 
 
 def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnDone,
            initializer: Optional[Callable[[], None]] = None) -> None:
     """Run the calls of each phase on ``options.workers`` processes; all of a phase before the next.
 
+    On Ctrl-C or SIGTERM (a ``KeyboardInterrupt`` here) no further call starts: the workers are told to
+    stop, the running jobs get SIGTERM (each keeps its finished work and last checkpoint), the queued
+    ones are dropped, and the interrupt is raised once the workers have ended.
+
     Args:
         initializer: run once in every worker before its first call (picklable by reference).
     """
     gpus = [str(g) for g in options.gpus] if options.gpus is not None else visible_gpus()
     workers = options.workers if options.workers is not None else max(1, len(gpus))
-    if workers < 1:
-        raise ConfigError(f"launcher.workers: expected 1 or more, got {workers}")
     ctx = mp.get_context("spawn")
     slots = ctx.Queue()
+    stop = ctx.Event()
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                               initargs=(slots, threads, initializer))
+                               initargs=(slots, stop, threads, initializer))
     try:
         for calls in phases:
             futures = {pool.submit(_run, c): c for c in calls}
-            for f in as_completed(futures):
-                c = futures[f]
-                try:
-                    result = f.result()
-                except Exception as e:  # noqa: BLE001 - a dead worker fails its job, not the sweep
-                    result = failed(c, f"worker process died ({type(e).__name__}: {e})")
-                on_done(c, result)
-    except BaseException:  # Ctrl-C: the running jobs stop too (same process group); start no more
+            left = set(futures)
+            while left:
+                # short waits: the main thread wakes to run a signal's handler even when the kernel gave the
+                # signal to one of the pool's threads
+                done, left = wait(left, timeout=0.5, return_when=FIRST_COMPLETED)
+                for f in sorted(done, key=lambda f: calls.index(futures[f])):
+                    c = futures[f]
+                    try:
+                        result = f.result()
+                    except Exception as e:  # noqa: BLE001 - a dead worker fails its job, not the sweep
+                        result = failed(c, f"worker process died ({type(e).__name__}: {e})")
+                    on_done(c, result)
+    except BaseException:  # Ctrl-C, SIGTERM: start nothing more, stop what runs, then report the interrupt
+        stop.set()
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGTERM)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

@@ -7,10 +7,11 @@ retried task resumes the job from its last per-experience checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
-from lamm_cl.sweep.launchers import Call, OnDone, call, failed, require
+from lamm_cl.sweep.launchers import Call, OnDone, at_least, call, failed, require
 
 
 @dataclass
@@ -19,6 +20,13 @@ class Options:
     num_gpus: Optional[float] = None  # GPUs per job; null: 1 where the cluster has GPUs, else 0
     num_cpus: float = 1.0  # CPU cores per job
     max_retries: int = 3  # retries of a job whose worker died (node loss, pre-emption)
+
+
+def validate(options: Options) -> None:
+    """Values the types allow but Ray cannot use, refused when the sweep is loaded."""
+    at_least(options, "num_gpus", 0, whole=False)
+    at_least(options, "num_cpus", 0, whole=False)
+    at_least(options, "max_retries", 0)
 
 
 def check(options: Options) -> None:
@@ -42,17 +50,29 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         task = ray.remote(num_cpus=options.num_cpus, num_gpus=gpus, max_retries=options.max_retries)(_run)
-        for calls in phases:
-            refs = {task.remote(c): c for c in calls}
-            while refs:
-                done, _ = ray.wait(list(refs), num_returns=1)
-                for r in done:
-                    c = refs.pop(r)
-                    try:
-                        result = ray.get(r)
-                    except Exception as e:  # noqa: BLE001 - a task that failed for good fails its job alone
-                        result = failed(c, f"ray task: {type(e).__name__}: {' '.join(str(e).split())[-300:]}")
-                    on_done(c, result)
+        refs: dict = {}
+        try:
+            _run_phases(ray, task, phases, on_done, refs)
+        except BaseException:  # Ctrl-C, SIGTERM: no queued task may start; running ones get KeyboardInterrupt
+            for r in list(refs):
+                with contextlib.suppress(Exception):
+                    ray.cancel(r)
+            raise
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_phases(ray, task, phases: list[list[Call]], on_done: OnDone, refs: dict) -> None:
+    """Each phase's calls as tasks of ``task``; ``refs`` holds those not yet reported (for cancelling)."""
+    for calls in phases:
+        refs.update({task.remote(c): c for c in calls})
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for r in done:
+                c = refs.pop(r)
+                try:
+                    result = ray.get(r)
+                except Exception as e:  # noqa: BLE001 - a task that failed for good fails its job alone
+                    result = failed(c, f"ray task: {type(e).__name__}: {' '.join(str(e).split())[-300:]}")
+                on_done(c, result)

@@ -8,6 +8,8 @@ its last per-experience checkpoint. ``cluster: local`` runs the same path on thi
 """
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from lamm_cl.config import ConfigError
-from lamm_cl.sweep.launchers import Call, OnDone, call, failed, require
+from lamm_cl.sweep.launchers import Call, OnDone, at_least, call, failed, require
 from lamm_cl.sweep.spec import JOBS_DIR
 
 
@@ -30,7 +32,7 @@ class Options:
     max_parallel: int = 64  # jobs of an array running at once
     max_requeues: int = 3  # time-outs before a job is given up (pre-emptions do not count)
     sbatch: list[str] = field(default_factory=list)  # extra sbatch options, e.g. ["--qos=high"]
-    cluster: Optional[str] = None  # null: SLURM if available; local: this machine (testing)
+    cluster: Optional[str] = None  # null: SLURM (refused where there is none); local: this machine (testing)
     poll_s: float = 5.0  # how often the submitting process checks its jobs
 
 
@@ -69,10 +71,27 @@ class SweepTask:
         return DelayedSubmission(SweepTask(self.c))
 
 
+def validate(options: Options) -> None:
+    """Values the types allow but SLURM cannot use, refused when the sweep is loaded."""
+    for name in ("gpus_per_job", "max_requeues"):
+        at_least(options, name, 0)
+    for name in ("cpus_per_job", "mem_gb", "time_min", "max_parallel"):
+        at_least(options, name, 1)
+    at_least(options, "poll_s", 0.1, whole=False)
+    if options.cluster not in (None, "local", "slurm", "debug"):
+        raise ConfigError(f"launcher.cluster: expected null (SLURM), slurm or local, got {options.cluster!r}")
+    sbatch_options(options.sbatch)
+
+
 def check(options: Options) -> None:
-    """Refuse before anything is written: submitit missing, bad sbatch lines."""
+    """Refuse before anything is written: submitit missing, bad sbatch lines, or no SLURM here while the jobs
+    were meant for it (submitit would quietly run them all on this machine instead)."""
     require("submitit", "slurm", "slurm")
     sbatch_options(options.sbatch)
+    if options.cluster in (None, "slurm") and shutil.which("sbatch") is None:
+        raise ConfigError("launcher slurm: no SLURM reachable from here (no sbatch command); run the sweep from a "
+                          "SLURM login node, or set launcher.cluster: local to run every job on this machine "
+                          "through submitit's local executor")
 
 
 def executor(options: Options, output: str):
@@ -95,24 +114,40 @@ def executor(options: Options, output: str):
 
 
 def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnDone) -> None:
-    """Submit each phase as a job array and wait for it (results reported as jobs finish)."""
+    """Submit each phase as a job array and wait for it (results reported as jobs finish).
+
+    On Ctrl-C or SIGTERM the jobs still queued in SLURM are cancelled, so none starts afterwards.
+    """
     ex = executor(options, output)
-    for calls in phases:
-        if not calls:
-            continue
-        with ex.batch():
-            pending = [(c, ex.submit(SweepTask(c))) for c in calls]
-        while pending:
-            still = []
-            for c, j in pending:
-                if not j.done():
-                    still.append((c, j))
-                    continue
-                try:
-                    result = j.result()
-                except Exception as e:  # noqa: BLE001 - a lost or cancelled job fails alone
-                    result = failed(c, f"submitit job {j.job_id}: {' '.join(str(e).split())[-300:]}")
-                on_done(c, result)
-            pending = still
-            if pending:
-                time.sleep(options.poll_s)
+    pending: list = []
+    try:
+        for calls in phases:
+            if not calls:
+                continue
+            with ex.batch():
+                pending = [(c, ex.submit(SweepTask(c))) for c in calls]
+            _wait(pending, options, on_done)
+    except BaseException:  # Ctrl-C, SIGTERM: no queued job may start; the running ones go on and requeue
+        for _, j in pending:
+            with contextlib.suppress(Exception):
+                if j.state in ("PENDING", "REQUEUED", "UNKNOWN"):
+                    j.cancel(check=False)
+        raise
+
+
+def _wait(pending: list, options: Options, on_done: OnDone) -> None:
+    """Report each job of ``pending`` as it finishes."""
+    while pending:
+        still = []
+        for c, j in pending:
+            if not j.done():
+                still.append((c, j))
+                continue
+            try:
+                result = j.result()
+            except Exception as e:  # noqa: BLE001 - a lost or cancelled job fails alone
+                result = failed(c, f"submitit job {j.job_id}: {' '.join(str(e).split())[-300:]}")
+            on_done(c, result)
+        pending = still
+        if pending:
+            time.sleep(options.poll_s)

@@ -44,8 +44,27 @@ def get_launcher(name: str) -> ModuleType:
 
 
 def options(module: ModuleType, data: dict) -> Any:
-    """The launcher's ``Options`` from the sweep file's ``launcher:`` mapping (minus ``name``)."""
-    return from_dict(module.Options, {k: v for k, v in data.items() if k != "name"}, "launcher")
+    """The launcher's ``Options`` from the sweep file's ``launcher:`` mapping (minus ``name``), their values
+    checked by the launcher's ``validate`` where it has one.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a value out of range (``launcher.workers: ... got 0``).
+    """
+    opts = from_dict(module.Options, {k: v for k, v in data.items() if k != "name"}, "launcher")
+    if hasattr(module, "validate"):
+        module.validate(opts)
+    return opts
+
+
+def at_least(opts: Any, name: str, low: float, whole: bool = True) -> None:
+    """Refuse ``opts.<name>`` below ``low`` (None is a default, left alone).
+
+    Raises:
+        ConfigError: naming ``launcher.<name>`` and the value.
+    """
+    value = getattr(opts, name)
+    if value is not None and not value >= low:  # NaN too
+        raise ConfigError(f"launcher.{name}: expected {'a whole number ' if whole else ''}{low:g} or more, got {value}")
 
 
 def require(module: str, extra: str, launcher: str) -> ModuleType:
@@ -71,4 +90,5 @@ def call(c: Call) -> dict:
 
 def failed(c: Call, message: str) -> dict:
     """The result of a call whose process died or whose launcher lost it."""
-    return {"job": c[2] if c[0] == "run_job" else f"features ({c[2]})", "state": "failed", "message": message}
+    return {"job": c[2] if c[0] == "run_job" else f"features ({c[2]})", "state": "failed", "message": message,
+            "lost": True}  # the driver reads the job's own state file to say what became of it

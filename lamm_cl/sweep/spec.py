@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ class Sweep:
     source: str  # the sweep file
     output: Path
     jobs: list[Job]
+    cost_device: Optional[str] = None  # where `cost:` was measured (--calibrate); None: the file's GPU figures
 
     def to_dict(self) -> dict:
         return {"name": self.config.name, "source": self.source, "output": str(self.output),
@@ -96,10 +98,20 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Sweep":
+        """The sweep written as ``sweep.json``, every field type-checked.
+
+        Raises:
+            ConfigError: a missing key or a wrong type, named by its path (``jobs[3].results``).
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object, got {type(data).__name__}")
+        for key, kind in (("name", str), ("source", str), ("output", str), ("launcher", dict), ("jobs", list)):
+            if not isinstance(data.get(key), kind):
+                raise ConfigError(f"{key}: expected {kind.__name__}, got {data.get(key)!r}"[:200])
         cfg = SweepConfig(name=data["name"], benchmarks=[], output=data["output"], launcher=data["launcher"],
-                          cost=CostConfig(**data.get("cost", {})))
+                          cost=from_dict(CostConfig, data.get("cost", {}), "cost"))
         return cls(config=cfg, source=data["source"], output=Path(data["output"]),
-                   jobs=[Job(**j) for j in data["jobs"]])
+                   jobs=[from_dict(Job, j, f"jobs[{i}]") for i, j in enumerate(data["jobs"])])
 
 
 def _resolve(pattern: str, base: Path, where: str) -> list[Path]:
@@ -117,14 +129,43 @@ def _resolve(pattern: str, base: Path, where: str) -> list[Path]:
     raise ConfigError(f"{where}: {pattern!r} matches no file (looked in {base} and {Path.cwd()})")
 
 
+CELL_TEXT_MAX = 48  # characters of one value's slug in a cell name; a longer value is cut and hashed
+CELL_MAX = 120  # characters of a whole cell name: job ids and log names must stay well under NAME_MAX (255)
+
+
+def _value_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _value_slug(v: Any) -> str:
+    """A readable, file-safe text of one grid value, plus a short hash of its exact YAML text whenever the slug
+    alone could stand for another value (a character replaced, a list flattened, a long value cut)."""
+    exact = _yaml_text(v)
+    slug = re.sub(r"[^A-Za-z0-9._+-]", "-", _value_text(v))
+    if slug == exact and len(slug) <= CELL_TEXT_MAX:
+        return slug  # the value itself: 16, 0.01, true, null, ViT-B-16
+    return f"{slug[:CELL_TEXT_MAX].rstrip('-') or 'v'}-{_value_hash(exact)}"
+
+
 def cell_name(values: dict[str, Any]) -> str:
-    """The folder of a grid cell: ``shots=16``, or ``shots=16_epochs=5`` (full dotted keys when last parts clash)."""
+    """The folder of a grid cell: ``shots=16``, or ``shots=16_epochs=5`` (full dotted keys when last parts clash).
+
+    Distinct cells get distinct names: a value that is not its own file-safe text (``'a photo of a {}!'``,
+    ``[1, 2]``, ``'16'`` the string) is shown as a slug plus the first 8 hex digits of the SHA-256 of its YAML
+    text (``template=a-photo-of-a----3f2a9c1d``); a name longer than :data:`CELL_MAX` is cut and hashed whole.
+    """
     if not values:
         return ""
     last = [k.split(".")[-1] for k in values]
     keys = last if len(set(last)) == len(last) else list(values)
-    text = "_".join(f"{k}={_value_text(v)}" for k, v in zip(keys, values.values()))
-    return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+    keys = [re.sub(r"[^A-Za-z0-9._+-]", "-", k) for k in keys]
+    text = "_".join(f"{k}={_value_slug(v)}" for k, v in zip(keys, values.values()))
+    if len(text) > CELL_MAX:
+        whole = _value_hash("\n".join(f"{k}={_yaml_text(v)}" for k, v in values.items()))
+        text = f"{text[:CELL_MAX - 9].rstrip('-_')}-{whole}"
+    return text
 
 
 def _value_text(v: Any) -> str:
@@ -139,6 +180,15 @@ def _yaml_text(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def _check_items(data: dict) -> None:
+    """Name the bad item of ``seeds`` (``seeds[1]: expected an integer, got nan``), before the generic type check."""
+    seeds = data.get("seeds")
+    if isinstance(seeds, list):
+        for i, seed in enumerate(seeds):
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ConfigError(f"seeds[{i}]: expected an integer, got {seed!r}")
+
+
 def _check(cfg: SweepConfig) -> None:
     if not cfg.benchmarks:
         raise ConfigError("benchmarks: expected at least one benchmark file")
@@ -147,8 +197,18 @@ def _check(cfg: SweepConfig) -> None:
             raise ConfigError("seeds: expected at least one seed")
         if len(set(cfg.seeds)) != len(cfg.seeds):
             raise ConfigError(f"seeds: a seed is repeated in {cfg.seeds}")
+        for i, seed in enumerate(cfg.seeds):
+            if seed < 0:
+                raise ConfigError(f"seeds[{i}]: expected 0 or more, got {seed}")
     if cfg.strategies is not None and not cfg.strategies:
         raise ConfigError("strategies: expected at least one strategy name")
+    if cfg.strategies is not None:
+        twice = sorted({s for s in cfg.strategies if cfg.strategies.count(s) > 1})
+        if twice:
+            raise ConfigError(f"strategies: {', '.join(twice)} listed twice; each strategy runs once per job cell")
+    for name, value in asdict(cfg.cost).items():
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"cost.{name}: expected seconds, 0 or more, got {value}")
     for key, values in cfg.grid.items():
         if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
             raise ConfigError(f"grid: {key!r} is not a dotted key like benchmark.shots")
@@ -156,6 +216,10 @@ def _check(cfg: SweepConfig) -> None:
             raise ConfigError(f"grid.{key}: set seeds with the sweep's `seeds`; name and output are the sweep's")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}: expected a non-empty list of values")
+        texts = [_yaml_text(v) for v in values]
+        twice = [t for i, t in enumerate(texts) if t in texts[:i]]
+        if twice:
+            raise ConfigError(f"grid.{key}: the value {twice[0]} is listed twice; every cell would run it again")
     launcher = cfg.launcher
     if not isinstance(launcher.get("name"), str):
         raise ConfigError("launcher.name: expected a string (local, slurm or ray)")
@@ -172,6 +236,7 @@ def read_config(path: str | Path, launcher: Optional[str] = None) -> SweepConfig
         ConfigError: one line naming the problem (an unknown key, a wrong type, an empty list).
     """
     data = load_yaml(path)
+    _check_items(data)
     if isinstance(data.get("launcher"), str):
         data["launcher"] = {"name": data["launcher"]}
     cfg = from_dict(SweepConfig, data, "")
@@ -224,6 +289,7 @@ def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
                 run_cfg = config_mod.load(f, [*overrides, *extra])
             except ConfigError as e:
                 raise ConfigError(f"{f} with {', '.join(overrides) or 'no grid overrides'}: {e}") from None
+            _check_benchmark_name(run_cfg.name, f)
             if run_cfg.name in names and names[run_cfg.name] != f:
                 raise ConfigError(f"benchmarks: {names[run_cfg.name]} and {f} both have name {run_cfg.name!r}; "
                                   "results are kept per benchmark name")
@@ -253,7 +319,41 @@ def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
             raise ConfigError(f"grid.{k}: changes nothing in any job it applies to (every value is what the "
                               "benchmark files already hold, or it names a strategy the sweep does not run; "
                               "name the strategy, e.g. strategies.lamm.lr)")
+    _check_distinct(jobs, cells)
     return Sweep(config=cfg, source=str(path), output=out, jobs=jobs)
+
+
+def _check_benchmark_name(name: str, f: Path) -> None:
+    """A benchmark's ``name`` is one folder of the sweep's output: no path, nothing the sweep keeps there."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("_")
+            or name == SWEEP_FILE or "\0" in name):
+        raise ConfigError(f"{f}: name {name!r} cannot be a folder of the sweep's output (one folder name, "
+                          "no '/', not '.' or '..', not starting with '_'); rename the benchmark")
+    if len(name.encode("utf-8")) > 100:
+        raise ConfigError(f"{f}: name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes; a sweep keeps it in "
+                          "file names, so at most 100")
+
+
+def _check_distinct(jobs: list[Job], cells: list[dict]) -> None:
+    """Every job its own id and run folder, every id a file name the filesystem takes; else refuse before anything runs."""
+    by_cell: dict[str, dict] = {}
+    for values in cells:
+        name = cell_name(values)
+        if name in by_cell and by_cell[name] != values:
+            raise ConfigError(f"grid: the cells {by_cell[name]} and {values} both get the folder {name!r}; "
+                              "change one of the values")
+        by_cell[name] = values
+    ids: dict[str, Job] = {}
+    runs: dict[Path, Job] = {}
+    for j in jobs:
+        if j.id in ids or j.run_dir in runs:
+            other = ids.get(j.id) or runs[j.run_dir]
+            raise ConfigError(f"two jobs would share the id or folder {j.id!r} ({other.config} and {j.config}); "
+                              "change a benchmark name or a grid value")
+        ids[j.id] = runs[j.run_dir] = j
+        if len(f"{j.id}.json".encode("utf-8")) > 250:
+            raise ConfigError(f"job id {j.id[:60]!r}... is longer than a file name may be; shorten the benchmark name "
+                              "or the grid keys")
 
 
 def output_of(path: str | Path) -> Path:
@@ -262,6 +362,37 @@ def output_of(path: str | Path) -> Path:
     if "output" not in data:
         raise ConfigError("output: required key is missing")
     return Path(convert(str, data["output"], "output")).expanduser().resolve()
+
+
+def check_output(out: Path) -> None:
+    """Refuse, before anything is written, an output the sweep cannot own: a file, a folder under a file,
+    one it cannot write, a results folder that is not a sweep's, or one whose ``_jobs`` is not a folder.
+
+    Raises:
+        UserError: one line naming the folder and what to do.
+    """
+    import errno
+    import os
+
+    from lamm_cl.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out}: exists and is not a folder; choose another output")
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"output {out}: cannot be created because {probe} is not a folder; choose another output")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output {out}: cannot write there ({os.strerror(errno.EACCES).lower()} on {probe}); "
+                        "choose another output")
+    if out.is_dir() and not (out / SWEEP_FILE).exists() and any(
+            not p.name.startswith(".") for p in out.iterdir()):
+        raise UserError(f"output {out}: not empty and not a sweep's output (no {SWEEP_FILE}), e.g. a lamm-cl run "
+                        "results folder; choose another output")
+    if (out / JOBS_DIR).exists() and not (out / JOBS_DIR).is_dir():
+        raise UserError(f"output {out}: {JOBS_DIR} is not a folder (the sweep keeps job states there); remove it")
 
 
 def write_sweep(sweep: Sweep) -> Path:
@@ -285,6 +416,8 @@ def read_sweep(output: str | Path) -> Sweep:
         return Sweep.from_dict(json.loads(f.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise UserError(f"{output}: not a sweep output folder (no {SWEEP_FILE}); start it with lamm-cl sweep") from None
+    except ConfigError as e:
+        raise UserError(f"{f}: malformed ({e}); start the sweep again into another output") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{f}: unreadable ({type(e).__name__}: {e})") from None
 

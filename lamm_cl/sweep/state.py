@@ -2,7 +2,8 @@
 
 Each job keeps two files in ``<output>/_jobs/``: ``<id>.log`` (everything the job
 printed) and ``<id>.json`` (its state, written by the job itself: running, failed,
-interrupted, done, with the pid and host). A job is *done* exactly when its run
+interrupted, done, with the pid, the process's start time and the host). A job is *running* only
+while that very process lives (pid and start time agree, :func:`lamm_cl.safe_io.process_is`). A job is *done* exactly when its run
 folder holds ``summary.json``, whatever the state file says, so results written by a
 plain ``lamm-cl run`` count too.
 """
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from lamm_cl.safe_io import atomic_write_text, pid_alive
+from lamm_cl.errors import UserError
+from lamm_cl.safe_io import atomic_write_text, process_is, process_start
 from lamm_cl.sweep.spec import JOBS_DIR, Job, Sweep
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
@@ -31,10 +33,33 @@ def state_path(output: Path, job: Job) -> Path:
 
 
 def write_state(output: Path, job: Job, state: str, message: str = "") -> None:
-    """Record ``state`` of ``job`` (with this process's pid and host)."""
-    info = {"state": state, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
-            "message": message}
+    """Record ``state`` of ``job`` (with this process's pid, its start time and the host)."""
+    info = {"state": state, "pid": os.getpid(), "start": process_start(os.getpid()), "host": socket.gethostname(),
+            "time": time.time(), "message": message}
     atomic_write_text(state_path(output, job), json.dumps(info) + "\n")
+
+
+def read_state(output: Path, job: Job) -> Optional[dict]:
+    """The state file of ``job`` (None when there is none).
+
+    Raises:
+        UserError: it is not a JSON object with a known ``state`` (the message names the file).
+    """
+    path = state_path(output, job)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: malformed job state ({type(e).__name__}); delete it to run the job again") from None
+    if not isinstance(info, dict) or info.get("state") not in STATES:
+        raise UserError(f"{path}: malformed job state (expected an object with a state); delete it to run "
+                        "the job again")
+    pid = info.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise UserError(f"{path}: malformed job state (pid {pid!r} is not a process id); delete it to run "
+                        "the job again")
+    return info
 
 
 def last_line(path: Path) -> str:
@@ -75,22 +100,21 @@ def job_status(output: Path, job: Job) -> JobStatus:
     """
     if (job.run_dir / "summary.json").is_file():
         return JobStatus(job, "done", "")
-    try:
-        info = json.loads(state_path(output, job).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = None
+    info = read_state(output, job)
     log = last_line(log_path(output, job))
     if info is None:
         return JobStatus(job, "pending", "")
-    state = info.get("state", "pending")
-    if state == "running" and info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", 0))):
-        state = "interrupted"
-    elif state == "running" and _age(log_path(output, job)) > STALE_S:
+    state = info["state"]
+    if state == "running" and info.get("host") == socket.gethostname():
+        if not process_is(info.get("pid"), info.get("start")):
+            state = "interrupted"  # killed, or a state from before a reboot, or its pid is another process now
+    elif state == "running" and (not isinstance(info.get("host"), str) or _age(log_path(output, job)) > STALE_S):
         state = "interrupted"  # another host's job that has not logged a line for hours: it was lost
     if state == "done":  # the state says done but the results are gone: run it again
         state = "pending"
-    detail = info.get("message") or log if state == "failed" else log
-    return JobStatus(job, state if state in STATES else "pending", detail)
+    message = info.get("message") if isinstance(info.get("message"), str) else ""
+    detail = message or log if state == "failed" else log
+    return JobStatus(job, state, detail)
 
 
 def sweep_status(sweep: Sweep) -> list[JobStatus]:

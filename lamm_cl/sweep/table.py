@@ -17,7 +17,7 @@ import numpy as np
 
 from lamm_cl.errors import UserError
 from lamm_cl.formatting import csv_number, csv_text, mean_std, mean_std_text, md_row, md_rule
-from lamm_cl.results import find_runs
+from lamm_cl.report import DEFAULT_BASELINE, read_runs
 from lamm_cl.safe_io import atomic_write_text
 from lamm_cl.sweep.spec import read_sweep
 
@@ -43,7 +43,7 @@ def collect(output: str | Path) -> dict[str, dict]:
     for (cell, bench), folder in folders.items():
         if not Path(folder).is_dir():
             continue
-        for run in find_runs(folder):
+        for run in read_runs(folder):
             if (cell, bench, run.strategy, run.seed) not in wanted:
                 continue  # a run the sweep did not ask for (an older grid, a manual run)
             c = cells[cell]
@@ -174,13 +174,16 @@ def _plot(c: dict, title: str):
     return fig
 
 
-def paired_lines(output: str | Path, cells: dict[str, dict], baseline: str = "lamm") -> list[str]:
+def paired_lines(output: str | Path, cells: dict[str, dict], baseline: Optional[str] = None) -> list[str]:
     """Each strategy minus ``baseline`` per grid cell, paired on (benchmark, seed): the report's section."""
     from lamm_cl import stats
     from lamm_cl.api import load_results
 
     res = load_results(output)
     strategies = list(dict.fromkeys(res.summary.strategy))
+    if baseline is not None and baseline not in strategies:
+        raise UserError(f"--baseline {baseline}: no {baseline} runs in {output}; it holds {', '.join(strategies)}")
+    baseline = baseline or DEFAULT_BASELINE
     if baseline not in strategies:
         return ["## Paired differences", "",
                 f"No `{baseline}` runs to compare against (`lamm-cl report DIR --baseline NAME`).", ""]
@@ -202,23 +205,26 @@ def paired_lines(output: str | Path, cells: dict[str, dict], baseline: str = "la
     return lines
 
 
-def build_table(output: str | Path, formats: tuple[str, ...] = ("png",), baseline: str = "lamm") -> list[Path]:
+def build_table(output: str | Path, formats: tuple[str, ...] = ("png",), baseline: Optional[str] = None) -> list[Path]:
     """Write ``table.md``, ``table.csv`` and the per-dataset Last plot(s) of the sweep in ``output``.
 
     Args:
-        baseline: the strategy every other one is compared with in the paired-differences section.
+        baseline: the strategy every other one is compared with in the paired-differences section
+            (default: ``lamm`` when the sweep holds it).
 
     Returns:
         Every path written.
 
     Raises:
-        UserError: not a sweep output folder, or no finished run of the sweep in it.
+        UserError: not a sweep output folder, no finished run of the sweep in it, or ``baseline``
+            names no strategy of the sweep (nothing is written then).
     """
     from lamm_cl import plots
 
     output = Path(output)
     cells = collect(output)
     cells = {k: c for k, c in cells.items() if c["values"]}
+    paired = paired_lines(output, cells, baseline)  # before anything is written: a wrong --baseline refuses
     written: list[Path] = []
     links: dict[str, str] = {}
     for cell, c in cells.items():
@@ -227,7 +233,7 @@ def build_table(output: str | Path, formats: tuple[str, ...] = ("png",), baselin
                                      output / "plots" / stem, formats)
         links[cell] = f"plots/{stem}.{formats[0]}"
     written.append(atomic_write_text(output / "table.csv", _csv(cells)))
-    text = _markdown(cells, links).rstrip("\n") + "\n\n" + "\n".join(paired_lines(output, cells, baseline))
+    text = _markdown(cells, links).rstrip("\n") + "\n\n" + "\n".join(paired)
     written.append(atomic_write_text(output / "table.md", text.rstrip("\n") + "\n"))
     return written
 
