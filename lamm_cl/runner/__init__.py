@@ -21,7 +21,7 @@ from lamm_cl import safe_io
 from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
 from lamm_cl.runner.execute import Log, deterministic, run_strategy
-from lamm_cl.runner.inputs import Inputs, prepare_inputs
+from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
 from lamm_cl.runner.record import RunRecords, clear_results
 from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
 
@@ -69,6 +69,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
             clear_results(out)
         for seed in cfg.seeds:
             plan = plans[seed]
+            seed_inputs = inputs.views_for(few_shot_images(cfg, {seed: plan}))
             log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
             if cfg.benchmark.shots and plan.short_classes:
                 log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
@@ -79,7 +80,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                     records.append(earlier.done[entry.name, seed])
                     continue
                 with (safe_io.lock_output(run_dir) if lock_runs else nullcontext()):
-                    _run_and_write(cfg, entry, seed, plan, inputs, dev, run_dir, records, progress=progress, log=log,
+                    _run_and_write(cfg, entry, seed, plan, seed_inputs, dev, run_dir, records, progress=progress, log=log,
                                    warn=warn or log, resume_from=earlier.checkpoints.get((entry.name, seed)))
     return records
 
