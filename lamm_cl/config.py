@@ -32,6 +32,9 @@ class BenchmarkConfig:
     class_order: Union[Literal["icarl", "identity", "seeded"], list[int]] = "seeded"
     order_seed: Optional[int] = None  # seed of a seeded order; null: the run's seed
     shots: Optional[int] = None  # k training images per class, drawn with the run's seed
+    # how the shots are drawn: numpy (per class in class order, numpy's generator) | dassl (Dassl's
+    # generate_fewshot_dataset: Python's random seeded with the run's seed, the same images as the reference)
+    sampling: Literal["numpy", "dassl"] = "numpy"
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
 
 

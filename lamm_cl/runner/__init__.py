@@ -22,7 +22,7 @@ from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
 from lamm_cl.runner.execute import Log, deterministic, run_strategy
 from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
-from lamm_cl.runner.record import RunRecords, clear_results
+from lamm_cl.runner.record import RunRecords, clear_results, write_fewshot
 from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
 
 
@@ -91,6 +91,7 @@ def _run_and_write(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, de
     fails this run only (``warn`` tells, ``records.failed`` keeps it)."""
     if run_dir.is_dir():
         safe_io.remove_stale_temporaries(run_dir)
+    write_fewshot(run_dir, cfg, plan, inputs.parts, seed)
     try:
         rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir, resume_from=resume_from)
     except FloatingPointError as e:
