@@ -302,7 +302,7 @@ def dry_run(cfg) -> list[str]:
         if note:
             lines.append("  " + note)
     for e in cfg.strategies:
-        lines.append(f"strategy {e.name}: epochs {getattr(e.options, 'epochs', '-')}, "
+        lines.append(f"strategy {e.run_label}{f' ({e.name})' if e.label else ''}: epochs {getattr(e.options, 'epochs', '-')}, "
                      f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
                      + _inputs_note(e.name))
     return lines

@@ -54,11 +54,17 @@ class FeaturesConfig:
 
 @dataclass
 class StrategyEntry:
-    """One entry of ``strategies:``: a registered name and that strategy's options."""
+    """One entry of ``strategies:``: a registered name, that strategy's options, and an optional label."""
 
     name: str
     options: Any  # an instance of the strategy's options dataclass
     raw: dict  # the entry as written (after --set), for the resolved config
+    label: Optional[str] = None  # what results are kept and shown under (<label>/seed<k>/); null: the name
+
+    @property
+    def run_label(self) -> str:
+        """The label results are kept and shown under: ``label`` when given, else the strategy's name."""
+        return self.label or self.name
 
 
 @dataclass
@@ -87,7 +93,8 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
-            "strategies": [{"name": s.name, **dataclasses.asdict(s.options)} for s in self.strategies],
+            "strategies": [{"name": s.name, **({"label": s.label} if s.label else {}),
+                            **dataclasses.asdict(s.options)} for s in self.strategies],
         }
         return out
 
@@ -358,21 +365,34 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None) -> Co
             opts_cls = strategy_options(name) if callable(strategy_options) else strategy_options[name]
         except (ConfigError, KeyError) as e:
             raise ConfigError(f"{path}.name: {e.args[0] if isinstance(e, ConfigError) else 'unknown strategy ' + repr(name)}") from None
-        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k != "name"}, path)
+        label = _check_label(item.get("label"), f"{path}.label")
+        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label")}, path)
         check = getattr(opts, "validate", None)
         if check is not None:
             check(path)
-        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item)))
-    names = [e.name for e in entries]
+        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item), label=label))
+    names = [e.run_label for e in entries]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ConfigError(f"strategies: {', '.join(sorted(dup))} listed twice; results are kept per strategy name")
+        raise ConfigError(f"strategies: {', '.join(sorted(dup))} listed twice; results are kept per strategy "
+                          "label (give each entry its own `label:`)")
     cfg.strategies = entries
     cfg.source = source
     _check_benchmark(cfg.benchmark)
     if cfg.features.train_views < 0:
         raise ConfigError(f"features.train_views: expected 0 or more, got {cfg.features.train_views}")
     return cfg
+
+
+def _check_label(label, path: str) -> Optional[str]:
+    """A strategy entry's ``label``: None, or a name that can be a results folder (it becomes ``<label>/``)."""
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise _fail(path, str, label)
+    if not label.strip() or label != label.strip() or label in (".", "..") or any(c in label for c in "/\\\0"):
+        raise ConfigError(f"{path}: expected a name usable as a folder (no slashes, not blank), got {label!r}")
+    return label
 
 
 def _check_benchmark(b: BenchmarkConfig) -> None:

@@ -74,14 +74,14 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
             if cfg.benchmark.shots and plan.short_classes:
                 log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
             for entry in cfg.strategies:
-                run_dir = out / entry.name / f"seed{seed}"
-                if (entry.name, seed) in earlier.done:
-                    log(f"  {entry.name} seed {seed}: already finished, kept")
-                    records.append(earlier.done[entry.name, seed])
+                run_dir = out / entry.run_label / f"seed{seed}"
+                if (entry.run_label, seed) in earlier.done:
+                    log(f"  {entry.run_label} seed {seed}: already finished, kept")
+                    records.append(earlier.done[entry.run_label, seed])
                     continue
                 with (safe_io.lock_output(run_dir) if lock_runs else nullcontext()):
                     _run_and_write(cfg, entry, seed, plan, seed_inputs, dev, run_dir, records, progress=progress, log=log,
-                                   warn=warn or log, resume_from=earlier.checkpoints.get((entry.name, seed)))
+                                   warn=warn or log, resume_from=earlier.checkpoints.get((entry.run_label, seed)))
     return records
 
 
@@ -95,6 +95,6 @@ def _run_and_write(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, de
     try:
         rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir, resume_from=resume_from)
     except FloatingPointError as e:
-        records.fail(run_dir, f"{entry.name} seed {seed} failed: {e}; its results were not written", warn)
+        records.fail(run_dir, f"{entry.run_label} seed {seed} failed: {e}; its results were not written", warn)
         return
     records.write(run_dir, rec)

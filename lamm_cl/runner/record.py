@@ -41,14 +41,16 @@ def versions() -> dict:
 
 
 def run_config(config: dict, strategy: str) -> dict:
-    """The part of a resolved config that decides one (strategy, seed) run's numbers.
+    """The part of a resolved config that decides one (strategy, seed) run's numbers; ``strategy`` is the
+    entry's label (its name when it has no ``label``).
 
     Leaves out where results go, the other strategies and seeds, and whether features are cached,
     so adding a strategy or a seed to a config does not invalidate the runs already finished.
     """
     view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
-    view["strategy"] = next((s for s in config.get("strategies") or [] if s.get("name") == strategy), None)
+    view["strategy"] = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy),
+                            None)
     return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
 
 
