@@ -216,8 +216,9 @@ def fewshot_images(plan: Plan, parts: DatasetParts, shots: int, seed: int) -> di
     classes = []
     for t, labels in enumerate(plan.experiences):
         idx = plan.train_index[t]
+        of = parts.train.labels[idx]
         for c in labels:
-            mine = [int(i) for i in idx if parts.train.labels[i] == plan.class_order[c]]
+            mine = idx[of == plan.class_order[c]].tolist()
             classes.append({"label": c, "name": plan.class_names[c], "original_label": plan.class_order[c],
                             "images": [paths[i] if paths is not None else f"#{i}" for i in mine], "index": mine})
     return {"dataset": plan.dataset, "shots": shots, "seed": seed, "sampling": plan.sampling, "classes": classes}
@@ -302,7 +303,8 @@ def dry_run(cfg) -> list[str]:
         if note:
             lines.append("  " + note)
     for e in cfg.strategies:
-        lines.append(f"strategy {e.run_label}{f' ({e.name})' if e.label else ''}: epochs {getattr(e.options, 'epochs', '-')}, "
+        named = f"{e.run_label} ({e.name})" if e.label else e.name
+        lines.append(f"strategy {named}: epochs {getattr(e.options, 'epochs', '-')}, "
                      f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
                      + _inputs_note(e.name))
     return lines
