@@ -6,6 +6,7 @@ order's i-th class is label i, and class names follow the labels.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +32,9 @@ class Plan:
         template: the prompt template.
         order_name: how the order was made (``icarl``, ``identity``, ``seeded(1993)``, ``explicit``).
         short_classes: (name, images) of the classes that had fewer training images than
-            ``shots`` asked for and train on all they have.
+            ``shots`` asked for: they train on all they have (``sampling: numpy``), or on ``shots``
+            draws with repetition among them (``sampling: dassl``, as Dassl does).
+        sampling: how the shots were drawn (``numpy`` | ``dassl``).
     """
 
     dataset: str
@@ -43,6 +46,7 @@ class Plan:
     template: str
     order_name: str
     short_classes: list[tuple[str, int]] = field(default_factory=list)
+    sampling: str = "numpy"
 
     @property
     def n_experiences(self) -> int:
@@ -56,8 +60,9 @@ class Plan:
         named = ", ".join(f"{name!r} ({n})" for name, n in self.short_classes[:shown])
         if len(self.short_classes) > shown:
             named += f", and {len(self.short_classes) - shown} more"
+        use = "draw them with repetition (as Dassl)" if self.sampling == "dassl" else "use all they have"
         return (f"{shots} shots asked; {len(self.short_classes)} of {len(self.class_names)} classes have fewer "
-                f"training images and use all they have: {named}")
+                f"training images and {use}: {named}")
 
     def describe(self) -> list[str]:
         """One line per experience: its classes and image counts."""
@@ -109,6 +114,36 @@ def split_counts(n_classes: int, b: BenchmarkConfig) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n)]
 
 
+def dassl_fewshot(labels: np.ndarray, shots: int, seed: int) -> dict[int, list[int]]:
+    """Dassl's few-shot draw of a training list: the indices it picks for each label.
+
+    Dassl seeds Python's ``random`` with the run's seed (Dassl.pytorch ``dassl/utils/tools.py:73``,
+    ``set_random_seed``, called by CoOp's ``train.py`` before the dataset is built); the dataset then
+    draws its shots before anything else takes a number from that stream (CoOp's
+    ``datasets/oxford_pets.py``: ``generate_fewshot_dataset(train, num_shots=...)`` before
+    ``subsample_classes``, so the base->new halves keep the draw made over every class). The draw
+    (``dassl/data/datasets/base_dataset.py:155-188``, ``generate_fewshot_dataset``, commit 27eb2f4)
+    groups the list by label in order of first appearance (a ``defaultdict``) and takes
+    ``random.sample(items, k)`` per label, or ``random.choices(items, k=k)`` when a label has fewer than
+    k items (CoOp calls it with the default ``repeat=True``). ``random.sample`` picks positions, so
+    sampling indices picks the same images as sampling Dassl's ``Datum`` items.
+
+    Args:
+        labels: the label of each training image, in the split file's order.
+        shots: k.
+        seed: the run's seed.
+
+    Returns:
+        ``label -> picked indices`` in Dassl's order (labels in order of first appearance).
+    """
+    rng = random.Random(seed)  # the state random.seed(seed) gives, without touching the global stream
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(np.asarray(labels).tolist()):
+        by_label.setdefault(int(y), []).append(i)
+    return {y: (rng.sample(items, shots) if len(items) >= shots else rng.choices(items, k=shots))
+            for y, items in by_label.items()}
+
+
 def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
     """Build the class-incremental plan of ``parts`` for run seed ``seed``.
 
@@ -116,15 +151,17 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
         ConfigError: an impossible split (more experiences than classes, counts that do not
             add up, a class with no training or no test images).
 
-    A class with fewer training images than ``shots`` takes all of them, as Dassl's
-    ``generate_fewshot_dataset`` does without ``repeat`` (Dassl.pytorch
-    dassl/data/datasets/base_dataset.py: ``if len(items) >= num_shots: random.sample(...)``,
-    else ``items``); the plan lists those classes in ``short_classes``.
+    ``sampling: numpy`` draws the shots per class in class order with numpy's generator; a class with
+    fewer training images than ``shots`` takes all of them, as Dassl's ``generate_fewshot_dataset`` does
+    without ``repeat`` (Dassl.pytorch dassl/data/datasets/base_dataset.py: ``if len(items) >= num_shots:
+    random.sample(...)``, else ``items``). ``sampling: dassl`` makes Dassl's own draw
+    (:func:`dassl_fewshot`). The plan lists the short classes in ``short_classes``.
     """
     order, order_name = resolve_class_order(parts, b, seed)
     counts = split_counts(len(order), b)
     tr_labels, te_labels = parts.train.labels, parts.test.labels
     rng = np.random.default_rng(seed)
+    dassl = dassl_fewshot(tr_labels, b.shots, seed) if b.shots is not None and b.sampling == "dassl" else None
     experiences, train_index, test_index = [], [], []
     short: list[tuple[str, int]] = []
     start = 0
@@ -138,7 +175,11 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
             idx_te = np.flatnonzero(te_labels == orig)
             if len(idx_te) == 0:
                 raise ConfigError(f"benchmark: class {parts.classnames[orig]!r} has no test images in {parts.name}")
-            if b.shots is not None:
+            if dassl is not None:
+                if 0 < len(idx_tr) < b.shots:
+                    short.append((parts.classnames[orig], len(idx_tr)))
+                idx_tr = np.asarray(dassl.get(orig, []), dtype=np.int64)  # in Dassl's order
+            elif b.shots is not None:
                 if 0 < len(idx_tr) < b.shots:
                     short.append((parts.classnames[orig], len(idx_tr)))  # all of them, no draw
                 elif len(idx_tr) >= b.shots:
@@ -160,7 +201,27 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
         template=b.template or parts.template,
         order_name=order_name,
         short_classes=short,
+        sampling=b.sampling,
     )
+
+
+def fewshot_images(plan: Plan, parts: DatasetParts, shots: int, seed: int) -> dict:
+    """What ``fewshot.json`` holds: the training images a few-shot run drew, per class, so that a draw can be
+    compared with a reference run's (Dassl's ``split_fewshot/shot_<k>-seed_<s>.pkl``).
+
+    Each class (in the plan's label order) lists its images' paths as the dataset was loaded (``#<index>`` for
+    in-memory datasets) and their indices in the training split, in the order they were drawn.
+    """
+    paths = getattr(parts.train, "paths", None)
+    classes = []
+    for t, labels in enumerate(plan.experiences):
+        idx = plan.train_index[t]
+        of = parts.train.labels[idx]
+        for c in labels:
+            mine = idx[of == plan.class_order[c]].tolist()
+            classes.append({"label": c, "name": plan.class_names[c], "original_label": plan.class_order[c],
+                            "images": [paths[i] if paths is not None else f"#{i}" for i in mine], "index": mine})
+    return {"dataset": plan.dataset, "shots": shots, "seed": seed, "sampling": plan.sampling, "classes": classes}
 
 
 class LabelledTensorDataset(torch.utils.data.Dataset):
@@ -242,7 +303,8 @@ def dry_run(cfg) -> list[str]:
         if note:
             lines.append("  " + note)
     for e in cfg.strategies:
-        lines.append(f"strategy {e.name}: epochs {getattr(e.options, 'epochs', '-')}, "
+        named = f"{e.run_label} ({e.name})" if e.label else e.name
+        lines.append(f"strategy {named}: epochs {getattr(e.options, 'epochs', '-')}, "
                      f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
                      + _inputs_note(e.name))
     return lines

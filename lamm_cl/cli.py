@@ -141,7 +141,7 @@ def cmd_run(args) -> int:
 
     out = cfg.results_dir(args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
-         f"strategies {', '.join(e.name for e in cfg.strategies)}, seeds {cfg.seeds} -> {out}")
+         f"strategies {', '.join(e.run_label for e in cfg.strategies)}, seeds {cfg.seeds} -> {out}")
     if cfg.model.pretrained == "none":
         _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
              "pipeline works and say nothing about pretrained CLIP.")

@@ -32,6 +32,9 @@ class BenchmarkConfig:
     class_order: Union[Literal["icarl", "identity", "seeded"], list[int]] = "seeded"
     order_seed: Optional[int] = None  # seed of a seeded order; null: the run's seed
     shots: Optional[int] = None  # k training images per class, drawn with the run's seed
+    # how the shots are drawn: numpy (per class in class order, numpy's generator) | dassl (Dassl's
+    # generate_fewshot_dataset: Python's random seeded with the run's seed, the same images as the reference)
+    sampling: Literal["numpy", "dassl"] = "numpy"
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
 
 
@@ -51,11 +54,17 @@ class FeaturesConfig:
 
 @dataclass
 class StrategyEntry:
-    """One entry of ``strategies:``: a registered name and that strategy's options."""
+    """One entry of ``strategies:``: a registered name, that strategy's options, and an optional label."""
 
     name: str
     options: Any  # an instance of the strategy's options dataclass
     raw: dict  # the entry as written (after --set), for the resolved config
+    label: Optional[str] = None  # what results are kept and shown under (<label>/seed<k>/); null: the name
+
+    @property
+    def run_label(self) -> str:
+        """The label results are kept and shown under: ``label`` when given, else the strategy's name."""
+        return self.label or self.name
 
 
 @dataclass
@@ -88,7 +97,8 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
-            "strategies": [{"name": s.name, **dataclasses.asdict(s.options)} for s in self.strategies],
+            "strategies": [{"name": s.name, **({"label": s.label} if s.label else {}),
+                            **dataclasses.asdict(s.options)} for s in self.strategies],
         }
         return out
 
@@ -469,18 +479,31 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
             if given:
                 raise ConfigError(f"{path}.{given[0]}: {name} trains nothing; {', '.join(given)} would change "
                                   "nothing (remove it)")
-        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k != "name"}, path)
+        label = _check_label(item.get("label"), f"{path}.label")
+        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label")}, path)
         check = getattr(opts, "validate", None)
         if check is not None:
             check(path)
-        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item)))
-    names = [e.name for e in entries]
+        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item), label=label))
+    names = [e.run_label for e in entries]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ConfigError(f"strategies: {', '.join(sorted(dup))} listed twice; results are kept per strategy name")
+        raise ConfigError(f"strategies: {', '.join(sorted(dup))} listed twice; results are kept per strategy "
+                          "label (give each entry its own `label:`)")
     cfg.strategies = entries
     cfg.source = source
     return cfg
+
+
+def _check_label(label, path: str) -> Optional[str]:
+    """A strategy entry's ``label``: None, or a name that can be a results folder (it becomes ``<label>/``)."""
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise _fail(path, str, label)
+    if not label.strip() or label != label.strip() or label in (".", "..") or any(c in label for c in "/\\\0"):
+        raise ConfigError(f"{path}: expected a name usable as a folder (no slashes, not blank), got {label!r}")
+    return label
 
 
 def _check_benchmark(b: BenchmarkConfig) -> None:

@@ -122,7 +122,7 @@ def strategy_order(runs: Sequence[RunRecord]) -> List[str]:
         if not isinstance(entries, list):
             continue
         for entry in entries:
-            name = entry.get("name") if isinstance(entry, Mapping) else entry
+            name = (entry.get("label") or entry.get("name")) if isinstance(entry, Mapping) else entry
             if isinstance(name, str) and name in present and name not in order:
                 order.append(name)
     return order + sorted(present - set(order))

@@ -25,10 +25,14 @@ class Samples:
     Attributes:
         labels: int64 array, the dataset's own label of each image.
         identity: a stable string naming exactly these images (used in feature-store keys).
+        index: int64 array, each image's index in the split it was loaded as (``arange`` there; a
+            :meth:`subset` keeps its images' indices), so that what is seeded per image (an augmented
+            view) does not depend on which other images a subset holds.
     """
 
     labels: np.ndarray
     identity: str
+    index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,6 +44,16 @@ class Samples:
     def subset(self, indices: Sequence[int]) -> "Samples":
         """Return the samples at ``indices`` (in that order) as a new :class:`Samples`."""
         raise NotImplementedError
+
+
+def _index(index: Sequence[int] | None, n: int) -> np.ndarray:
+    """The split indices of ``n`` samples: ``index`` as int64, or ``0..n-1`` for a whole split."""
+    if index is None:
+        return np.arange(n, dtype=np.int64)
+    out = np.asarray(index, dtype=np.int64)
+    if out.shape != (n,):
+        raise ValueError(f"{len(out)} indices for {n} samples")
+    return out
 
 
 def _digest(*parts: object) -> str:
@@ -106,37 +120,43 @@ def open_rgb(path: str | Path) -> Image.Image:
 class ArraySamples(Samples):
     """Images held in memory as a uint8 array ``[N, H, W]`` (grey) or ``[N, H, W, 3]``."""
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], identity: str):
+    def __init__(self, images: np.ndarray, labels: Sequence[int], identity: str,
+                 index: Sequence[int] | None = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.identity = identity
+        self.index = _index(index, len(self.labels))
 
     def image(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i]).convert("RGB")
 
     def subset(self, indices: Sequence[int]) -> "ArraySamples":
         idx = np.asarray(indices, dtype=np.int64)
-        return ArraySamples(self.images[idx], self.labels[idx], f"{self.identity}[{_digest(idx.tolist())}]")
+        return ArraySamples(self.images[idx], self.labels[idx], f"{self.identity}[{_digest(idx.tolist())}]",
+                            index=self.index[idx])
 
 
 class FileSamples(Samples):
     """Images on disk, one path per sample."""
 
-    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], identity: str):
+    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int], identity: str,
+                 index: Sequence[int] | None = None):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [str(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.identity = identity
+        self.index = _index(index, len(self.labels))
 
     def image(self, i: int) -> Image.Image:
         return open_rgb(self.paths[i])
 
     def subset(self, indices: Sequence[int]) -> "FileSamples":
         idx = [int(i) for i in indices]
-        return FileSamples([self.paths[i] for i in idx], self.labels[idx], f"{self.identity}[{_digest(idx)}]")
+        return FileSamples([self.paths[i] for i in idx], self.labels[idx], f"{self.identity}[{_digest(idx)}]",
+                           index=self.index[idx])
 
 
 @dataclass

@@ -21,7 +21,9 @@ from lamm_cl.features.store import FeatureStore, default_cache_dir
 from lamm_cl.features.views import AugmentedView, ViewReader
 from lamm_cl.model.clip import FrozenCLIP
 
-STORE_FORMAT = "lamm-cl features v1"  # part of every key: bump it when the layout or the meaning changes
+# Part of every key: bump it when the layout or the meaning changes. v2: a subset's augmented views are
+# seeded by each image's index in its split, no longer by its position in the subset.
+STORE_FORMAT = "lamm-cl features v2"
 DTYPES = ("float32", "float16")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # function reprs carry a per-process address
 

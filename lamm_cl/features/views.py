@@ -1,8 +1,9 @@
 """Augmented training views: CoOp's crop and flip drawn from a seed, and which view each epoch reads.
 
 ``features.train_views: V`` adds V augmented views of every training image
-(CoOp's random resized crop + horizontal flip), each seeded by (view, image) so
-that a view is the same in every run and can be cached like the centre crop.
+(CoOp's random resized crop + horizontal flip), each seeded by (view, the image's
+index in its split) so that a view is the same in every run, whichever other
+images are extracted beside it, and can be cached like the centre crop.
 During training one view is drawn per epoch from the run's seed
 (:func:`draw_view`), through a small shared :class:`ViewSchedule` that a
 plugin (:class:`TrainViewPlugin`) sets before each epoch.
@@ -56,7 +57,8 @@ class AugmentedView:
 
 
 def view_seed(view: int, index: int) -> int:
-    """The seed of view ``view`` of image ``index``: fixed, so a view is the same in every run.
+    """The seed of view ``view`` of the image at ``index`` in its split: fixed, so a view is the same in
+    every run and in every subset that holds the image (a seed's few-shot draw, alone or beside others).
 
     Store keys name views by index only: changing this function means bumping :data:`lamm_cl.features.extractor.STORE_FORMAT`.
     """
@@ -64,7 +66,8 @@ def view_seed(view: int, index: int) -> int:
 
 
 class ViewReader(torch.utils.data.Dataset):
-    """``samples[i]`` as augmented view ``view`` (see :class:`AugmentedView`)."""
+    """``samples[i]`` as augmented view ``view`` (see :class:`AugmentedView`), seeded by the image's index
+    in its split (``samples.index[i]``), not by its position in ``samples``."""
 
     def __init__(self, samples: Samples, augment: AugmentedView, view: int):
         self.samples = samples
@@ -75,7 +78,7 @@ class ViewReader(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.augment(self.samples.image(i), view_seed(self.view, i))
+        return self.augment(self.samples.image(i), view_seed(self.view, int(self.samples.index[i])))
 
 
 # ---------------------------------------------------------------------------

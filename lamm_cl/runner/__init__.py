@@ -21,8 +21,8 @@ from lamm_cl import safe_io
 from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
 from lamm_cl.runner.execute import Log, deterministic, run_strategy
-from lamm_cl.runner.inputs import Inputs, prepare_inputs
-from lamm_cl.runner.record import RunRecords, clear_results
+from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
+from lamm_cl.runner.record import RunRecords, clear_results, write_fewshot
 from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
 
 
@@ -69,18 +69,20 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
             clear_results(out)
         for seed in cfg.seeds:
             plan = plans[seed]
+            seed_inputs = inputs.views_for(few_shot_images(cfg, {seed: plan}))
             log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
             if cfg.benchmark.shots and plan.short_classes:
                 log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
             for entry in cfg.strategies:
-                run_dir = out / entry.name / f"seed{seed}"
-                if (entry.name, seed) in earlier.done:
-                    log(f"  {entry.name} seed {seed}: already finished, kept")
-                    records.append(earlier.done[entry.name, seed])
+                run_dir = out / entry.run_label / f"seed{seed}"
+                if (entry.run_label, seed) in earlier.done:
+                    log(f"  {entry.run_label} seed {seed}: already finished, kept")
+                    records.append(earlier.done[entry.run_label, seed])
                     continue
                 with safe_io.lock_run(run_dir):  # the per-run lock a sweep job takes too
-                    _run_and_write(cfg, entry, seed, plan, inputs, dev, run_dir, records, progress=progress, log=log,
-                                   warn=warn or log, resume_from=earlier.checkpoints.get((entry.name, seed)))
+                    _run_and_write(cfg, entry, seed, plan, seed_inputs, dev, run_dir, records, progress=progress,
+                                   log=log, warn=warn or log,
+                                   resume_from=earlier.checkpoints.get((entry.run_label, seed)))
     return records
 
 
@@ -90,9 +92,10 @@ def _run_and_write(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, de
     fails this run only (``warn`` tells, ``records.failed`` keeps it)."""
     if run_dir.is_dir():
         safe_io.remove_stale_temporaries(run_dir)
+    write_fewshot(run_dir, cfg, plan, inputs.parts, seed)
     try:
         rec = run_strategy(cfg, entry, seed, plan, inputs, dev, progress, log, run_dir=run_dir, resume_from=resume_from)
     except FloatingPointError as e:
-        records.fail(run_dir, f"{entry.name} seed {seed} failed: {e}; its results were not written", warn)
+        records.fail(run_dir, f"{entry.run_label} seed {seed} failed: {e}; its results were not written", warn)
         return
     records.write(run_dir, rec)

@@ -76,11 +76,11 @@ def _build(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, device: to
     spec = get_strategy(entry.name)
     seed_everything(seed)
     acc = AccuracyPlugin()
-    evaluator = logging_evaluator(cfg.loggers, run_dir, project=cfg.name, run=f"{entry.name}-seed{seed}")
+    evaluator = logging_evaluator(cfg.loggers, run_dir, project=cfg.name, run=f"{entry.run_label}-seed{seed}")
     views = spec.augmented_views  # False: the strategy reads the centre crop even with train_views > 0
     ctx = StrategyContext(clip=inputs.clip, class_names=plan.class_names, template=plan.template,
                           device=device, seed=seed, shots=cfg.benchmark.shots,
-                          plugins=[acc, ProgressPlugin(entry.name, enabled=progress), *inputs.plugins(seed, views)],
+                          plugins=[acc, ProgressPlugin(entry.run_label, enabled=progress), *inputs.plugins(seed, views)],
                           eval_batch_size=1024 if spec.inputs == "features" else 64, evaluator=evaluator)
     scenario = make_streams(plan, inputs.reader(spec.inputs, "train", views),
                             inputs.reader(spec.inputs, "test"),
@@ -156,7 +156,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
         FloatingPointError: the training loss became NaN or infinite.
     """
     run = _build(cfg, entry, seed, plan, inputs, device, progress, run_dir)
-    label, T = f"{entry.name} seed {seed}", plan.n_experiences
+    label, T = f"{entry.run_label} seed {seed}", plan.n_experiences
     scores = _Scores.empty(T)
     if resume_from is not None:
         try:
@@ -166,8 +166,8 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             return run_strategy(cfg, entry, seed, plan, inputs, device, progress, log, run_dir)
         scores.resume(resume_from)
         log(f"  {label}: resuming after experience {scores.first}/{T}")
-    checkpoints = _Checkpoints(run_dir, run, {"strategy": entry.name, "seed": seed,
-                                              "config": run_config(cfg.to_dict(), entry.name)}, log, label)
+    checkpoints = _Checkpoints(run_dir, run, {"strategy": entry.run_label, "seed": seed,
+                                              "config": run_config(cfg.to_dict(), entry.run_label)}, log, label)
     started = time.perf_counter()
     for t in range(scores.first, T):
         run.template.train(run.scenario.train_stream[t])
@@ -178,7 +178,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
         if t < T - 1:  # after the last one the results themselves are written
             checkpoints.save(t, scores, seconds=scores.spent + time.perf_counter() - started)
     close_loggers(run.evaluator)
-    return make_record(cfg, strategy=entry.name, source=get_strategy(entry.name).source, seed=seed, plan=plan,
+    return make_record(cfg, strategy=entry.run_label, source=get_strategy(entry.name).source, seed=seed, plan=plan,
                        matrix=scores.matrix, matrix_task_aware=scores.matrix_task_aware, per_class=scores.per_class,
                        seconds=scores.spent + time.perf_counter() - started, device=device, clip=inputs.clip,
                        resumed=resume_from is not None)

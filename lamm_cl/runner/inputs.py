@@ -3,7 +3,7 @@ plan, the frozen CLIP, and :class:`Inputs`, which hands each strategy the reader
 (cached features or preprocessed images, centre crop or the epoch's augmented view)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -36,7 +36,7 @@ class Inputs:
     clip: FrozenCLIP
     extractor: FeatureExtractor
     train_views: int = 0  # augmented views per training image; 0: centre crop only
-    # few-shot: the sorted training indices some run draws; augmented views are made of these only
+    # few-shot: the sorted training indices a seed draws; augmented views are made of these only
     # (the centre crop still covers the whole split, so it stays shared between runs and shot counts)
     views_of: Optional[np.ndarray] = None
     schedule: ViewSchedule = field(default_factory=ViewSchedule)
@@ -52,6 +52,17 @@ class Inputs:
             desc = f"{split} image features" + ("" if view is None else f" (view {view})")
             self._feats[split, view] = self.extractor.features(samples, view=view, desc=desc)
         return self._feats[split, view]
+
+    def views_for(self, views_of: Optional[np.ndarray]) -> "Inputs":
+        """These inputs with augmented views made of ``views_of`` only (one seed's few-shot draw, from
+        :func:`few_shot_images`), sharing the dataset, CLIP and the extractor (so the centre crop is
+        extracted once for every seed).
+
+        One entry per seed, not one over every seed's draw: a view's features then come from the same
+        encoder batches whichever other seeds the config lists, so a seed's result does not depend on them.
+        """
+        kept = {k: v for k, v in self._feats.items() if k[1] is None}
+        return replace(self, views_of=views_of, schedule=ViewSchedule(), _feats=kept)
 
     def _view_rows(self, idx: np.ndarray) -> np.ndarray:
         """Rows of the view features that hold training images ``idx``."""
@@ -98,9 +109,10 @@ class Inputs:
 
 
 def few_shot_images(cfg: Config, plans: dict[int, Plan]) -> Optional[np.ndarray]:
-    """The training images that any seed's few-shot plan draws (sorted), or None when not few-shot
-    or without augmented views: with ``train_views`` V, only these get V views each, instead of
-    every image of the split (16 shots x 1,000 classes instead of ImageNet's 1.28 M images)."""
+    """The training images that any of ``plans`` draws (sorted), or None when not few-shot or without
+    augmented views: with ``train_views`` V, only these get V views each, instead of every image of
+    the split (16 shots x 1,000 classes instead of ImageNet's 1.28 M images). The runner asks for one
+    seed's plan at a time (:meth:`Inputs.views_for`)."""
     if not cfg.benchmark.shots or cfg.features.train_views <= 0:
         return None
     return np.unique(np.concatenate([i for p in plans.values() for i in p.train_index]))
@@ -111,7 +123,8 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     """Load the dataset, make each seed's plan, build CLIP and check every prompt against its context.
 
     Returns:
-        The plan of each seed of ``cfg``, and the inputs every strategy reads.
+        The plan of each seed of ``cfg``, and the inputs every strategy reads (before a seed's
+        few-shot draw narrows its augmented views: :meth:`Inputs.views_for`).
 
     Raises:
         UserError: missing or bad data, a bad split, weights that do not load, a prompt too long.
@@ -121,5 +134,4 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
     check_templates(cfg, plans, clip)
     extractor = FeatureExtractor.from_config(clip, cfg.features, progress=progress_bar if progress else None, log=log)
-    return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views,
-                         views_of=few_shot_images(cfg, plans))
+    return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views)

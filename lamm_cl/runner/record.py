@@ -3,6 +3,7 @@ depends on (:func:`run_config`), writing it
 (:class:`RunRecords`), and removing what earlier runs wrote (:func:`clear_results`, for ``--overwrite``)."""
 from __future__ import annotations
 
+import json
 import platform
 from contextlib import suppress
 from pathlib import Path
@@ -14,11 +15,14 @@ import yaml
 
 from lamm_cl import checkpoint, safe_io
 from lamm_cl.formatting import plain
-from lamm_cl.benchmark import Plan, seen_classes
+from lamm_cl.benchmark import Plan, fewshot_images, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
                              PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
+
+
+FEWSHOT_FILE = "fewshot.json"  # the training images a few-shot run drew, per class
 
 
 def versions() -> dict:
@@ -32,14 +36,16 @@ def versions() -> dict:
 
 
 def run_config(config: dict, strategy: str) -> dict:
-    """The part of a resolved config that decides one (strategy, seed) run's numbers.
+    """The part of a resolved config that decides one (strategy, seed) run's numbers; ``strategy`` is the
+    entry's label (its name when it has no ``label``).
 
     Leaves out where results go, the other strategies and seeds, and whether features are cached,
     so adding a strategy or a seed to a config does not invalidate the runs already finished.
     """
     view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
-    view["strategy"] = next((s for s in config.get("strategies") or [] if s.get("name") == strategy), None)
+    view["strategy"] = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy),
+                            None)
     return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
 
 
@@ -73,6 +79,16 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
     )
 
 
+def write_fewshot(run_dir: Path, cfg: Config, plan: Plan, parts, seed: int) -> None:
+    """Write ``fewshot.json`` (:func:`lamm_cl.benchmark.fewshot_images`) into ``run_dir`` when the benchmark is
+    few-shot: written before training, so a failed or killed run still tells which images it drew."""
+    if not cfg.benchmark.shots:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = fewshot_images(plan, parts, cfg.benchmark.shots, seed)
+    safe_io.atomic_write_text(run_dir / FEWSHOT_FILE, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+
+
 class RunRecords(list):
     """The records of every finished (strategy, seed), in run order (a plain list), plus
     ``failed``: one message per run stopped by a non-finite loss (its results were not written)."""
@@ -95,7 +111,7 @@ class RunRecords(list):
 
 
 RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
-             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE)
+             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE)
 
 
 def clear_results(out: Path) -> None:

@@ -44,9 +44,9 @@ def check_request(cfg: Config, out: Path, device: Optional[str], *, resume: bool
     run_folder.check_output(out, resume=resume, overwrite=overwrite)
     for seed in cfg.seeds:
         for entry in cfg.strategies:
-            holder = safe_io.lock_holder(out / entry.name / f"seed{seed}")
+            holder = safe_io.lock_holder(out / entry.run_label / f"seed{seed}")
             if holder is not None:
-                raise safe_io.in_use(out / entry.name / f"seed{seed}", holder)
+                raise safe_io.in_use(out / entry.run_label / f"seed{seed}", holder)
     return dev
 
 
@@ -70,27 +70,27 @@ def earlier_runs(cfg: Config, out: Path) -> EarlierRuns:
     full = cfg.to_dict()
     for seed in cfg.seeds:
         for entry in cfg.strategies:
-            run_dir = out / entry.name / f"seed{seed}"
-            now = run_config(full, entry.name)
+            run_dir = out / entry.run_label / f"seed{seed}"
+            now = run_config(full, entry.run_label)
             if (run_dir / SUMMARY_FILE).is_file():
                 rec = read_run(run_dir)
-                if rec.strategy != entry.name or rec.seed != seed:
+                if rec.strategy != entry.run_label or rec.seed != seed:
                     raise UserError(f"{run_dir} holds the run of {rec.strategy} seed {rec.seed}; "
                                     "use --overwrite to start over, or another --output")
-                then = run_config(rec.config, entry.name)
+                then = run_config(rec.config, entry.run_label)
                 if now != then:
                     raise _mismatch(run_dir, now, then)
-                found.done[entry.name, seed] = rec
+                found.done[entry.run_label, seed] = rec
             elif (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
                 state = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
                 meta = state.get("meta") or {}
-                if meta.get("strategy") != entry.name or meta.get("seed") != seed:
-                    raise UserError(f"{run_dir / checkpoint.CHECKPOINT_FILE} is not a checkpoint of {entry.name} "
+                if meta.get("strategy") != entry.run_label or meta.get("seed") != seed:
+                    raise UserError(f"{run_dir / checkpoint.CHECKPOINT_FILE} is not a checkpoint of {entry.run_label} "
                                     f"seed {seed}; delete it to restart that run")
                 if meta.get("config") != now:
                     raise _mismatch(run_dir / checkpoint.CHECKPOINT_FILE, now, meta.get("config"))
                 checkpoint.check_fields(state, run_dir / checkpoint.CHECKPOINT_FILE)
-                found.checkpoints[entry.name, seed] = state
+                found.checkpoints[entry.run_label, seed] = state
     return found
 
 

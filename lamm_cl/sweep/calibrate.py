@@ -108,7 +108,7 @@ def _pick(sweep: Sweep, kind: str) -> Optional[tuple]:
     first_job = {}
     for j in sweep.jobs:
         first_job.setdefault(j.strategy, j)
-    trained = [s for s, j in first_job.items() if get_strategy(s).inputs == kind
+    trained = [s for s, j in first_job.items() if get_strategy(_config(j).strategies[0].name).inputs == kind
                and int(getattr(_config(j).strategies[0].options, "epochs", 0) or 0) > 0]
     preference = FEATURE_PREFERENCE if kind == "features" else IMAGE_PREFERENCE
     ranked = [s for s in preference if s in trained] + [s for s in trained if s not in preference]

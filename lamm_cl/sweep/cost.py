@@ -107,7 +107,7 @@ def estimate(sweep: Sweep) -> list[str]:
                 else:
                     missing[b.dataset] = " ".join(str(e).split())
         parts = parts_of.get(key)
-        kinds[j.strategy] = get_strategy(j.strategy).inputs
+        kinds[j.strategy] = get_strategy(cfg.strategies[0].name).inputs
         if parts is None:
             unknown_steps.add(j.strategy)
             continue

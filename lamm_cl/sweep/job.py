@@ -57,7 +57,7 @@ def _config(job: Job):
     from lamm_cl import config as config_mod
 
     cfg = config_mod.load(job.config, job.run_overrides())
-    cfg.strategies = [e for e in cfg.strategies if e.name == job.strategy]
+    cfg.strategies = [e for e in cfg.strategies if e.run_label == job.strategy]
     if not cfg.strategies:
         raise UserError(f"{job.config} no longer has strategy {job.strategy}")
     return cfg

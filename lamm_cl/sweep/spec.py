@@ -294,7 +294,7 @@ def expand(cfg: SweepConfig, path: str | Path) -> Sweep:
                 raise ConfigError(f"benchmarks: {names[run_cfg.name]} and {f} both have name {run_cfg.name!r}; "
                                   "results are kept per benchmark name")
             names[run_cfg.name] = f
-            have = [e.name for e in run_cfg.strategies]
+            have = [e.run_label for e in run_cfg.strategies]  # a job is one entry: its label, or its name
             wanted = have if cfg.strategies is None else cfg.strategies
             missing = [s for s in wanted if s not in have]
             if missing:
