@@ -151,7 +151,7 @@ def _time_steps(clip, name: str, cfg, classes: int, warmup: int, repeats: int) -
     from lamm_cl.runner.execute import seed_everything
     from lamm_cl.strategy_kit.context import StrategyContext
 
-    spec = get_strategy(name)
+    spec = get_strategy(cfg.strategies[0].name)  # `name` is the job's label
     opts = replace(cfg.strategies[0].options, epochs=1)  # one epoch of exactly the timed steps; its plugins stay
     batch = int(opts.batch_size)
     n = batch * (warmup + repeats)
