@@ -6,9 +6,13 @@ label vectors (LAMM) spliced in. Text features that cannot change during the
 current experience -- every class when nothing on the text side trains, the
 old classes when only the current classes' label vectors do -- are encoded once
 and cached; only trainable prompts go through the text encoder with gradients.
+The prompt prefix every class shares (``[SOS] a photo of a``, or ``[SOS]`` and
+CoOp's context) is encoded once: per step with gradient while the context
+trains, otherwise once per experience (:mod:`lamm_cl.model.shared_prefix`).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -19,6 +23,36 @@ from avalanche.models import DynamicModule
 from lamm_cl.model.clip import FrozenCLIP, normalize
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
+from lamm_cl.model.shared_prefix import PrefixState, describe
+
+logger = logging.getLogger(__name__)
+
+
+class PrefixCache:
+    """The shared prefix's state, kept for as long as it stays valid.
+
+    ``frozen``: made without gradient, with the context value in ``made_with`` (None: the template's
+    words); ``step``: made with gradient by this step's forward, for the context version ``version``.
+    Derived data: a copy (an LwF teacher) or a pickled checkpoint starts empty and remakes it.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.frozen: Optional[PrefixState] = None
+        self.made_with: Optional[torch.Tensor] = None
+        self.step: Optional[PrefixState] = None
+        self.version: Optional[int] = None
+
+    def __deepcopy__(self, memo) -> "PrefixCache":
+        return PrefixCache()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()
 
 
 class PromptClassifier(DynamicModule):
@@ -30,6 +64,10 @@ class PromptClassifier(DynamicModule):
         prompts: per-class token layout for every class of the benchmark.
         labels: LAMM label table, or None to keep the class names as words.
         context: CoOp's shared context ``[n_ctx, W]``, or None to keep the template's words.
+
+    Attributes:
+        shared_prefix: run the shared prefix once (True where the text tower fits, see
+            :func:`~lamm_cl.model.shared_prefix.unfit_reason`); False runs every prompt whole.
     """
 
     def __init__(self, clip: FrozenCLIP, prompts: ClassPrompts, labels: Optional[LabelTable] = None,
@@ -45,6 +83,9 @@ class PromptClassifier(DynamicModule):
         self._original: dict[int, torch.Tensor] = {}  # t0 of classes, when it is a constant
         self._original_context: Optional[torch.Tensor] = None  # the context _original was encoded with
         self.last_text: Optional[torch.Tensor] = None  # t of every class, from the last forward
+        self.shared_prefix = self.encoder.unfit is None
+        self._prefix = PrefixCache()
+        logger.info(describe(self.encoder.unfit))
 
     @property
     def clip(self) -> FrozenCLIP:
@@ -73,6 +114,7 @@ class PromptClassifier(DynamicModule):
         """Forget cached text features (after the classes or the trainable set change)."""
         self._cache = None
         self._cached = []
+        self._prefix.clear()
 
     def train(self, mode: bool = True):
         # entering or leaving training changes which prompts count as frozen
@@ -89,7 +131,32 @@ class PromptClassifier(DynamicModule):
         table = None
         if self.labels is not None:
             table = self.labels.originals(classes) if original else self.labels.as_mapping(classes)
-        return self.encoder.encode(classes, context=self.context, labels=table)
+        return self.encoder.encode(classes, context=self.context, labels=table, prefix=self.prefix_state())
+
+    def prefix_state(self) -> Optional[PrefixState]:
+        """The shared prefix's state for an encoding now, or None on the full-prompt path.
+
+        While the context trains (and gradients are on), it is made once per step, by the step's
+        forward, with gradient into the context, and reused by t0 in the same step. Otherwise it is a
+        constant -- the template's frozen words (LAMM), or a context that does not train now -- made
+        without gradient once, and again only when the context's value differs (a step, a checkpoint).
+        """
+        if not self.shared_prefix:
+            return None
+        cache = self._prefix
+        if self._context_trains() and torch.is_grad_enabled():
+            if cache.step is None or cache.version != self.context._version:
+                cache.step = self.encoder.prefix_state(self.context)
+                cache.version = self.context._version
+            return cache.step
+        ctx = self.context.detach() if self.context is not None else None
+        stale = cache.frozen is None or (ctx is not None and (
+            cache.made_with is None or cache.made_with.shape != ctx.shape or not torch.equal(cache.made_with, ctx)))
+        if stale:
+            with torch.no_grad():
+                cache.frozen = self.encoder.prefix_state(self.context)
+            cache.made_with = ctx.clone() if ctx is not None else None
+        return cache.frozen
 
     def text_features(self) -> torch.Tensor:
         """Normalised t of every known class ``[C, D]``, rows in ``self.classes`` order."""
@@ -143,6 +210,7 @@ class PromptClassifier(DynamicModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``x`` over every known class (columns = ``self.classes``)."""
+        self._prefix.step = None  # a new step: the context's prefix is encoded afresh, once
         t = self.text_features()
         self.last_text = t
         f = normalize(x.to(t.dtype))
