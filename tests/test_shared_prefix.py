@@ -18,6 +18,7 @@ from lamm_cl.losses import LammWeights, lamm_loss
 from lamm_cl.model import shared_prefix
 from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.clip import FrozenCLIP, normalize
+from lamm_cl.model.deep_prompts import MapleClassifier, MultiModalPrompts
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 
@@ -221,3 +222,52 @@ def test_the_run_log_names_the_text_path_once(tiny_clip):
     assert lines == ["  text encoder: shared prefix (the prompt tokens before the class name are encoded once "
                      "and every class's own tokens attend to them)"]
     assert not logging.getLogger("lamm_cl.model").handlers
+
+
+def _maple(clip, slot: str, depth: int, labels: bool) -> MapleClassifier:
+    prompts = ClassPrompts(clip, NAMES, TEMPLATE)  # context "a photo", then "of a" stay words
+    torch.manual_seed(4)
+    context = clip.embed_tokens(torch.tensor(prompts.prefix_ids[:2])).detach()
+    learner = MultiModalPrompts(context, depth, vision_width=48)
+    table = None
+    if labels:
+        table = LabelTable(clip.model.token_embedding.weight, prompts, 1 if slot == "reference" else "all", "name")
+        table.add_classes(range(len(NAMES)))
+    model = MapleClassifier(clip, prompts, learner, labels=table, label_slot=slot)
+    model.keep_original = labels
+    model.classes = list(range(len(NAMES)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("kind, which, depth", [("maple", "tiny", 2), ("maple_lamm name", "tiny", 2),
+                                               ("maple_lamm reference", "tiny", 2),
+                                               ("maple_lamm reference", "vit_b16", 9)])
+def test_maples_text_side_shares_its_prefix_layer_by_layer(kind, which, depth, tiny_clip, vit_b16_text):
+    clip = tiny_clip if which == "tiny" else vit_b16_text
+    slot = kind.split()[-1] if " " in kind else "name"
+    runs = []
+    for shared in (True, False):
+        model = _maple(clip, slot, depth, labels=kind != "maple")
+        assert model.shared_prefix
+        model.shared_prefix = shared
+        model.train()
+        t, t0 = model.text_features()
+        w = torch.randn(t.shape, generator=torch.Generator().manual_seed(5))
+        loss = (t * w).sum() + ((t0 * w.flip(0)).sum() if t0 is not None else 0.0)
+        size = float((t * w).abs().sum())  # the loss cancels down from this: its rounding scale
+        text_params = [p for n, p in model.named_parameters() if not n.startswith("learner.couplings")]
+        runs.append((t, t0, loss, torch.autograd.grad(loss, text_params)))
+        model.eval()
+        runs[-1] += (model.text_features()[0],)
+    (t_s, t0_s, loss_s, g_s, ev_s), (t_f, t0_f, loss_f, g_f, ev_f) = runs
+    assert close(t_s, t_f) and close(ev_s, ev_f)
+    assert (t0_s is None) == (t0_f is None) == (kind == "maple")
+    if t0_s is not None:
+        assert close(t0_s, t0_f)
+    assert abs(float(loss_s) - float(loss_f)) <= 1e-5 * size
+    assert len(g_s) == len(g_f) == (depth + (len(NAMES) if kind != "maple" else 0))
+    for a, b in zip(g_s, g_f):
+        assert close(a, b) and float(b.abs().max()) > 0

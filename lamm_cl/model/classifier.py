@@ -23,36 +23,9 @@ from avalanche.models import DynamicModule
 from lamm_cl.model.clip import FrozenCLIP, normalize
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
-from lamm_cl.model.shared_prefix import PrefixState, describe
+from lamm_cl.model.shared_prefix import PrefixCache, PrefixState, describe, version_key
 
 logger = logging.getLogger(__name__)
-
-
-class PrefixCache:
-    """The shared prefix's state, kept for as long as it stays valid.
-
-    ``frozen``: made without gradient, with the context value in ``made_with`` (None: the template's
-    words); ``step``: made with gradient by this step's forward, for the context version ``version``.
-    Derived data: a copy (an LwF teacher) or a pickled checkpoint starts empty and remakes it.
-    """
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self) -> None:
-        self.frozen: Optional[PrefixState] = None
-        self.made_with: Optional[torch.Tensor] = None
-        self.step: Optional[PrefixState] = None
-        self.version: Optional[int] = None
-
-    def __deepcopy__(self, memo) -> "PrefixCache":
-        return PrefixCache()
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.clear()
 
 
 class PromptClassifier(DynamicModule):
@@ -143,20 +116,8 @@ class PromptClassifier(DynamicModule):
         """
         if not self.shared_prefix:
             return None
-        cache = self._prefix
-        if self._context_trains() and torch.is_grad_enabled():
-            if cache.step is None or cache.version != self.context._version:
-                cache.step = self.encoder.prefix_state(self.context)
-                cache.version = self.context._version
-            return cache.step
-        ctx = self.context.detach() if self.context is not None else None
-        stale = cache.frozen is None or (ctx is not None and (
-            cache.made_with is None or cache.made_with.shape != ctx.shape or not torch.equal(cache.made_with, ctx)))
-        if stale:
-            with torch.no_grad():
-                cache.frozen = self.encoder.prefix_state(self.context)
-            cache.made_with = ctx.clone() if ctx is not None else None
-        return cache.frozen
+        trains = self._context_trains() and torch.is_grad_enabled()
+        return self._prefix.get(version_key([self.context]), trains, lambda: self.encoder.prefix_state(self.context))
 
     def text_features(self) -> torch.Tensor:
         """Normalised t of every known class ``[C, D]``, rows in ``self.classes`` order."""
@@ -210,7 +171,7 @@ class PromptClassifier(DynamicModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``x`` over every known class (columns = ``self.classes``)."""
-        self._prefix.step = None  # a new step: the context's prefix is encoded afresh, once
+        self._prefix.new_step()  # the context's prefix is encoded afresh, once per step
         t = self.text_features()
         self.last_text = t
         f = normalize(x.to(t.dtype))

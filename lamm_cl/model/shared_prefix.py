@@ -41,6 +41,55 @@ class PrefixState:
     length: int
 
 
+class PrefixCache:
+    """A classifier's shared-prefix state, kept while it stays valid.
+
+    ``key`` names what the prefix was made from (each trainable prompt's identity and version, which
+    an optimiser step or a checkpoint load bumps). A prefix that trains is made with gradient at most
+    once per step (:meth:`new_step` starts one: a classifier's forward) and reused by t0 in the same
+    step; a frozen one is made without gradient and kept until its key changes or :meth:`clear`.
+    Derived data: a copy (an LwF teacher) or an unpickled checkpoint starts empty and remakes it.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.frozen: Optional[PrefixState] = None
+        self.frozen_key: object = None
+        self.new_step()
+
+    def new_step(self) -> None:
+        self.step: Optional[PrefixState] = None
+        self.step_key: object = None
+
+    def get(self, key: object, trains: bool, make: Callable[[], PrefixState]) -> PrefixState:
+        """The state for ``key``, made by ``make`` (with gradient when ``trains``) if not kept."""
+        if trains:
+            if self.step is None or self.step_key != key:
+                self.step, self.step_key = make(), key
+            return self.step
+        if self.frozen is None or self.frozen_key != key:
+            with torch.no_grad():
+                self.frozen = make()
+            self.frozen_key = key
+        return self.frozen
+
+    def __deepcopy__(self, memo) -> "PrefixCache":
+        return PrefixCache()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()
+
+
+def version_key(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
+    """What identifies the current values of ``tensors`` (None entries allowed) without comparing them."""
+    return tuple(None if t is None else (id(t), t._version) for t in tensors)
+
+
 def unfit_reason(model: nn.Module) -> Optional[str]:
     """Why the shared-prefix path cannot run ``model``'s text tower, or None when it can.
 
