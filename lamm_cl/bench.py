@@ -1,6 +1,6 @@
 """Speed benchmarks behind DESIGN section 7 (timed here, never in tests: timed tests are flaky).
 
-    python -m lamm_cl.bench speed   # one LAMM step: naive loop vs lamm-cl's, on ViT-B-16
+    python -m lamm_cl.bench speed   # one LAMM step: naive loop vs lamm-cl's; one CoOp step on 1,000 classes
     python -m lamm_cl.bench run     # one quickstart experience with the feature store on and off
     python -m lamm_cl.bench identity   # stat-based dataset identity: files per second, extrapolated to ImageNet
     python -m lamm_cl.bench checksum   # the feature store's SHA-256 check of a large entry
@@ -19,13 +19,27 @@ of 32 random 224 px images, and times
 Both see the same label vectors and the same batch; their losses must agree
 within 1e-4 (relative) or the run fails. Both use the constant t0 (CLIP's own
 name embeddings) computed once, which flatters the naive step. The last line
-printed is ``speedup: <ratio>x``, the ratio of the median step times. Other
-processes on the machine distort it (small matmuls on two threads suffer most),
-so the load average is printed beside the timings: measure on an idle machine.
+printed for it is ``speedup: <ratio>x``, the ratio of the median step times.
+
+Then ``speed`` times (c) a CoOp step on ImageNet's 1,000 class names (ViT-B-16's
+text tower, random weights, cached image features): every class's prompt through
+the text encoder with gradient into the shared context, once with each prompt run
+whole (the full path) and once with the shared prefix run once and each class's
+own tokens after it (:mod:`lamm_cl.model.shared_prefix`), in the same run on the
+same batch. It checks that both give the same loss and context gradient, prints
+both step times, ``coop 1000-class step: <ratio>x``, and the peak memory of one
+step on each path (tensor memory counted by torch's profiler, which sees CPU
+tensors; ``tracemalloc`` does not).
+
+Other processes on the machine distort every ratio (small matmuls on two threads
+suffer most), so the load average is printed beside the timings: measure on an
+idle machine.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import sys
@@ -196,6 +210,117 @@ def speed(arch: str = "ViT-B-16", n_classes: int = 100, n_trainable: int = 10, b
     return ratio
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop lines) while inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_tensor_bytes(fn: Callable[[], object]) -> int:
+    """The most tensor memory ``fn()`` held at once beyond what existed before it (CPU or CUDA),
+    from the allocation records of torch's profiler (``Total Allocated`` of its memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max([0, *totals])
+
+
+def coop_names(n_classes: int) -> list[str]:
+    """``n_classes`` distinct class names: ImageNet's (open_clip ships them), a number appended past 1,000."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = list(IMAGENET_CLASSNAMES)
+    return [names[i % len(names)] + ("" if i < len(names) else f" {i}") for i in range(n_classes)]
+
+
+def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, steps: int = 2, seed: int = 0,
+               log: Log = print) -> float:
+    """Time a CoOp step over ``n_classes`` on the full-prompt path and with the shared prefix; return the ratio.
+
+    Raises:
+        AssertionError: the two paths' losses or context gradients differ by more than 1e-4 (relative).
+    """
+    from torch import nn
+
+    from lamm_cl.model.classifier import PromptClassifier
+    from lamm_cl.model.clip import build_clip
+    from lamm_cl.model.prompts import ClassPrompts
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = build_clip(arch, "none", "cpu")
+    prompts = ClassPrompts(clip, coop_names(n_classes), "a photo of a {}.")
+    with torch.no_grad():
+        init = clip.embed_tokens(torch.tensor(prompts.prefix_ids)).clone()
+    model = PromptClassifier(clip, prompts, context=nn.Parameter(init))
+    if not model.shared_prefix:
+        log(f"coop: {arch}'s text tower does not fit the shared prefix ({model.encoder.unfit}); nothing to compare")
+        return 1.0
+    _adapt(model, range(n_classes))
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, clip.embed_dim, generator=gen)
+    y = torch.randint(0, n_classes, (batch,), generator=gen)
+    opt = torch.optim.SGD([model.context], lr=1e-3, momentum=0.9)  # a small step: the timing does not care
+    log(f"coop: {arch} text tower (random weights), {n_classes} classes, batch {batch} of cached features, "
+        f"prompts of {prompts.ids.shape[1]} tokens at most, {model.encoder.prefix_length} of them shared, "
+        f"{torch.get_num_threads()} CPU threads")
+
+    def loss_of(shared: bool) -> torch.Tensor:
+        model.shared_prefix = shared
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    first = {}
+    for shared in (False, True):
+        loss = loss_of(shared)
+        (grad,) = torch.autograd.grad(loss, model.context)
+        first[shared] = float(loss.detach()), grad
+    (a, ga), (b, gb) = first[False], first[True]
+    rel = abs(a - b) / abs(a)
+    grad_rel = float((ga - gb).abs().max() / ga.abs().max())
+    log(f"coop loss on the same batch: full {a:.6f}, shared prefix {b:.6f} (relative difference {rel:.1e}; "
+        f"context gradient {grad_rel:.1e})")
+    assert rel < 1e-4 and grad_rel < 1e-4, f"the two CoOp paths disagree: loss {rel:.1e}, gradient {grad_rel:.1e}"
+
+    def step(shared: bool) -> Callable[[], float]:
+        def run() -> float:
+            opt.zero_grad()
+            loss = loss_of(shared)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+        return run
+
+    log(f"timing on {_load()}: median of {steps} steps each, after one warm-up (best in brackets)")
+    t_full, b_full = _timed(step(False), warmup=1, repeats=steps)
+    log(f"coop full-prompt step ({n_classes} prompts whole): {t_full:.3f} s ({b_full:.3f} s)")
+    t_shared, b_shared = _timed(step(True), warmup=1, repeats=steps)
+    log(f"coop shared-prefix step (the prefix once, {n_classes} prompts after it): {t_shared:.3f} s ({b_shared:.3f} s)")
+    m_full, m_shared = peak_tensor_bytes(step(False)), peak_tensor_bytes(step(True))
+    log(f"coop step peak tensor memory: full {m_full / 2**20:.0f} MiB, shared prefix {m_shared / 2**20:.0f} MiB "
+        f"({100 * m_shared / max(m_full, 1):.0f} % of full)")
+    log(f"finished on {_load()}")
+    ratio = t_full / t_shared
+    log(f"coop {n_classes}-class step: {ratio:.2f}x")
+    return ratio
+
+
 def run_experience(config: str = "benchmarks/quickstart.yaml", strategy: str = "lamm", views: int = 0,
                    log: Log = print) -> float:
     """Time the first experience of ``strategy`` in ``config`` with the feature store on (warm) and off.
@@ -324,13 +449,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m lamm_cl.bench {speed,run,identity,checksum}``."""
     p = argparse.ArgumentParser(prog="python -m lamm_cl.bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
-    s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's (ViT-B-16, random weights)")
+    s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's; one CoOp step on 1,000 classes, "
+                                     "full prompts vs the shared prefix (ViT-B-16, random weights)")
     s.add_argument("--arch", default="ViT-B-16")
     s.add_argument("--classes", type=int, default=100)
     s.add_argument("--trainable", type=int, default=10)
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--naive-steps", type=int, default=2, help="timed naive steps (after one warm-up)")
     s.add_argument("--fast-steps", type=int, default=20, help="timed lamm-cl steps (after three warm-ups)")
+    s.add_argument("--coop-classes", type=int, default=1000, help="classes of the CoOp step (0: skip it)")
+    s.add_argument("--coop-steps", type=int, default=2, help="timed CoOp steps per path (after one warm-up)")
     r = sub.add_parser("run", help="one quickstart experience with the feature store on and off")
     r.add_argument("--config", default="benchmarks/quickstart.yaml")
     r.add_argument("--strategy", default="lamm")
@@ -349,6 +477,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.mode == "speed":
         speed(args.arch, args.classes, args.trainable, args.batch, args.naive_steps, args.fast_steps)
+        if args.coop_classes:
+            coop_speed(args.arch, args.coop_classes, args.batch, args.coop_steps)
     else:
         if not Path(args.config).is_file():
             print(f"{args.config}: no such config; run from the repository root or pass --config", file=sys.stderr)

@@ -199,19 +199,29 @@ def encode_prefix(model: nn.Module, emb: torch.Tensor, deep: Sequence[torch.Tens
 def encode_rest(model: nn.Module, state: PrefixState, emb: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     """Text features ``[N, D]`` (not normalised) of prompts whose first ``state.length`` tokens are the prefix.
 
+    Rows are run in groups of one length each, cut after their own EOT: no row computes the padding
+    after a shorter name (the causal mask keeps it from mattering, so only time is saved).
+
     Args:
         emb: ``[N, l, W]`` token embeddings of the tokens after the prefix (rows may differ in length:
-            zero-padded after their EOT, which the causal mask keeps from mattering).
+            anything after a row's EOT is ignored).
         eot: ``[N]`` EOT position of each row in the whole prompt (so at least ``state.length``).
     """
     p = state.length
-    x = emb + model.positional_embedding[p: p + emb.shape[1]].to(emb.dtype)
-    for block, k, v in zip(model.transformer.resblocks, state.keys, state.values):
-        x, _ = _block(block, x, (k, v))
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot.to(x.device) - p]
-    proj = model.text_projection
-    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    lengths = eot.to(emb.device) - p + 1
+    feats, rows = [], []
+    for length in torch.unique(lengths).tolist():
+        idx = (lengths == length).nonzero().squeeze(1)
+        x = emb[idx, :length] + model.positional_embedding[p: p + length].to(emb.dtype)
+        for block, k, v in zip(model.transformer.resblocks, state.keys, state.values):
+            x, _ = _block(block, x, (k, v))
+        x = model.ln_final(x[:, -1])  # a LayerNorm acts on each token alone: the EOT token's is enough
+        proj = model.text_projection
+        feats.append(proj(x) if isinstance(proj, nn.Linear) else x @ proj)
+        rows.append(idx)
+    if len(feats) == 1:
+        return feats[0]
+    return torch.cat(feats)[torch.argsort(torch.cat(rows))]
 
 
 def describe(reason: Optional[str]) -> str:
