@@ -105,8 +105,7 @@ def unfit_reason(model: nn.Module) -> Optional[str]:
     if mask is None:
         return "the text tower has no causal mask"
     n = mask.shape[-1]
-    causal = torch.full((n, n), float("-inf"), device=mask.device).triu_(1)
-    if mask.shape != (n, n) or not torch.equal(mask.float(), causal):
+    if mask.shape != (n, n) or not torch.equal(mask.float(), _causal(n, mask.device)):
         return "the text tower's mask is not causal"
     if getattr(model.transformer, "grad_checkpointing", False):
         return "gradient checkpointing is on"
@@ -130,11 +129,17 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(n, length, heads, width // heads).transpose(1, 2)
 
 
-def _block(block: nn.Module, x: torch.Tensor, past: Optional[tuple[torch.Tensor, torch.Tensor]]):
+def _causal(length: int, device: torch.device) -> torch.Tensor:
+    """The additive causal mask ``[l, l]``: 0 on and below the diagonal, -inf above."""
+    return torch.full((length, length), float("-inf"), device=device).triu_(1)
+
+
+def _block(block: nn.Module, x: torch.Tensor, past: Optional[tuple[torch.Tensor, torch.Tensor]],
+           mask: torch.Tensor):
     """One ``ResidualAttentionBlock`` on ``x`` ``[N, l, W]`` (batch first) whose tokens follow ``past``.
 
-    Each token attends causally to the tokens of its own row and to every token of ``past``
-    (``[heads, p, d]`` keys and values, shared by every row).
+    Each token attends causally (``mask``, :func:`_causal`) to the tokens of its own row and to every
+    token of ``past`` (``[heads, p, d]`` keys and values, shared by every row).
 
     Returns:
         The block's output ``[N, l, W]``, and this block's keys and values of ``x`` ``[N, heads, l, d]``.
@@ -145,9 +150,7 @@ def _block(block: nn.Module, x: torch.Tensor, past: Optional[tuple[torch.Tensor,
     d = width // heads
     q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     q, k, v = _heads(q, heads) * d ** -0.5, _heads(k, heads), _heads(v, heads)
-    own = q @ k.transpose(-2, -1)  # [N, H, l, l]
-    mask = torch.full((length, length), float("-inf"), device=x.device).triu_(1).to(own.dtype)
-    own = own + mask
+    own = q @ k.transpose(-2, -1) + mask.to(q.dtype)  # [N, H, l, l]
     if past is None:
         out = own.softmax(dim=-1) @ v
     else:
@@ -184,13 +187,14 @@ def encode_prefix(model: nn.Module, emb: torch.Tensor, deep: Sequence[torch.Tens
     p = emb.shape[0]
     x = (emb + model.positional_embedding[:p].to(emb.dtype)).unsqueeze(0)
     keys, values = [], []
+    mask = _causal(p, x.device)
     for i, block in enumerate(model.transformer.resblocks):
         if 1 <= i <= len(deep):
             if start + deep[i - 1].shape[0] > p:
                 raise ValueError(f"deep prompts at {start}..{start + deep[i - 1].shape[0]} reach past the "
                                  f"{p}-token shared prefix")
             x = _replace(x, start, deep[i - 1])
-        x, (k, v) = _block(block, x, None)
+        x, (k, v) = _block(block, x, None, mask)
         keys.append(k[0])
         values.append(v[0])
     return PrefixState(keys, values, p)
@@ -213,8 +217,9 @@ def encode_rest(model: nn.Module, state: PrefixState, emb: torch.Tensor, eot: to
     for length in torch.unique(lengths).tolist():
         idx = (lengths == length).nonzero().squeeze(1)
         x = emb[idx, :length] + model.positional_embedding[p: p + length].to(emb.dtype)
+        mask = _causal(length, x.device)
         for block, k, v in zip(model.transformer.resblocks, state.keys, state.values):
-            x, _ = _block(block, x, (k, v))
+            x, _ = _block(block, x, (k, v), mask)
         x = model.ln_final(x[:, -1])  # a LayerNorm acts on each token alone: the EOT token's is enough
         proj = model.text_projection
         feats.append(proj(x) if isinstance(proj, nn.Linear) else x @ proj)
