@@ -271,3 +271,27 @@ def test_maples_text_side_shares_its_prefix_layer_by_layer(kind, which, depth, t
     assert len(g_s) == len(g_f) == (depth + (len(NAMES) if kind != "maple" else 0))
     for a, b in zip(g_s, g_f):
         assert close(a, b) and float(b.abs().max()) > 0
+
+
+def test_length_groups_pad_short_names_apart_from_a_long_one_only_where_it_pays():
+    # costs by hand: rows x bucket's longest + a per-bucket overhead of 2**20 / width**2 tokens
+    many_short = [3] * 100 + [14]
+    assert shared_prefix.length_groups(many_short, 512) == [(3, 3), (14, 14)]  # 300+4 + 14+4 < 101*14+4
+    assert shared_prefix.length_groups([3, 3, 4], 512) == [(3, 4)]  # 3*4+4 = 16 < 2*3+4 + 4+4 = 18
+    assert shared_prefix.length_groups([3, 3, 4, 4, 4], 512) == [(3, 4)]  # 5*4+4 = 24 < 6+4 + 12+4 = 26
+    assert shared_prefix.length_groups([4, 3, 3, 3, 3, 3], 512) == [(3, 3), (4, 4)]  # 15+4 + 4+4 = 27 < 6*4+4 = 28
+    assert shared_prefix.length_groups(many_short, 64) == [(3, 3), (14, 14)]  # overhead 256: 300+256 + 14+256 < 1414+256
+    assert shared_prefix.length_groups([3] * 10 + [14], 64) == [(3, 14)]  # 11*14+256 = 410 < 30+256 + 14+256 = 556
+
+
+def test_rows_in_several_length_buckets_come_back_in_their_order(tiny_clip):
+    names = ["cat"] * 20 + ["a very long winding name of many many pieces"] + ["dog"] * 20
+    encoder = PromptEncoder(tiny_clip, ClassPrompts(tiny_clip, names, TEMPLATE))
+    lengths = (encoder.prompts.eot - encoder.prefix_length + 1).tolist()
+    assert len(shared_prefix.length_groups(lengths, tiny_clip.token_width)) == 2
+    classes = torch.randperm(len(names), generator=torch.Generator().manual_seed(0)).tolist()
+    labels = {c: torch.randn(1, tiny_clip.token_width) * 0.02 for c in classes}  # every row differs
+    with torch.no_grad():
+        full = encoder.encode(classes, labels=labels)
+        shared = encoder.encode(classes, labels=labels, prefix=encoder.prefix_state())
+    assert close(shared, full)
