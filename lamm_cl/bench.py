@@ -4,6 +4,7 @@
     python -m lamm_cl.bench run     # one quickstart experience with the feature store on and off
     python -m lamm_cl.bench identity   # stat-based dataset identity: files per second, extrapolated to ImageNet
     python -m lamm_cl.bench checksum   # the feature store's SHA-256 check of a large entry
+    python -m lamm_cl.bench device     # on CUDA: the CoOp paths, one step of every strategy, a cost: line
 
 ``speed`` builds ViT-B-16 with random weights (the time of a step does not
 depend on the weight values), 100 classes of which the last 10 train, a batch
@@ -224,9 +225,19 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def peak_tensor_bytes(fn: Callable[[], object]) -> int:
-    """The most tensor memory ``fn()`` held at once beyond what existed before it (CPU or CUDA),
-    from the allocation records of torch's profiler (``Total Allocated`` of its memory events)."""
+def peak_tensor_bytes(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> int:
+    """The most tensor memory ``fn()`` held at once on ``device`` beyond what was there before it.
+
+    CUDA: the caching allocator's statistics. CPU: the allocation records of torch's profiler
+    (``Total Allocated`` of its memory events; ``tracemalloc`` does not see tensors).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr():
@@ -236,7 +247,8 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
             trace = Path(tmp) / "trace.json"
             prof.export_chrome_trace(str(trace))
             events = json.loads(trace.read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0]
     return max([0, *totals])
 
 
@@ -249,22 +261,27 @@ def coop_names(n_classes: int) -> list[str]:
 
 
 def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, steps: int = 2, seed: int = 0,
-               log: Log = print) -> float:
+               log: Log = print, device: str = "cpu") -> float:
     """Time a CoOp step over ``n_classes`` on the full-prompt path and with the shared prefix; return the ratio.
+
+    On CUDA the timed steps run under the training autocast (bf16) as runs do; the check that both
+    paths agree runs in float32 first.
 
     Raises:
         AssertionError: the two paths' losses or context gradients differ by more than 1e-4 (relative).
     """
     from torch import nn
 
+    from lamm_cl.features import autocast
     from lamm_cl.model.classifier import PromptClassifier
     from lamm_cl.model.clip import build_clip
     from lamm_cl.model.prompts import ClassPrompts
 
+    dev = torch.device(device)
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clip = build_clip(arch, "none", "cpu")
+        clip = build_clip(arch, "none", dev)
     prompts = ClassPrompts(clip, coop_names(n_classes), "a photo of a {}.")
     with torch.no_grad():
         init = clip.embed_tokens(torch.tensor(prompts.prefix_ids)).clone()
@@ -275,16 +292,17 @@ def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, s
     _adapt(model, range(n_classes))
     model.train()
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, clip.embed_dim, generator=gen)
-    y = torch.randint(0, n_classes, (batch,), generator=gen)
+    x = torch.randn(batch, clip.embed_dim, generator=gen).to(dev)
+    y = torch.randint(0, n_classes, (batch,), generator=gen).to(dev)
     opt = torch.optim.SGD([model.context], lr=1e-3, momentum=0.9)  # a small step: the timing does not care
     log(f"coop: {arch} text tower (random weights), {n_classes} classes, batch {batch} of cached features, "
         f"prompts of {prompts.ids.shape[1]} tokens at most, {model.encoder.prefix_length} of them shared, "
-        f"{torch.get_num_threads()} CPU threads")
+        + (f"{torch.get_num_threads()} CPU threads" if dev.type == "cpu" else f"{torch.cuda.get_device_name(dev)}"))
 
-    def loss_of(shared: bool) -> torch.Tensor:
+    def loss_of(shared: bool, cast: bool = False) -> torch.Tensor:
         model.shared_prefix = shared
-        return torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(dev, training=True) if cast else contextlib.nullcontext():
+            return torch.nn.functional.cross_entropy(model(x), y)
 
     first, peak = {}, {}
     for shared in (False, True):  # also the warm-up of each path
@@ -292,7 +310,7 @@ def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, s
             loss = loss_of(shared)
             (grad,) = torch.autograd.grad(loss, model.context)
             first[shared] = float(loss.detach()), grad
-        peak[shared] = peak_tensor_bytes(check)
+        peak[shared] = peak_tensor_bytes(check, dev)
     (a, ga), (b, gb) = first[False], first[True]
     rel = abs(a - b) / abs(a)
     grad_rel = float((ga - gb).abs().max() / ga.abs().max())
@@ -303,24 +321,83 @@ def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, s
     def step(shared: bool) -> Callable[[], float]:
         def run() -> float:
             opt.zero_grad()
-            loss = loss_of(shared)
+            loss = loss_of(shared, cast=dev.type == "cuda")
             loss.backward()
             opt.step()
-            return float(loss.detach())
+            return float(loss.detach())  # waits for the device
         return run
 
-    log(f"timing on {_load()}: median of {steps} steps each (best in brackets)")
+    log(f"timing on {_load()}: median of {steps} steps each (best in brackets)"
+        + (", under bf16 autocast" if dev.type == "cuda" else ""))
     t_full, b_full = _timed(step(False), warmup=0, repeats=steps)
     log(f"coop full-prompt step ({n_classes} prompts whole): {t_full:.3f} s ({b_full:.3f} s)")
     t_shared, b_shared = _timed(step(True), warmup=0, repeats=steps)
     log(f"coop shared-prefix step (the prefix once, {n_classes} prompts after it): {t_shared:.3f} s ({b_shared:.3f} s)")
     m_full, m_shared = peak[False], peak[True]
-    log(f"coop step peak tensor memory (forward and backward): full {m_full / 2**20:.0f} MiB, shared prefix "
+    log(f"coop step peak tensor memory (forward and backward, float32): full {m_full / 2**20:.0f} MiB, shared prefix "
         f"{m_shared / 2**20:.0f} MiB ({100 * m_shared / max(m_full, 1):.0f} % of full)")
     log(f"finished on {_load()}")
     ratio = t_full / t_shared
     log(f"coop {n_classes}-class step: {ratio:.2f}x")
     return ratio
+
+
+def device_check(arch: str = "ViT-B-16", device: str = "cuda", coop_classes: int = 1000, classes: int = 10,
+                 warmup: int = 2, repeats: int = 3, strategies: Optional[Sequence[str]] = None,
+                 options: Optional[dict] = None, log: Log = print) -> bool:
+    """The CUDA code paths no CPU test reaches, in a few minutes: the CoOp step on ``coop_classes`` on both
+    text paths (time, peak memory), one training step of every strategy as its builder makes it under the
+    runs' autocast (MaPLe's autocast, RAPF's float32 adapter, ``--calibrate``'s synchronisation, all
+    through :mod:`lamm_cl.sweep.calibrate`'s own timing), and a ``cost:`` line for a sweep file.
+
+    Args:
+        strategies: names to step (default: every registered strategy).
+        options: strategy name -> extra options for its config entry.
+    Returns:
+        True when every strategy stepped; a failure is logged and the others still run.
+    """
+    from lamm_cl import config as config_mod
+    from lamm_cl.errors import UserError
+    from lamm_cl.model.clip import build_clip
+    from lamm_cl.registry import list_strategies
+    from lamm_cl.sweep.calibrate import Calibration, _three_digits, _time_encoder, _time_steps
+    from lamm_cl.sweep.spec import CostConfig
+
+    started = time.perf_counter()
+    dev = torch.device(device)
+    coop_speed(arch, coop_classes, 32, steps=repeats, log=log, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = build_clip(arch, "none", dev)
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32, as every run gets it
+    encode = _time_encoder(clip, dev, max(1, warmup), repeats)
+    log(f"image encoder: {encode.seconds * 1e3:.3f} ms per image ({encode.what})")
+    steps, ok = {}, True
+    for name in strategies or [spec.name for spec in list_strategies()]:
+        entry = {"name": name, **(options or {}).get(name, {})}
+        cfg = config_mod.parse({"name": "device", "benchmark": {"dataset": "digits", "n_experiences": 1},
+                                "model": {"arch": arch, "pretrained": "none"}, "strategies": [entry]})
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                steps[name] = _time_steps(clip, name, cfg, classes, warmup, repeats)
+            log(f"{name}: {steps[name].seconds * 1e3:.2f} ms per step ({steps[name].what})")
+        except UserError as e:  # a strategy that trains no step (zeroshot)
+            log(f"{name}: no training step ({e})")
+        except Exception as e:  # noqa: BLE001 - the check reports every strategy, then fails
+            ok = False
+            log(f"{name}: FAILED: {type(e).__name__}: {' '.join(str(e).split())}")
+    defaults = CostConfig()
+    feature, image = steps.get("lamm"), steps.get("maple")
+    cost = CostConfig(encode_image_s=_three_digits(encode.seconds),
+                      feature_step_s=_three_digits(feature.seconds) if feature else defaults.feature_step_s,
+                      image_step_s=_three_digits(image.seconds) if image else defaults.image_step_s)
+    line = Calibration(device=str(dev), model=f"{arch} + none", encode=encode, feature_step=feature,
+                       image_step=image, cost=cost).cost_line()
+    log(f"device check {'passed' if ok else 'FAILED'} in {time.perf_counter() - started:.0f} s on {dev}")
+    log(line)
+    return ok
 
 
 def run_experience(config: str = "benchmarks/quickstart.yaml", strategy: str = "lamm", views: int = 0,
@@ -448,7 +525,7 @@ def checksum_speed(n_images: int = 100_000, dim: int = 512, log: Log = print) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lamm_cl.bench {speed,run,identity,checksum}``."""
+    """``python -m lamm_cl.bench {speed,run,identity,checksum,device}``."""
     p = argparse.ArgumentParser(prog="python -m lamm_cl.bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's; one CoOp step on 1,000 classes, "
@@ -470,7 +547,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c = sub.add_parser("checksum", help="the feature store's SHA-256 check on a large entry")
     c.add_argument("--images", type=int, default=100_000)
     c.add_argument("--dim", type=int, default=512)
+    d = sub.add_parser("device", help="on CUDA: the CoOp paths at 1,000 classes, one step of every strategy under "
+                                      "autocast, and a cost: line for a sweep")
+    d.add_argument("--arch", default="ViT-B-16")
     args = p.parse_args(argv)
+    if args.mode == "device":
+        if not torch.cuda.is_available():
+            print("python -m lamm_cl.bench device: no CUDA device here; run it on a machine with a GPU",
+                  file=sys.stderr)
+            return 2
+        return 0 if device_check(args.arch) else 1
     if args.mode == "identity":
         identity_speed(args.files)
         return 0

@@ -6,6 +6,7 @@ the largest entry (text features, losses, gradients): float rounding differs, no
 from __future__ import annotations
 
 import logging
+import re
 
 import open_clip
 import pytest
@@ -295,3 +296,34 @@ def test_rows_in_several_length_buckets_come_back_in_their_order(tiny_clip):
         full = encoder.encode(classes, labels=labels)
         shared = encoder.encode(classes, labels=labels, prefix=encoder.prefix_state())
     assert close(shared, full)
+
+
+def test_coop_bench_runs_both_paths_and_reports_their_ratio_and_memory():
+    # a smoke test of `python -m lamm_cl.bench speed`'s CoOp part on the tiny model; timings are not checked
+    from lamm_cl.bench import coop_speed
+
+    lines: list[str] = []
+    ratio = coop_speed("lamm-tiny", n_classes=30, batch=4, steps=1, log=lines.append)
+    assert lines[-1] == f"coop 30-class step: {ratio:.2f}x"
+    (agree,) = [x for x in lines if x.startswith("coop loss on the same batch")]
+    assert "shared prefix" in agree
+    (memory,) = [x for x in lines if x.startswith("coop step peak tensor memory")]
+    full, shared = (int(v) for v in re.findall(r"(\d+) MiB", memory))
+    assert full >= shared  # never more than the full path; both measured (0 MiB rounds small steps down)
+
+
+def test_device_check_steps_every_strategy_and_prints_a_cost_line():
+    # the CUDA check's code, run on the CPU with the tiny model (the CLI refuses without CUDA)
+    from lamm_cl.bench import device_check, main
+
+    lines: list[str] = []
+    depth = {"prompt_depth": 2}  # lamm-tiny has 2 blocks
+    ok = device_check("lamm-tiny", "cpu", coop_classes=12, classes=4, warmup=1, repeats=1,
+                      strategies=["zeroshot", "lamm", "maple", "rapf"], options={"maple": depth}, log=lines.append)
+    assert ok, lines
+    assert lines[-1].startswith("cost: {encode_image_s: ") and "feature_step_s" in lines[-1]
+    stepped = {x.split(":")[0] for x in lines if " ms per step " in x}
+    assert stepped == {"lamm", "maple", "rapf"}
+    assert any(x.startswith("zeroshot: no training step") for x in lines)
+    if not torch.cuda.is_available():
+        assert main(["device"]) == 2
