@@ -16,15 +16,13 @@ is reported by :func:`unfit_reason`; callers then run today's full-prompt path, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
