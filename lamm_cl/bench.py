@@ -317,6 +317,9 @@ def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, s
     log(f"coop loss on the same batch: full {a:.6f}, shared prefix {b:.6f} (relative difference {rel:.1e}; "
         f"context gradient {grad_rel:.1e})")
     assert rel < 1e-4 and grad_rel < 1e-4, f"the two CoOp paths disagree: loss {rel:.1e}, gradient {grad_rel:.1e}"
+    m_full, m_shared = peak[False], peak[True]
+    log(f"coop step peak tensor memory (forward and backward, float32): full {m_full / 2**20:.0f} MiB, shared prefix "
+        f"{m_shared / 2**20:.0f} MiB ({100 * m_shared / max(m_full, 1):.0f} % of full)")
 
     def step(shared: bool) -> Callable[[], float]:
         def run() -> float:
@@ -333,9 +336,6 @@ def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, s
     log(f"coop full-prompt step ({n_classes} prompts whole): {t_full:.3f} s ({b_full:.3f} s)")
     t_shared, b_shared = _timed(step(True), warmup=0, repeats=steps)
     log(f"coop shared-prefix step (the prefix once, {n_classes} prompts after it): {t_shared:.3f} s ({b_shared:.3f} s)")
-    m_full, m_shared = peak[False], peak[True]
-    log(f"coop step peak tensor memory (forward and backward, float32): full {m_full / 2**20:.0f} MiB, shared prefix "
-        f"{m_shared / 2**20:.0f} MiB ({100 * m_shared / max(m_full, 1):.0f} % of full)")
     log(f"finished on {_load()}")
     ratio = t_full / t_shared
     log(f"coop {n_classes}-class step: {ratio:.2f}x")
