@@ -62,11 +62,13 @@ def run_config(cfg: "Config", out: Path, *, device: Optional[str] = None, resume
     Returns:
         The finished runs; ``.failed`` names the runs a NaN or infinite loss stopped.
     """
+    from lamm_cl.model.shared_prefix import text_path_log
     from lamm_cl.report import build_report
     from lamm_cl.runner import run as run_all
 
-    records = run_all(cfg, out, device=device, progress=progress, log=log, resume=resume, overwrite=overwrite,
-                      warn=warn)
+    with text_path_log(log):  # the log says which text path ran (shared prefix or full prompts)
+        records = run_all(cfg, out, device=device, progress=progress, log=log, resume=resume, overwrite=overwrite,
+                          warn=warn)
     if records:
         build_report(out)
     return records

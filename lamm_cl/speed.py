@@ -1,9 +1,10 @@
 """Speed benchmarks behind DESIGN section 7 (timed here, never in tests: timed tests are flaky).
 
-    python -m lamm_cl.speed speed   # one LAMM step: naive loop vs lamm-cl's, on ViT-B-16
+    python -m lamm_cl.speed speed   # one LAMM step: naive loop vs lamm-cl's; one CoOp step on 1,000 classes
     python -m lamm_cl.speed run     # one quickstart experience with the feature store on and off
     python -m lamm_cl.speed identity   # stat-based dataset identity: files per second, extrapolated to ImageNet
     python -m lamm_cl.speed checksum   # the feature store's SHA-256 check of a large entry
+    python -m lamm_cl.speed device     # on CUDA: the CoOp paths, one step of every strategy, a cost: line
 
 ``speed`` builds ViT-B-16 with random weights (the time of a step does not
 depend on the weight values), 100 classes of which the last 10 train, a batch
@@ -19,13 +20,27 @@ of 32 random 224 px images, and times
 Both see the same label vectors and the same batch; their losses must agree
 within 1e-4 (relative) or the run fails. Both use the constant t0 (CLIP's own
 name embeddings) computed once, which flatters the naive step. The last line
-printed is ``speedup: <ratio>x``, the ratio of the median step times. Other
-processes on the machine distort it (small matmuls on two threads suffer most),
-so the load average is printed beside the timings: measure on an idle machine.
+printed for it is ``speedup: <ratio>x``, the ratio of the median step times.
+
+Then ``speed`` times (c) a CoOp step on ImageNet's 1,000 class names (ViT-B-16's
+text tower, random weights, cached image features): every class's prompt through
+the text encoder with gradient into the shared context, once with each prompt run
+whole (the full path) and once with the shared prefix run once and each class's
+own tokens after it (:mod:`lamm_cl.model.shared_prefix`), in the same run on the
+same batch. It checks that both give the same loss and context gradient, prints
+both step times, ``coop 1000-class step: <ratio>x``, and the peak memory of one
+step on each path (tensor memory counted by torch's profiler, which sees CPU
+tensors; ``tracemalloc`` does not).
+
+Other processes on the machine distort every ratio (small matmuls on two threads
+suffer most), so the load average is printed beside the timings: measure on an
+idle machine.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import sys
@@ -197,6 +212,195 @@ def speed(arch: str = "ViT-B-16", n_classes: int = 100, n_trainable: int = 10, b
     return ratio
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop lines) while inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_tensor_bytes(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> int:
+    """The most tensor memory ``fn()`` held at once on ``device`` beyond what was there before it.
+
+    CUDA: the caching allocator's statistics. CPU: the allocation records of torch's profiler
+    (``Total Allocated`` of its memory events; ``tracemalloc`` does not see tensors).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0]
+    return max([0, *totals])
+
+
+def coop_names(n_classes: int) -> list[str]:
+    """``n_classes`` distinct class names: ImageNet's (open_clip ships them), a number appended past 1,000."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    names = list(IMAGENET_CLASSNAMES)
+    return [names[i % len(names)] + ("" if i < len(names) else f" {i}") for i in range(n_classes)]
+
+
+def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, steps: int = 2, seed: int = 0,
+               log: Log = print, device: str = "cpu") -> float:
+    """Time a CoOp step over ``n_classes`` on the full-prompt path and with the shared prefix; return the ratio.
+
+    On CUDA the timed steps run under the training autocast (bf16) as runs do; the check that both
+    paths agree runs in float32 first.
+
+    Raises:
+        AssertionError: the two paths' losses or context gradients differ by more than 1e-4 (relative).
+    """
+    from torch import nn
+
+    from lamm_cl.features import autocast
+    from lamm_cl.model.classifier import PromptClassifier
+    from lamm_cl.model.clip import build_clip
+    from lamm_cl.model.prompts import ClassPrompts
+
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = build_clip(arch, "none", dev)
+    prompts = ClassPrompts(clip, coop_names(n_classes), "a photo of a {}.")
+    with torch.no_grad():
+        init = clip.embed_tokens(torch.tensor(prompts.prefix_ids)).clone()
+    model = PromptClassifier(clip, prompts, context=nn.Parameter(init))
+    if not model.shared_prefix:
+        log(f"coop: {arch}'s text tower does not fit the shared prefix ({model.encoder.unfit}); nothing to compare")
+        return 1.0
+    _adapt(model, range(n_classes))
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, clip.embed_dim, generator=gen).to(dev)
+    y = torch.randint(0, n_classes, (batch,), generator=gen).to(dev)
+    opt = torch.optim.SGD([model.context], lr=1e-3, momentum=0.9)  # a small step: the timing does not care
+    log(f"coop: {arch} text tower (random weights), {n_classes} classes, batch {batch} of cached features, "
+        f"prompts of {prompts.ids.shape[1]} tokens at most, {model.encoder.prefix_length} of them shared, "
+        + (f"{torch.get_num_threads()} CPU threads" if dev.type == "cpu" else f"{torch.cuda.get_device_name(dev)}"))
+
+    def loss_of(shared: bool, cast: bool = False) -> torch.Tensor:
+        model.shared_prefix = shared
+        with autocast(dev, training=True) if cast else contextlib.nullcontext():
+            return torch.nn.functional.cross_entropy(model(x), y)
+
+    first, peak = {}, {}
+    for shared in (False, True):  # also the warm-up of each path
+        def check() -> None:
+            loss = loss_of(shared)
+            (grad,) = torch.autograd.grad(loss, model.context)
+            first[shared] = float(loss.detach()), grad
+        peak[shared] = peak_tensor_bytes(check, dev)
+    (a, ga), (b, gb) = first[False], first[True]
+    rel = abs(a - b) / abs(a)
+    grad_rel = float((ga - gb).abs().max() / ga.abs().max())
+    log(f"coop loss on the same batch: full {a:.6f}, shared prefix {b:.6f} (relative difference {rel:.1e}; "
+        f"context gradient {grad_rel:.1e})")
+    assert rel < 1e-4 and grad_rel < 1e-4, f"the two CoOp paths disagree: loss {rel:.1e}, gradient {grad_rel:.1e}"
+    m_full, m_shared = peak[False], peak[True]
+    log(f"coop step peak tensor memory (forward and backward, float32): full {m_full / 2**20:.0f} MiB, shared prefix "
+        f"{m_shared / 2**20:.0f} MiB ({100 * m_shared / max(m_full, 1):.0f} % of full)")
+
+    def step(shared: bool) -> Callable[[], float]:
+        def run() -> float:
+            opt.zero_grad()
+            loss = loss_of(shared, cast=dev.type == "cuda")
+            loss.backward()
+            opt.step()
+            return float(loss.detach())  # waits for the device
+        return run
+
+    log(f"timing on {_load()}: median of {steps} steps each (best in brackets)"
+        + (", under bf16 autocast" if dev.type == "cuda" else ""))
+    t_full, b_full = _timed(step(False), warmup=0, repeats=steps)
+    log(f"coop full-prompt step ({n_classes} prompts whole): {t_full:.3f} s ({b_full:.3f} s)")
+    t_shared, b_shared = _timed(step(True), warmup=0, repeats=steps)
+    log(f"coop shared-prefix step (the prefix once, {n_classes} prompts after it): {t_shared:.3f} s ({b_shared:.3f} s)")
+    log(f"finished on {_load()}")
+    ratio = t_full / t_shared
+    log(f"coop {n_classes}-class step: {ratio:.2f}x")
+    return ratio
+
+
+def device_check(arch: str = "ViT-B-16", device: str = "cuda", coop_classes: int = 1000, classes: int = 10,
+                 warmup: int = 2, repeats: int = 3, strategies: Optional[Sequence[str]] = None,
+                 options: Optional[dict] = None, log: Log = print) -> bool:
+    """The CUDA code paths no CPU test reaches, in a few minutes: the CoOp step on ``coop_classes`` on both
+    text paths (time, peak memory), one training step of every strategy as its builder makes it under the
+    runs' autocast (MaPLe's autocast, RAPF's float32 adapter, ``--calibrate``'s synchronisation, all
+    through :mod:`lamm_cl.sweep.calibrate`'s own timing), and a ``cost:`` line for a sweep file.
+
+    Args:
+        strategies: names to step (default: every registered strategy).
+        options: strategy name -> extra options for its config entry.
+    Returns:
+        True when every strategy stepped; a failure is logged and the others still run.
+    """
+    from lamm_cl import config as config_mod
+    from lamm_cl.errors import UserError
+    from lamm_cl.model.clip import build_clip
+    from lamm_cl.registry import list_strategies
+    from lamm_cl.sweep.calibrate import Calibration, _three_digits, _time_encoder, _time_steps
+    from lamm_cl.sweep.spec import CostConfig
+
+    started = time.perf_counter()
+    dev = torch.device(device)
+    coop_speed(arch, coop_classes, 32, steps=repeats, log=log, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = build_clip(arch, "none", dev)
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32, as every run gets it
+    encode = _time_encoder(clip, dev, max(1, warmup), repeats)
+    log(f"image encoder: {encode.seconds * 1e3:.3f} ms per image ({encode.what})")
+    steps, ok = {}, True
+    for name in strategies or [spec.name for spec in list_strategies()]:
+        entry = {"name": name, **(options or {}).get(name, {})}
+        cfg = config_mod.parse({"name": "device", "benchmark": {"dataset": "digits", "n_experiences": 1},
+                                "model": {"arch": arch, "pretrained": "none"}, "strategies": [entry]})
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                steps[name] = _time_steps(clip, name, cfg, classes, warmup, repeats)
+            log(f"{name}: {steps[name].seconds * 1e3:.2f} ms per step ({steps[name].what})")
+        except UserError as e:  # a strategy that trains no step (zeroshot)
+            log(f"{name}: no training step ({e})")
+        except Exception as e:  # noqa: BLE001 - the check reports every strategy, then fails
+            ok = False
+            log(f"{name}: FAILED: {type(e).__name__}: {' '.join(str(e).split())}")
+    defaults = CostConfig()
+    feature, image = steps.get("lamm"), steps.get("maple")
+    cost = CostConfig(encode_image_s=_three_digits(encode.seconds),
+                      feature_step_s=_three_digits(feature.seconds) if feature else defaults.feature_step_s,
+                      image_step_s=_three_digits(image.seconds) if image else defaults.image_step_s)
+    line = Calibration(device=str(dev), model=f"{arch} + none", encode=encode, feature_step=feature,
+                       image_step=image, cost=cost).cost_line()
+    log(f"device check {'passed' if ok else 'FAILED'} in {time.perf_counter() - started:.0f} s on {dev}")
+    log(line)
+    return ok
+
+
 def run_experience(config: str = "benchmarks/quickstart.yaml", strategy: str = "lamm", views: int = 0,
                    log: Log = print) -> float:
     """Time the first experience of ``strategy`` in ``config`` with the feature store on (warm) and off.
@@ -323,16 +527,19 @@ def checksum_speed(n_images: int = 100_000, dim: int = 512, log: Log = print) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lamm_cl.speed {speed,run,identity,checksum}``."""
+    """``python -m lamm_cl.speed {speed,run,identity,checksum,device}``."""
     p = argparse.ArgumentParser(prog="python -m lamm_cl.speed", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
-    s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's (ViT-B-16, random weights)")
+    s = sub.add_parser("speed", help="one LAMM step: naive loop vs lamm-cl's; one CoOp step on 1,000 classes, "
+                                     "full prompts vs the shared prefix (ViT-B-16, random weights)")
     s.add_argument("--arch", default="ViT-B-16")
     s.add_argument("--classes", type=int, default=100)
     s.add_argument("--trainable", type=int, default=10)
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--naive-steps", type=int, default=2, help="timed naive steps (after one warm-up)")
     s.add_argument("--fast-steps", type=int, default=20, help="timed lamm-cl steps (after three warm-ups)")
+    s.add_argument("--coop-classes", type=int, default=1000, help="classes of the CoOp step (0: skip it)")
+    s.add_argument("--coop-steps", type=int, default=2, help="timed CoOp steps per path (after one untimed)")
     r = sub.add_parser("run", help="one quickstart experience with the feature store on and off")
     r.add_argument("--config", default="benchmarks/quickstart.yaml")
     r.add_argument("--strategy", default="lamm")
@@ -342,7 +549,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c = sub.add_parser("checksum", help="the feature store's SHA-256 check on a large entry")
     c.add_argument("--images", type=int, default=100_000)
     c.add_argument("--dim", type=int, default=512)
+    d = sub.add_parser("device", help="on CUDA: the CoOp paths at 1,000 classes, one step of every strategy under "
+                                      "autocast, and a cost: line for a sweep")
+    d.add_argument("--arch", default="ViT-B-16")
     args = p.parse_args(argv)
+    if args.mode == "device":
+        if not torch.cuda.is_available():
+            print("python -m lamm_cl.speed device: no CUDA device here; run it on a machine with a GPU",
+                  file=sys.stderr)
+            return 2
+        return 0 if device_check(args.arch) else 1
     if args.mode == "identity":
         identity_speed(args.files)
         return 0
@@ -351,6 +567,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.mode == "speed":
         speed(args.arch, args.classes, args.trainable, args.batch, args.naive_steps, args.fast_steps)
+        if args.coop_classes:
+            coop_speed(args.arch, args.coop_classes, args.batch, args.coop_steps)
     else:
         if not Path(args.config).is_file():
             print(f"{args.config}: no such config; run from the repository root or pass --config", file=sys.stderr)

@@ -305,8 +305,10 @@ def test_old_classes_cached_text_features_equal_fresh_ones(tiny_clip, digits):
     model(x)
     assert encoded == [[3, 4]]  # only the trainable prompts go through the text encoder
     with torch.no_grad():
-        fresh = normalize(real([0, 1, 2], labels=model.labels.as_mapping([0, 1, 2])))
-        fresh0 = normalize(real([0, 1, 2, 3], labels=model.labels.originals([0, 1, 2, 3])))
+        # fresh through the model's own text path (the shared prefix where the tower fits)
+        prefix = model.prefix_state()
+        fresh = normalize(real([0, 1, 2], labels=model.labels.as_mapping([0, 1, 2]), prefix=prefix))
+        fresh0 = normalize(real([0, 1, 2, 3], labels=model.labels.originals([0, 1, 2, 3]), prefix=prefix))
     assert torch.allclose(model.last_text[:3], fresh, rtol=1e-6, atol=1e-7)
     assert torch.allclose(model.original_text_features([0, 1, 2, 3]), fresh0, rtol=1e-6, atol=1e-7)
     assert not torch.allclose(model.last_text[3:], normalize(model.encode([3, 4], original=True)), atol=1e-4)

@@ -61,10 +61,15 @@ def test_text_tower_at_depth_1_is_clip_on_the_prompt_words(tiny_clip):
     # the context starts as the embeddings of "a photo": with no deeper prompt, the text tower must give
     # exactly CLIP's own features of the written prompt
     model = maple_model(tiny_clip, prompt_depth=1)
+    model.shared_prefix = False  # every prompt whole, as CLIP runs it
     with torch.no_grad():
         t = model.encode_text([0, 1, 2])
     expect = tiny_clip.encode_text([f"a photo of a {n}." for n in NAMES])
     torch.testing.assert_close(t, expect, rtol=0, atol=1e-6)
+    model.shared_prefix = True  # the prefix once (lamm_cl.model.shared_prefix): float rounding apart
+    with torch.no_grad():
+        t = model.encode_text([0, 1, 2])
+    torch.testing.assert_close(t, expect, rtol=0, atol=1e-5 * float(expect.abs().max()))
 
 
 def test_image_tower_without_prompts_is_clip(tiny_clip, deep_clip):
@@ -94,6 +99,7 @@ class BlockInputs:
 
 def test_deep_prompts_take_their_positions_at_their_layers(deep_clip):
     model = maple_model(deep_clip, prompt_depth=2)
+    model.shared_prefix = False  # the blocks' hooks see whole prompts (the shared path: test_shared_prefix.py)
     learner = model.learner
     n = 2
     text = BlockInputs(deep_clip.model.transformer)
@@ -187,6 +193,8 @@ def test_maple_lamm_encodes_all_prompts_in_one_text_pass_per_step(tiny_clip, mon
     calls = []
     real = dp.encode_text_deep
     monkeypatch.setattr(dp, "encode_text_deep", lambda clip, emb, *a, **k: calls.append(emb.shape[0]) or real(clip, emb, *a, **k))
+    rest = dp.encode_rest  # the shared-prefix path: the prefix once, then every class's own tokens
+    monkeypatch.setattr(dp, "encode_rest", lambda m, state, emb, eot: calls.append(emb.shape[0]) or rest(m, state, emb, eot))
     model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2))
     model.labels.add_classes([0, 1, 2])
     model.classes = [0, 1, 2]
@@ -671,6 +679,8 @@ def test_with_the_shared_prompts_frozen_a_step_encodes_only_the_live_classes_t(t
     calls = []
     real = dp.encode_text_deep
     monkeypatch.setattr(dp, "encode_text_deep", lambda clip, emb, *a, **k: calls.append(emb.shape[0]) or real(clip, emb, *a, **k))
+    rest = dp.encode_rest  # the shared-prefix path: the prefix once, then every class's own tokens
+    monkeypatch.setattr(dp, "encode_rest", lambda m, state, emb, eot: calls.append(emb.shape[0]) or rest(m, state, emb, eot))
     model = maple_lamm_model(context_of(tiny_clip), MapleLammOptions(prompt_depth=2))
     model.labels.add_classes([0, 1, 2])
     model.labels.vectors["0"].requires_grad_(False)

@@ -6,9 +6,13 @@ label vectors (LAMM) spliced in. Text features that cannot change during the
 current experience -- every class when nothing on the text side trains, the
 old classes when only the current classes' label vectors do -- are encoded once
 and cached; only trainable prompts go through the text encoder with gradients.
+The prompt prefix every class shares (``[SOS] a photo of a``, or ``[SOS]`` and
+CoOp's context) is encoded once: per step with gradient while the context
+trains, otherwise once per experience (:mod:`lamm_cl.model.shared_prefix`).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -19,6 +23,9 @@ from avalanche.models import DynamicModule
 from lamm_cl.model.clip import FrozenCLIP, normalize
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
+from lamm_cl.model.shared_prefix import PrefixCache, PrefixState, describe, version_key
+
+logger = logging.getLogger(__name__)
 
 
 class PromptClassifier(DynamicModule):
@@ -30,6 +37,10 @@ class PromptClassifier(DynamicModule):
         prompts: per-class token layout for every class of the benchmark.
         labels: LAMM label table, or None to keep the class names as words.
         context: CoOp's shared context ``[n_ctx, W]``, or None to keep the template's words.
+
+    Attributes:
+        shared_prefix: run the shared prefix once (True where the text tower fits, see
+            :func:`~lamm_cl.model.shared_prefix.unfit_reason`); False runs every prompt whole.
     """
 
     def __init__(self, clip: FrozenCLIP, prompts: ClassPrompts, labels: Optional[LabelTable] = None,
@@ -45,6 +56,9 @@ class PromptClassifier(DynamicModule):
         self._original: dict[int, torch.Tensor] = {}  # t0 of classes, when it is a constant
         self._original_context: Optional[torch.Tensor] = None  # the context _original was encoded with
         self.last_text: Optional[torch.Tensor] = None  # t of every class, from the last forward
+        self.shared_prefix = self.encoder.unfit is None
+        self._prefix = PrefixCache()
+        logger.info(describe(self.encoder.unfit))
 
     @property
     def clip(self) -> FrozenCLIP:
@@ -73,6 +87,7 @@ class PromptClassifier(DynamicModule):
         """Forget cached text features (after the classes or the trainable set change)."""
         self._cache = None
         self._cached = []
+        self._prefix.clear()
 
     def train(self, mode: bool = True):
         # entering or leaving training changes which prompts count as frozen
@@ -89,7 +104,20 @@ class PromptClassifier(DynamicModule):
         table = None
         if self.labels is not None:
             table = self.labels.originals(classes) if original else self.labels.as_mapping(classes)
-        return self.encoder.encode(classes, context=self.context, labels=table)
+        return self.encoder.encode(classes, context=self.context, labels=table, prefix=self.prefix_state())
+
+    def prefix_state(self) -> Optional[PrefixState]:
+        """The shared prefix's state for an encoding now, or None on the full-prompt path.
+
+        While the context trains (and gradients are on), it is made once per step, by the step's
+        forward, with gradient into the context, and reused by t0 in the same step. Otherwise it is a
+        constant -- the template's frozen words (LAMM), or a context that does not train now -- made
+        without gradient once, and again only when the context's value differs (a step, a checkpoint).
+        """
+        if not self.shared_prefix:
+            return None
+        trains = self._context_trains() and torch.is_grad_enabled()
+        return self._prefix.get(version_key([self.context]), trains, lambda: self.encoder.prefix_state(self.context))
 
     def text_features(self) -> torch.Tensor:
         """Normalised t of every known class ``[C, D]``, rows in ``self.classes`` order."""
@@ -143,6 +171,7 @@ class PromptClassifier(DynamicModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of image features ``x`` over every known class (columns = ``self.classes``)."""
+        self._prefix.new_step()  # the context's prefix is encoded afresh, once per step
         t = self.text_features()
         self.last_text = t
         f = normalize(x.to(t.dtype))

@@ -38,10 +38,14 @@ Deliberate deviations (none changes a number on CLIP's ViTs in fp32):
   runs under bf16 autocast and evaluation under fp16 autocast, as for the other strategies.
 
 The encoders are open_clip's own modules, run block by block; nothing of them is copied or changed.
+The text side's prompt prefix -- SOS, the context and the template words after it, with the deep
+prompts that replace the context at each layer -- is the same for every class: where the tower fits,
+it is run once and every class's own tokens attend to it (:mod:`lamm_cl.model.shared_prefix`).
 """
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
@@ -52,6 +56,10 @@ from avalanche.models import DynamicModule
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import FrozenCLIP, normalize
 from lamm_cl.model.prompts import ClassPrompts
+from lamm_cl.model.shared_prefix import (PrefixCache, PrefixState, describe, encode_prefix, encode_rest,
+                                         unfit_reason, version_key)
+
+logger = logging.getLogger(__name__)
 
 CONTEXT_START = 1  # the context follows SOS
 
@@ -244,6 +252,8 @@ class MapleClassifier(DynamicModule):
             with gradient, in the same text pass; read it from ``last_original``.
         last_image, last_text, last_original: normalised image features of the last batch and
             text features of every class (rows in ``classes`` order) from the last forward.
+        shared_prefix: run the text prompts' shared prefix once (True where the text tower fits, see
+            :func:`~lamm_cl.model.shared_prefix.unfit_reason`); False runs every prompt whole.
     """
 
     def __init__(self, clip: FrozenCLIP, prompts: ClassPrompts, learner: MultiModalPrompts,
@@ -265,6 +275,10 @@ class MapleClassifier(DynamicModule):
         self.last_image: Optional[torch.Tensor] = None
         self.last_text: Optional[torch.Tensor] = None
         self.last_original: Optional[torch.Tensor] = None
+        unfit = unfit_reason(clip.model)
+        self.shared_prefix = unfit is None
+        self._prefix = PrefixCache()
+        logger.info(describe(unfit))
 
     @property
     def clip(self) -> FrozenCLIP:
@@ -286,6 +300,7 @@ class MapleClassifier(DynamicModule):
         """Forget cached text features."""
         self._frozen_text = {}
         self._frozen_original = {}
+        self._prefix.clear()
 
     def train(self, mode: bool = True):
         # entering or leaving training changes which prompts may move
@@ -316,11 +331,62 @@ class MapleClassifier(DynamicModule):
             emb = torch.stack(rows)
         return emb, eot
 
+    @property
+    def prefix_length(self) -> int:
+        """Tokens every class's prompt shares: SOS, the context, and the template words up to the first
+        label vector's slot (the name, or right after the context in the ``reference`` slot)."""
+        if self.label_slot == "reference" and self.labels is not None:
+            return CONTEXT_START + self.learner.n_ctx
+        return self.prompts.name_start
+
+    def prefix_state(self) -> Optional[PrefixState]:
+        """The shared prefix's state for an encoding now, or None on the full-prompt path: made once per
+        step with gradient while the text prompts train, otherwise once until they change."""
+        if not self.shared_prefix:
+            return None
+        prompts = self.learner.text_prompts()
+        trains = self.learner.text_trains() and torch.is_grad_enabled()
+        return self._prefix.get(version_key(prompts), trains, self._make_prefix)
+
+    def _make_prefix(self) -> PrefixState:
+        emb = self.clip.embed_tokens(self.prompts.ids[0, : self.prefix_length])
+        emb = _replace(emb.unsqueeze(0), CONTEXT_START, self.learner.context)[0]
+        return encode_prefix(self.clip.model, emb, list(self.learner.text_deep), CONTEXT_START)
+
+    def rest_embeddings(self, classes: Sequence[int], labels: Optional[Mapping[int, torch.Tensor]],
+                        start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prompt_embeddings` from position ``start`` on (the tokens after the shared prefix)."""
+        idx = torch.as_tensor(list(classes), dtype=torch.long)
+        eot = self.prompts.eot[idx]
+        emb = self.clip.embed_tokens(self.prompts.ids[idx, start: int(eot.max()) + 1])
+        if labels:
+            rows = []
+            for row, c in zip(emb, classes):
+                vec = labels.get(int(c))
+                if vec is not None:
+                    first, stop = self.label_positions(int(c), vec.shape[0])
+                    row = torch.cat([row[: first - start], vec.to(row.dtype), row[stop - start:]])
+                rows.append(row)
+            emb = torch.stack(rows)
+        return emb, eot
+
+    def _encode_tables(self, classes: list[int], tables: list[Optional[Mapping[int, torch.Tensor]]]) -> torch.Tensor:
+        """Text features ``[len(tables) * N, D]`` (not normalised) of ``classes`` once per label table,
+        in one pass through the text tower."""
+        state = self.prefix_state()
+        start = state.length if state is not None else 0
+        embs, eots = zip(*[self.rest_embeddings(classes, table, start) if state is not None
+                           else self.prompt_embeddings(classes, table) for table in tables])
+        length = max(e.shape[1] for e in embs)
+        emb = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embs])
+        if state is not None:
+            return encode_rest(self.clip.model, state, emb, torch.cat(eots))
+        return encode_text_deep(self.clip, emb, torch.cat(eots), list(self.learner.text_deep))
+
     def encode_text(self, classes: Sequence[int], original: bool = False) -> torch.Tensor:
         """Text features ``[N, D]`` (not normalised) of ``classes``; ``original`` leaves the label vectors out."""
         table = None if original or self.labels is None else self.labels.as_mapping(classes)
-        emb, eot = self.prompt_embeddings(classes, table)
-        return encode_text_deep(self.clip, emb, eot, list(self.learner.text_deep))
+        return self._encode_tables(list(classes), [table])
 
     def _encode_both(self, classes: list[int], original: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Normalised t (and t0 when ``original``) of ``classes`` in one pass through the text tower."""
@@ -329,12 +395,7 @@ class MapleClassifier(DynamicModule):
         if not original:
             return normalize(self.encode_text(classes)), None
         table = self.labels.as_mapping(classes) if self.labels is not None else None
-        emb_t, eot_t = self.prompt_embeddings(classes, table)
-        emb_0, eot_0 = self.prompt_embeddings(classes)
-        length = max(emb_t.shape[1], emb_0.shape[1])
-        pad = [torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in (emb_t, emb_0)]
-        both = normalize(encode_text_deep(self.clip, torch.cat(pad), torch.cat([eot_t, eot_0]),
-                                          list(self.learner.text_deep)))
+        both = normalize(self._encode_tables(classes, [table, None]))
         return both[: len(classes)], both[len(classes):]
 
     def text_features(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -377,6 +438,7 @@ class MapleClassifier(DynamicModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of ``images`` over every known class (columns = ``self.classes``)."""
+        self._prefix.new_step()  # the prompts' prefix is encoded afresh, once per step
         t, t0 = self.text_features()
         f = self.image_features(images).to(t.dtype)
         self.last_image, self.last_text, self.last_original = f, t, t0

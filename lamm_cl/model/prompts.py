@@ -3,7 +3,9 @@
 Every class's prompt is ``[SOS] prefix name suffix [EOT]``: the template split
 around ``{}``. Strategies replace the prefix with a shared context (CoOp) and/or
 the first k name pieces with per-class label vectors (LAMM); everything else
-stays CLIP's own frozen word embeddings.
+stays CLIP's own frozen word embeddings. ``[SOS] prefix`` is the same in every
+class's prompt: :class:`PromptEncoder` can run it once and the rest of each
+prompt after it (:mod:`lamm_cl.model.shared_prefix`).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 
 from lamm_cl.model.clip import FrozenCLIP
+from lamm_cl.model.shared_prefix import PrefixState, encode_prefix, encode_rest, unfit_reason
 
 
 class ClassPrompts:
@@ -63,23 +66,53 @@ class PromptEncoder:
     Args:
         clip: the frozen CLIP.
         prompts: the per-class token layout.
+
+    Attributes:
+        unfit: why the tower cannot run the shared prefix (:func:`~lamm_cl.model.shared_prefix.unfit_reason`),
+            None when it can.
     """
 
     def __init__(self, clip: FrozenCLIP, prompts: ClassPrompts):
         self.clip = clip
         self.prompts = prompts
+        self.unfit = unfit_reason(clip.model)
 
-    def word_embeddings(self, classes: Sequence[int]) -> torch.Tensor:
-        """CLIP's own token embeddings of the classes' prompts, cut after their longest EOT."""
+    @property
+    def prefix_length(self) -> int:
+        """Tokens every prompt shares: SOS and the template prefix (or the context in its place)."""
+        return self.prompts.name_start
+
+    def word_embeddings(self, classes: Sequence[int], start: int = 0) -> torch.Tensor:
+        """CLIP's own token embeddings of the classes' prompts from position ``start``, cut after their
+        longest EOT."""
         idx = torch.as_tensor(list(classes), dtype=torch.long)
         length = int(self.prompts.eot[idx].max()) + 1
-        return self.clip.embed_tokens(self.prompts.ids[idx, :length])
+        return self.clip.embed_tokens(self.prompts.ids[idx, start:length])
+
+    def _check_context(self, context: torch.Tensor) -> None:
+        if context.shape[0] != self.prompts.prefix_len:
+            raise ValueError(f"context has {context.shape[0]} vectors, the template prefix "
+                             f"{self.prompts.prefix_len} tokens")
+
+    def prefix_state(self, context: Optional[torch.Tensor] = None) -> PrefixState:
+        """The shared prefix ``[SOS] prefix`` (or ``[SOS] context``) run once through the text tower.
+
+        Gradients flow into ``context`` unless called under ``torch.no_grad``.
+        """
+        if self.unfit is not None:
+            raise ValueError(f"the shared prefix cannot run on this text tower: {self.unfit}")
+        emb = self.clip.embed_tokens(self.prompts.ids[0, : self.prefix_length])
+        if context is not None:
+            self._check_context(context)
+            emb = torch.cat([emb[:1], context.to(emb.dtype)])
+        return encode_prefix(self.clip.model, emb)
 
     def encode(
         self,
         classes: Sequence[int],
         context: Optional[torch.Tensor] = None,
         labels: Optional[Mapping[int, torch.Tensor]] = None,
+        prefix: Optional[PrefixState] = None,
     ) -> torch.Tensor:
         """Text features ``[len(classes), D]`` (not normalised).
 
@@ -88,25 +121,35 @@ class PromptEncoder:
             context: ``[prefix_len, W]`` vectors replacing the template prefix of every prompt.
             labels: class -> ``[k, W]`` vectors replacing the first k pieces of that class's name
                 (classes missing from the mapping keep their words).
+            prefix: the shared prefix from :meth:`prefix_state`, made with this same ``context``: only
+                the tokens after it are run here. None: every prompt runs whole (the full path).
         """
         classes = [int(c) for c in classes]
+        eot = self.prompts.eot[torch.as_tensor(classes, dtype=torch.long)]
+        if prefix is not None:
+            emb = self.word_embeddings(classes, start=prefix.length)
+            emb = self._splice_labels(emb, classes, labels, self.prompts.name_start - prefix.length)
+            return encode_rest(self.clip.model, prefix, emb, eot)
         emb = self.word_embeddings(classes)
         if context is not None:
-            if context.shape[0] != self.prompts.prefix_len:
-                raise ValueError(f"context has {context.shape[0]} vectors, the template prefix "
-                                 f"{self.prompts.prefix_len} tokens")
+            self._check_context(context)
             start = 1
             ctx = context.to(emb.dtype).unsqueeze(0).expand(len(classes), -1, -1)
             emb = torch.cat([emb[:, :start], ctx, emb[:, start + context.shape[0]:]], dim=1)
-        if labels:
-            spliced = emb.new_zeros(emb.shape)
-            mask = torch.zeros(emb.shape[:2], dtype=torch.bool, device=emb.device)
-            s = self.prompts.name_start
-            for row, c in enumerate(classes):
-                vec = labels.get(c)
-                if vec is not None:
-                    spliced[row, s : s + vec.shape[0]] = vec.to(emb.dtype)
-                    mask[row, s : s + vec.shape[0]] = True
-            emb = torch.where(mask.unsqueeze(-1), spliced, emb)
-        eot = self.prompts.eot[torch.as_tensor(classes, dtype=torch.long)]
+        emb = self._splice_labels(emb, classes, labels, self.prompts.name_start)
         return self.clip.encode_text_embeddings(emb, eot)
+
+    @staticmethod
+    def _splice_labels(emb: torch.Tensor, classes: list[int], labels: Optional[Mapping[int, torch.Tensor]],
+                       s: int) -> torch.Tensor:
+        """``emb`` with each class's label vectors from position ``s`` of its row."""
+        if not labels:
+            return emb
+        spliced = emb.new_zeros(emb.shape)
+        mask = torch.zeros(emb.shape[:2], dtype=torch.bool, device=emb.device)
+        for row, c in enumerate(classes):
+            vec = labels.get(c)
+            if vec is not None:
+                spliced[row, s : s + vec.shape[0]] = vec.to(emb.dtype)
+                mask[row, s : s + vec.shape[0]] = True
+        return torch.where(mask.unsqueeze(-1), spliced, emb)
