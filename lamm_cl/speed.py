@@ -307,7 +307,7 @@ def coop_speed(arch: str = "ViT-B-16", n_classes: int = 1000, batch: int = 32, s
 
     first, peak = {}, {}
     for shared in (False, True):  # also the warm-up of each path
-        def check() -> None:
+        def check(shared: bool = shared) -> None:  # bound now: called before the loop moves on
             loss = loss_of(shared)
             (grad,) = torch.autograd.grad(loss, model.context)
             first[shared] = float(loss.detach()), grad
