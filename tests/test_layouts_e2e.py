@@ -9,7 +9,8 @@ from PIL import Image
 
 from lamm_cl.cli import main
 from lamm_cl.data.folder import TEMPLATE
-from test_data_loaders import make_imagefolder, make_split_file_dataset
+
+from builders import make_imagefolder, make_split_file_dataset
 
 
 def _run(tmp_path, benchmark: dict, capsys) -> dict:

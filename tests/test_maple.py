@@ -9,9 +9,8 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from avalanche.training.plugins import SupervisedPlugin
 
-from lamm_cl import config, runner
+from lamm_cl import config
 from lamm_cl.benchmark import dry_run
 from lamm_cl.errors import ConfigError
 from lamm_cl.features import AugmentedView
@@ -21,6 +20,8 @@ from lamm_cl.registry import get_strategy
 from lamm_cl.strategies.maple_lamm import MapleLammOptions, maple_lamm_model
 from lamm_cl.strategy_kit.context import StrategyContext
 from lamm_cl.strategy_kit.prompt_learning import MapleOptions, maple_prompts
+
+from builders import run_capturing
 
 NAMES = ["cat", "golden retriever", "car"]
 
@@ -246,35 +247,6 @@ def test_ctx_init_shorter_than_n_ctx_is_a_config_error(tiny_clip):
 # --------------------------------------------------------------------------- end to end
 
 
-class Snapshot(SupervisedPlugin):
-    def __init__(self):
-        super().__init__()
-        self.after = []
-
-    def after_training_exp(self, strategy, **kwargs):
-        self.after.append({k: v.detach().clone() for k, v in strategy.model.state_dict().items()})
-
-
-def run_capturing(data: dict, out) -> tuple[dict, list]:
-    """Run ``data`` through the runner; per strategy entry (by position): its template, snapshots, CLIP before."""
-    captured = []
-    with pytest.MonkeyPatch.context() as mp:
-        for name in {s["name"] for s in data["strategies"]}:
-            spec = get_strategy(name)
-
-            def build(ctx, opts, _orig=spec.build):
-                snap = Snapshot()
-                ctx.plugins.append(snap)
-                before = {k: v.clone() for k, v in ctx.clip.model.state_dict().items()}
-                template = _orig(ctx, opts)
-                captured.append(SimpleNamespace(template=template, snap=snap, clip=ctx.clip, before=before))
-                return template
-
-            mp.setattr(spec, "build", build)
-        records = runner.run(config.parse(data), out, progress=False)
-    return captured, records
-
-
 STRATEGIES = [
     {"name": "maple", "epochs": 1, "prompt_depth": 2},
     {"name": "maple_lamm", "epochs": 1, "prompt_depth": 2},
@@ -314,7 +286,7 @@ def test_both_run_end_to_end(e2e):
 def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e):
     for cap in e2e.captured:
         now = cap.clip.model.state_dict()
-        assert all(torch.equal(now[k], v) for k, v in cap.before.items())
+        assert all(torch.equal(now[k], v) for k, v in cap.clip_before.items())
         assert not any(p.requires_grad for p in cap.clip.model.parameters())
     maple, lamm = e2e.captured
     for cap in (maple, lamm):
