@@ -1,4 +1,4 @@
-"""Issue 11, points 1-7: lamm-cl's training follows the LAMM reference code term by term.
+"""lamm-cl's training follows the LAMM reference code term by term.
 
 Each expected value is computed here by hand or by replaying the reference's own formula
 (gaojingsheng/LAMM trainers/coop.py, helpers.py; Dassl.pytorch lr_scheduler.py, data_manager.py,
