@@ -94,6 +94,18 @@ def _offline_only() -> None:
 _offline_only()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Deselect the `slow` tests unless the -m expression names them (`-m slow`), so that any other
+    expression (`-m "not integration"`, the fast set) still leaves them out. Not `addopts = -m 'not slow'`:
+    a second -m on the command line would replace it."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from lamm_cl.model.clip import build_clip

@@ -1,8 +1,7 @@
 """Every bad input answered with one line and status 2, writing nothing: malformed configs and
-arguments (:data:`MALFORMED`), bad output folders, and the regression corpus of issue 17 (:data:`CORPUS`:
-bad images, non-finite numbers, out-of-range seeds, ...), run on top of earlier results that must stay
-byte-identical. The corpus is generated at test time (tiny PNGs, split files, configs, checkpoints; no
-binary fixtures).
+arguments (:data:`MALFORMED`), bad output folders, and the regression corpus (:data:`CORPUS`: bad images,
+non-finite numbers, out-of-range seeds, ...), run on top of earlier results that must stay byte-identical.
+The corpus is generated at test time (tiny PNGs, split files, configs, checkpoints; no binary fixtures).
 """
 from __future__ import annotations
 
