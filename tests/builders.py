@@ -263,6 +263,13 @@ def run_capturing(data: dict, out, stop_at=None, **run_kw) -> tuple[list, list]:
     return captured, records
 
 
+def adapt(model, classes) -> None:
+    """Grow ``model`` by an experience of ``classes``, as Avalanche does before training it."""
+    from avalanche.models.utils import avalanche_model_adaptation
+
+    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=list(classes)))
+
+
 def child(*args: str, **kwargs) -> subprocess.Popen:
     """`lamm-cl ARGS` in a subprocess, without the parent's PYTHONWARNINGS (it must show its own)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
