@@ -61,6 +61,7 @@ def seen_after_first(records) -> list[int]:
 # --------------------------------------------------------------------------- every strategy
 
 
+@pytest.mark.integration
 def test_every_strategy_trains_evaluates_and_writes(baselines):
     assert set(baselines.records) == {s["name"] for s in STRATEGIES}
     for name, rec in baselines.records.items():
@@ -89,6 +90,7 @@ def test_lamm_cl_list_describes_the_baselines():
 # --------------------------------------------------------------------------- what trains and what does not
 
 
+@pytest.mark.integration
 def test_coop_context_drifts_while_lamm_old_label_vectors_stay(baselines, tiny_clip):
     coop = baselines.captured["coop"].snap.after
     init = tiny_clip.embed_tokens(torch.tensor(tiny_clip.token_ids("a photo of a")))
@@ -105,6 +107,7 @@ def test_coop_context_drifts_while_lamm_old_label_vectors_stay(baselines, tiny_c
         assert not torch.equal(lamm[1][f"labels.vectors.{c}"], lamm[1][f"labels.m0_{c}"])
 
 
+@pytest.mark.integration
 def test_coop_freeze_after_first_keeps_the_context(tmp_path, cache_dir):
     strategies = [{"name": "coop", "epochs": 2, "freeze_after_first": True, "ctx_init": "random",
                    "plugins": [EWC]}]
@@ -116,6 +119,7 @@ def test_coop_freeze_after_first_keeps_the_context(tmp_path, cache_dir):
     assert not np.isnan(np.tril(records[0].matrix)).any()
 
 
+@pytest.mark.integration
 def test_coop_lamm_trains_context_and_label_vectors(baselines):
     after = baselines.captured["coop_lamm"].snap.after
     old = seen_after_first(baselines.records)
@@ -126,6 +130,7 @@ def test_coop_lamm_trains_context_and_label_vectors(baselines):
     assert model.context.shape == (4, model.clip.token_width)
 
 
+@pytest.mark.integration
 def test_finetune_last_blocks_trains_only_the_last_block_of_a_copy(baselines):
     cap = baselines.captured["finetune"]
     shared = cap.clip.model.visual
@@ -165,6 +170,7 @@ def test_finetune_head_starts_as_zero_shot_clip(tiny_clip, digits):
 # --------------------------------------------------------------------------- Avalanche plugins from the YAML
 
 
+@pytest.mark.integration
 def test_replay_named_in_the_config_is_attached_and_filled(baselines):
     old = seen_after_first(baselines.records)
     for name in ("lamm", "coop_lamm", "finetune", "linear_probe"):
@@ -176,6 +182,7 @@ def test_replay_named_in_the_config_is_attached_and_filled(baselines):
         assert size1 == MEM and set(labels1) <= set(old)  # ... full of its samples after it
 
 
+@pytest.mark.integration
 def test_lwf_and_ewc_work_on_every_kind_of_model(baselines):
     for name in ("coop", "coop_lamm", "finetune", "linear_probe"):
         cap = baselines.captured[name]
@@ -195,6 +202,7 @@ def test_lwf_and_ewc_work_on_every_kind_of_model(baselines):
     assert float(ft_imp["encoder.transformer.resblocks.0.mlp.c_fc.weight"].data.abs().sum()) == 0  # frozen block
 
 
+@pytest.mark.integration
 def test_lwf_and_ewc_add_their_penalties_by_hand(baselines):
     # CoOp after both experiences, its context moved: LwF adds alpha * KL(teacher || student) at T = 2 over
     # every class seen, EWC adds lambda * sum_e sum_k F_e,k (theta_k - theta*_e,k)^2 over both experiences
@@ -232,6 +240,7 @@ def test_lwf_and_ewc_add_their_penalties_by_hand(baselines):
             model.context.copy_(trained)
 
 
+@pytest.mark.integration
 def test_coop_lamm_with_plugins_resumes_bit_identically(baselines, tmp_path, cache_dir):
     data = digits_config([next(s for s in STRATEGIES if s["name"] == "coop_lamm")], cache_dir)
     with pytest.raises(KeyboardInterrupt):

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -49,6 +50,7 @@ def zero_shot_matrix(clip, images: dict, names: list, template: str, experiences
     return A
 
 
+@pytest.mark.integration
 def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
     split = make_split_file_dataset(tmp_path / "data", "dtd")
     order = _run(tmp_path, {"dataset": "dtd", "root": str(tmp_path / "data"), "classes_per_experience": [2, 1],
@@ -66,6 +68,7 @@ def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
     np.testing.assert_allclose(A, expected, equal_nan=True)
 
 
+@pytest.mark.integration
 def test_imagefolder_end_to_end(tmp_path, capsys, tiny_clip):
     make_imagefolder(tmp_path / "tree")
     order = _run(tmp_path, {"dataset": "imagefolder", "root": str(tmp_path / "tree"), "n_experiences": 2,

@@ -190,6 +190,7 @@ EXTRACT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.integration
 def test_two_processes_extracting_one_entry_run_the_encoder_once(tmp_path):
     script = tmp_path / "extract.py"
     script.write_text(EXTRACT)

@@ -97,6 +97,7 @@ def test_zero_shot_is_well_above_chance_and_not_solved():
 # pink, yellow, white and green first) zero-shot is 79.2 and lamm and coop_lamm gain 18 points too, but
 # coop only 7 in 6 epochs: CoOp's one shared context moves slowly when the errors are class by class,
 # which is what label vectors are for.
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["lamm", "coop", "coop_lamm"])
 def test_one_experience_beats_zero_shot(first, name):
     check_beats_zero_shot(first, name)
@@ -108,6 +109,7 @@ def _movement(template) -> float:
     return sum(float((table.vectors[str(c)] - table.original(c)).norm()) for c in range(FIRST))
 
 
+@pytest.mark.integration
 def test_lamm_terms_hold_the_label_vectors_near_clip(first, tmp_path, cache_dir):
     free = run_first_experience([{"name": "lamm", "epochs": PROMPT_EPOCHS, "loss": {"param": 0.0, "feature": 0.0}}],
                                 tmp_path / "free", cache_dir)
@@ -116,6 +118,7 @@ def test_lamm_terms_hold_the_label_vectors_near_clip(first, tmp_path, cache_dir)
     assert loose > held, (loose, held)
 
 
+@pytest.mark.integration
 def test_the_lamm_check_can_fail(first, tmp_path, cache_dir, monkeypatch):
     """Mutation: LAMM's label vectors reach the prompts detached, so no gradient reaches them."""
     monkeypatch.setattr(LabelTable, "as_mapping",

@@ -271,6 +271,7 @@ def e2e(tmp_path_factory):
     return SimpleNamespace(out=out, captured=captured, records=records)
 
 
+@pytest.mark.integration
 def test_both_run_end_to_end(e2e):
     assert [r.strategy for r in e2e.records] == ["maple", "maple_lamm"]
     for rec in e2e.records:
@@ -283,6 +284,7 @@ def test_both_run_end_to_end(e2e):
     assert get_strategy("maple").inputs == "images" and get_strategy("maple_lamm").inputs == "images"
 
 
+@pytest.mark.integration
 def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e):
     for cap in e2e.captured:
         now = cap.clip.model.state_dict()
@@ -304,6 +306,7 @@ def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e)
                 assert torch.equal(after[later][f"labels.vectors.{c}"], after[t][f"labels.vectors.{c}"])
 
 
+@pytest.mark.integration
 def test_freeze_after_first_stops_the_shared_prompts_not_the_label_vectors(tmp_path):
     strategies = [{"name": "maple_lamm", "epochs": 1, "prompt_depth": 2, "layout": "reference",
                    "freeze_after_first": True, "batch_size": 8}]
@@ -479,6 +482,7 @@ def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_
     assert parts["param"] == pytest.approx(0.25 * model.labels.vectors["1"].numel(), rel=1e-4)
 
 
+@pytest.mark.integration
 def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
     # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
     data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)

@@ -80,6 +80,7 @@ def uninterrupted(run_env, tmp_path_factory):
     return folder / "out", states[-1]  # the lamm_replay model after its last experience
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
 def test_sigkill_during_third_experience_then_resume_matches(run_env, tmp_path, uninterrupted, capsys):
     cfg = write_digits_config(run_env, tmp_path / "config.yaml", RESUMABLE)
@@ -118,6 +119,7 @@ def test_sigkill_during_third_experience_then_resume_matches(run_env, tmp_path, 
     assert read_run(out / "lamm_replay" / "seed0").info["resumed"] is True
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
 def test_same_seed_gives_identical_results(run_env, tmp_path, uninterrupted):
     cfg = write_digits_config(run_env, tmp_path / "config.yaml", RESUMABLE)
@@ -157,6 +159,7 @@ def default_sigint():
         signal.signal(signal.SIGINT, old)
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
 def test_sigint_exits_130_and_keeps_finished_files(run_env, tmp_path, capsys, monkeypatch, default_sigint):
     # A real SIGINT to this process, sent right after the first checkpoint of the second strategy:
@@ -182,6 +185,7 @@ def test_sigint_exits_130_and_keeps_finished_files(run_env, tmp_path, capsys, mo
     assert not (out / safe_io.LOCK_FILE).exists()
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
 def test_nan_loss_fails_that_strategy_and_keeps_the_others(run_env, tmp_path, capsys):
     cfg = write_digits_config(run_env, tmp_path / "config.yaml",
@@ -216,6 +220,7 @@ def test_run_config_ignores_output_seeds_and_other_strategies():
     assert run_config(a, "lamm") != run_config(b, "lamm")
 
 
+@pytest.mark.integration
 def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "out"
     make_dtd(root)
