@@ -26,7 +26,7 @@ FIRST = 5  # classes in the first experience
 PROMPT_EPOCHS = 6
 
 
-def run_first_experience(strategies: list[dict], out, cache_dir) -> dict:
+def run_first_experience(strategies: list[dict], out) -> dict:
     """Run ``strategies`` on tinyworld in two experiences of 5 classes (red, orange, yellow, green and
     blue shapes first, under the benchmark's lamp: zero-shot finds orange and yellow hard), training the
     first only; per strategy, A[0][0] (accuracy on the first experience's classes right after training it)
@@ -55,7 +55,8 @@ def run_first_experience(strategies: list[dict], out, cache_dir) -> dict:
                 "benchmark": {"dataset": "tinyworld", "classes_per_experience": [FIRST, 10 - FIRST],
                               "class_order": "identity"},
                 "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
-                "features": {"cache": True, "cache_dir": str(cache_dir)},
+                # the session's store (conftest): test_quickstart.py reads the same tinyworld features
+                "features": {"cache": True},
                 "strategies": strategies}
         records = runner.run(config.parse(data), out, progress=False)
     return {r.strategy: SimpleNamespace(first=float(np.asarray(r.matrix)[0, 0]), template=templates[r.strategy])
@@ -66,13 +67,8 @@ PROMPTS = [{"name": n, "epochs": PROMPT_EPOCHS} for n in ("lamm", "coop", "coop_
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("features")
-
-
-@pytest.fixture(scope="module")
-def first(tmp_path_factory, cache_dir):
-    return run_first_experience([{"name": "zeroshot"}, *PROMPTS], tmp_path_factory.mktemp("out") / "r", cache_dir)
+def first(tmp_path_factory):
+    return run_first_experience([{"name": "zeroshot"}, *PROMPTS], tmp_path_factory.mktemp("out") / "r")
 
 
 def check_beats_zero_shot(results: dict, name: str) -> None:
@@ -110,20 +106,20 @@ def _movement(template) -> float:
 
 
 @pytest.mark.integration
-def test_lamm_terms_hold_the_label_vectors_near_clip(first, tmp_path, cache_dir):
+def test_lamm_terms_hold_the_label_vectors_near_clip(first, tmp_path):
     free = run_first_experience([{"name": "lamm", "epochs": PROMPT_EPOCHS, "loss": {"param": 0.0, "feature": 0.0}}],
-                                tmp_path / "free", cache_dir)
+                                tmp_path / "free")
     held, loose = _movement(first["lamm"].template), _movement(free["lamm"].template)
     assert held > 0  # the vectors trained at all
     assert loose > held, (loose, held)
 
 
 @pytest.mark.integration
-def test_the_lamm_check_can_fail(first, tmp_path, cache_dir, monkeypatch):
+def test_the_lamm_check_can_fail(first, tmp_path, monkeypatch):
     """Mutation: LAMM's label vectors reach the prompts detached, so no gradient reaches them."""
     monkeypatch.setattr(LabelTable, "as_mapping",
                         lambda self, classes: {int(c): self.vectors[str(int(c))].detach() for c in classes})
-    broken = run_first_experience([{"name": "lamm", "epochs": PROMPT_EPOCHS}], tmp_path / "broken", cache_dir)
+    broken = run_first_experience([{"name": "lamm", "epochs": PROMPT_EPOCHS}], tmp_path / "broken")
     broken["zeroshot"] = first["zeroshot"]
     with pytest.raises(AssertionError, match="lamm"):
         check_beats_zero_shot(broken, "lamm")
