@@ -394,7 +394,8 @@ def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_p
     tpl.train(scenario.train_stream[0])
     path = checkpoint.save(tmp_path / "checkpoint.pt", template=tpl,
                            refs=checkpoint.references(tpl, scenario, fake_clip), skip_plugins=[], experience=0,
-                           matrix=np.zeros((2, 2)), matrix_task_aware=np.zeros((2, 2)), per_class={}, seconds=0.0, meta={})
+                           matrix=np.zeros((2, 2)), matrix_task_aware=np.zeros((2, 2)), per_class={}, seconds=0.0,
+                           meta={})
     tpl.train(scenario.train_stream[1])
     resumed = fresh()
     checkpoint.restore(resumed, scenario, checkpoint.load(path),
