@@ -1,4 +1,6 @@
-"""Shared fixtures: the tiny random-weight CLIP and the embedded digits, built once per session."""
+"""Shared fixtures (tests/README.md lists them): the tiny random-weight CLIP and the embedded digits, built
+once per session; a folder of test strategies with a session-wide feature cache for `lamm-cl run` tests;
+no report after in-process runs; and, for the whole session, no network and a private feature cache."""
 from __future__ import annotations
 
 import warnings
@@ -92,6 +94,18 @@ def _offline_only() -> None:
 _offline_only()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Deselect the `slow` tests unless the -m expression names them (`-m slow`), so that any other
+    expression (`-m "not integration"`, the fast set) still leaves them out. Not `addopts = -m 'not slow'`:
+    a second -m on the command line would replace it."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from lamm_cl.model.clip import build_clip
@@ -118,3 +132,48 @@ def _private_feature_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+# the test strategies of the run tests (resume, results folder): a plugin file written by run_env
+PLUGIN = '''
+"""Test strategies: LAMM with a small replay buffer, and LAMM whose training loss is NaN."""
+import dataclasses
+
+from lamm_cl.registry import get_strategy, register_strategy
+from lamm_cl.strategy_kit.context import StrategyContext
+
+LAMM = get_strategy("lamm")
+
+
+@register_strategy("lamm_replay", options=LAMM.options)
+def build_replay(ctx: StrategyContext, opts):
+    """LAMM with Avalanche replay (30 samples)."""
+    return LAMM.build(ctx, dataclasses.replace(opts, plugins=[{"name": "replay", "mem_size": 30}]))
+
+
+@register_strategy("nan_loss", options=LAMM.options)
+def build_nan(ctx: StrategyContext, opts):
+    """LAMM whose training loss is NaN."""
+    template = LAMM.build(ctx, opts)
+    criterion = template.criterion
+    template.criterion = lambda: criterion() * float("nan") if template.is_training else criterion()
+    return template
+'''
+
+
+@pytest.fixture(scope="session")
+def run_env(tmp_path_factory):
+    """A folder with the test strategies (:data:`PLUGIN`) and a feature cache shared by every run of the
+    session: builders.write_digits_config points a config at both."""
+    root = tmp_path_factory.mktemp("reliability")
+    (root / "test_strategies.py").write_text(PLUGIN)
+    return root
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """Skip the report and plots after in-process runs (seconds of matplotlib each; tested elsewhere).
+    Module-scoped fixtures are set up before it: their runs do build their reports."""
+    import lamm_cl.report
+
+    monkeypatch.setattr(lamm_cl.report, "build_report", lambda *a, **k: [])

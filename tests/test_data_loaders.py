@@ -9,68 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from lamm_cl.data import list_datasets, load_dataset
 from lamm_cl.data.coop import SPLIT_FILE_DATASETS
 from lamm_cl.data.orders import ICARL_CIFAR100_ORDER
 from lamm_cl.errors import DataNotFoundError, UserError
 
-N_TRAIN, N_VAL, N_TEST = 3, 1, 2  # images per class in each part of a miniature split
-
-
-def write_image(path: Path, seed: int) -> None:
-    """A 6x6 RGB image whose colour depends on ``seed``, in the format the suffix names."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.full((6, 6, 3), [(seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256], dtype=np.uint8)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}[path.suffix.lower()]
-    Image.fromarray(rgb).save(path, format=fmt)
-
-
-# Per split-file dataset: the raw class names as CoOp's split files spell them
-# (`readable` is what lamm-cl should turn each into) and how a relative image path looks.
-SPLIT_CLASSES = {
-    "caltech101": [("accordion", "accordion"), ("BACKGROUND_Google", None), ("yin_yang", "yin yang"),
-                   ("airplanes", "airplane")],
-    "oxford_pets": [("abyssinian", "abyssinian"), ("american_bulldog", "american bulldog"),
-                    ("great_pyrenees", "great pyrenees")],
-    "stanford_cars": [("2000 AM General Hummer SUV", "2000 AM General Hummer SUV"),
-                      ("2012 Acura RL Sedan", "2012 Acura RL Sedan")],
-    "oxford_flowers": [("pink primrose", "pink primrose"), ("globe thistle", "globe thistle")],
-    "food101": [("apple_pie", "apple pie"), ("baby_back_ribs", "baby back ribs")],
-    "sun397": [("abbey", "abbey"), ("outdoor apartment_building", "outdoor apartment building")],
-    "dtd": [("banded", "banded"), ("blotchy", "blotchy"), ("zigzagged", "zigzagged")],
-    # The published EuroSAT split already has CoOp's names; a raw folder name is renamed too.
-    "eurosat": [("Annual Crop Land", "Annual Crop Land"), ("Forest", "Forest"), ("SeaLake", "Sea or Lake")],
-    "ucf101": [("Apply_Eye_Makeup", "Apply Eye Makeup"), ("Baby_Crawling", "Baby Crawling")],
-}
-
-
-def rel_path(name: str, raw: str, label: int, i: int) -> str:
-    stem = f"{raw.replace(' ', '_')}_{i:04d}.jpg"
-    if name == "oxford_pets":
-        return stem  # flat images/ folder
-    if name == "stanford_cars":
-        return f"cars_train/{label:02d}{i:03d}.jpg"  # relative to stanford_cars/ itself
-    return f"{raw.replace(' ', '_')}/{stem}"
-
-
-def make_split_file_dataset(root: Path, name: str) -> Path:
-    spec = SPLIT_FILE_DATASETS[name]
-    image_dir = root / spec.folder / spec.image_dir
-    split: dict[str, list] = {"train": [], "val": [], "test": []}
-    i = 0
-    for label, (raw, _) in enumerate(SPLIT_CLASSES[name]):
-        for part, n in (("train", N_TRAIN), ("val", N_VAL), ("test", N_TEST)):
-            for _ in range(n):
-                rel = rel_path(name, raw, label, i)
-                write_image(image_dir / rel, i)
-                split[part].append([rel, label, raw])
-                i += 1
-    split_path = root / spec.folder / spec.split_file
-    split_path.write_text(json.dumps(split))
-    return split_path
-
+from builders import N_TEST, N_TRAIN, N_VAL, SPLIT_CLASSES, make_imagefolder, make_split_file_dataset, write_image
 
 FGVC_VARIANTS = ["707-320", "A300B4", "Cessna 172"]
 
@@ -103,15 +48,6 @@ def make_imagenet(root: Path) -> None:
         for k, wnid in enumerate(IMAGENET):
             for i in range(n):
                 write_image(folder / "images" / part / wnid / f"{wnid}_{i}.JPEG", 10 * k + i)
-
-
-def make_imagefolder(root: Path) -> None:
-    for part, n in (("train", N_TRAIN), ("test", N_TEST)):
-        for k, cls in enumerate(["tabby_cat", "golden_retriever"]):
-            for i in range(n):
-                suffix = ".PNG" if i % 2 else ".jpg"  # extensions match in any letter case
-                write_image(root / part / cls / f"img{i}{suffix}", 10 * k + i)
-            (root / part / cls / "notes.txt").write_text("not an image")
 
 
 CIFAR_NAMES = ["apple", "aquarium_fish", "baby", "maple_tree"]

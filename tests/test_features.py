@@ -25,6 +25,8 @@ from lamm_cl.runner.inputs import Inputs
 from lamm_cl.strategy_kit.lamm import LammOptions, lamm_model, lamm_objective
 from lamm_cl.strategy_kit.context import StrategyContext
 
+from builders import adapt
+
 
 @pytest.fixture
 def samples(digits):
@@ -47,12 +49,6 @@ def calls(tiny_clip, monkeypatch):
 
 def _extractor(clip, store, **kw):
     return FeatureExtractor(clip, cache_dir=store, batch_size=10, **kw)
-
-
-def _adapt(model, classes):
-    from avalanche.models.utils import avalanche_model_adaptation
-
-    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=list(classes)))
 
 
 # ---------------------------------------------------------------------------
@@ -266,8 +262,8 @@ def _lamm(clip, names):
 
 def test_cached_features_and_images_give_the_same_lamm_loss(tiny_clip, digits, tmp_path):
     model, weights = _lamm(tiny_clip, digits.classnames)
-    _adapt(model, [0, 1, 2])
-    _adapt(model, [3, 4])
+    adapt(model, [0, 1, 2])
+    adapt(model, [3, 4])
     model.train()
     idx = np.flatnonzero(digits.train.labels < 5)[:16]
     batch = digits.train.subset(idx)
@@ -285,11 +281,11 @@ def test_cached_features_and_images_give_the_same_lamm_loss(tiny_clip, digits, t
 
 def test_old_classes_cached_text_features_equal_fresh_ones(tiny_clip, digits):
     model, weights = _lamm(tiny_clip, digits.classnames)
-    _adapt(model, [0, 1, 2])
+    adapt(model, [0, 1, 2])
     with torch.no_grad():  # as if experience 0 had trained them
         for c in (0, 1, 2):
             model.labels.vectors[str(c)].add_(0.05 * torch.randn_like(model.labels.vectors[str(c)]))
-    _adapt(model, [3, 4])
+    adapt(model, [3, 4])
     model.train()
     encoded = []
     real = model.encoder.encode

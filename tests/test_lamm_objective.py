@@ -19,6 +19,8 @@ from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.registry import get_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
 
+from formulas import cross_entropy, feature_term, logits_term, unit
+
 LOSS = {"param": 0.5, "feature": 2.0, "logits": 0.3, "temperature": 1.5}
 CURRENT = (3, 4)
 
@@ -50,28 +52,7 @@ def criterion(template, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return template.criterion()
 
 
-# ----------------------------------------------------------------------------- formulas, written out
-
-
-def unit(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=-1, keepdim=True)
-
-
-def cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """mean_b [ log sum_c exp z_bc - z_b,y_b ]"""
-    return (torch.logsumexp(z, dim=-1) - z[torch.arange(len(y)), y]).mean()
-
-
-def feature_term(t: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
-    """mean_b [ 1 - <t_b, t0_b> / (|t_b| |t0_b|) ], t0 a constant (every sample's batch holds another class)."""
-    return (1 - (unit(t) * unit(t0.detach())).sum(-1)).mean()
-
-
-def logits_term(z: torch.Tensor, z0: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 mean_b [ -sum_c softmax(z_b / T)_c log softmax(z0_b / T)_c ]"""
-    p = torch.exp(z / T) / torch.exp(z / T).sum(-1, keepdim=True)
-    log_q = z0 / T - torch.logsumexp(z0 / T, dim=-1, keepdim=True)
-    return -(p * log_q).sum(-1).mean() * T * T
+# ----------------------------------------------------------------------------- t and t0 afresh (formulas: formulas.py)
 
 
 def text_features(clip, names, model, context=None):

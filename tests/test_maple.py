@@ -9,9 +9,8 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from avalanche.training.plugins import SupervisedPlugin
 
-from lamm_cl import config, runner
+from lamm_cl import config
 from lamm_cl.benchmark import dry_run
 from lamm_cl.errors import ConfigError
 from lamm_cl.features import AugmentedView
@@ -21,6 +20,8 @@ from lamm_cl.registry import get_strategy
 from lamm_cl.strategies.maple_lamm import MapleLammOptions, maple_lamm_model
 from lamm_cl.strategy_kit.context import StrategyContext
 from lamm_cl.strategy_kit.prompt_learning import MapleOptions, maple_prompts
+
+from builders import run_capturing
 
 NAMES = ["cat", "golden retriever", "car"]
 
@@ -254,35 +255,6 @@ def test_ctx_init_shorter_than_n_ctx_is_a_config_error(tiny_clip):
 # --------------------------------------------------------------------------- end to end
 
 
-class Snapshot(SupervisedPlugin):
-    def __init__(self):
-        super().__init__()
-        self.after = []
-
-    def after_training_exp(self, strategy, **kwargs):
-        self.after.append({k: v.detach().clone() for k, v in strategy.model.state_dict().items()})
-
-
-def run_capturing(data: dict, out) -> tuple[dict, list]:
-    """Run ``data`` through the runner; per strategy entry (by position): its template, snapshots, CLIP before."""
-    captured = []
-    with pytest.MonkeyPatch.context() as mp:
-        for name in {s["name"] for s in data["strategies"]}:
-            spec = get_strategy(name)
-
-            def build(ctx, opts, _orig=spec.build):
-                snap = Snapshot()
-                ctx.plugins.append(snap)
-                before = {k: v.clone() for k, v in ctx.clip.model.state_dict().items()}
-                template = _orig(ctx, opts)
-                captured.append(SimpleNamespace(template=template, snap=snap, clip=ctx.clip, before=before))
-                return template
-
-            mp.setattr(spec, "build", build)
-        records = runner.run(config.parse(data), out, progress=False)
-    return captured, records
-
-
 STRATEGIES = [
     {"name": "maple", "epochs": 1, "prompt_depth": 2},
     {"name": "maple_lamm", "epochs": 1, "prompt_depth": 2},
@@ -307,6 +279,7 @@ def e2e(tmp_path_factory):
     return SimpleNamespace(out=out, captured=captured, records=records)
 
 
+@pytest.mark.integration
 def test_both_run_end_to_end(e2e):
     assert [r.strategy for r in e2e.records] == ["maple", "maple_lamm"]
     for rec in e2e.records:
@@ -319,10 +292,11 @@ def test_both_run_end_to_end(e2e):
     assert get_strategy("maple").inputs == "images" and get_strategy("maple_lamm").inputs == "images"
 
 
+@pytest.mark.integration
 def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e):
     for cap in e2e.captured:
         now = cap.clip.model.state_dict()
-        assert all(torch.equal(now[k], v) for k, v in cap.before.items())
+        assert all(torch.equal(now[k], v) for k, v in cap.clip_before.items())
         assert not any(p.requires_grad for p in cap.clip.model.parameters())
     maple, lamm = e2e.captured
     for cap in (maple, lamm):
@@ -340,6 +314,7 @@ def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e)
                 assert torch.equal(after[later][f"labels.vectors.{c}"], after[t][f"labels.vectors.{c}"])
 
 
+@pytest.mark.integration
 def test_freeze_after_first_stops_the_shared_prompts_not_the_label_vectors(tmp_path):
     strategies = [{"name": "maple_lamm", "epochs": 1, "prompt_depth": 2, "layout": "reference",
                    "freeze_after_first": True, "batch_size": 8}]
@@ -515,6 +490,7 @@ def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_
     assert parts["param"] == pytest.approx(0.25 * model.labels.vectors["1"].numel(), rel=1e-4)
 
 
+@pytest.mark.integration
 def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
     # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
     data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)

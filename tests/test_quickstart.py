@@ -3,12 +3,14 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from lamm_cl.cli import main
 from lamm_cl.metrics import summarize
 
 
+@pytest.mark.integration
 def test_quickstart_end_to_end(tmp_path, capsys):
     cfg = yaml.safe_load(open("benchmarks/quickstart.yaml"))
     assert cfg["model"] == {"arch": "lamm-tiny", "pretrained": "tinyworld"}

@@ -1,4 +1,4 @@
-"""Issue 11, points 1-7: lamm-cl's training follows the LAMM reference code term by term.
+"""lamm-cl's training follows the LAMM reference code term by term.
 
 Each expected value is computed here by hand or by replaying the reference's own formula
 (gaojingsheng/LAMM trainers/coop.py, helpers.py; Dassl.pytorch lr_scheduler.py, data_manager.py,
@@ -6,14 +6,12 @@ base_dataset.py), never by the function under test.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from avalanche.models.dynamic_modules import avalanche_model_adaptation
 from avalanche.training.plugins import SupervisedPlugin
 
 from lamm_cl import config
@@ -26,6 +24,8 @@ from lamm_cl.registry import get_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
 from lamm_cl.strategy_kit.lamm import lamm_objective
 from lamm_cl.strategy_kit.recipe import warmup_cosine
+
+from builders import adapt
 
 NAMES = ["abyssinian", "american bulldog", "great pyrenees", "sphynx"]
 PETS = "a photo of a {}, a type of pet."  # a dataset template that is not LAMM's
@@ -40,10 +40,6 @@ def _build(clip, name, options=None, **ctx_kw):
     opts = config.from_dict(get_strategy(name).options, options or {}, "strategies[0]")
     opts.validate("strategies[0]")
     return get_strategy(name).build(_ctx(clip, **ctx_kw), opts)
-
-
-def _adapt(model, classes):
-    avalanche_model_adaptation(model, SimpleNamespace(classes_in_this_experience=list(classes)))
 
 
 # --------------------------------------------------------------------------- 1. LAMM's prompt
@@ -84,7 +80,7 @@ def test_label_tokens_min_counts_name_pieces_as_the_reference(tiny_clip):
     k = min(name_lens)
     assert k == 2 and max(name_lens) > k  # "abyssinian" is 2 pieces; the others are longer
     model = _build(tiny_clip, "lamm").model
-    _adapt(model, range(len(NAMES)))
+    adapt(model, range(len(NAMES)))
     assert model.labels.k == [k] * len(NAMES)
     words = tiny_clip.model.token_embedding.weight
     for c, name in enumerate(NAMES):
@@ -201,7 +197,7 @@ def _batch(clip):
 def _perturbed_coop_lamm(clip, loss):
     template = _build(clip, "coop_lamm", {"loss": loss})
     model = template.model
-    _adapt(model, [0, 1, 2, 3])
+    adapt(model, [0, 1, 2, 3])
     torch.manual_seed(2)
     with torch.no_grad():
         model.context.add_(0.05 * torch.randn_like(model.context))
@@ -302,7 +298,7 @@ def test_a_frozen_context_caches_t0_but_never_serves_it_stale(tiny_clip):
 
 def test_lamm_t0_is_a_cached_constant(tiny_clip):
     model = _build(tiny_clip, "lamm").model
-    _adapt(model, [0, 1])
+    adapt(model, [0, 1])
     model.train()
     calls = []
     real = model.encoder.encode
@@ -319,7 +315,7 @@ def test_random_init_anchors_the_parameter_loss_to_the_random_start(tiny_clip):
     torch.manual_seed(3)
     template = _build(tiny_clip, "lamm", {"label_init": "random", "loss": {"param": 1.0}})
     model = template.model
-    _adapt(model, [0, 1, 2, 3])
+    adapt(model, [0, 1, 2, 3])
     model.train()
     table = model.labels
     start = {c: table.vectors[str(c)].detach().clone() for c in range(4)}
@@ -345,7 +341,7 @@ def test_random_init_anchors_the_parameter_loss_to_the_random_start(tiny_clip):
 
 def test_name_init_keeps_its_state_dict(tiny_clip):
     model = _build(tiny_clip, "lamm").model
-    _adapt(model, [0, 1])
+    adapt(model, [0, 1])
     assert not any(k.startswith("labels.start_") for k in model.state_dict())
     assert torch.equal(model.labels.anchor(0), model.labels.original(0))
 

@@ -11,16 +11,18 @@ import pandas as pd
 import pytest
 import torch
 from avalanche.models.dynamic_modules import avalanche_model_adaptation
-from avalanche.training.plugins import ReplayPlugin, SupervisedPlugin
+from avalanche.training.plugins import ReplayPlugin
 
-from lamm_cl import config, runner
+from lamm_cl import config
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 from lamm_cl.registry import get_strategy
 from lamm_cl.regularization import EWCPlugin, LwFPlugin
 from lamm_cl.strategy_kit.context import StrategyContext
-from test_lamm_objective import cross_entropy, feature_term, logits_term  # the loss formulas, written out
+
+from builders import digits_config, run_capturing
+from formulas import cross_entropy, feature_term, logits_term  # the loss formulas, written out
 
 MEM = 12
 REPLAY = {"name": "replay", "mem_size": MEM}
@@ -36,66 +38,6 @@ STRATEGIES = [
 ]
 
 
-def digits_config(strategies: list[dict], cache_dir) -> dict:
-    """Digits in 2 experiences of 5 classes, 10 shots per class, tiny random CLIP."""
-    return {"name": "baselines", "seeds": [0], "device": "cpu",
-            "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 10,
-                          "class_order": "seeded", "order_seed": 0},
-            "model": {"arch": "lamm-tiny", "pretrained": "none"},
-            "features": {"cache": True, "cache_dir": str(cache_dir)},
-            "strategies": strategies}
-
-
-class Snapshot(SupervisedPlugin):
-    """Records the model's state after every training experience, and the replay buffer before each."""
-
-    def __init__(self):
-        super().__init__()
-        self.after = []
-        self.buffer_before = []  # (size, labels) of every replay plugin's buffer, per experience
-
-    def before_training_exp(self, strategy, **kwargs):
-        for p in strategy.plugins:
-            if isinstance(p, ReplayPlugin):
-                buf = p.storage_policy.buffer
-                self.buffer_before.append((len(buf), sorted({int(buf[i][1]) for i in range(len(buf))})))
-
-    def after_training_exp(self, strategy, **kwargs):
-        self.after.append({k: v.detach().clone() for k, v in strategy.model.state_dict().items()})
-
-
-def run_capturing(data: dict, out, names, stop_at=None, **run_kw) -> tuple[dict, list]:
-    """Run ``data`` through lamm_cl.runner.run; return, per strategy, its template, snapshots and CLIP.
-
-    ``stop_at=t`` interrupts the run (KeyboardInterrupt, as Ctrl-C) when experience t starts training.
-    """
-    captured = {}
-    with pytest.MonkeyPatch.context() as mp:
-        for name in names:
-            spec = get_strategy(name)
-
-            def build(ctx, opts, _orig=spec.build, _name=name):
-                snap = Snapshot()
-                ctx.plugins.append(snap)
-                before = {k: v.clone() for k, v in ctx.clip.model.state_dict().items()}
-                template = _orig(ctx, opts)
-                captured[_name] = SimpleNamespace(template=template, snap=snap, clip=ctx.clip, clip_before=before)
-                if stop_at is not None:
-                    train = template.train
-
-                    def interrupted(exp, **kw):
-                        if exp.current_experience == stop_at:
-                            raise KeyboardInterrupt
-                        return train(exp, **kw)
-
-                    template.train = interrupted
-                return template
-
-            mp.setattr(spec, "build", build)
-        records = runner.run(config.parse(data), out, progress=False, **run_kw)
-    return captured, records
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("features")
@@ -104,8 +46,12 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def baselines(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("results") / "baselines"
-    captured, records = run_capturing(digits_config(STRATEGIES, cache_dir), out, [s["name"] for s in STRATEGIES])
-    return SimpleNamespace(out=out, captured=captured, records={r.strategy: r for r in records})
+    captured, records = run_capturing(digits_config(STRATEGIES, cache_dir), out)
+    return SimpleNamespace(out=out, captured=by_name(captured), records={r.strategy: r for r in records})
+
+
+def by_name(captured: list) -> dict:
+    return {c.name: c for c in captured}
 
 
 def seen_after_first(records) -> list[int]:
@@ -115,6 +61,7 @@ def seen_after_first(records) -> list[int]:
 # --------------------------------------------------------------------------- every strategy
 
 
+@pytest.mark.integration
 def test_every_strategy_trains_evaluates_and_writes(baselines):
     assert set(baselines.records) == {s["name"] for s in STRATEGIES}
     for name, rec in baselines.records.items():
@@ -143,6 +90,7 @@ def test_lamm_cl_list_describes_the_baselines():
 # --------------------------------------------------------------------------- what trains and what does not
 
 
+@pytest.mark.integration
 def test_coop_context_drifts_while_lamm_old_label_vectors_stay(baselines, tiny_clip):
     coop = baselines.captured["coop"].snap.after
     init = tiny_clip.embed_tokens(torch.tensor(tiny_clip.token_ids("a photo of a")))
@@ -159,16 +107,19 @@ def test_coop_context_drifts_while_lamm_old_label_vectors_stay(baselines, tiny_c
         assert not torch.equal(lamm[1][f"labels.vectors.{c}"], lamm[1][f"labels.m0_{c}"])
 
 
+@pytest.mark.integration
 def test_coop_freeze_after_first_keeps_the_context(tmp_path, cache_dir):
     strategies = [{"name": "coop", "epochs": 2, "freeze_after_first": True, "ctx_init": "random",
                    "plugins": [EWC]}]
-    captured, records = run_capturing(digits_config(strategies, cache_dir), tmp_path / "out", ["coop"])
+    captured, records = run_capturing(digits_config(strategies, cache_dir), tmp_path / "out")
+    captured = by_name(captured)
     after = captured["coop"].snap.after
     assert torch.equal(after[1]["context"], after[0]["context"])
     assert not captured["coop"].template.model.context.requires_grad
     assert not np.isnan(np.tril(records[0].matrix)).any()
 
 
+@pytest.mark.integration
 def test_coop_lamm_trains_context_and_label_vectors(baselines):
     after = baselines.captured["coop_lamm"].snap.after
     old = seen_after_first(baselines.records)
@@ -179,6 +130,7 @@ def test_coop_lamm_trains_context_and_label_vectors(baselines):
     assert model.context.shape == (4, model.clip.token_width)
 
 
+@pytest.mark.integration
 def test_finetune_last_blocks_trains_only_the_last_block_of_a_copy(baselines):
     cap = baselines.captured["finetune"]
     shared = cap.clip.model.visual
@@ -218,6 +170,7 @@ def test_finetune_head_starts_as_zero_shot_clip(tiny_clip, digits):
 # --------------------------------------------------------------------------- Avalanche plugins from the YAML
 
 
+@pytest.mark.integration
 def test_replay_named_in_the_config_is_attached_and_filled(baselines):
     old = seen_after_first(baselines.records)
     for name in ("lamm", "coop_lamm", "finetune", "linear_probe"):
@@ -229,6 +182,7 @@ def test_replay_named_in_the_config_is_attached_and_filled(baselines):
         assert size1 == MEM and set(labels1) <= set(old)  # ... full of its samples after it
 
 
+@pytest.mark.integration
 def test_lwf_and_ewc_work_on_every_kind_of_model(baselines):
     for name in ("coop", "coop_lamm", "finetune", "linear_probe"):
         cap = baselines.captured[name]
@@ -248,6 +202,7 @@ def test_lwf_and_ewc_work_on_every_kind_of_model(baselines):
     assert float(ft_imp["encoder.transformer.resblocks.0.mlp.c_fc.weight"].data.abs().sum()) == 0  # frozen block
 
 
+@pytest.mark.integration
 def test_lwf_and_ewc_add_their_penalties_by_hand(baselines):
     # CoOp after both experiences, its context moved: LwF adds alpha * KL(teacher || student) at T = 2 over
     # every class seen, EWC adds lambda * sum_e sum_k F_e,k (theta_k - theta*_e,k)^2 over both experiences
@@ -285,11 +240,13 @@ def test_lwf_and_ewc_add_their_penalties_by_hand(baselines):
             model.context.copy_(trained)
 
 
+@pytest.mark.integration
 def test_coop_lamm_with_plugins_resumes_bit_identically(baselines, tmp_path, cache_dir):
     data = digits_config([next(s for s in STRATEGIES if s["name"] == "coop_lamm")], cache_dir)
     with pytest.raises(KeyboardInterrupt):
-        run_capturing(data, tmp_path / "out", ["coop_lamm"], stop_at=1)
-    captured, (record,) = run_capturing(data, tmp_path / "out", ["coop_lamm"], resume=True)
+        run_capturing(data, tmp_path / "out", stop_at=1)
+    captured, (record,) = run_capturing(data, tmp_path / "out", resume=True)
+    captured = by_name(captured)
     assert record.info["resumed"]
     np.testing.assert_array_equal(record.matrix, baselines.records["coop_lamm"].matrix)
     # the replay buffer, LwF's teacher, EWC's importances, the optimizer and the RNG all came back

@@ -338,6 +338,7 @@ def test_rapf_options_are_checked():
 # --------------------------------------------------------------------------- through the runner
 
 
+@pytest.mark.integration
 def test_the_three_run_through_the_runner(tmp_path):
     data = {"name": "peers", "seeds": [0], "device": "cpu",
             "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 10,
@@ -372,6 +373,7 @@ def test_published_figures_of_the_three_carry_their_weights():
     assert in21k[("RanPAC (no first-session adaptation)", "last_accuracy")] == "89.0"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name, opts", [("simplecil", {}), ("ranpac", {"M": 16}),
                                         ("rapf", {"epochs": 2, "batch_size": 8})])
 def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_path, name, opts):
@@ -408,6 +410,7 @@ def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_p
 # --------------------------------------------------------------------------- which training view they read
 
 
+@pytest.mark.integration
 def test_the_three_read_the_centre_crop_even_with_augmented_views(tmp_path):
     """The references take their statistics (and RAPF trains) on un-augmented training images: PILOT's
     SimpleCIL and RanPAC read ``mode="test"`` loaders for the prototypes, RAPF's ``main.py`` reads CLIP's own

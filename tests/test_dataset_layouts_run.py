@@ -3,13 +3,15 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 from PIL import Image
 
 from lamm_cl.cli import main
 from lamm_cl.data.folder import TEMPLATE
-from test_data_loaders import make_imagefolder, make_split_file_dataset
+
+from builders import make_imagefolder, make_split_file_dataset
 
 
 def _run(tmp_path, benchmark: dict, capsys) -> dict:
@@ -48,6 +50,7 @@ def zero_shot_matrix(clip, images: dict, names: list, template: str, experiences
     return A
 
 
+@pytest.mark.integration
 def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
     split = make_split_file_dataset(tmp_path / "data", "dtd")
     order = _run(tmp_path, {"dataset": "dtd", "root": str(tmp_path / "data"), "classes_per_experience": [2, 1],
@@ -65,6 +68,7 @@ def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
     np.testing.assert_allclose(A, expected, equal_nan=True)
 
 
+@pytest.mark.integration
 def test_imagefolder_end_to_end(tmp_path, capsys, tiny_clip):
     make_imagefolder(tmp_path / "tree")
     order = _run(tmp_path, {"dataset": "imagefolder", "root": str(tmp_path / "tree"), "n_experiences": 2,

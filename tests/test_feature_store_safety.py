@@ -1,0 +1,226 @@
+"""The feature store's safety: a dataset's identity follows its image files, checksummed entries,
+full and read-only cache disks, stale temporaries swept, two processes extracting one entry run the
+encoder once, and extraction leaves the global random stream alone."""
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lamm_cl import safe_io
+from lamm_cl.data import load_dataset
+from lamm_cl.errors import DataNotFoundError, UserError
+from lamm_cl.features import FeatureExtractor, FeatureStore
+
+from builders import make_dtd, write_png
+
+
+def test_identity_changes_when_an_image_changes_behind_an_unchanged_split_file(tmp_path, tiny_clip):
+    paths = make_dtd(tmp_path)
+    first = load_dataset("dtd", tmp_path)
+    ext = FeatureExtractor(tiny_clip, cache_dir=None)
+    again = load_dataset("dtd", tmp_path)
+    assert again.train.identity == first.train.identity  # nothing changed: the cache is shared
+
+    victim = paths[4]  # a later train image, not the first listed
+    st = victim.stat()
+    write_png(victim, 999)  # other pixels; a PNG of 8x8 noise keeps its size only by chance
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    edited = load_dataset("dtd", tmp_path)
+    assert edited.train.identity != first.train.identity
+    assert edited.test.identity == first.test.identity  # the test images did not change
+    assert ext.key(edited.train) != ext.key(first.train)
+
+    # Same bytes count, same name, newer mtime (a file replaced by another of the same size): still caught.
+    victim = paths[7]  # a test image
+    size = victim.stat().st_size
+    victim.write_bytes(bytes(size))
+    assert victim.stat().st_size == size
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    assert load_dataset("dtd", tmp_path).test.identity != first.test.identity
+
+
+def test_identity_is_stat_only_and_follows_relative_paths(tmp_path):
+    from lamm_cl.data.base import files_identity
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"12345")
+    b.write_bytes(b"12345")
+    os.utime(b, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns))
+    # same size and mtime under the same relative name: the same identity, whatever the bytes or the folder
+    assert files_identity([("x.png", a)]) == files_identity([("x.png", b)])
+    assert files_identity([("x.png", a)]) != files_identity([("y.png", a)])
+    with pytest.raises(DataNotFoundError, match="gone.png"):
+        files_identity([("x.png", a), ("gone.png", tmp_path / "gone.png")])
+
+
+def test_entry_garbled_at_the_same_size_is_recomputed(tmp_path, tiny_clip, digits):
+    samples = digits.train.subset(range(12))
+    ext = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=12)
+    good = ext.features(samples).clone()
+    data, meta = ext.store.paths(ext.key(samples))
+    for garble in (lambda raw: raw[:128] + bytes(len(raw) - 128),  # zeros after the header
+                   lambda raw: raw[:128] + np.random.default_rng(0).bytes(len(raw) - 128)):
+        raw = data.read_bytes()
+        data.write_bytes(garble(raw))
+        assert data.stat().st_size == len(raw)
+        notes = []
+        fresh = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=12)
+        fresh.log = notes.append
+        again = fresh.features(samples)
+        assert np.array_equal(again.numpy(), good.numpy())
+        assert len(notes) == 1 and "checksum" in notes[0]
+        assert json.loads(meta.read_text())["sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
+
+
+def _write_entry_under_limit(root: str, limit: int, status) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    store = FeatureStore(root)
+    try:
+        with store.writer("k", (1000, 256), "float32") as arr:
+            arr[:] = 1.0  # a sparse map would die of SIGBUS right here
+        status.put("written")
+    except UserError as e:
+        status.put(f"error: {e}")
+
+
+def test_full_cache_filesystem_is_one_line_not_sigbus(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    status = ctx.Queue()
+    child = ctx.Process(target=_write_entry_under_limit, args=(str(tmp_path), 64 * 1024, status))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0, f"the writer died with status {child.exitcode}"
+    msg = status.get(timeout=5)
+    assert msg.startswith("error: ") and "no space left" in msg and str(tmp_path) in msg and "\n" not in msg
+    assert list(tmp_path.iterdir()) == []  # no temporary file left to trip over
+
+
+def test_read_only_store_reads_what_it_holds_and_refuses_to_write_in_one_line(tmp_path, tiny_clip, digits,
+                                                                             monkeypatch):
+    import lamm_cl.features.store as store_module
+
+    samples, other = digits.train.subset(range(6)), digits.train.subset(range(6, 12))
+    held = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=6).features(samples).clone()
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(tmp_path)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(store_module.os, "open", read_only)
+    ext = FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=6)
+    assert np.array_equal(ext.features(samples).numpy(), held.numpy())  # no lock, no write needed
+    with pytest.raises(UserError, match="Read-only file system") as e:
+        ext.features(other)
+    assert "features.cache_dir" in str(e.value)
+
+
+def test_stale_temporaries_are_swept_and_live_ones_kept(tmp_path):
+    import fcntl
+
+    store = FeatureStore(tmp_path)
+    old = time.time() - 3600
+    stale = tmp_path / ("." + "a" * 40 + ".npy.99999999.deadbeef.tmp")
+    live = tmp_path / ("." + "b" * 40 + ".npy.1.cafecafe.tmp")
+    for p in (stale, live):
+        p.write_bytes(b"partial")
+        os.utime(p, (old, old))
+    fd = os.open(tmp_path / ("b" * 40 + ".lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer of entry b is alive
+    try:
+        assert store.sweep_temporaries() == [stale]
+    finally:
+        os.close(fd)
+    assert live.exists() and not stale.exists()
+
+    plots = tmp_path / "out" / "plots"
+    plots.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = plots / f".seen_accuracy.png.{dead.pid}.0a1b2c3d.tmp"
+    mine = plots / f".report.md.{os.getpid()}.0a1b2c3d.tmp"
+    for p in (left, mine):
+        p.write_bytes(b"half a plot")
+        os.utime(p, (old, old))
+    fresh = plots / f".other.png.{dead.pid}.0a1b2c3e.tmp"
+    fresh.write_bytes(b"written after the run started")
+    assert sorted(safe_io.sweep_temporaries(plots, before=time.time() - 60)) == sorted([left, mine])
+    assert fresh.exists()
+
+
+EXTRACT = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    import numpy as np
+    from lamm_cl.data import load_dataset
+    from lamm_cl.features import FeatureExtractor
+    from lamm_cl.model.clip import build_clip
+
+    store, log, go, out = (Path(a) for a in sys.argv[1:5])
+    clip = build_clip("lamm-tiny", "none", "cpu")
+    samples = load_dataset("digits").train.subset(range(40))
+    ext = FeatureExtractor(clip, cache_dir=store, batch_size=8)
+    real = ext._extract
+
+    def slow_extract(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(1.5)  # long enough for the other process to arrive and wait
+        return real(*args, **kwargs)
+
+    ext._extract = slow_extract
+    (out.parent / (out.name + ".ready")).touch()
+    while not go.exists():
+        time.sleep(0.01)
+    np.save(out, ext.features(samples).numpy())
+''')
+
+
+@pytest.mark.integration
+def test_two_processes_extracting_one_entry_run_the_encoder_once(tmp_path):
+    script = tmp_path / "extract.py"
+    script.write_text(EXTRACT)
+    store, log, go = tmp_path / "store", tmp_path / "encoder_runs.txt", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(script), str(store), str(log), str(go), str(tmp_path / f"f{i}.npy")],
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"f{i}.npy.ready").exists() for i in range(2)):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    go.touch()  # both ask for the entry at the same moment
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert len(log.read_text().split()) == 1  # the encoder ran in one process only
+    a, b = np.load(tmp_path / "f0.npy"), np.load(tmp_path / "f1.npy")
+    assert a.shape == (40, 64) and np.array_equal(a, b)
+    assert sorted(p.suffix for p in store.iterdir()) == [".json", ".lock", ".npy"]  # one entry, no temporaries
+
+
+def test_extracting_features_leaves_the_global_random_stream_alone(tmp_path, tiny_clip, digits):
+    # A cold store extracts, a warm one reads: a run's training randomness must not depend on which.
+
+    samples = digits.train.subset(range(10))
+    torch.manual_seed(3)
+    FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=4).features(samples)  # cold: extracts
+    after_cold = torch.rand(3)
+    torch.manual_seed(3)
+    FeatureExtractor(tiny_clip, cache_dir=tmp_path, batch_size=4).features(samples)  # warm: reads
+    after_warm = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after_cold, after_warm) and torch.equal(after_cold, torch.rand(3))
