@@ -164,6 +164,7 @@ def test_status_reads_state_files(tmp_path, capsys):
 # --------------------------------------------------------------------------- the local launcher
 
 
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monkeypatch):
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.driver import run_sweep
@@ -280,6 +281,7 @@ def _feature_stage_then_jobs(tmp_path: Path, sweep_file: Path, monkeypatch) -> t
     return stage, sum(int(n) for n in counter.read_text().split()), outcome
 
 
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp_path, capsys, monkeypatch):
     """Few-shot with 2 augmented views: each job trains on views of its own seed's draw (5 shots x 10
     digits = 50 images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x
@@ -300,6 +302,7 @@ def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp
         assert "epoch 2/2" in (tmp_path / "out" / "_jobs" / f"digits_v__linear_probe__seed{seed}.log").read_text()
 
 
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_feature_stage_encodes_no_views_for_strategies_that_read_the_centre_crop(tmp_path, capsys, monkeypatch):
     """SimpleCIL (like RanPAC and RAPF) builds its statistics from the centre crop even with train_views: 2
     (it is registered with augmented_views=False), so the feature stage and --dry-run count the 1,797
@@ -369,6 +372,7 @@ def test_init_local_ray_retries_the_startup_timeout_once_and_nothing_else():
     assert (other.calls, other.shutdowns) == (1, 0)
 
 
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_ray_launcher_runs_jobs(tmp_path):
     ray = pytest.importorskip("ray")  # installed by the `test` extra in CI
     from lamm_cl.sweep import load_sweep
@@ -394,6 +398,7 @@ def test_ray_launcher_runs_jobs(tmp_path):
 # --------------------------------------------------------------------------- submitit (SLURM's client), locally
 
 
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
     pytest.importorskip("submitit")
     from lamm_cl.sweep import load_sweep
@@ -647,6 +652,7 @@ def _in_process_launcher():
     return SimpleNamespace(Options=Options, launch=launch)
 
 
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_failed_job_does_not_stop_others_and_is_retried_only_when_asked(tmp_path, capsys, monkeypatch):
     import lamm_cl.sweep.driver as driver
 
@@ -1044,6 +1050,7 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("how, code", [("SIGTERM", 143), ("SIGINT to the group", 130), ("SIGKILL", None),
                                        ("a worker SIGKILLed", 1)])
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_no_job_starts_after_a_signal_and_workers_end_with_their_driver(tmp_path, how, code):
     import subprocess
 
