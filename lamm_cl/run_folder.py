@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from lamm_cl.errors import UserError
-from lamm_cl.safe_io import LOCK_FILE, in_use, lock_holder, name_max
+from lamm_cl.safe_io import LOCK_FILE, check_creatable, in_use, lock_holder, name_max
 
 
 def check_empty(out: Path) -> None:
@@ -46,16 +46,7 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     holder = lock_holder(out) if out.is_dir() else None
     if holder is not None:
         raise in_use(out, holder)
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{out}: cannot be created because {probe} is not a folder; choose another --output")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: cannot write there ({os.strerror(errno.EACCES).lower()} on {probe}); "
-                        "choose another --output")
+    probe = check_creatable(out, str(out), "choose another --output")
     too_long = next((part for part in out.parts if len(os.fsencode(part)) > name_max(probe)), None)
     if too_long is not None:
         raise UserError(f"{out}: the folder name {too_long[:40]}... is longer than the filesystem allows "

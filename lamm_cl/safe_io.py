@@ -388,3 +388,23 @@ def lock_run(run_dir: Path) -> Iterator[Path]:
         if holder is not None and holder != f"pid {os.getpid()}":
             raise in_use(results, holder)
         yield lock
+
+
+def check_creatable(folder: Path, name: str, hint: str) -> Path:
+    """Refuse a folder that cannot be made or written: its nearest existing ancestor is a file or not
+    writable. ``name`` starts the one-line message, ``hint`` ends it (what to choose instead).
+
+    Returns:
+        The nearest existing ancestor (``folder`` itself when it exists).
+
+    Raises:
+        UserError: one line naming the folder and the ancestor in the way.
+    """
+    probe = Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{name}: cannot be created because {probe} is not a folder; {hint}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{name}: cannot write there ({os.strerror(errno.EACCES).lower()} on {probe}); {hint}")
+    return probe

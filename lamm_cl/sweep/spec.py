@@ -371,22 +371,13 @@ def check_output(out: Path) -> None:
     Raises:
         UserError: one line naming the folder and what to do.
     """
-    import errno
-    import os
-
     from lamm_cl.errors import UserError
+    from lamm_cl.safe_io import check_creatable
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out}: exists and is not a folder; choose another output")
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"output {out}: cannot be created because {probe} is not a folder; choose another output")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"output {out}: cannot write there ({os.strerror(errno.EACCES).lower()} on {probe}); "
-                        "choose another output")
+    check_creatable(out, f"output {out}", "choose another output")
     if out.is_dir() and not (out / SWEEP_FILE).exists() and any(
             not p.name.startswith(".") for p in out.iterdir()):
         raise UserError(f"output {out}: not empty and not a sweep's output (no {SWEEP_FILE}), e.g. a lamm-cl run "
