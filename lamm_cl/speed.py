@@ -55,19 +55,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from lamm_cl.data.orders import CIFAR100_CLASS_NAMES as CLASS_NAMES
+
 Log = Callable[[str], None]
 
-# CIFAR-100's class names: realistic name lengths decide where prompts are cut
-CLASS_NAMES = (
-    "apple,aquarium fish,baby,bear,beaver,bed,bee,beetle,bicycle,bottle,bowl,boy,bridge,bus,butterfly,camel,"
-    "can,castle,caterpillar,cattle,chair,chimpanzee,clock,cloud,cockroach,couch,crab,crocodile,cup,dinosaur,"
-    "dolphin,elephant,flatfish,forest,fox,girl,hamster,house,kangaroo,keyboard,lamp,lawn mower,leopard,lion,"
-    "lizard,lobster,man,maple tree,motorcycle,mountain,mouse,mushroom,oak tree,orange,orchid,otter,palm tree,"
-    "pear,pickup truck,pine tree,plain,plate,poppy,porcupine,possum,rabbit,raccoon,ray,road,rocket,rose,sea,"
-    "seal,shark,shrew,skunk,skyscraper,snail,snake,spider,squirrel,streetcar,sunflower,sweet pepper,table,"
-    "tank,telephone,television,tiger,tractor,train,trout,tulip,turtle,wardrobe,whale,willow tree,wolf,woman,"
-    "worm"
-).split(",")
 
 
 def store_size_lines(dim: int = 512, n_images: int = 10_000) -> list[str]:

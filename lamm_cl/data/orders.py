@@ -25,3 +25,17 @@ ICARL_CIFAR100_ORDER: tuple[int, ...] = (
     40, 30, 23, 85, 2, 95, 56, 48, 71, 64,
     98, 13, 99, 7, 34, 55, 54, 26, 35, 39,
 )
+
+
+# CIFAR-100's class names in label order: the speed benchmark and the sweep's calibration use them as
+# stand-in classes, since realistic name lengths decide where prompts are cut.
+CIFAR100_CLASS_NAMES: tuple[str, ...] = tuple((
+    "apple,aquarium fish,baby,bear,beaver,bed,bee,beetle,bicycle,bottle,bowl,boy,bridge,bus,butterfly,camel,"
+    "can,castle,caterpillar,cattle,chair,chimpanzee,clock,cloud,cockroach,couch,crab,crocodile,cup,dinosaur,"
+    "dolphin,elephant,flatfish,forest,fox,girl,hamster,house,kangaroo,keyboard,lamp,lawn mower,leopard,lion,"
+    "lizard,lobster,man,maple tree,motorcycle,mountain,mouse,mushroom,oak tree,orange,orchid,otter,palm tree,"
+    "pear,pickup truck,pine tree,plain,plate,poppy,porcupine,possum,rabbit,raccoon,ray,road,rocket,rose,sea,"
+    "seal,shark,shrew,skunk,skyscraper,snail,snake,spider,squirrel,streetcar,sunflower,sweet pepper,table,"
+    "tank,telephone,television,tiger,tractor,train,trout,tulip,turtle,wardrobe,whale,willow tree,wolf,woman,"
+    "worm"
+).split(","))

@@ -144,7 +144,7 @@ def _time_steps(clip, name: str, cfg, classes: int, warmup: int, repeats: int) -
     import numpy as np
     import torch
 
-    from lamm_cl.speed import CLASS_NAMES
+    from lamm_cl.data.orders import CIFAR100_CLASS_NAMES as CLASS_NAMES
     from lamm_cl.benchmark import make_streams
     from lamm_cl.features import AutocastPlugin
     from lamm_cl.registry import get_strategy
