@@ -44,7 +44,7 @@ EXPECTED = {
     ("lamm", "mean"): [(205 / 3 + 80) / 2, 57.5, 7.5, -7.5],
     ("lamm", "std"): [(80 - 205 / 3) / R2, 5 / R2, 15 / R2, 15 / R2],
 }
-PLOTS = ["seen_accuracy", "final_accuracy_forgetting", "old_new_accuracy",
+PLOTS = ["seen_accuracy", "final_accuracy_forgetting", "old_new_accuracy", "accuracy_matrices",
          "accuracy_matrix_zeroshot", "accuracy_matrix_lamm"]
 RUN_FILES = ["config.yaml", "class_order.json", "accuracy_matrix.csv", "accuracy_matrix_task_aware.csv",
              "metrics.csv", "per_class_accuracy.csv", "summary.json"]
@@ -181,7 +181,8 @@ def test_svg_and_pdf_on_request_and_deterministic(tmp_path):
     write_run(root / "lamm" / "seed0", make_record("lamm", 0))
     written = build_report(root, formats=("svg",))
     assert {p.name for p in written if p.parent.name == "plots"} == {
-        "seen_accuracy.svg", "final_accuracy_forgetting.svg", "old_new_accuracy.svg", "accuracy_matrix_lamm.svg"}
+        "seen_accuracy.svg", "final_accuracy_forgetting.svg", "old_new_accuracy.svg", "accuracy_matrices.svg",
+        "accuracy_matrix_lamm.svg"}
     assert "](plots/seen_accuracy.svg)" in (root / "report.md").read_text()
     rows = {r["seed"]: r for r in csv.DictReader((root / "summary.csv").open())}
     assert rows["std"]["avg_incremental_accuracy"] == ""
