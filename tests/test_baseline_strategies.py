@@ -340,5 +340,8 @@ def test_coop_lamm_loss_is_ce_plus_the_three_lamm_terms(tiny_clip, digits):
     # same gradients: the context also gets gradient through t0 (logits term), old label vectors none at all
     params = [model.context, table.vectors["3"], table.vectors["4"]]
     for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        # the model encodes the shared prefix once (README, Speed) and the hand-run formula the whole prompt:
+        # equal up to float32 rounding, so entries far below the largest one are compared at its scale
+        scale = float(want.abs().max())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
     assert not table.vectors["0"].requires_grad
