@@ -282,12 +282,15 @@ class _Forward(logging.Handler):
 def text_path_log(log: Callable[[str], None]) -> Iterator[None]:
     """While inside, the model's INFO lines (which text path runs) go to ``log``, each distinct line once."""
     target = logging.getLogger("lamm_cl.model")
-    handler, level = _Forward(log), target.level
+    handler, level, propagate = _Forward(log), target.level, target.propagate
     target.addHandler(handler)
     if target.getEffectiveLevel() > logging.INFO:
         target.setLevel(logging.INFO)
+    # only to the run's log: a root handler some library installed would print each line again on stderr
+    target.propagate = False
     try:
         yield
     finally:
         target.removeHandler(handler)
         target.setLevel(level)
+        target.propagate = propagate
