@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -254,6 +255,13 @@ def _check_finite(value, path: str) -> None:
 SEED_RANGE = 2**32  # NumPy takes seeds in 0..2**32-1
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_yaml(text: str):
+    # Keyed on the text itself, so an edited file is parsed anew. A sweep reads each benchmark file once per
+    # job (hundreds of jobs over a dozen files), and PyYAML's pure-Python parser is most of a dry run's time.
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file as plain data.
 
@@ -268,7 +276,7 @@ def load_yaml(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read config ({e.__class__.__name__}: {e})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = copy.deepcopy(_parse_yaml(text))  # a copy: callers may change what they get
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -93,6 +93,7 @@ def estimate(sweep: Sweep) -> list[str]:
     steps: dict[str, int] = defaultdict(int)
     kinds: dict[str, str] = {}
     unknown_steps: set[str] = set()
+    plans: dict[tuple, object] = {}
     for j in sweep.jobs:
         cfg = _config(j)
         b = cfg.benchmark
@@ -114,7 +115,10 @@ def estimate(sweep: Sweep) -> list[str]:
         if needs_features(cfg):  # what the feature stage encodes (job.prepare_features)
             group = feature_group(cfg)
             images[group] = len(parts.test) + len(parts.train)
-        plan = make_plan(parts, b, j.seed)
+        plan_key = (key, repr(b), j.seed)  # every strategy of a (benchmark, seed) shares its plan: draw it once
+        if plan_key not in plans:
+            plans[plan_key] = make_plan(parts, b, j.seed)
+        plan = plans[plan_key]
         if reads_views(cfg):
             idx = view_images(cfg, parts, j.seed, plan)  # a few-shot job's views are of its own draw
             key = None if idx is None else idx.tobytes()
