@@ -275,3 +275,19 @@ def child(*args: str, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     return subprocess.Popen([sys.executable, "-c", "import sys; from lamm_cl.cli import main; sys.exit(main())",
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+def under_file_size_limit(limit: int, action, status) -> None:
+    """In a (forked) child: cap the size of any file it writes at ``limit`` bytes, as a full disk would, run
+    ``action()`` and put ``"done: <its value>"`` or ``"error: <the UserError's line>"`` on ``status``."""
+    import resource
+    import signal
+
+    from lamm_cl.errors import UserError
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        status.put(f"done: {action()}")
+    except UserError as e:
+        status.put(f"error: {e}")

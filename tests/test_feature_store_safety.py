@@ -4,11 +4,10 @@ encoder once, and extraction leaves the global random stream alone."""
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import multiprocessing
 import os
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from lamm_cl.data import load_dataset
 from lamm_cl.errors import DataNotFoundError, UserError
 from lamm_cl.features import FeatureExtractor, FeatureStore
 
-from builders import make_dtd, write_png
+from builders import make_dtd, under_file_size_limit, write_png
 
 
 def test_identity_changes_when_an_image_changes_behind_an_unchanged_split_file(tmp_path, tiny_clip):
@@ -84,22 +83,17 @@ def test_entry_garbled_at_the_same_size_is_recomputed(tmp_path, tiny_clip, digit
         assert json.loads(meta.read_text())["sha256"] == __import__("hashlib").sha256(data.read_bytes()).hexdigest()
 
 
-def _write_entry_under_limit(root: str, limit: int, status) -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    store = FeatureStore(root)
-    try:
-        with store.writer("k", (1000, 256), "float32") as arr:
-            arr[:] = 1.0  # a sparse map would die of SIGBUS right here
-        status.put("written")
-    except UserError as e:
-        status.put(f"error: {e}")
+def _write_entry(root: str) -> str:
+    with FeatureStore(root).writer("k", (1000, 256), "float32") as arr:
+        arr[:] = 1.0  # a sparse map would die of SIGBUS right here
+    return "written"
 
 
 def test_full_cache_filesystem_is_one_line_not_sigbus(tmp_path):
     ctx = multiprocessing.get_context("fork")
     status = ctx.Queue()
-    child = ctx.Process(target=_write_entry_under_limit, args=(str(tmp_path), 64 * 1024, status))
+    child = ctx.Process(target=under_file_size_limit,
+                        args=(64 * 1024, functools.partial(_write_entry, str(tmp_path)), status))
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 0, f"the writer died with status {child.exitcode}"

@@ -4,10 +4,9 @@ and a full output disk as one line."""
 from __future__ import annotations
 
 import errno
+import functools
 import multiprocessing
 import os
-import resource
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from lamm_cl.errors import UserError
 from lamm_cl.runner import inputs as runner_inputs
 
 from builders import (RESUMABLE, dtd_config_data, earlier_results, files_under, make_dtd, one_line,
-                      snapshot, write_digits_config, write_yaml)
+                      snapshot, under_file_size_limit, write_digits_config, write_yaml)
 
 # no report or plots after the in-process runs (seconds of matplotlib each; tested elsewhere)
 pytestmark = pytest.mark.usefixtures("no_report")
@@ -139,20 +138,16 @@ def test_lock_admits_one_holder_at_a_time(tmp_path, stale):
     assert overlaps == 0
 
 
-def _lock_under_limit(out: str, status) -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4, 4))  # the pid and host do not fit
-    try:
-        with safe_io.lock_output(Path(out)):
-            status.put("held")
-    except UserError as e:
-        status.put(f"error: {e}")
+def _lock(out: str) -> str:
+    with safe_io.lock_output(Path(out)):
+        return "held"
 
 
 def test_full_output_filesystem_at_the_lock_is_one_line(tmp_path):
     ctx = multiprocessing.get_context("fork")
     status = ctx.Queue()
-    child = ctx.Process(target=_lock_under_limit, args=(str(tmp_path / "out"), status))
+    child = ctx.Process(target=under_file_size_limit,  # 4 bytes: the pid and host do not fit
+                        args=(4, functools.partial(_lock, str(tmp_path / "out")), status))
     child.start()
     child.join(timeout=60)
     msg = status.get(timeout=5)
