@@ -564,3 +564,27 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy
     if refuse_no_ops:
         _refuse_no_ops(original, applied, cfg, str(path), strategy_options)
     return cfg
+
+
+def only_labels(cfg: Config, names: Union[str, list[str]], where: str = "--only") -> list[str]:
+    """The labels of ``cfg``'s strategy entries that ``names`` picks (``--only lamm,coop``): each name is
+    an entry's label or its strategy's name (every entry of that strategy).
+
+    Raises:
+        ConfigError: a name picks no entry, or none is given (naming the config's strategies).
+    """
+    if isinstance(names, str):
+        names = names.split(",")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: expected strategy names or labels, got {names!r}")
+    wanted = [n.strip() for n in names if n.strip()]
+    known = ", ".join(e.run_label for e in cfg.strategies)
+    if not wanted:
+        raise ConfigError(f"{where}: expected strategy names or labels (this config's: {known})")
+    picked: list[str] = []
+    for n in wanted:
+        hits = [e.run_label for e in cfg.strategies if n in (e.run_label, e.name)]
+        if not hits:
+            raise ConfigError(f"{where}: no strategy {n!r} in {cfg.source or 'the config'}; its strategies: {known}")
+        picked += [h for h in hits if h not in picked]
+    return picked

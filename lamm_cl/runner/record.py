@@ -114,6 +114,14 @@ RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE,
              SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE)
 
 
+def clear_run(run_dir: Path) -> None:
+    """Delete what an earlier run wrote in one ``<strategy>/seed<k>/`` folder (its result files, saved
+    model, checkpoint and temporaries), before it is run again; files lamm-cl does not write stay."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    safe_io.remove_stale_temporaries(run_dir)
+
+
 def clear_results(out: Path) -> None:
     """Delete what earlier runs wrote in ``out`` (for ``--overwrite``): the result files and checkpoints
     of ``<strategy>/seed<k>/``, ``summary.csv``, ``report.md`` and the plots. Files lamm-cl does not
@@ -126,7 +134,9 @@ def clear_results(out: Path) -> None:
             folder.rmdir()  # only once empty
 
     for run_dir in find_run_dirs(out, include_unfinished=True):
-        remove([run_dir / name for name in RUN_FILES], run_dir)
+        clear_run(run_dir)
+        with suppress(OSError):
+            run_dir.rmdir()
         with suppress(OSError):
             run_dir.parent.rmdir()
     if (out / "plots").is_dir():
