@@ -18,6 +18,7 @@ from lamm_cl.formatting import plain
 from lamm_cl.benchmark import Plan, fewshot_images, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
+from lamm_cl.saved_model import MODEL_FILE
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
                              PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
 
@@ -39,13 +40,16 @@ def run_config(config: dict, strategy: str) -> dict:
     """The part of a resolved config that decides one (strategy, seed) run's numbers; ``strategy`` is the
     entry's label (its name when it has no ``label``).
 
-    Leaves out where results go, the other strategies and seeds, and whether features are cached,
+    Leaves out where results go, the other strategies and seeds, whether features are cached and whether
+    the trained model is saved,
     so adding a strategy or a seed to a config does not invalidate the runs already finished.
     """
-    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
+    view = {k: v for k, v in config.items()
+            if k not in ("output", "seeds", "strategies", "plugins", "loggers", "save_model")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
-    view["strategy"] = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy),
-                            None)
+    entry = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy), None)
+    # whether the trained model is kept changes no number: keeping it too must not rerun a finished run
+    view["strategy"] = None if entry is None else {k: v for k, v in entry.items() if k != "save_model"}
     return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
 
 
@@ -111,7 +115,7 @@ class RunRecords(list):
 
 
 RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
-             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE)
+             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE, MODEL_FILE)
 
 
 def clear_run(run_dir: Path) -> None:
