@@ -119,3 +119,12 @@ def test_a_bad_only_is_one_line_and_writes_nothing(run_env, tmp_path, capsys, on
     assert main(["run", str(cfg), "--output", str(out), "--only", only, *extra]) == 2
     one_line(capsys.readouterr().err, culprit)
     assert files_under(out) == ["notes.txt"]
+
+
+def test_the_api_names_a_bad_only_too(run_env, tmp_path):
+    import lamm_cl
+
+    cfg = write_digits_config(run_env, tmp_path / "config.yaml", STRATEGIES, n_experiences=2)
+    with pytest.raises(lamm_cl.ConfigError, match=r"^only: no strategy 'lamm' in .*its strategies: zeroshot, linear_probe$"):
+        lamm_cl.run(cfg, output=tmp_path / "out", only=["zeroshot", "lamm"], progress=False)
+    assert not (tmp_path / "out").exists()
