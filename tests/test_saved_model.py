@@ -15,8 +15,10 @@ from lamm_cl.results import read_run
 from lamm_cl.runner.record import run_config
 from lamm_cl.saved_model import MODEL_FILE
 
-# the strategies that train something, cheaply: LAMM's label vectors, CoOp's context, a linear head
-TRAINED = ("lamm", "coop", "linear_probe")
+# the strategies that train something, cheaply: LAMM's label vectors, CoOp's context, a linear head (all
+# three on image features), and MaPLe's deep prompts (on the images themselves: the other input path)
+TRAINED = ("lamm", "coop", "linear_probe", "maple")
+OPTIONS = {"maple": {"prompt_depth": 2}}  # lamm-tiny has 2 blocks
 
 
 def _data() -> dict:
@@ -26,7 +28,7 @@ def _data() -> dict:
                       "shots": 4},
         "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
         "strategies": [{"name": "zeroshot", "save_model": False},
-                       *({"name": n, "epochs": 1, "batch_size": 8} for n in TRAINED)]}
+                       *({"name": n, "epochs": 1, "batch_size": 8, **OPTIONS.get(n, {})} for n in TRAINED)]}
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +99,23 @@ def test_other_weights_or_no_model_are_refused(saved, tiny_clip):
         lamm_cl.load_model(out / "zeroshot" / "seed0")
 
 
-def test_save_model_changes_no_run_config_and_is_checked():
-    base = config.parse(_data(), strategy_options=lambda name: lamm_cl.StrategyOptions)
+def _plain() -> dict:
+    """:func:`_data` with only the options every strategy has (parsed without the strategy registry)."""
     data = _data()
+    for entry in data["strategies"]:
+        for key in OPTIONS.get(entry["name"], {}):
+            entry.pop(key)
+    return data
+
+
+def test_save_model_changes_no_run_config_and_is_checked():
+    base = config.parse(_plain(), strategy_options=lambda name: lamm_cl.StrategyOptions)
+    data = _plain()
     data["save_model"] = False
     data["strategies"][1]["save_model"] = True
     other = config.parse(data, strategy_options=lambda name: lamm_cl.StrategyOptions)
-    assert [e.saves_model(base) for e in base.strategies] == [False, True, True, True]
-    assert [e.saves_model(other) for e in other.strategies] == [False, True, False, False]
+    assert [e.saves_model(base) for e in base.strategies] == [False, True, True, True, True]
+    assert [e.saves_model(other) for e in other.strategies] == [False, True, False, False, False]
     # keeping the model changes no number: a --resume keeps the runs made without it
     for label in ("zeroshot", "lamm"):
         assert run_config(base.to_dict(), label) == run_config(other.to_dict(), label)
