@@ -3,7 +3,8 @@ after its last experience, and :func:`load_model`, which turns it back into a cl
 
 ``<strategy>/seed<k>/model.pt`` holds the strategy's model as the run left it -- its trainable tensors
 (label vectors, prompt contexts, heads) and the state it keeps beside them (frozen copies, class lists,
-cached text features, normalisation statistics) -- with every part of CLIP written as a *reference*
+cached text features, normalisation statistics; not the statistics only further training reads, which a
+module names in ``saved_model_skips``) -- with every part of CLIP written as a *reference*
 (:mod:`lamm_cl.checkpoint`'s pickling by name), never as weights. Beside it: what rebuilds the rest (the
 architecture, the weights' tag and SHA-256, the seen class names, the prompt template, the strategy,
 its options and the resolved config) and how the run fed the model (image features or images).
@@ -17,6 +18,7 @@ import dataclasses
 import io
 import sys
 import types
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -71,6 +73,27 @@ def _plugin_files() -> list[str]:
                   if n.startswith("lamm_cl_plugin_") and getattr(m, "__file__", None))
 
 
+SKIPS = "saved_model_skips"  # a module attribute: names of buffers that scoring never reads
+
+
+@contextmanager
+def _without_training_statistics(model: torch.nn.Module):
+    """While inside, each submodule's buffers named in its ``saved_model_skips`` (statistics only further
+    training reads, such as RanPAC's M x M Gram matrix) are empty tensors, so a saved model stays small;
+    put back after."""
+    swapped = []
+    try:
+        for m in model.modules():
+            for name in getattr(m, SKIPS, ()):
+                if m._buffers.get(name) is not None:
+                    swapped.append((m, name, m._buffers[name]))
+                    m._buffers[name] = m._buffers[name].new_empty(0)
+        yield
+    finally:
+        for m, name, t in swapped:
+            m._buffers[name] = t
+
+
 def save(path: Path, *, template, refs: checkpoint.References, cfg, entry, class_names: Sequence[str],
          prompt_template: str, inputs: str, clip: FrozenCLIP) -> Path:
     """Write ``template``'s model, after its last experience, to ``path`` (atomically).
@@ -88,7 +111,8 @@ def save(path: Path, *, template, refs: checkpoint.References, cfg, entry, class
     model = template.model
     buf = io.BytesIO()
     try:
-        torch.save(model, buf, pickle_module=_pickle_module(_ModelReferences(refs)))
+        with _without_training_statistics(model):
+            torch.save(model, buf, pickle_module=_pickle_module(_ModelReferences(refs)))
     except checkpoint.CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever pickle says, the model cannot be saved

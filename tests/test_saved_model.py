@@ -123,3 +123,35 @@ def test_save_model_changes_no_run_config_and_is_checked():
     data["strategies"][2]["save_model"] = "yes"
     with pytest.raises(ConfigError, match=r"strategies\[2\]\.save_model"):
         config.parse(data, strategy_options=lambda name: lamm_cl.StrategyOptions)
+
+
+class _WithStatistics(torch.nn.Module):
+    """A model whose scoring reads ``W`` only; ``G`` is a statistic for further training (as RanPAC's)."""
+
+    saved_model_skips = ("G",)
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("G", torch.ones(300, 300))
+        self.register_buffer("W", torch.arange(6.0).reshape(3, 2))
+
+    def forward(self, x):
+        return x[:, :3] @ self.W
+
+
+def test_statistics_a_model_marks_are_left_out_and_the_live_model_is_untouched(tmp_path, tiny_clip):
+    from types import SimpleNamespace
+
+    from lamm_cl import checkpoint, saved_model
+
+    cfg = config.parse(_plain(), strategy_options=lambda name: lamm_cl.StrategyOptions)
+    model = _WithStatistics()
+    G = model.G
+    path = saved_model.save(tmp_path / MODEL_FILE, template=SimpleNamespace(model=model),
+                            refs=checkpoint.clip_references(tiny_clip), cfg=cfg, entry=cfg.strategies[1],
+                            class_names=["a", "b"], prompt_template="a {}", inputs="features", clip=tiny_clip)
+    assert model.G is G  # put back once saved
+    assert path.stat().st_size < 300 * 300 * 4 / 10
+    loaded = lamm_cl.load_model(tmp_path, clip=tiny_clip)
+    assert loaded.model.G.numel() == 0 and torch.equal(loaded.model.W, model.W)
+    assert loaded.class_names == ["a", "b"] and loaded.strategy == "lamm"
