@@ -17,7 +17,7 @@ from lamm_cl.features import (AugmentedView, AutocastPlugin, FeatureExtractor, I
                               ViewSchedule, view_seed)
 from lamm_cl.model.clip import FrozenCLIP, build_clip
 from lamm_cl.runner.progress import progress_bar
-from lamm_cl.runner.targets import load_targets
+from lamm_cl.data.targets import load_targets
 from lamm_cl.runner.validate import check_templates
 
 

@@ -20,17 +20,14 @@ image passes beyond the one extraction every strategy and seed shares.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from lamm_cl.benchmark import Plan
-from lamm_cl.config import Config
-from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
-from lamm_cl.errors import DataNotFoundError
+from lamm_cl.data.targets import Target, matched_labels
 from lamm_cl.features import autocast
 from lamm_cl.features.extractor import ImageReader
 from lamm_cl.model.classifier import PromptClassifier
@@ -39,68 +36,6 @@ from lamm_cl.model.deep_prompts import MapleClassifier
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
 
 NOT_APPLICABLE = "not applicable: the strategy cannot score classes it has not trained"
-
-
-@dataclass
-class Target:
-    """One ``benchmark.evaluate_on`` entry, loaded.
-
-    Attributes:
-        label: what results name it: the dataset's name, ``<dataset>#<i>`` when a dataset is listed
-            twice (from two roots).
-        parts: the loaded dataset; its test images are scored.
-        template: its prompt for classes the strategy has not trained (the entry's ``template``, else
-            the dataset's own).
-    """
-
-    label: str
-    parts: DatasetParts
-    template: str
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.parts.classnames)
-
-
-def load_targets(cfg: Config) -> list[Target]:
-    """Load every ``benchmark.evaluate_on`` dataset (its index only; no image is decoded).
-
-    Raises:
-        DataNotFoundError: a target's files are not there (the message names the entry).
-        UserError: a target's files are malformed.
-    """
-    b = cfg.benchmark
-    names = [t.dataset for t in b.evaluate_on]
-    out = []
-    for i, t in enumerate(b.evaluate_on):
-        root = t.root if t.root is not None else b.root
-        try:
-            parts = load_dataset(t.dataset, root, download=False)
-        except DataNotFoundError as e:
-            raise DataNotFoundError(f"benchmark.evaluate_on[{i}]: {e}") from None
-        if not len(parts.test):
-            raise DataNotFoundError(f"benchmark.evaluate_on[{i}]: {t.dataset} in {Path(root).expanduser()} has no "
-                                    "test images")
-        label = t.dataset if names.count(t.dataset) == 1 else f"{t.dataset}#{i}"
-        out.append(Target(label, parts, t.template or parts.template))
-    return out
-
-
-def _key(name: str) -> str:
-    return " ".join(name.lower().split())
-
-
-def matched_labels(trained: DatasetParts, plan: Plan, target: DatasetParts) -> list[Optional[int]]:
-    """For each class of ``target`` (by its label), the run's label of the same trained class, or None.
-
-    Classes are the same when their keys are (ImageNet's wnids, :attr:`DatasetParts.class_keys`, when
-    both datasets have keys), else when their names are (case and spacing aside).
-    """
-    by_keys = trained.class_keys is not None and target.class_keys is not None
-    keys = trained.class_keys if by_keys else [_key(n) for n in trained.classnames]
-    run_label = {keys[orig]: new for new, orig in enumerate(plan.class_order)}
-    theirs = target.class_keys if by_keys else [_key(n) for n in target.classnames]
-    return [run_label.get(k) for k in theirs]
 
 
 def unseen_templates(entry, own: Optional[str], target: Target) -> list[str]:
@@ -334,22 +269,3 @@ def evaluate_targets(template, entry, t: int, plan: Plan, trained: DatasetParts,
     finally:
         model.train(was_training)
     return rows
-
-
-def describe_targets(cfg: Config, trained: DatasetParts, plan: Plan) -> list[str]:
-    """The dry run's lines for ``benchmark.evaluate_on``: each target's classes, images, and how many of
-    its classes are trained classes.
-
-    Raises:
-        DataNotFoundError: a target's data is missing (one line naming the entry and what is missing).
-    """
-    lines = []
-    for target in load_targets(cfg):
-        matched = matched_labels(trained, plan, target.parts)
-        n = sum(c is not None for c in matched)
-        how = ("all trained classes: scored with the trained text" if n == target.n_classes else
-               f"{n} trained classes, {target.n_classes - n} scored by name (open vocabulary)")
-        lines.append(f"target {target.label}: {target.n_classes} classes, {len(target.parts.test)} test images "
-                     f"(evaluated after every experience, among its own classes; {how}); "
-                     f"template {target.template!r}")
-    return lines

@@ -1,0 +1,174 @@
+"""Evaluation-only targets (``benchmark.evaluate_on``) and ImageNet's variants (V2, Sketch, A, R) in CoOp's layout.
+
+The data is a miniature ImageNet the tests build (6 classes with fake wnids, noise images) and its variants,
+whose images are copies of ImageNet's val images: the same pixels give the same features, so a variant's
+score can be checked against the run's own evaluation of ImageNet (same classes, same images, same text).
+"""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from builders import make_dtd, one_line, write_png, write_yaml
+from lamm_cl import api, config, runner
+from lamm_cl.cli import main
+from lamm_cl.data import load_dataset
+from lamm_cl.errors import ConfigError, DataNotFoundError, UserError
+from lamm_cl.results import TARGETS_COLUMNS, read_run
+
+WNIDS = [f"n0100000{i}" for i in range(1, 7)]
+NAMES = ["goldfish", "tabby cat", "golden retriever", "church", "airliner", "tractor"]
+FOLDERS = {"imagenet_sketch": ("imagenet-sketch", "images"), "imagenet_a": ("imagenet-adversarial", "imagenet-a"),
+           "imagenet_r": ("imagenet-rendition", "imagenet-r"),
+           "imagenetv2": ("imagenetv2", "imagenetv2-matched-frequency-format-val")}
+A_CLASSES, R_CLASSES = [0, 1, 2], [3, 4, 5]  # the "200 of 1,000": A holds experience 0's classes, R experience 1's
+
+
+def classnames_txt(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a wnid of the full list that no folder holds: the variants use only the file's lines they need
+    path.write_text("".join(f"{w} {n}\n" for w, n in zip(WNIDS, NAMES)) + "n09999999 unused class\n")
+
+
+def make_imagenet(root: Path, train: int = 4, val: int = 2) -> None:
+    """A CoOp-layout ImageNet (images/{train,val}/<wnid>/, classnames.txt) of 6 classes and its four variants,
+    each variant's images copies of the val images of its classes."""
+    folder = root / "imagenet"
+    classnames_txt(folder / "classnames.txt")
+    for k, w in enumerate(WNIDS):
+        for i in range(train):
+            write_png(folder / "images" / "train" / w / f"{w}_{i}.png", 1000 * k + i)
+        for i in range(val):
+            write_png(folder / "images" / "val" / w / f"val_{k}_{i}.png", 1000 * k + 500 + i)
+    for name, (top, sub) in FOLDERS.items():
+        classnames_txt(root / top / "classnames.txt")
+        keep = {"imagenet_a": A_CLASSES, "imagenet_r": R_CLASSES}.get(name, range(6))
+        for k in keep:
+            dest = root / top / sub / (str(k) if name == "imagenetv2" else WNIDS[k])
+            shutil.copytree(folder / "images" / "val" / WNIDS[k], dest)
+    (root / "imagenet-adversarial" / "imagenet-a" / "README.txt").write_text("not a class")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet_tiny")
+    make_imagenet(root)
+    make_dtd(root)
+    return root
+
+
+# --------------------------------------------------------------------------- the loaders
+
+
+@pytest.mark.parametrize("name,classes", [("imagenet_sketch", range(6)), ("imagenetv2", range(6)),
+                                          ("imagenet_a", A_CLASSES), ("imagenet_r", R_CLASSES)])
+def test_variant_loaders_read_coops_layout(data_root, name, classes):
+    parts = load_dataset(name, data_root)
+    assert parts.class_keys == [WNIDS[k] for k in classes]  # sorted wnid folders (V2: the file's order)
+    assert parts.classnames == [NAMES[k] for k in classes]
+    assert len(parts.train) == 0 and len(parts.test) == 2 * len(classes)
+    assert parts.test.labels.tolist() == [i for i in range(len(classes)) for _ in range(2)]
+    top, sub = FOLDERS[name]
+    first = WNIDS[classes[0]] if name != "imagenetv2" else "0"
+    assert parts.test.paths[0].startswith(str(data_root / top / sub / first))
+    assert parts.template == "a photo of a {}."
+
+
+def test_imagenetv2_folder_number_is_the_line_of_classnames(tmp_path):
+    classnames_txt(tmp_path / "imagenetv2" / "classnames.txt")
+    write_png(tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val" / "4" / "a.png", 1)
+    write_png(tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val" / "10" / "a.png", 2)
+    with pytest.raises(UserError, match="not a class number 0..6"):
+        load_dataset("imagenetv2", tmp_path)
+    shutil.rmtree(tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val" / "10")
+    parts = load_dataset("imagenetv2", tmp_path)
+    assert parts.classnames == ["airliner"] and parts.class_keys == [WNIDS[4]]
+
+
+def test_variant_missing_pieces_are_named(tmp_path):
+    with pytest.raises(DataNotFoundError, match="imagenet_r: dataset folder not found: .*imagenet-rendition"):
+        load_dataset("imagenet_r", tmp_path)
+    (tmp_path / "imagenet-sketch" / "images" / "n0").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="classnames.txt"):
+        load_dataset("imagenet_sketch", tmp_path)
+    classnames_txt(tmp_path / "imagenet-sketch" / "classnames.txt")
+    with pytest.raises(UserError, match="no name for 1 class folders"):
+        load_dataset("imagenet_sketch", tmp_path)
+
+
+# --------------------------------------------------------------------------- config and dry run
+
+
+def _cfg(root: Path, out: Path, strategies, targets, **bench) -> dict:
+    return {"name": "dg_tiny", "output": str(out), "seeds": [0], "device": "cpu",
+            "benchmark": {"dataset": "imagenet", "root": str(root), "n_experiences": 2, "class_order": "identity",
+                          "evaluate_on": targets, **bench},
+            "model": {"arch": "lamm-tiny", "pretrained": "none"},
+            "features": {"cache": True, "cache_dir": str(root / "cache")},
+            "strategies": strategies}
+
+
+@pytest.mark.parametrize("targets,culprit", [
+    ([{"dataset": "imagenet_z"}], "benchmark.evaluate_on[0].dataset: unknown dataset 'imagenet_z'"),
+    ([{"dataset": "imagenet_a"}, {"dataset": "imagenet_a"}], "benchmark.evaluate_on[1]: imagenet_a in"),
+    ([{"dataset": "imagenet"}], "benchmark.evaluate_on[0]: imagenet in"),
+    ([{"dataset": "dtd", "template": "no slot"}], "benchmark.evaluate_on[0].template"),
+])
+def test_bad_targets_are_one_line_status_2_nothing_written(tmp_path, capsys, targets, culprit):
+    path = write_yaml(tmp_path / "c.yaml", _cfg(tmp_path, tmp_path / "out", [{"name": "zeroshot"}], targets))
+    assert main(["run", str(path)]) == 2
+    one_line(capsys.readouterr().err, culprit)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_target_from_another_root_is_another_dataset(tmp_path):
+    cfg = config.parse(_cfg(tmp_path, tmp_path / "o", [{"name": "zeroshot"}],
+                            [{"dataset": "imagenet", "root": str(tmp_path / "elsewhere")}]))
+    assert cfg.benchmark.evaluate_on[0].root == str(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="listed twice"):
+        config.parse(_cfg(tmp_path, tmp_path / "o", [{"name": "zeroshot"}],
+                          [{"dataset": "dtd"}, {"dataset": "dtd", "root": str(tmp_path)}]))
+
+
+def test_missing_target_is_one_line_status_2_nothing_written(data_root, tmp_path, capsys):
+    data = _cfg(data_root, tmp_path / "out", [{"name": "zeroshot"}],
+                [{"dataset": "imagenet_sketch"}, {"dataset": "eurosat"}])
+    path = write_yaml(tmp_path / "c.yaml", data)
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(path), *extra]) == 2
+        one_line(capsys.readouterr().err, "benchmark.evaluate_on[1]: eurosat: dataset folder not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_lists_each_target(data_root, tmp_path, capsys):
+    data = _cfg(data_root, tmp_path / "out", [{"name": "zeroshot"}],
+                [{"dataset": "imagenet_a"}, {"dataset": "dtd", "template": "{} pattern."}])
+    assert main(["run", str(write_yaml(tmp_path / "c.yaml", data)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("target imagenet_a: 3 classes, 6 test images (evaluated after every experience, among its own "
+            "classes; all trained classes: scored with the trained text)") in out
+    assert "target dtd: 2 classes, 6 test images" in out and "0 trained classes, 2 scored by name" in out
+    assert "'{} pattern.'" in out
+
+
+@pytest.mark.parametrize("path", ["benchmarks/lamm_paper/dg_imagenet.yaml", "benchmarks/lamm_paper/xd_imagenet.yaml"])
+def test_paper_files_dry_run(path, data_root, tmp_path, capsys):
+    assert main(["run", path, "--dry-run", "--set", f"benchmark.root={tmp_path}"]) == 2
+    one_line(capsys.readouterr().err, "imagenet: dataset folder not found")
+    cfg = config.load(path, [f"benchmark.root={data_root}"])
+    assert cfg.seeds == [1, 2, 3] and cfg.benchmark.shots == 16 and cfg.benchmark.n_experiences == 1
+    if "dg_" in path:
+        assert [t.dataset for t in cfg.benchmark.evaluate_on] == ["imagenetv2", "imagenet_sketch", "imagenet_a",
+                                                                 "imagenet_r"]
+        assert main(["run", path, "--dry-run", "--set", f"benchmark.root={data_root}",
+                     "--set", "model.arch=lamm-tiny", "--set", "model.pretrained=none"]) == 0
+        out = capsys.readouterr().out
+        assert "target imagenet_r: 3 classes, 6 test images" in out and "target imagenetv2: 6 classes" in out
+    else:
+        assert len(cfg.benchmark.evaluate_on) == 10 and "imagenet" not in {t.dataset for t in cfg.benchmark.evaluate_on}
+        assert main(["run", path, "--dry-run", "--set", f"benchmark.root={data_root}"]) == 2
+        one_line(capsys.readouterr().err, "benchmark.evaluate_on[0]: caltech101: dataset folder not found")
