@@ -172,3 +172,83 @@ def test_paper_files_dry_run(path, data_root, tmp_path, capsys):
         assert len(cfg.benchmark.evaluate_on) == 10 and "imagenet" not in {t.dataset for t in cfg.benchmark.evaluate_on}
         assert main(["run", path, "--dry-run", "--set", f"benchmark.root={data_root}"]) == 2
         one_line(capsys.readouterr().err, "benchmark.evaluate_on[0]: caltech101: dataset folder not found")
+
+
+# --------------------------------------------------------------------------- end to end on the tiny model
+
+TARGETS = [{"dataset": "imagenet_sketch"}, {"dataset": "imagenet_a"}, {"dataset": "imagenet_r"}, {"dataset": "dtd"}]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """zeroshot, lamm and linear_probe on the tiny ImageNet in 2 experiences of 3 classes, every target
+    scored after each; and zeroshot run directly on DTD (its own prompt, and LAMM's)."""
+    out = tmp_path_factory.mktemp("dg_run")
+    strategies = [{"name": "zeroshot"}, {"name": "lamm", "epochs": 2, "batch_size": 4},
+                  {"name": "linear_probe", "epochs": 1, "batch_size": 4}]
+    records = {r.strategy: r for r in runner.run(config.parse(_cfg(data_root, out, strategies, TARGETS)), out,
+                                                  progress=False)}
+    direct = tmp_path_factory.mktemp("dtd_direct")
+    dtd = {"name": "dtd_direct", "seeds": [0], "device": "cpu",
+           "benchmark": {"dataset": "dtd", "root": str(data_root), "n_experiences": 1, "class_order": "identity"},
+           "model": {"arch": "lamm-tiny", "pretrained": "none"},
+           "features": {"cache": True, "cache_dir": str(data_root / "cache")},
+           "strategies": [{"name": "zeroshot"},
+                          {"name": "zeroshot", "label": "lamm_prompt", "templates": ["a photo of a {}."]}]}
+    on_dtd = {r.strategy: r for r in runner.run(config.parse(dtd), direct, progress=False)}
+    return out, records, on_dtd
+
+
+def _acc(rec, target: str, t: int) -> float:
+    (row,) = [r for r in rec.targets if r["target"] == target and r["experience"] == t]
+    return row["accuracy"]
+
+
+@pytest.mark.integration
+def test_targets_csv_has_a_row_per_experience_and_target(trained):
+    out, records, _ = trained
+    with open(out / "lamm" / "seed0" / "targets.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == TARGETS_COLUMNS
+    assert [(r[0], r[1], r[3], r[4], r[5]) for r in rows[1:]] == [
+        (str(t), name, str(n), str(m), str(2 * n if name != "dtd" else 6)) for t in (0, 1)
+        for name, n, m in (("imagenet_sketch", 6, 6), ("imagenet_a", 3, 3), ("imagenet_r", 3, 3), ("dtd", 2, 0))]
+    assert all(r[6] != "" and r[7] == "" for r in rows[1:])
+    summary = json.loads((out / "lamm" / "seed0" / "summary.json").read_text())
+    assert summary["targets"] == {k: _acc(records["lamm"], k, 1) for k in ("imagenet_sketch", "imagenet_a",
+                                                                          "imagenet_r", "dtd")}
+    back = read_run(out / "lamm" / "seed0")
+    assert back.targets == records["lamm"].targets  # read back as written (full precision)
+
+
+@pytest.mark.integration
+def test_a_strategy_without_a_text_side_is_not_applicable(trained):
+    out, records, _ = trained
+    rows = records["linear_probe"].targets
+    assert len(rows) == 8 and all(np.isnan(r["accuracy"]) and r["note"].startswith("not applicable") for r in rows)
+    assert json.loads((out / "linear_probe" / "seed0" / "summary.json").read_text())["targets"]["dtd"] is None
+
+
+@pytest.mark.integration
+def test_zeroshot_on_a_target_is_zeroshot_run_on_that_dataset(trained):
+    _, records, on_dtd = trained
+    zs = records["zeroshot"]
+    assert _acc(zs, "dtd", 0) == _acc(zs, "dtd", 1) == on_dtd["zeroshot"].matrix[0, 0]
+    # LAMM never trains a DTD class: on DTD it is CLIP with LAMM's prompt, after every experience
+    assert _acc(records["lamm"], "dtd", 0) == _acc(records["lamm"], "dtd", 1) == on_dtd["lamm_prompt"].matrix[0, 0]
+
+
+@pytest.mark.integration
+def test_a_target_with_the_trained_classes_is_scored_with_the_trained_text(trained):
+    _, records, _ = trained
+    for name in ("zeroshot", "lamm"):
+        rec = records[name]
+        # Sketch: every class, the val images again -> the run's own accuracy over all seen classes at the end
+        last = np.average(rec.matrix[1], weights=rec.test_counts)
+        assert _acc(rec, "imagenet_sketch", 1) == pytest.approx(last, abs=1e-9)
+        # A (experience 0's classes) and R (experience 1's), each among its own 3 classes: task-aware accuracy
+        assert _acc(rec, "imagenet_a", 1) == pytest.approx(rec.matrix_task_aware[1, 0], abs=1e-9)
+        assert _acc(rec, "imagenet_r", 1) == pytest.approx(rec.matrix_task_aware[1, 1], abs=1e-9)
+        assert _acc(rec, "imagenet_a", 0) == pytest.approx(rec.matrix_task_aware[0, 0], abs=1e-9)
+    # LAMM's trained label vectors move its score away from zero-shot CLIP's on the same classes
+    assert _acc(records["lamm"], "imagenet_sketch", 1) != _acc(records["zeroshot"], "imagenet_sketch", 1)

@@ -19,7 +19,7 @@ image passes beyond the one extraction every strategy and seed shares.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -62,36 +62,53 @@ def unseen_templates(entry, own: Optional[str], target: Target) -> list[str]:
 # --------------------------------------------------------------------------- text of a target's classes
 
 
-def _prompt_text(model: PromptClassifier, entry, target: Target, matched: list[Optional[int]]) -> torch.Tensor:
+def _prompt_text(model: PromptClassifier, entry, target: Target, matched: list[Optional[int]],
+                 cache: dict) -> torch.Tensor:
     """Normalised text features ``[C, D]`` of the target's classes with a CoOp/LAMM prompt classifier: the
-    model's own encoding for trained classes (its label vectors where it has them), names otherwise."""
+    model's own text for trained classes (its label vectors where it has them), names otherwise.
+
+    A class the model already scores is read from the model's own text features (cached by the model,
+    so no text pass); the unseen classes' text is kept in ``cache`` while the prompt cannot change
+    (no shared context)."""
     rows: dict[int, torch.Tensor] = {}
+    column = {c: j for j, c in enumerate(model.classes)}
     known = [(i, c) for i, c in enumerate(matched) if c is not None]
-    if known:
-        classes = [c for _, c in known]
+    if any(c in column for _, c in known):
+        own = model.text_features()  # eval mode: every known class's frozen text, as the model scores it
+        rows.update((i, own[column[c]]) for i, c in known if c in column)
+    later = [(i, c) for i, c in known if c not in column]  # a trained class whose experience has not come yet
+    if later:
+        classes = [c for _, c in later]
         if hasattr(model, "members"):  # a template ensemble encodes itself
             t = model.encode(classes)
         else:
             table = model.labels
             labels = {c: table.vectors[str(c)] for c in classes if str(c) in table.vectors} if table is not None else None
             t = model.encoder.encode(classes, context=model.context, labels=labels, prefix=model.prefix_state())
-        rows.update(zip((i for i, _ in known), normalize(t)))
+        rows.update(zip((i for i, _ in later), normalize(t)))
     unseen = [i for i, c in enumerate(matched) if c is None]
     if unseen:
-        names = [target.parts.classnames[i] for i in unseen]
         templates = unseen_templates(entry, model.encoder.prompts.template, target)
-        feats = []
-        for tpl in templates:
-            enc = PromptEncoder(model.clip, ClassPrompts(model.clip, names, tpl))
-            idx = list(range(len(names)))
-            if len(templates) > 1:  # as the ensemble classifier: each prompt whole, normalised, then the mean
-                feats.append(normalize(enc.encode(idx)))
-                continue
-            prefix = enc.prefix_state(model.context) if model.shared_prefix else None
-            feats.append(enc.encode(idx, context=model.context, prefix=prefix))
-        t = torch.stack(feats).mean(0) if len(feats) > 1 else feats[0]
-        rows.update(zip(unseen, normalize(t)))
+        key = (target.label, tuple(templates))
+        if model.context is not None or key not in cache:
+            cache[key] = _unseen_text(model, [target.parts.classnames[i] for i in unseen], templates)
+        rows.update(zip(unseen, cache[key]))
     return torch.stack([rows[i] for i in range(len(matched))])
+
+
+def _unseen_text(model: PromptClassifier, names: list[str], templates: list[str]) -> torch.Tensor:
+    """Normalised text of ``names`` in ``templates`` (their mean's direction for an ensemble), with the
+    model's shared context in front where it has one."""
+    feats = []
+    idx = list(range(len(names)))
+    for tpl in templates:
+        enc = PromptEncoder(model.clip, ClassPrompts(model.clip, names, tpl))
+        if len(templates) > 1:  # as the ensemble classifier: each prompt whole, normalised, then the mean
+            feats.append(normalize(enc.encode(idx)))
+            continue
+        prefix = enc.prefix_state(model.context) if model.shared_prefix else None
+        feats.append(enc.encode(idx, context=model.context, prefix=prefix))
+    return normalize(torch.stack(feats).mean(0) if len(feats) > 1 else feats[0])
 
 
 def _maple_text(model: MapleClassifier, entry, target: Target, matched: list[Optional[int]]) -> torch.Tensor:
@@ -132,6 +149,7 @@ class TargetInputs:
     device: torch.device
     batch_size: int = 64
     _feats: dict = None
+    text_cache: dict = field(default_factory=dict)  # text of a target's unseen classes, while it cannot change
 
     def features(self, target: Target) -> torch.Tensor:
         if self._feats is None:
@@ -164,7 +182,7 @@ def make_scorer(model: torch.nn.Module, entry) -> Optional[Scorer]:
     strategy cannot score classes it has not trained (its rows then say "not applicable")."""
     if isinstance(model, PromptClassifier):
         def score(target, matched, inputs):
-            text = _prompt_text(model, entry, target, matched)
+            text = _prompt_text(model, entry, target, matched, inputs.text_cache)
             return _accuracy(_feature_logits(inputs.features(target), text, model.logit_scale),
                              target.parts.test.labels)
         return score
@@ -255,7 +273,8 @@ def evaluate_targets(template, entry, t: int, plan: Plan, trained: DatasetParts,
     model = template.model
     scorer = make_scorer(model, entry)
     was_training = model.training
-    model.eval()
+    if was_training:  # after the run's own evaluation it is in eval mode already: its text cache stays
+        model.eval()
     rows = []
     try:
         with torch.no_grad():
@@ -267,5 +286,6 @@ def evaluate_targets(template, entry, t: int, plan: Plan, trained: DatasetParts,
                              "images": len(target.parts.test), "accuracy": acc,
                              "note": "" if scorer is not None else NOT_APPLICABLE})
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return rows
