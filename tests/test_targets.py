@@ -252,3 +252,45 @@ def test_a_target_with_the_trained_classes_is_scored_with_the_trained_text(train
         assert _acc(rec, "imagenet_a", 0) == pytest.approx(rec.matrix_task_aware[0, 0], abs=1e-9)
     # LAMM's trained label vectors move its score away from zero-shot CLIP's on the same classes
     assert _acc(records["lamm"], "imagenet_sketch", 1) != _acc(records["zeroshot"], "imagenet_sketch", 1)
+
+
+@pytest.mark.integration
+def test_report_summary_csv_and_load_results_carry_the_targets(trained):
+    from lamm_cl.report import _group, _summary_csv, _targets_section, find_runs, summary_rows
+
+    out, records, _ = trained
+    # what build_report writes, without its seconds of plots: summary.csv, and report.md's targets section
+    groups = _group(find_runs(out))
+    summary = summary_rows(groups)
+    rows = list(csv.DictReader(_summary_csv(summary).splitlines()))
+    lamm = next(r for r in rows if r["strategy"] == "lamm" and r["seed"] == "0")
+    assert float(lamm["target:imagenet_a"]) == _acc(records["lamm"], "imagenet_a", 1)
+    assert next(r for r in rows if r["strategy"] == "linear_probe" and r["seed"] == "mean")["target:dtd"] == ""
+    report = "\n".join(_targets_section(groups, summary))
+    assert "## Cross-dataset transfer" in report  # DTD beside ImageNet's variants: not domain generalization alone
+    (line,) = [x for x in report.splitlines() if x.startswith("| `zeroshot` (ours)")]
+    zs = records["zeroshot"]
+    cells = [_acc(zs, k, 1) for k in ("imagenet_sketch", "imagenet_a", "imagenet_r", "dtd")]
+    assert line.split("|")[3:8] == [f" {v:.2f} " for v in cells] + [f" {sum(cells) / 4:.2f} "]
+    assert "| `linear_probe` (ours) | 0 | n/a | n/a | n/a | n/a | n/a |" in report
+    res = api.load_results(out)
+    lamm_row = res.summary[res.summary.strategy == "lamm"].iloc[0]
+    assert lamm_row["target:dtd"] == _acc(records["lamm"], "dtd", 1)
+    m = res.metrics
+    got = m[(m.strategy == "lamm") & (m.metric == "target:imagenet_r")].sort_values("experience")["value"].tolist()
+    assert got == [_acc(records["lamm"], "imagenet_r", t) for t in (0, 1)]
+
+
+def test_published_target_figures_match_protocol_shots_and_backbone():
+    from lamm_cl.report import match_published, match_published_targets, target_protocol
+
+    cfg = {"benchmark": {"dataset": "imagenet", "shots": 16}, "model": {"arch": "ViT-B-16", "pretrained": "openai"}}
+    assert target_protocol("imagenet", ["imagenet_a", "imagenetv2"]) == "dg_from_imagenet"
+    assert target_protocol("imagenet", ["imagenet_a", "dtd"]) == "xd_from_imagenet"
+    dg = {(r["method"], r["dataset"]): r["value"] for r in match_published_targets(cfg, "dg_from_imagenet")}
+    assert dg[("MaPLe", "imagenet_r")] == "76.98" and len(dg) == 16
+    assert len(match_published_targets(cfg, "xd_from_imagenet")) == 30
+    assert match_published_targets({**cfg, "benchmark": {"dataset": "imagenet", "shots": 4}}, "dg_from_imagenet") == []
+    # a few-shot run on a cross-dataset target's own data is another protocol: these rows stay out of its table
+    dtd = {"benchmark": {"dataset": "dtd", "shots": 16, "n_experiences": 1}, "model": cfg["model"]}
+    assert all(r["metric"] != "target_accuracy" for r in match_published(dtd, 1))
