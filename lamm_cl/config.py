@@ -550,7 +550,11 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
 def _check_targets(b: BenchmarkConfig) -> None:
     """``benchmark.evaluate_on``: known datasets, none listed twice, none the trained dataset itself."""
     from lamm_cl.data import list_datasets  # no torch: the loaders import their heavy parts when they load
+    from lamm_cl.data.imagenet_variants import EVALUATION_ONLY
 
+    if b.dataset in EVALUATION_ONLY:
+        raise ConfigError(f"benchmark.dataset: {b.dataset} holds test images only (nothing to train on); "
+                          f"list it under benchmark.evaluate_on")
     known = list_datasets()
     seen: dict[tuple[str, str], int] = {}
     trained = (b.dataset, str(Path(b.root).expanduser()))

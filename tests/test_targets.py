@@ -294,3 +294,10 @@ def test_published_target_figures_match_protocol_shots_and_backbone():
     # a few-shot run on a cross-dataset target's own data is another protocol: these rows stay out of its table
     dtd = {"benchmark": {"dataset": "dtd", "shots": 16, "n_experiences": 1}, "model": cfg["model"]}
     assert all(r["metric"] != "target_accuracy" for r in match_published(dtd, 1))
+
+
+def test_a_variant_cannot_be_trained_on(tmp_path):
+    data = _cfg(tmp_path, tmp_path / "o", [{"name": "zeroshot"}], [])
+    data["benchmark"]["dataset"] = "imagenet_r"
+    with pytest.raises(ConfigError, match="benchmark.dataset: imagenet_r holds test images only"):
+        config.parse(data)
