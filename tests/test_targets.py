@@ -301,3 +301,22 @@ def test_a_variant_cannot_be_trained_on(tmp_path):
     data["benchmark"]["dataset"] = "imagenet_r"
     with pytest.raises(ConfigError, match="benchmark.dataset: imagenet_r holds test images only"):
         config.parse(data)
+
+
+@pytest.mark.integration
+def test_a_resumed_run_keeps_the_target_rows_of_its_checkpoint(trained, data_root, tmp_path):
+    _, records, _ = trained
+    data = _cfg(data_root, tmp_path / "out", [{"name": "lamm", "epochs": 2, "batch_size": 4}], TARGETS)
+    from lamm_cl.runner import execute
+
+    def killed_at_1(template, entry, t, *args):  # Ctrl-C once experience 1 has trained: the checkpoint is 0's
+        if t == 1:
+            raise KeyboardInterrupt
+        return score(template, entry, t, *args)
+
+    score = execute.evaluate_targets
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(execute, "evaluate_targets", killed_at_1)
+        runner.run(config.parse(data), tmp_path / "out", progress=False)
+    (resumed,) = runner.run(config.parse(data), tmp_path / "out", progress=False, resume=True)
+    assert resumed.info["resumed"] and resumed.targets == records["lamm"].targets
