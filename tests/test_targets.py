@@ -320,3 +320,84 @@ def test_a_resumed_run_keeps_the_target_rows_of_its_checkpoint(trained, data_roo
         runner.run(config.parse(data), tmp_path / "out", progress=False)
     (resumed,) = runner.run(config.parse(data), tmp_path / "out", progress=False, resume=True)
     assert resumed.info["resumed"] and resumed.targets == records["lamm"].targets
+
+
+# --------------------------------------------------------------------------- every scorer, untrained
+
+
+@pytest.fixture(scope="module")
+def untrained(data_root, tiny_clip):
+    """Each strategy built on the tiny ImageNet and grown by experience 0's classes, nothing trained; the
+    targets DTD (no trained class) and ImageNet-A (experience 0's classes)."""
+    from types import SimpleNamespace
+
+    from builders import adapt
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.data.targets import load_targets
+    from lamm_cl.features.extractor import FeatureExtractor
+    from lamm_cl.registry import get_strategy
+    from lamm_cl.runner.targets import TargetInputs
+    from lamm_cl.strategy_kit.context import StrategyContext
+
+    cfg = config.parse(_cfg(data_root, data_root / "unused", [{"name": "zeroshot"}],
+                            [{"dataset": "dtd"}, {"dataset": "imagenet_a"}]))
+    parts = load_dataset("imagenet", data_root)
+    plan = make_plan(parts, cfg.benchmark, 0)
+    ctx = StrategyContext(clip=tiny_clip, class_names=plan.class_names, template=plan.template,
+                          device=torch.device("cpu"), seed=0)
+    inputs = TargetInputs(FeatureExtractor(tiny_clip, cache_dir=data_root / "cache"), tiny_clip, torch.device("cpu"))
+    built = {}
+    for name, options in [("zeroshot", {}), ("zeroshot", {"templates": ["a photo of a {}."]}), ("lamm", {}),
+                          ("coop", {}), ("coop_lamm", {}), ("maple", {"prompt_depth": 1}),
+                          ("maple_lamm", {"prompt_depth": 1}), ("finetune", {}), ("rapf", {}), ("simplecil", {}),
+                          ("ranpac", {})]:
+        spec = get_strategy(name)
+        torch.manual_seed(0)
+        opts = config.from_dict(spec.options, options, name)
+        template = spec.build(ctx, opts)
+        adapt(template.model, plan.experiences[0])
+        template.model.eval()
+        built[name + ("_photo" if options.get("templates") else "")] = (template, SimpleNamespace(name=name,
+                                                                                                  options=opts))
+    return built, plan, parts, load_targets(cfg), inputs
+
+
+def _scores(untrained, name):
+    from lamm_cl.runner.targets import evaluate_targets
+
+    built, plan, parts, targets, inputs = untrained
+    template, entry = built[name]
+    return {r["target"]: r["accuracy"] for r in evaluate_targets(template, entry, 0, plan, parts, targets, inputs)}
+
+
+def test_what_carries_over_to_untrained_classes(untrained):
+    from lamm_cl.runner.targets import _prompt_text
+
+    built, plan, parts, (dtd, a), inputs = untrained
+    from lamm_cl.data.targets import matched_labels
+
+    unseen = matched_labels(parts, plan, dtd.parts)
+    assert unseen == [None, None]
+    text = {n: _prompt_text(built[n][0].model, built[n][1], dtd, unseen, {})
+            for n in ("zeroshot", "zeroshot_photo", "lamm", "coop", "coop_lamm")}
+    # CoOp's context started at "a photo of a": untrained, CoOp (and CoOp+LAMM, whose DTD classes have no
+    # vectors) is CLIP with "a photo of a {}.", as LAMM is; zeroshot keeps DTD's own prompt
+    for n in ("lamm", "coop", "coop_lamm"):
+        assert torch.allclose(text[n], text["zeroshot_photo"], atol=1e-5), n
+    assert not torch.allclose(text["zeroshot"], text["lamm"], atol=1e-3)
+    # A's classes are experience 0's: their text is the model's own (the same rows it scores ImageNet with)
+    own = built["lamm"][0].model.text_features()
+    assert torch.equal(_prompt_text(built["lamm"][0].model, built["lamm"][1], a, matched_labels(parts, plan, a.parts),
+                                    {}), own[[0, 1, 2]])
+
+
+def test_every_open_vocabulary_strategy_scores_and_the_others_do_not(untrained):
+    got = {name: _scores(untrained, name) for name in ("zeroshot", "lamm", "coop", "coop_lamm", "maple",
+                                                       "maple_lamm", "finetune", "rapf", "simplecil", "ranpac")}
+    for name in ("zeroshot", "lamm", "coop", "coop_lamm", "maple", "maple_lamm", "finetune", "rapf"):
+        assert set(got[name]) == {"dtd", "imagenet_a"} and all(0 <= v <= 100 for v in got[name].values()), name
+    for name in ("simplecil", "ranpac"):
+        assert all(np.isnan(v) for v in got[name].values()), name
+    # finetune's head starts at CLIP's zero-shot rows and unseen classes get the target's prompt: untrained,
+    # it scores DTD (images through its copy of the encoder) as zeroshot does (cached features)
+    assert got["finetune"]["dtd"] == got["zeroshot"]["dtd"]
