@@ -176,6 +176,8 @@ def load_results(path: Union[str, Path]) -> "Results":
         ta = rec.task_aware_summary()
         row.update({_TASK_AWARE_PREFIX + short: ta[long] for short, long in METRIC_COLUMNS.items()})
         row.update(_model_identity(rec.config, rec.info))
+        # benchmark.evaluate_on: each target after the last experience (NaN: not applicable), `target:<label>`
+        row.update({f"target:{k}": math.nan if v is None else v for k, v in rec.target_summary().items()})
         row["path"] = str(run_dir)
         rows.append(row)
         matrices[key] = rec
@@ -186,6 +188,10 @@ def load_results(path: Union[str, Path]) -> "Results":
                 for name, value in m.items():
                     if name != "experience":
                         metric_rows.append({**base, "metric": name, "value": float(value) if value else math.nan})
+        for t in rec.targets:  # targets.csv: metric `target:<label>` per experience
+            metric_rows.append({"benchmark": rec.benchmark, "grid": grid, "strategy": rec.strategy, "seed": rec.seed,
+                                "experience": int(t["experience"]), "metric": f"target:{t['target']}",
+                                "value": float(t["accuracy"])})
     if not rows:
         raise UserError(f"{root}: no finished run (no <strategy>/seed<k>/summary.json below it)")
     return Results(root, rows, metric_rows, matrices)
@@ -199,8 +205,10 @@ class Results:
         summary: one row per benchmark x grid cell x strategy x seed: ``avg``, ``last``,
             ``forgetting``, ``bwt`` (percent), the task-aware figures
             (``task_aware_avg``, ``task_aware_last``, ...), ``n_experiences``, ``arch``, ``pretrained``, ``weights_sha256``.
-            ``grid`` (the grid cell's folder) only for a sweep with grid cells.
-        metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value.
+            ``grid`` (the grid cell's folder) only for a sweep with grid cells. With ``benchmark.evaluate_on``,
+            ``target:<label>``: each target's accuracy after the last experience (NaN: not applicable).
+        metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value
+            (a target's accuracy: metric ``target:<label>``).
         failed: runs that a NaN loss stopped, when returned by :func:`run`.
     """
 

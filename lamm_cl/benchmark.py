@@ -302,6 +302,10 @@ def dry_run(cfg) -> list[str]:
         note = plan.shots_note(b.shots) if b.shots else None
         if note:
             lines.append("  " + note)
+    if b.evaluate_on:  # benchmark.evaluate_on: each target's classes and images, or what is missing
+        from lamm_cl.data.targets import describe_targets
+
+        lines.extend(describe_targets(cfg, parts, plan))
     for e in cfg.strategies:
         named = f"{e.run_label} ({e.name})" if e.label else e.name
         lines.append(f"strategy {named}: epochs {getattr(e.options, 'epochs', '-')}, "

@@ -23,6 +23,15 @@ from lamm_cl.errors import ConfigError
 
 
 @dataclass
+class TargetConfig:
+    """One entry of ``benchmark.evaluate_on``: a dataset never trained, evaluated after every experience."""
+
+    dataset: str  # imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | any other dataset's name
+    root: Optional[str] = None  # where it lives; null: benchmark.root
+    template: Optional[str] = None  # prompt template with {} for its unseen classes; null: the dataset's own
+
+
+@dataclass
 class BenchmarkConfig:
     dataset: str  # digits | cifar100 | imagefolder | one of the 11 CoOp datasets
     root: str = "~/data"  # where the dataset lives (CoOp layout, ImageFolder tree, CIFAR pickles)
@@ -37,6 +46,8 @@ class BenchmarkConfig:
     # generate_fewshot_dataset: Python's random seeded with the run's seed, the same images as the reference)
     sampling: Literal["numpy", "dassl"] = "numpy"
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
+    # datasets never trained, evaluated after every experience (domain generalization, cross-dataset transfer)
+    evaluate_on: list[TargetConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -100,7 +111,9 @@ class Config:
             "seeds": list(self.seeds),
             "device": self.device,
             "plugins": list(self.plugins),
-            "benchmark": dataclasses.asdict(self.benchmark),
+            # evaluate_on only when given: the resolved config of a run without targets stays as it was
+            "benchmark": {k: v for k, v in dataclasses.asdict(self.benchmark).items()
+                          if k != "evaluate_on" or v},
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
@@ -542,6 +555,33 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
         raise ConfigError(f"benchmark.shots: expected 1 or more, got {b.shots}")
     if b.template is not None and b.template.count("{}") != 1:
         raise ConfigError(f"benchmark.template: expected exactly one {{}} for the class name, got {b.template!r}")
+    _check_targets(b)
+
+
+def _check_targets(b: BenchmarkConfig) -> None:
+    """``benchmark.evaluate_on``: known datasets, none listed twice, none the trained dataset itself."""
+    from lamm_cl.data import list_datasets  # no torch: the loaders import their heavy parts when they load
+    from lamm_cl.data.imagenet_variants import EVALUATION_ONLY
+
+    if b.dataset in EVALUATION_ONLY:
+        raise ConfigError(f"benchmark.dataset: {b.dataset} holds test images only (nothing to train on); "
+                          f"list it under benchmark.evaluate_on")
+    known = list_datasets()
+    seen: dict[tuple[str, str], int] = {}
+    trained = (b.dataset, str(Path(b.root).expanduser()))
+    for i, t in enumerate(b.evaluate_on):
+        path = f"benchmark.evaluate_on[{i}]"
+        if t.dataset not in known:
+            raise ConfigError(f"{path}.dataset: unknown dataset {t.dataset!r}; known: {', '.join(known)}")
+        if t.template is not None and t.template.count("{}") != 1:
+            raise ConfigError(f"{path}.template: expected exactly one {{}} for the class name, got {t.template!r}")
+        key = (t.dataset, str(Path(t.root if t.root is not None else b.root).expanduser()))
+        if key == trained:
+            raise ConfigError(f"{path}: {t.dataset} in {key[1]} is the trained dataset (benchmark.dataset); "
+                              "a target is a dataset the run never trains on")
+        if key in seen:
+            raise ConfigError(f"{path}: {t.dataset} in {key[1]} is listed twice (also evaluate_on[{seen[key]}])")
+        seen[key] = i
 
 
 def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy_options=None, *,

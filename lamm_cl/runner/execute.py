@@ -27,6 +27,7 @@ from lamm_cl.runner.evaluation import AccuracyPlugin, evaluate
 from lamm_cl.runner.inputs import Inputs
 from lamm_cl.runner.progress import ProgressPlugin
 from lamm_cl.runner.record import make_record, run_config
+from lamm_cl.runner.targets import TargetInputs, evaluate_targets
 from lamm_cl.avalanche_plugins import close_loggers, logging_evaluator
 from lamm_cl.strategy_kit.context import StrategyContext
 
@@ -180,10 +181,16 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     checkpoints = _Checkpoints(run_dir, run, {"strategy": entry.run_label, "seed": seed,
                                               "config": run_config(cfg.to_dict(), entry.run_label)}, log, label)
     started = time.perf_counter()
+    # benchmark.evaluate_on: one row per (experience, target); a checkpoint keeps the rows made before it
+    target_rows = list(((resume_from or {}).get("meta") or {}).get("targets", []))
+    target_inputs = TargetInputs(inputs.extractor, inputs.clip, device)
     for t in range(scores.first, T):
         run.template.train(run.scenario.train_stream[t])
         row, per_class, row_task_aware = evaluate(run.template, run.scenario.test_stream, t, plan, run.acc)
         scores.add(t, row, per_class, row_task_aware)
+        if inputs.targets:
+            target_rows += evaluate_targets(run.template, entry, t, plan, inputs.parts, inputs.targets, target_inputs)
+            checkpoints.meta["targets"] = target_rows
         log(f"  {label} experience {t + 1}/{T}: seen-class accuracy "
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if t < T - 1:  # after the last one the results themselves are written
@@ -194,4 +201,4 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     return make_record(cfg, strategy=entry.run_label, source=get_strategy(entry.name).source, seed=seed, plan=plan,
                        matrix=scores.matrix, matrix_task_aware=scores.matrix_task_aware, per_class=scores.per_class,
                        seconds=scores.spent + time.perf_counter() - started, device=device, clip=inputs.clip,
-                       resumed=resume_from is not None)
+                       resumed=resume_from is not None, targets=target_rows)

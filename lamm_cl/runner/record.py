@@ -7,7 +7,7 @@ import json
 import platform
 from contextlib import suppress
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.saved_model import MODEL_FILE
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
-                             PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
+                             PER_CLASS_FILE, SUMMARY_FILE, TARGETS_FILE, RunRecord, find_run_dirs, write_run)
 
 
 FEWSHOT_FILE = "fewshot.json"  # the training images a few-shot run drew, per class
@@ -55,7 +55,7 @@ def run_config(config: dict, strategy: str) -> dict:
 
 def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
                 matrix_task_aware: np.ndarray, per_class: dict, seconds: float, device: torch.device,
-                clip: FrozenCLIP, resumed: bool) -> RunRecord:
+                clip: FrozenCLIP, resumed: bool, targets: Optional[list] = None) -> RunRecord:
     """The record of one finished (strategy, seed): its accuracy matrices (``[t, j]``: on experience j
     after training experience t), per-class accuracies after the last experience, and what made it.
 
@@ -63,6 +63,7 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
         source: where the strategy's code comes from (its registry entry's ``source``).
         seconds: training and evaluation time, resumed runs included.
         resumed: the run continued from a checkpoint.
+        targets: the ``benchmark.evaluate_on`` rows (:func:`lamm_cl.runner.targets.evaluate_targets`).
     """
     T = plan.n_experiences
     n_classes = seen_classes(plan, T - 1)
@@ -80,6 +81,7 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
               "random_weights": cfg.model.pretrained == "none", "source": source,
               # hashed once when the run built CLIP (prepare_inputs), shared by every strategy and seed
               "weights": clip.weights_record()},
+        targets=list(targets or []),
     )
 
 
@@ -115,7 +117,7 @@ class RunRecords(list):
 
 
 RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
-             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE, MODEL_FILE)
+             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE, TARGETS_FILE, MODEL_FILE)
 
 
 def clear_run(run_dir: Path) -> None:
