@@ -31,8 +31,9 @@ The public API a strategy plugin needs, importable from ``lamm_cl``:
 * errors: :class:`ConfigError` (raise it from ``StrategyOptions.validate``),
   :class:`UserError`;
 * from a notebook: :func:`run` (what ``lamm-cl run`` does, raising instead of
-  exiting) and :func:`load_results` (a results or sweep folder as pandas
-  tables, with paired :meth:`Results.compare`).
+  exiting), :func:`load_results` (a results or sweep folder as pandas
+  tables, with paired :meth:`Results.compare`) and :func:`load_model` (the
+  classifier a run kept with ``save_model: true``, as a :class:`SavedModel`).
 
 Importing ``lamm_cl`` is cheap and has no side effects: each name is imported
 from its module on first use (torch and Avalanche load only then).
@@ -68,6 +69,8 @@ _EXPORTS = {
     "UserError": "lamm_cl.errors",
     "run": "lamm_cl.api",
     "load_results": "lamm_cl.api",
+    "load_model": "lamm_cl.saved_model",
+    "SavedModel": "lamm_cl.saved_model",
     "Results": "lamm_cl.api",
     "Comparison": "lamm_cl.stats",
     # the strategy kit
@@ -105,7 +108,7 @@ __all__ = [  # spelled out (not built from _EXPORTS) so linters see what the TYP
     "register_strategy", "StrategyOptions", "StrategySpec", "get_strategy", "list_strategies",
     "StrategyContext", "FrozenCLIP", "normalize", "ClassPrompts", "PromptEncoder", "LabelTable",
     "PromptClassifier", "MapleClassifier", "lamm_loss", "LammWeights", "param_loss", "feature_loss", "logits_loss",
-    "ConfigError", "UserError", "run", "load_results", "Results", "Comparison", "__version__",
+    "ConfigError", "UserError", "run", "load_results", "load_model", "SavedModel", "Results", "Comparison", "__version__",
     "warmup_cosine", "DropLastPartialBatch", "WarmupCosinePlugin", "lr_schedule_plugin", "make_optimizer", "sgd",
     "placeholder_params", "idle_optimizer", "CoopOptions", "MapleOptions", "shared_context", "maple_prompts", "FreezeAfterFirstPlugin",
     "PromptTemplate", "MapleTemplate", "prompt_plugins", "LossOptions", "LammKeys", "LammOptions", "LAMM_TEMPLATE",
@@ -123,6 +126,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from lamm_cl.model.labels import LabelTable
     from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
     from lamm_cl.stats import Comparison
+    from lamm_cl.saved_model import SavedModel, load_model
     from lamm_cl.registry import (StrategyOptions, StrategySpec, get_strategy, list_strategies,
                                   register_strategy)
     from lamm_cl.strategy_kit.context import StrategyContext

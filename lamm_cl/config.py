@@ -72,11 +72,16 @@ class StrategyEntry:
     options: Any  # an instance of the strategy's options dataclass
     raw: dict  # the entry as written (after --set), for the resolved config
     label: Optional[str] = None  # what results are kept and shown under (<label>/seed<k>/); null: the name
+    save_model: Optional[bool] = None  # write model.pt after the last experience; null: the config's save_model
 
     @property
     def run_label(self) -> str:
         """The label results are kept and shown under: ``label`` when given, else the strategy's name."""
         return self.label or self.name
+
+    def saves_model(self, cfg: "Config") -> bool:
+        """Whether this entry's runs write ``model.pt``: its own ``save_model``, else the config's."""
+        return cfg.save_model if self.save_model is None else self.save_model
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     loggers: list[dict] = field(default_factory=list)  # Avalanche loggers by name: tensorboard | wandb | csv (+ params)
+    save_model: bool = False  # keep each run's trained model (<strategy>/seed<k>/model.pt; lamm_cl.load_model)
     source: Optional[str] = None  # the YAML file this came from (not a YAML key)
 
     def results_dir(self, override: Optional[str] = None) -> Path:
@@ -111,7 +117,9 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
+            "save_model": self.save_model,
             "strategies": [{"name": s.name, **({"label": s.label} if s.label else {}),
+                            **({"save_model": s.save_model} if s.save_model is not None else {}),
                             **dataclasses.asdict(s.options)} for s in self.strategies],
         }
         return out
@@ -501,11 +509,14 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
                 raise ConfigError(f"{path}.{given[0]}: {name} trains nothing; {', '.join(given)} would change "
                                   "nothing (remove it)")
         label = _check_label(item.get("label"), f"{path}.label")
-        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label")}, path)
+        save_model = item.get("save_model")
+        if save_model is not None and not isinstance(save_model, bool):
+            raise _fail(f"{path}.save_model", bool, save_model)
+        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label", "save_model")}, path)
         check = getattr(opts, "validate", None)
         if check is not None:
             check(path)
-        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item), label=label))
+        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item), label=label, save_model=save_model))
     names = [e.run_label for e in entries]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -604,3 +615,27 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy
     if refuse_no_ops:
         _refuse_no_ops(original, applied, cfg, str(path), strategy_options)
     return cfg
+
+
+def only_labels(cfg: Config, names: Union[str, list[str]], where: str = "--only") -> list[str]:
+    """The labels of ``cfg``'s strategy entries that ``names`` picks (``--only lamm,coop``): each name is
+    an entry's label or its strategy's name (every entry of that strategy).
+
+    Raises:
+        ConfigError: a name picks no entry, or none is given (naming the config's strategies).
+    """
+    if isinstance(names, str):
+        names = names.split(",")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: expected strategy names or labels, got {names!r}")
+    wanted = [n.strip() for n in names if n.strip()]
+    known = ", ".join(e.run_label for e in cfg.strategies)
+    if not wanted:
+        raise ConfigError(f"{where}: expected strategy names or labels (this config's: {known})")
+    picked: list[str] = []
+    for n in wanted:
+        hits = [e.run_label for e in cfg.strategies if n in (e.run_label, e.name)]
+        if not hits:
+            raise ConfigError(f"{where}: no strategy {n!r} in {cfg.source or 'the config'}; its strategies: {known}")
+        picked += [h for h in hits if h not in picked]
+    return picked

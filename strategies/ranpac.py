@@ -139,6 +139,8 @@ class RandomProjectionRidge(SeenClasses):
         ridge: a fixed λ, or None to select it per experience.
     """
 
+    saved_model_skips = ("G", "Q")  # scoring reads the projection and W only: a saved model leaves G, Q out
+
     def __init__(self, n_classes: int, dim: int, M: int = 10000, seed: int = 0, ridge: Optional[float] = None):
         super().__init__(n_classes)
         width = M if M > 0 else dim

@@ -131,20 +131,6 @@ def test_same_seed_gives_identical_results(run_env, tmp_path, uninterrupted):
     assert info["seed"] == 0 and {"torch", "avalanche", "open_clip", "numpy", "python"} <= set(info["versions"])
 
 
-@pytest.mark.usefixtures("no_report")
-def test_checkpoint_of_other_config_is_refused(run_env, tmp_path, capsys):
-    cfg = write_digits_config(run_env, tmp_path / "config.yaml", RESUMABLE)
-    run_dir = tmp_path / "out" / "lamm_replay" / "seed0"
-    run_dir.mkdir(parents=True)
-    meta = {"strategy": "lamm_replay", "seed": 0, "config": {"different": True}}
-    torch.save({"format": checkpoint.FORMAT, "meta": meta}, run_dir / checkpoint.CHECKPOINT_FILE)
-    before = files_under(tmp_path / "out")
-    assert main(["run", str(cfg), "--output", str(tmp_path / "out"), "--resume"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different config" in err[0]
-    assert files_under(tmp_path / "out") == before
-
-
 @pytest.fixture
 def default_sigint():
     """SIGINT raising KeyboardInterrupt, as in an interactive shell, however pytest was launched.

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from lamm_cl import checkpoint
-from lamm_cl.benchmark import Plan, make_streams
+from lamm_cl import checkpoint, saved_model
+from lamm_cl.benchmark import Plan, make_streams, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import RunRecord
@@ -144,6 +144,17 @@ class _Checkpoints:
             self.path = None
 
 
+def _save_model(run: _Built, cfg: Config, entry, plan: Plan, run_dir: Path, log: Log, label: str) -> None:
+    """Write ``model.pt`` (:mod:`lamm_cl.saved_model`) after the last experience; a model that cannot be
+    saved costs the run nothing but that file (one line says why)."""
+    try:
+        saved_model.save(run_dir / saved_model.MODEL_FILE, template=run.template, refs=run.refs(run.template), cfg=cfg,
+                         entry=entry, class_names=plan.class_names[: seen_classes(plan, plan.n_experiences - 1)],
+                         prompt_template=plan.template, inputs=get_strategy(entry.name).inputs, clip=run.clip)
+    except checkpoint.CheckpointError as e:
+        log(f"  {label}: its model was not saved: {e}")
+
+
 def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, device: torch.device,
                  progress: bool, log: Log, run_dir: Optional[Path] = None,
                  resume_from: Optional[dict] = None) -> RunRecord:
@@ -184,6 +195,8 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if t < T - 1:  # after the last one the results themselves are written
             checkpoints.save(t, scores, seconds=scores.spent + time.perf_counter() - started)
+    if run_dir is not None and entry.saves_model(cfg):
+        _save_model(run, cfg, entry, plan, run_dir, log, label)
     close_loggers(run.evaluator)
     return make_record(cfg, strategy=entry.run_label, source=get_strategy(entry.name).source, seed=seed, plan=plan,
                        matrix=scores.matrix, matrix_task_aware=scores.matrix_task_aware, per_class=scores.per_class,
