@@ -175,7 +175,6 @@ class ReferencePickler(pickle.Pickler):
         return NotImplemented
 
 
-_Pickler = ReferencePickler
 
 
 @contextmanager
@@ -191,7 +190,7 @@ def resolving(refs: References):
 def dumps(obj: Any, refs: References) -> bytes:
     """Pickle ``obj``, writing the objects of ``refs`` as references to their keys."""
     buf = io.BytesIO()
-    _Pickler(buf, refs).dump(obj)
+    ReferencePickler(buf, refs).dump(obj)
     return buf.getvalue()
 
 
