@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                             "weights have checked out)")
     r.add_argument("--dry-run", action="store_true",
                    help="validate the config, load the dataset index and print the plan; train nothing")
+    r.add_argument("--check-images", action="store_true",
+                   help="with --dry-run: also decode every image (an undecodable one is named, exit status 2)")
     ls = sub.add_parser("list", help="list the strategies (and where each comes from), datasets and benchmark files")
     ls.add_argument("config", nargs="?", help="also load this config's plugin files, so its strategies show up")
     rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
@@ -129,11 +131,14 @@ def cmd_run(args) -> int:
         if not args.dry_run:
             check_output(top.results_dir(args.output), resume=args.resume, overwrite=args.overwrite)
 
+    if args.check_images and not args.dry_run:
+        raise _ArgError("--check-images goes with --dry-run: lamm-cl run CONFIG --dry-run --check-images "
+                        "(a run decodes every image anyway)")
     cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
-        for line in dry_run(cfg):
+        for line in dry_run(cfg, device=args.device, check_images=args.check_images):
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0

@@ -23,7 +23,8 @@ from lamm_cl.config import Config
 from lamm_cl.runner.execute import Log, deterministic, run_strategy
 from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
 from lamm_cl.runner.record import RunRecords, clear_results, write_fewshot
-from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
+from lamm_cl.runner.validate import (EarlierRuns, check_images, check_request, check_strategy_options, check_under_lock,
+                                     earlier_runs)
 
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
@@ -58,6 +59,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     dev = check_request(cfg, out, device, resume=resume, overwrite=overwrite)
     earlier = earlier_runs(cfg, out) if resume and out.is_dir() else EarlierRuns()
     plans, inputs = prepare_inputs(cfg, dev, progress, log)
+    check_strategy_options(cfg, plans, inputs.clip, dev)
     records = RunRecords()
     started = time.time()
     with (nullcontext() if lock_runs else safe_io.lock_output(out)), deterministic(dev):
