@@ -64,7 +64,7 @@ def _config(tmp_path, strategies, **top) -> str:
     (["--device", "tpu"], {}, "device: 'tpu' is not a device"),
     ([], {"device": "gpu"}, "device: 'gpu' is not a device"),
     ([], {"loggers": [{"name": "csv", "folder": "x"}]}, "loggers[0].folder: unknown parameter"),
-])
+], ids=["device-flag", "device-key", "logger"])
 def test_dry_run_refuses_the_device_and_loggers_the_run_refuses(tmp_path, capsys, argv_extra, top, culprit):
     cfg = _config(tmp_path, [{"name": "zeroshot"}], **top)
     assert main(["run", cfg, "--dry-run", *argv_extra]) == 2
@@ -85,7 +85,8 @@ def test_dry_run_refuses_the_device_and_loggers_the_run_refuses(tmp_path, capsys
     ("RN50", {"name": "finetune", "last_blocks": 1}, "strategies[1].last_blocks: the image encoder of RN50 has no"),
     ("ViT-B-16", {"name": "finetune", "last_blocks": 13},
      "strategies[1].last_blocks: 13 asked, the image encoder of ViT-B-16 has 12 blocks"),
-])
+], ids=["tiny-maple-depth", "vit-maple-lamm-depth", "resnet-maple", "coop-ctx-init", "maple-ctx-init",
+        "resnet-finetune-blocks", "vit-finetune-blocks"])
 def test_dry_run_checks_every_strategy_against_the_model(tmp_path, capsys, monkeypatch, arch, strategy, culprit):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     cfg = _config(tmp_path, [{"name": "zeroshot"}, strategy], model={"arch": arch, "pretrained": "none"})
