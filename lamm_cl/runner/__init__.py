@@ -23,8 +23,8 @@ from lamm_cl.config import Config
 from lamm_cl.runner.execute import Log, deterministic, run_strategy
 from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
 from lamm_cl.runner.record import RunRecords, clear_results, write_fewshot
-from lamm_cl.runner.validate import (EarlierRuns, check_images, check_request, check_strategy_options, check_under_lock,
-                                     earlier_runs)
+from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
+from lamm_cl.runner.validate import check_strategy_options
 
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
