@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from lamm_cl.strategy_kit.setup import StrategySetup
 
 
-# --------------------------------------------------------------------------- CoOp and MaPLe prompt families (lamm_cl.strategy_kit.prompt_learning)
+# ------------------------------------------------- the CoOp and MaPLe prompt families (built in prompt_learning)
 
 @dataclass
 class CoopOptions(StrategyOptions):
@@ -97,7 +97,7 @@ def _check_ctx_tokens(opts, setup: "StrategySetup", path: str, exact: bool) -> N
         raise ConfigError(f"{path}.ctx_init: {opts.ctx_init!r} is {n} tokens but n_ctx is {opts.n_ctx}; give at "
                           f"least {opts.n_ctx} tokens of words, or ctx_init: random")
 
-# --------------------------------------------------------------------------- LAMM on any prompt family (lamm_cl.strategy_kit.lamm)
+# ------------------------------------------------- LAMM on any prompt family (its objective in strategy_kit/lamm.py)
 
 @dataclass
 class LossOptions:
@@ -167,7 +167,7 @@ class LammOptions(LammKeys, StrategyOptions):
 # PromptLearner builds prompt_prefix + " " + name + "." in gaojingsheng/LAMM trainers/coop.py).
 LAMM_TEMPLATE = "a photo of a {}."
 
-# --------------------------------------------------------------------------- one strategy each (strategies/<name>.py)
+# ------------------------------------------------- one strategy each (its builder in strategies/<name>.py)
 
 @dataclass
 class LammPromptOptions(LammOptions):
