@@ -285,10 +285,10 @@ def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> li
     from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers
     from lamm_cl.data import load_dataset
     from lamm_cl.errors import DataNotFoundError
-    from lamm_cl.model.clip import resolve_device, resolve_weights, weights_on_disk
+    from lamm_cl.model.clip import resolve_weights, weights_on_disk
     from lamm_cl.strategy_kit.setup import check_strategies, setup_of_arch
 
-    dev = resolve_device(device or cfg.device)  # `gpu`, `tpu`, CUDA where there is none: refused as the run does
+    dev, device_note = _dry_run_device(device or cfg.device)
     check_loggers(cfg.loggers)
     for i, e in enumerate(cfg.strategies):
         build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
@@ -312,7 +312,7 @@ def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> li
              f"model {cfg.model.arch} + {cfg.model.pretrained}"
              + (" (RANDOM weights: the numbers will say nothing about pretrained CLIP)" if weights is None else
                 f": weights {weights_on_disk(cfg.model.arch, weights)[1]}"),
-             f"device {dev}"]
+             f"device {dev}{device_note}"]
     for seed, plan in plans.items():
         lines.append(f"seed {seed}: class order {plan.order_name}, {plan.n_experiences} experiences "
                      f"of {[len(e) for e in plan.experiences]} classes")
@@ -326,6 +326,27 @@ def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> li
                      f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
                      + _inputs_note(e.name))
     return lines
+
+
+def _dry_run_device(name: str) -> tuple[torch.device, str]:
+    """The device a run would use, and a note: a name the run refuses (``gpu``, ``tpu``) is refused here too,
+    but CUDA asked for on a machine without it (a login node preparing a GPU job) is only noted.
+
+    Raises:
+        ConfigError: not a device name.
+    """
+    from lamm_cl.model.clip import resolve_device
+
+    try:
+        return resolve_device(name), ""
+    except ConfigError:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            dev = None
+        if dev is None or dev.type != "cuda":
+            raise
+        return dev, " (CUDA is not available on this machine: the run must start on one where it is)"
 
 
 def _decode_every_image(parts) -> int:

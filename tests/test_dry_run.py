@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from lamm_cl import config
 from lamm_cl.benchmark import dry_run
@@ -69,6 +70,15 @@ def test_dry_run_refuses_the_device_and_loggers_the_run_refuses(tmp_path, capsys
     cfg = _config(tmp_path, [{"name": "zeroshot"}], **top)
     assert main(["run", cfg, "--dry-run", *argv_extra]) == 2
     one_line(capsys.readouterr().err, culprit)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_dry_run_of_a_cuda_config_without_cuda_is_a_note(tmp_path, capsys):
+    """A GPU job prepared on a login node: the name is right, only this machine lacks CUDA (the run refuses)."""
+    cfg = _config(tmp_path, [{"name": "zeroshot"}], device="cuda:1")
+    assert main(["run", cfg, "--dry-run"]) == 0
+    assert "device cuda:1 (CUDA is not available on this machine: the run must start on one where it is)" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("arch, strategy, culprit", [
