@@ -383,3 +383,30 @@ def test_ranpac_memory_worked_by_hand():
     # M: 0 solves on the features themselves (512 wide); a fixed ridge skips the search
     assert RanPACOptions(M=0, ridge=1.0).memory_needed(512, 10, 100) == (
         4 * (512 * 512 + 2 * 512 * 10) + 8 * (2 * 512 * 512 + 2 * 512 * 10), 4 * 512 * 512)
+
+
+def test_free_memory_counts_the_cgroup_limit(tmp_path):
+    """A SLURM job or a container may hold far less than the machine's free memory: the smallest room left under
+    the limits of the process's cgroup and those above it (v2 and v1 layouts), none where nothing is limited."""
+    from lamm_cl.strategy_kit.setup import cgroup_room
+
+    v2, proc = tmp_path / "v2", tmp_path / "cgroup"
+    for level, limit, used in (("job/step", "1000000", "400000"), ("job", "500000", "300000"), ("", "max", "9")):
+        (v2 / level).mkdir(parents=True, exist_ok=True)
+        (v2 / level / "memory.max").write_text(limit + "\n")
+        (v2 / level / "memory.current").write_text(used + "\n")
+    proc.write_text("0::/job/step\n")
+    assert cgroup_room(v2, proc) == 200_000  # the job's 500,000 - 300,000, tighter than the step's 600,000
+    (v2 / "job" / "memory.max").write_text("max\n")
+    assert cgroup_room(v2, proc) == 600_000
+    proc.write_text("0::/elsewhere\n")  # a path the mount does not show (a container): only the root is read
+    assert cgroup_room(v2, proc) is None
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "slurm").mkdir(parents=True)
+    (v1 / "memory" / "slurm" / "memory.limit_in_bytes").write_text("8000")
+    (v1 / "memory" / "slurm" / "memory.usage_in_bytes").write_text("3000")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("1")
+    proc.write_text("12:cpu,cpuacct:/slurm\n4:memory:/slurm\n0::/\n")
+    assert cgroup_room(v1, proc) == 5000
+    assert cgroup_room(v1, tmp_path / "no-such-file") is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 if TYPE_CHECKING:
@@ -46,8 +47,9 @@ class StrategySetup:
 
 
 def free_memory(device: "torch.device | str") -> Optional[int]:
-    """Bytes free on ``device`` now: CUDA's own count, or the kernel's ``MemAvailable`` for the CPU (None
-    where neither can be read)."""
+    """Bytes free on ``device`` now: CUDA's own count; for the CPU the kernel's ``MemAvailable``, or less
+    where the process's cgroup (a SLURM job's memory, a container's) allows less (None where nothing can be
+    read)."""
     import torch
 
     dev = torch.device(device)
@@ -58,17 +60,55 @@ def free_memory(device: "torch.device | str") -> Optional[int]:
             return None
     if dev.type != "cpu":
         return None
+    free = None
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:  # other POSIX systems: free pages (page cache not counted, so this errs low)
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
+    if free is None:
+        try:  # other POSIX systems: free pages (page cache not counted, so this errs low)
+            free = int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    room = cgroup_room()
+    return room if free is None else free if room is None else min(free, room)
+
+
+_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712), v2 as `max`
+
+
+def cgroup_room(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> Optional[int]:
+    """Bytes the memory limits of this process's cgroup and of every cgroup above it still allow (the
+    smallest limit minus usage), or None without a limit. Reads cgroup v2 (``memory.max``, ``memory.current``)
+    and v1 (``memory/memory.limit_in_bytes``, ``memory.usage_in_bytes``); a level that cannot be read (a
+    container sees its own cgroup as the root) is skipped."""
+    try:
+        lines = proc.read_text(encoding="ascii").splitlines()
+    except OSError:
         return None
+    rooms = []
+    for line in lines:
+        _, controllers, where = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, files = root, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        parts = [p for p in where.strip().split("/") if p]
+        for depth in range(len(parts), -1, -1):  # this cgroup, then each one above it
+            level = base.joinpath(*parts[:depth])
+            try:
+                limit = (level / files[0]).read_text(encoding="ascii").strip()
+                used = int((level / files[1]).read_text(encoding="ascii"))
+            except (OSError, ValueError):
+                continue
+            if limit != "max" and limit.isdigit() and int(limit) < _NO_LIMIT:
+                rooms.append(max(int(limit) - used, 0))
+    return min(rooms) if rooms else None
 
 
 def _train_sizes(plans: Sequence) -> tuple[int, ...]:
