@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run just these strategies (names or labels), replacing their earlier results in the "
                         "folder (with --resume: keeping those whose config is unchanged); the other strategies' "
                         "results stay as they are, and the summary and report are rebuilt from all of them")
+    r.add_argument("--check-images", action="store_true",
+                   help="with --dry-run: also decode every image (an undecodable one is named, exit status 2)")
     ls = sub.add_parser("list", help="list the strategies (and where each comes from), datasets and benchmark files")
     ls.add_argument("config", nargs="?", help="also load this config's plugin files, so its strategies show up")
     rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
@@ -137,12 +139,15 @@ def cmd_run(args) -> int:
             check_output(top.results_dir(args.output), resume=args.resume or args.only is not None,
                          overwrite=args.overwrite)
 
+    if args.check_images and not args.dry_run:
+        raise _ArgError("--check-images goes with --dry-run: lamm-cl run CONFIG --dry-run --check-images "
+                        "(a run decodes every image anyway)")
     cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
     only = None if args.only is None else config_mod.only_labels(cfg, args.only)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
-        for line in dry_run(cfg):
+        for line in dry_run(cfg, device=args.device, check_images=args.check_images):
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0

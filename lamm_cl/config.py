@@ -486,9 +486,12 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
     if strategy_options is None:
         from lamm_cl import registry
 
-        registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
+        if cfg.plugins:  # the built-ins load first, so a plugin cannot take a built-in's name
+            registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
+        # without plugins, a built-in's options and `trains` come from its source and the light
+        # lamm_cl.strategy_kit.options: a bad option is refused before torch loads
         strategy_options = registry.options_of
-        trains = lambda name: registry.get_strategy(name).trains  # noqa: E731
+        trains = registry.trains
     entries = []
     for i, item in enumerate(raw):
         path = f"strategies[{i}]"

@@ -102,8 +102,8 @@ def test_sigkill_during_third_experience_then_resume_matches(run_env, tmp_path, 
         assert main(["run", str(cfg), "--output", str(out), "--no-progress", "--resume"]) == 0
     log = capsys.readouterr().out
     assert "zeroshot seed 0: already finished, kept" in log
-    assert "lamm_replay seed 0: resuming after experience 2/5" in log
-    assert "lamm_replay seed 0 experience 2/5" not in log  # nothing before the checkpoint was redone
+    assert "lamm_replay seed 0: resuming at experience 2 of 0-4" in log
+    assert "lamm_replay seed 0 experience 1 of 0-4" not in log  # nothing before the checkpoint was redone
 
     reference, reference_state = uninterrupted
     for strategy in ("zeroshot", "lamm_replay"):
@@ -232,6 +232,6 @@ def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_
 
     assert main(["run", str(cfg), "--no-progress", "--resume"]) == 0
     log = capsys.readouterr().out
-    assert "lamm seed 0: resuming after experience 1/2" in log
+    assert "lamm seed 0: resuming at experience 1 of 0-1" in log
     assert read_run(out / "lamm" / "seed0").n_experiences == 2
     assert snapshot(out / "zeroshot") == finished

@@ -25,6 +25,7 @@ from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
 from lamm_cl.runner.record import RunRecords, clear_results, clear_run, write_fewshot
 from lamm_cl.runner.validate import (EarlierRuns, check_images, check_request, check_under_lock, earlier_runs,
                                      replaced_runs, selected)
+from lamm_cl.runner.validate import check_strategy_options
 
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
@@ -68,6 +69,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     else:
         earlier = EarlierRuns()
     plans, inputs = prepare_inputs(cfg, dev, progress, log)
+    check_strategy_options(cfg, plans, inputs.clip, dev)
     records = RunRecords()
     started = time.time()
     with (nullcontext() if lock_runs else safe_io.lock_output(out)), deterministic(dev):

@@ -177,7 +177,7 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             log(f"  {label}: cannot continue from its checkpoint ({e}); starting it over")
             return run_strategy(cfg, entry, seed, plan, inputs, device, progress, log, run_dir)
         scores.resume(resume_from)
-        log(f"  {label}: resuming after experience {scores.first}/{T}")
+        log(f"  {label}: resuming at experience {scores.first} of 0-{T - 1} (the ones before it are in the checkpoint)")
     checkpoints = _Checkpoints(run_dir, run, {"strategy": entry.run_label, "seed": seed,
                                               "config": run_config(cfg.to_dict(), entry.run_label)}, log, label)
     started = time.perf_counter()
@@ -191,7 +191,8 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
         if inputs.targets:
             target_rows += evaluate_targets(run.template, entry, t, plan, inputs.parts, inputs.targets, target_inputs)
             checkpoints.meta["targets"] = target_rows
-        log(f"  {label} experience {t + 1}/{T}: seen-class accuracy "
+        # experiences are numbered from 0 wherever a user reads them: result files, plots, report, stderr
+        log(f"  {label} experience {t} of 0-{T - 1}: seen-class accuracy "
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if t < T - 1:  # after the last one the results themselves are written
             checkpoints.save(t, scores, seconds=scores.spent + time.perf_counter() - started)

@@ -160,6 +160,19 @@ def check_templates(cfg: Config, plans: dict, clip: FrozenCLIP) -> None:
                               f"of {context}; shorten the template")
 
 
+def check_strategy_options(cfg: Config, plans: dict, clip: FrozenCLIP, device: torch.device) -> None:
+    """Every strategy's options against the built CLIP, each seed's plan and the device's free memory
+    (``check_setup``), before the first strategy trains: a bad last strategy must not cost the first ones'
+    results, nor leave a folder that a corrected rerun finds "not empty".
+
+    Raises:
+        ConfigError: naming ``strategies[i].<key>``.
+    """
+    from lamm_cl.strategy_kit.setup import check_strategies, setup_of_clip
+
+    check_strategies(cfg.strategies, setup_of_clip(clip, list(plans.values()), device))
+
+
 def check_under_lock(cfg: Config, out: Path, plans: dict[int, Plan], earlier: EarlierRuns, *,
                      resume: bool, overwrite: bool, only: Optional[list[str]] = None) -> EarlierRuns:
     """The results folder checked again once locked (another run may have written there since the first
