@@ -23,8 +23,18 @@ from lamm_cl.errors import ConfigError
 
 
 @dataclass
+class SequenceEntry:
+    """One dataset of a benchmark made of a sequence of datasets (one experience each)."""
+
+    dataset: str  # a registered dataset name (`lamm-cl list`)
+    root: str = "~/data"  # where this dataset lives
+    download: bool = False  # fetch it where the source allows (CIFAR-100, MNIST)
+
+
+@dataclass
 class BenchmarkConfig:
-    dataset: str  # digits | cifar100 | imagefolder | one of the 11 CoOp datasets
+    # digits | cifar100 | imagefolder | one of the 11 CoOp datasets; null with `sequence`
+    dataset: Optional[str] = None
     root: str = "~/data"  # where the dataset lives (CoOp layout, ImageFolder tree, CIFAR pickles)
     download: bool = False  # fetch where the source allows (CIFAR-100)
     n_experiences: Optional[int] = None  # equal split of the classes ...
@@ -37,6 +47,31 @@ class BenchmarkConfig:
     # generate_fewshot_dataset: Python's random seeded with the run's seed, the same images as the reference)
     sampling: Literal["numpy", "dassl"] = "numpy"
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
+    # a benchmark made of several datasets, one experience each, in this order (MTIL, X-TAIL); replaces
+    # dataset/root/download, n_experiences/classes_per_experience and class_order
+    sequence: Optional[list[SequenceEntry]] = None
+    # how a sequence's datasets are scored: task_aware (MTIL: among the dataset's own classes) |
+    # all_classes (X-TAIL: among the classes of every dataset of the sequence, trained or not)
+    evaluation: Literal["task_aware", "all_classes"] = "task_aware"
+
+    def describe(self) -> str:
+        """The dataset, or the sequence's datasets in order, for one-line messages."""
+        if self.sequence is not None:
+            return "sequence " + " > ".join(e.dataset for e in self.sequence)
+        return str(self.dataset)
+
+
+SEQUENCE_REPLACES = ("dataset", "root", "download", "n_experiences", "classes_per_experience", "class_order",
+                     "order_seed")  # the keys of one split dataset that a sequence stands in for
+
+
+def benchmark_dict(b: BenchmarkConfig) -> dict:
+    """The benchmark section as plain data that parses back: a split benchmark without the sequence keys
+    (so results written before sequences existed keep their resolved config), a sequence without the keys
+    it replaces."""
+    out = dataclasses.asdict(b)
+    drop = SEQUENCE_REPLACES if b.sequence is not None else ("sequence", "evaluation")
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 @dataclass
@@ -94,7 +129,7 @@ class Config:
             "seeds": list(self.seeds),
             "device": self.device,
             "plugins": list(self.plugins),
-            "benchmark": dataclasses.asdict(self.benchmark),
+            "benchmark": benchmark_dict(self.benchmark),
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
@@ -456,6 +491,7 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
         raise ConfigError("seeds: expected at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: a seed is repeated in {cfg.seeds}")
+    _check_sequence(cfg.benchmark, data.get("benchmark") or {})
     _check_benchmark(cfg.benchmark)
     if cfg.features.train_views < 0:
         raise ConfigError(f"features.train_views: expected 0 or more, got {cfg.features.train_views}")
@@ -514,7 +550,34 @@ def _check_label(label, path: str) -> Optional[str]:
     return label
 
 
+def _check_sequence(b: BenchmarkConfig, raw: dict) -> None:
+    """A sequence replaces the keys that split one dataset: any of them beside it is refused."""
+    if b.sequence is None:
+        if b.dataset is None:
+            raise ConfigError("benchmark.dataset: required key is missing (or give benchmark.sequence)")
+        if "evaluation" in raw:
+            raise ConfigError("benchmark.evaluation: applies to a benchmark.sequence of datasets only")
+        return
+    for key in SEQUENCE_REPLACES:
+        if key in raw:
+            raise ConfigError(f"benchmark.{key}: cannot be given beside benchmark.sequence (each dataset of the "
+                              "sequence is one experience, in the listed order, with its own root)")
+    if not b.sequence:
+        raise ConfigError("benchmark.sequence: expected a non-empty list of {dataset: ..., root: ...} entries")
+    names = [e.dataset for e in b.sequence]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"benchmark.sequence[{i}].dataset: {name!r} is listed twice (also at "
+                              f"benchmark.sequence[{names.index(name)}])")
+
+
 def _check_benchmark(b: BenchmarkConfig) -> None:
+    if b.shots is not None and b.shots < 1:
+        raise ConfigError(f"benchmark.shots: expected 1 or more, got {b.shots}")
+    if b.sequence is not None:  # one experience per dataset: nothing to split
+        if b.template is not None and b.template.count("{}") != 1:
+            raise ConfigError(f"benchmark.template: expected exactly one {{}} for the class name, got {b.template!r}")
+        return
     if b.n_experiences is not None and b.classes_per_experience is not None:
         raise ConfigError("benchmark: give n_experiences or classes_per_experience, not both")
     if b.n_experiences is None and b.classes_per_experience is None:

@@ -76,6 +76,8 @@ class StrategySpec:
         description: one line for ``lamm-cl list`` (the builder's docstring, first line).
         trains: False for a strategy that learns nothing by gradient (zeroshot, simplecil): a config
             giving it ``lr``, ``epochs`` or ``batch_size`` is refused, since they would change nothing.
+        scores_unseen: True when its model can score classes it has not trained (CLIP's text side gives a
+            classifier for any class name), so a sequence of datasets measures it on datasets not trained yet.
     """
 
     name: str
@@ -86,6 +88,7 @@ class StrategySpec:
     description: str
     augmented_views: bool = True
     trains: bool = True
+    scores_unseen: bool = False
 
 
 _REGISTRY: dict[str, StrategySpec] = {}
@@ -96,7 +99,8 @@ _ENTRY_POINTS_SCANNED = False
 
 def register_strategy(name: str, *, options: type = StrategyOptions,
                       inputs: Literal["features", "images"] = "features",
-                      augmented_views: bool = True, trains: bool = True) -> Callable:
+                      augmented_views: bool = True, trains: bool = True,
+                      scores_unseen: bool = False) -> Callable:
     """Register a strategy builder under ``name``.
 
     The builder is called once per (strategy, seed) as ``build(ctx, opts)`` with a
@@ -114,6 +118,12 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
             reference reads the un-augmented training images, e.g. to take class statistics).
         trains: False when nothing is learned by gradient, so that ``lr``, ``epochs`` and
             ``batch_size`` in its config entry are refused as options that change nothing.
+        scores_unseen: True when the model scores classes it was never trained on, once its Avalanche
+            adaptation has seen their experience (a prompt or text-initialised classifier does; a head
+            that starts new rows at zero or a prototype table does not). On a ``benchmark.sequence`` the
+            runner then evaluates it on the datasets not trained yet, on a copy of the model adapted to
+            them (the model being trained is never adapted to future classes); False (the default, and
+            so for a plugin that does not say) leaves those cells empty and Transfer "not applicable".
 
     Example:
         >>> @register_strategy("my_method", options=MyOptions)  # doctest: +SKIP
@@ -139,7 +149,8 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
             raise UserError(f"strategy {name!r} is registered twice: by {_REGISTRY[name].source} and by {source}")
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = StrategySpec(name, fn, options, inputs, source, doc[0].strip() if doc else "",
-                                       augmented_views=bool(augmented_views), trains=bool(trains))
+                                       augmented_views=bool(augmented_views), trains=bool(trains),
+                                       scores_unseen=bool(scores_unseen))
         return fn
 
     return deco

@@ -27,7 +27,7 @@ class CoopLammOptions(LammOptions, CoopOptions):
     """
 
 
-@register_strategy("coop_lamm", options=CoopLammOptions)
+@register_strategy("coop_lamm", options=CoopLammOptions, scores_unseen=True)
 def build(ctx: StrategyContext, opts: CoopLammOptions) -> SupervisedTemplate:
     """CoOp+LAMM: trains the shared context and the current classes' label vectors under LAMM's loss."""
     model = lamm_model(ctx, opts, context=shared_context(ctx, opts, "coop_lamm"))

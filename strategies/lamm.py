@@ -26,7 +26,7 @@ class LammPromptOptions(LammOptions):
                               f"{LAMM_TEMPLATE!r}) or dataset, got {self.template!r}")
 
 
-@register_strategy("lamm", options=LammPromptOptions)
+@register_strategy("lamm", options=LammPromptOptions, scores_unseen=True)
 def build(ctx: StrategyContext, opts: LammPromptOptions) -> SupervisedTemplate:
     """LAMM: trains the label vectors of the current classes; CLIP and the prompt stay frozen."""
     model = lamm_model(ctx, opts)

@@ -358,7 +358,7 @@ class RAPFOptions(StrategyOptions):
             raise ConfigError(f"{path}.template: expected exactly one {{}} or `dataset`, got {self.template!r}")
 
 
-@register_strategy("rapf", options=RAPFOptions, augmented_views=False)  # main.py: model.transforms
+@register_strategy("rapf", options=RAPFOptions, augmented_views=False, scores_unseen=True)  # main.py: model.transforms
 def build(ctx: StrategyContext, opts: RAPFOptions) -> SupervisedTemplate:
     """RAPF (Huang et al., ECCV 2024): feature adapter vs. text classifier, old-class Gaussians, parameter fusion."""
     template = ctx.template if opts.template == "dataset" else opts.template

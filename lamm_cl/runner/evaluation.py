@@ -69,3 +69,123 @@ def evaluate(template, test_stream, upto: int, plan: Plan,
         row_task_aware.append(100.0 * c_ta / n if n else float("nan"))
     per_class = {k: 100.0 * acc.correct.get(k, 0) / v for k, v in acc.total.items()}
     return row, per_class, row_task_aware
+
+
+def scoring_copy(model: torch.nn.Module, clip) -> torch.nn.Module:
+    """A copy of ``model`` to adapt to classes it has not trained and score them, leaving ``model`` as it was.
+
+    Avalanche adapts a model to every experience it evaluates (a prompt classifier adds the experience's
+    classes, a label table adds trainable vectors for them); done on the model being trained, that would
+    make the next experience's classes look already known. The copy shares the frozen CLIP (its modules,
+    parameters and buffers are not copied), and tensors still tied to the last training step's graph
+    (caches a forward keeps) are copied detached.
+    """
+    import copy
+
+    memo: dict = {}
+    frozen = getattr(clip, "model", None)
+    memo[id(clip)] = clip
+    if isinstance(frozen, torch.nn.Module):
+        memo[id(frozen)] = frozen
+        for m in frozen.modules():
+            memo[id(m)] = m
+        for t in [*frozen.parameters(), *frozen.buffers()]:
+            memo[id(t)] = t
+    _detach_graph_tensors(model, memo, set(), depth=0)
+    return copy.deepcopy(model, memo)
+
+
+def _detach_graph_tensors(obj, memo: dict, seen: set, depth: int) -> None:
+    """Map every non-leaf tensor reachable from ``obj``'s attributes to a detached copy in ``memo`` (deepcopy
+    refuses tensors that are not graph leaves)."""
+    if depth > 6 or id(obj) in seen or id(obj) in memo:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        if obj.grad_fn is not None:
+            memo[id(obj)] = obj.detach().clone()
+        return
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        items = list(obj)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        items = list(vars(obj).values())
+    else:
+        return
+    for v in items:
+        _detach_graph_tensors(v, memo, seen, depth + 1)
+
+
+def score(template, experience, n_columns: int, classes: list[int], acc: AccuracyPlugin) -> tuple[float, float, dict]:
+    """Evaluate ``template`` on one test experience: the accuracy (%) predicting among the first ``n_columns``
+    labels and among ``classes`` only, from the same logits, and the per-class counts.
+
+    This is the one scoring step every evaluation here is made of (a split benchmark's seen classes, a
+    sequence's dataset among its own or all classes, an evaluation-only target).
+
+    Args:
+        template: an Avalanche template whose model outputs (at least) ``n_columns`` logits per image,
+            column = label.
+        experience: a test experience (its images' labels are column indices).
+        n_columns: the classes scored in the class-incremental (all-classes) count: labels ``0..n_columns-1``.
+        classes: the labels of the restricted (task-aware) count.
+        acc: the template's :class:`AccuracyPlugin`.
+
+    Returns:
+        ``(accuracy among n_columns, accuracy among classes, {label: (correct, correct among classes, total)})``.
+    """
+    acc.reset(n_columns)
+    acc.task_classes = list(classes)
+    try:
+        template.eval(experience)
+    finally:
+        acc.task_classes = None
+    n = sum(acc.total.values())
+    c = sum(acc.correct.values())
+    c_ta = sum(acc.correct_task_aware.values())
+    counts = {k: (acc.correct.get(k, 0), acc.correct_task_aware.get(k, 0), v) for k, v in acc.total.items()}
+    return (100.0 * c / n if n else float("nan"), 100.0 * c_ta / n if n else float("nan"), counts)
+
+
+def evaluate_sequence(template, test_stream, t: int, plan, acc: AccuracyPlugin, scores_unseen: bool,
+                      clip) -> tuple[list[float], dict, list[float]]:
+    """After training experience ``t`` of a sequence of datasets: the accuracy (%) on every dataset.
+
+    A strategy that scores unseen classes (``scores_unseen``) is measured on every dataset of the sequence,
+    the ones not trained yet included, with a copy of its model adapted to every dataset in order (so its
+    columns are the sequence's labels, :func:`scoring_copy`); the others on the datasets trained so far only
+    (NaN for the rest). Frozen-feature strategies read cached test features, so each cell costs their
+    classifier (text encodings, once per copy) and a matrix product, never an image pass.
+
+    Returns:
+        ``(row, per_class, row_task_aware)``: ``row[d]`` is the protocol's accuracy (``plan.evaluation``:
+        ``task_aware`` among dataset d's classes, ``all_classes`` among every class of the sequence),
+        ``row_task_aware[d]`` the task-aware one, and ``per_class`` the protocol's accuracy per class.
+    """
+    from avalanche.models.utils import avalanche_model_adaptation
+
+    T = plan.n_experiences
+    task_aware = plan.evaluation == "task_aware"
+    row, row_ta, per_class = [float("nan")] * T, [float("nan")] * T, {}
+    model = template.model
+    if scores_unseen:
+        scorer = scoring_copy(model, clip)
+        was = scorer.training
+        for d in range(t + 1, T):  # in order: the copy's columns stay the sequence's labels
+            avalanche_model_adaptation(scorer, test_stream[d])
+        scorer.train(was)
+        template.model, upto, columns = scorer, T, plan.n_classes
+    else:
+        upto, columns = t + 1, sum(len(e) for e in plan.experiences[: t + 1])
+    try:
+        for d in range(upto):
+            classes = plan.experiences[d]
+            row[d], row_ta[d], counts = score(template, test_stream[d], columns, classes, acc)
+            if task_aware:
+                row[d] = row_ta[d]
+            for k, (c, c_ta, n) in counts.items():
+                per_class[k] = 100.0 * (c_ta if task_aware else c) / n
+    finally:
+        template.model = model
+    return row, per_class, row_ta
