@@ -18,7 +18,8 @@ from lamm_cl.formatting import plain
 from lamm_cl.benchmark import Plan, fewshot_images, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
-from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
+from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_SEQUENCE_FILE,
+                             MATRIX_TASK_AWARE_FILE, METRICS_FILE,
                              PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
 
 
@@ -51,7 +52,7 @@ def run_config(config: dict, strategy: str) -> dict:
 
 def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
                 matrix_task_aware: np.ndarray, per_class: dict, seconds: float, device: torch.device,
-                clip: FrozenCLIP, resumed: bool) -> RunRecord:
+                clip: FrozenCLIP, resumed: bool, scores_unseen: bool = False) -> RunRecord:
     """The record of one finished (strategy, seed): its accuracy matrices (``[t, j]``: on experience j
     after training experience t), per-class accuracies after the last experience, and what made it.
 
@@ -59,6 +60,7 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
         source: where the strategy's code comes from (its registry entry's ``source``).
         seconds: training and evaluation time, resumed runs included.
         resumed: the run continued from a checkpoint.
+        scores_unseen: the strategy scores classes it has not trained (a sequence's upper triangle is measured).
     """
     T = plan.n_experiences
     n_classes = seen_classes(plan, T - 1)
@@ -76,7 +78,17 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
               "random_weights": cfg.model.pretrained == "none", "source": source,
               # hashed once when the run built CLIP (prepare_inputs), shared by every strategy and seed
               "weights": clip.weights_record()},
+        sequence=_sequence_info(plan, scores_unseen),
     )
+
+
+def _sequence_info(plan: Plan, scores_unseen: bool):
+    """What a record of a sequence of datasets says about it (None for a split benchmark)."""
+    members = getattr(plan, "members", None)
+    if members is None:
+        return None
+    return {"evaluation": plan.evaluation, "scores_unseen": bool(scores_unseen),
+            "datasets": [{"dataset": m.dataset, "offset": m.offset, "n_classes": m.n_classes} for m in members]}
 
 
 def write_fewshot(run_dir: Path, cfg: Config, plan: Plan, parts, seed: int) -> None:
@@ -110,7 +122,7 @@ class RunRecords(list):
         self.failed.append(msg)
 
 
-RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
+RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, MATRIX_SEQUENCE_FILE, METRICS_FILE, PER_CLASS_FILE,
              SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE)
 
 
