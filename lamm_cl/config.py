@@ -498,12 +498,14 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
     if before_strategies is not None:
         before_strategies(cfg)
     trains: Callable[[str], bool] = lambda name: True  # noqa: E731 - a caller's own options table says nothing
+    scores_unseen: Callable[[str], bool] = lambda name: True  # noqa: E731
     if strategy_options is None:
         from lamm_cl import registry
 
         registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
         strategy_options = registry.options_of
         trains = lambda name: registry.get_strategy(name).trains  # noqa: E731
+        scores_unseen = lambda name: registry.get_strategy(name).scores_unseen  # noqa: E731
     entries = []
     for i, item in enumerate(raw):
         path = f"strategies[{i}]"
@@ -523,6 +525,12 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
             if given:
                 raise ConfigError(f"{path}.{given[0]}: {name} trains nothing; {', '.join(given)} would change "
                                   "nothing (remove it)")
+        if cfg.benchmark.sequence is not None and cfg.benchmark.evaluation == "all_classes" \
+                and not scores_unseen(name):
+            # refused rather than run: among every class of the sequence means scoring classes it has not
+            # trained, which this strategy cannot (its registration does not declare scores_unseen)
+            raise ConfigError(f"{path}.name: {name} cannot score classes it has not trained, so it cannot run "
+                              "benchmark.evaluation: all_classes (use task_aware, or drop it)")
         label = _check_label(item.get("label"), f"{path}.label")
         opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label")}, path)
         check = getattr(opts, "validate", None)
