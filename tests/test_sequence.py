@@ -1,0 +1,261 @@
+"""Benchmarks made of a sequence of datasets (lamm_cl/sequence.py, runner/evaluation.py's evaluate_sequence,
+metrics' ZSCL functions): the invariants issue 26 lists, every strategy end to end on a tiny offline sequence
+(tinyworld colours > tinyworld shapes > digits, lamm-tiny with its tinyworld weights), the bad inputs and the
+dry runs."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lamm_cl import config as config_mod
+from lamm_cl import metrics
+from lamm_cl.cli import main
+from lamm_cl.registry import get_strategy
+
+from builders import make_dtd, one_line, write_yaml
+
+SEQUENCE = [{"dataset": "tinyworld"}, {"dataset": "tinyworld_shapes"}, {"dataset": "digits"}]
+SCORES_UNSEEN = ["zeroshot", "lamm", "coop", "coop_lamm", "maple", "maple_lamm", "finetune", "rapf"]
+CANNOT = ["linear_probe", "simplecil", "ranpac"]
+LAMM_PROMPT = "a photo of a {}."  # strategies/lamm.py's LAMM_TEMPLATE
+
+
+def _config(out, strategies, cache, sequence=SEQUENCE, **benchmark) -> dict:
+    return {"name": "tiny_sequence", "output": str(out), "seeds": [0], "device": "cpu",
+            "benchmark": {"sequence": sequence, "shots": 4, **benchmark},
+            "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
+            "features": {"cache": True, "cache_dir": str(cache)},
+            "strategies": strategies}
+
+
+def _run(data: dict):
+    from lamm_cl import runner
+
+    return {r.strategy: r for r in runner.run(config_mod.parse(data), data["output"], progress=False)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every built-in strategy once on the tiny sequence (4 shots, one short epoch), plus zero-shot CLIP
+    with LAMM's prompt; the records by strategy label."""
+    root = tmp_path_factory.mktemp("sequence")
+    strategies = [
+        {"name": "zeroshot"},
+        {"name": "zeroshot", "label": "zeroshot_lamm_prompt", "templates": [LAMM_PROMPT]},
+        {"name": "lamm", "epochs": 3, "batch_size": 8, "lr": 0.01, "label_init": "name"},
+        {"name": "coop", "epochs": 1, "batch_size": 8},
+        {"name": "coop_lamm", "epochs": 1, "batch_size": 8},
+        {"name": "maple", "epochs": 1, "batch_size": 8, "n_ctx": 2, "prompt_depth": 1},
+        {"name": "maple_lamm", "epochs": 1, "batch_size": 8, "n_ctx": 2, "prompt_depth": 1},
+        {"name": "finetune", "epochs": 2, "batch_size": 8, "lr": 0.001},
+        {"name": "rapf", "epochs": 1, "batch_size": 8},
+        {"name": "linear_probe", "epochs": 1, "batch_size": 8},
+        {"name": "simplecil"},
+        {"name": "ranpac", "M": 64},
+    ]
+    data = _config(root / "out", strategies, root / "cache")
+    return _run(data), root
+
+
+@pytest.mark.integration
+def test_every_strategy_runs_the_sequence_and_fills_what_it_can(runs):
+    records, root = runs
+    for name in SCORES_UNSEEN:
+        assert get_strategy(name).scores_unseen, name
+        A = records[name].matrix
+        assert A.shape == (3, 3) and np.all(np.isfinite(A)), (name, A)  # the whole T x T
+        s = json.loads((root / "out" / name / "seed0" / "summary.json").read_text())
+        assert s["transfer"] is not None and s["mtil_avg"] is not None
+        assert s["sequence"]["datasets"] == [{"dataset": "tinyworld", "offset": 0, "n_classes": 10},
+                                             {"dataset": "tinyworld_shapes", "offset": 10, "n_classes": 10},
+                                             {"dataset": "digits", "offset": 20, "n_classes": 10}]
+    for name in CANNOT:
+        assert not get_strategy(name).scores_unseen, name
+        A = records[name].matrix
+        upper = A[np.triu_indices(3, k=1)]
+        assert np.all(np.isnan(upper)) and np.all(np.isfinite(A[np.tril_indices(3)])), (name, A)
+        s = json.loads((root / "out" / name / "seed0" / "summary.json").read_text())
+        assert s["transfer"] is None and s["mtil_avg"] is None  # "not applicable", never a number
+        assert s["last_accuracy"] == pytest.approx(A[2].mean())
+
+
+@pytest.mark.integration
+def test_zeroshot_rows_are_identical_and_its_transfer_is_its_zero_shot_accuracy(runs):
+    A = runs[0]["zeroshot"].matrix
+    assert np.array_equal(A[0], A[1]) and np.array_equal(A[1], A[2])  # nothing trains
+    # Transfer = mean over d = 2..T of the mean over t < d of A[t][d]; identical rows make it the mean
+    # of the zero-shot accuracy on datasets 2 and 3
+    assert runs[0]["zeroshot"].summary()["transfer"] == pytest.approx((A[0, 1] + A[0, 2]) / 2)
+
+
+@pytest.mark.integration
+def test_lamm_upper_triangle_is_zero_shot_clip_with_lamms_prompt_and_its_diagonal_moves(runs):
+    records = runs[0]
+    lamm, zs = records["lamm"].matrix, records["zeroshot_lamm_prompt"].matrix
+    upper = np.triu_indices(3, k=1)
+    # CLIP and the untrained classes' words never change: exactly zero-shot CLIP with the same prompt
+    assert np.array_equal(lamm[upper], zs[upper])
+    assert records["lamm"].summary()["transfer"] == records["zeroshot_lamm_prompt"].summary()["transfer"]
+    assert any(lamm[d, d] != zs[d, d] for d in range(3))  # what it trained moved
+
+
+@pytest.mark.integration
+def test_finetune_loses_zero_shot_accuracy_on_datasets_it_has_not_trained(runs):
+    A = runs[0]["finetune"].matrix
+    # digits, untrained until the end: its accuracy after two training steps falls below CLIP's at the start
+    zs = runs[0]["zeroshot"].matrix[0, 2]
+    assert A[1, 2] < zs, (A, zs)
+
+
+@pytest.mark.integration
+def test_all_classes_over_one_dataset_is_the_class_incremental_evaluation(tmp_path):
+    strategies = [{"name": "lamm", "epochs": 1, "batch_size": 8}, {"name": "coop", "epochs": 1, "batch_size": 8}]
+    seq = _run(_config(tmp_path / "seq", strategies, tmp_path / "cache", sequence=[{"dataset": "tinyworld"}],
+                       evaluation="all_classes"))
+    split = _config(tmp_path / "split", strategies, tmp_path / "cache")
+    split["benchmark"] = {"dataset": "tinyworld", "n_experiences": 1, "class_order": "identity", "shots": 4}
+    one = _run(split)
+    for name in ("lamm", "coop"):
+        assert seq[name].matrix.shape == (1, 1)
+        assert seq[name].matrix[0, 0] == one[name].matrix[0, 0], name
+        assert seq[name].per_class_accuracy == one[name].per_class_accuracy
+
+
+def test_transfer_avg_and_last_by_hand():
+    A = np.array([[80.0, 30.0, 10.0],
+                  [70.0, 90.0, 20.0],
+                  [60.0, 85.0, 95.0]])
+    # Transfer: dataset 2: A[0][1] = 30; dataset 3: (10 + 20) / 2 = 15; mean (30 + 15) / 2 = 22.5
+    assert metrics.transfer(A) == pytest.approx(22.5)
+    # Avg: column means (80+70+60)/3 = 70, (30+90+85)/3 = 68.333.., (10+20+95)/3 = 41.666..; mean 60
+    assert metrics.mtil_average(A) == pytest.approx(60.0)
+    # Last: (60 + 85 + 95) / 3 = 80
+    assert metrics.dataset_last_accuracy(A) == pytest.approx(80.0)
+    assert metrics.sequence_summary(A) == pytest.approx({"transfer": 22.5, "mtil_avg": 60.0, "last_accuracy": 80.0})
+    B = A.copy()
+    B[0, 2] = math.nan  # one cell above the diagonal not measured: Transfer and Avg are not applicable
+    assert metrics.sequence_summary(B) == {"transfer": None, "mtil_avg": None, "last_accuracy": pytest.approx(80.0)}
+    with pytest.raises(ValueError):
+        metrics.transfer(B)
+
+
+def test_sequence_plan_offsets_labels_and_draws_shots_per_dataset():
+    from lamm_cl.benchmark import make_plan
+    from lamm_cl.sequence import load_sequence
+
+    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c")).benchmark
+    parts = load_sequence(b)
+    plan = make_plan(parts, b, seed=3)
+    assert plan.experiences == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    assert plan.class_names[10] == "circle" and plan.class_names[20] == "zero"  # names keep their dataset
+    assert plan.class_dataset()[15] == "tinyworld_shapes"
+    for t, idx in enumerate(plan.train_index):
+        labels = parts.train.labels[idx]
+        assert sorted(set(labels.tolist())) == plan.experiences[t]
+        assert np.bincount(labels - 10 * t).tolist() == [4] * 10  # 4 shots of every class
+    # each dataset's draw is the one-experience split of that dataset in its own label order, same seed
+    split = config_mod.parse({"name": "d", "benchmark": {"dataset": "digits", "n_experiences": 1,
+                                                         "class_order": "identity", "shots": 4},
+                              "strategies": [{"name": "zeroshot"}]}).benchmark
+    from lamm_cl.data import load_dataset
+
+    own = make_plan(load_dataset("digits"), split, seed=3)
+    start = len(parts.train.members[0]) + len(parts.train.members[1])
+    assert np.array_equal(plan.train_index[2] - start, own.train_index[0])
+
+
+def test_sequence_features_are_stored_under_each_datasets_own_key(tmp_path):
+    """A sequence's features are the split benchmarks' store entries: nothing new is extracted."""
+    from lamm_cl.features import FeatureExtractor
+    from lamm_cl.model.clip import build_clip
+    from lamm_cl.runner.inputs import Inputs
+    from lamm_cl.sequence import load_sequence
+    from lamm_cl.data import load_dataset
+    import torch
+
+    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=SEQUENCE[1:])).benchmark
+    clip = build_clip("lamm-tiny", "none", torch.device("cpu"))
+    cfg = config_mod.FeaturesConfig(cache=True, cache_dir=str(tmp_path))
+    own = load_dataset("digits")
+    alone = FeatureExtractor.from_config(clip, cfg).features(own.test)  # the split benchmark's entry
+    before = sorted(p.name for p in tmp_path.glob("*.npy"))
+    parts = load_sequence(b)
+    feats = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg)).features("test")
+    assert torch.equal(feats[len(parts.test.members[0]):], alone)
+    after = sorted(p.name for p in tmp_path.glob("*.npy"))
+    assert len(after) == len(before) + 1  # tinyworld_shapes' test set only: digits' entry was reused
+
+
+# --------------------------------------------------------------------------- bad input and dry runs
+
+
+BAD = [
+    ("listed-twice", {"sequence": SEQUENCE + [{"dataset": "digits"}]}, [], "benchmark.sequence[3].dataset"),
+    ("unknown-dataset", {"sequence": [{"dataset": "tinyworld"}, {"dataset": "mnsit"}]}, [],
+     "benchmark.sequence[1].dataset"),
+    ("missing-root", {"sequence": [{"dataset": "tinyworld"}, {"dataset": "dtd", "root": "ROOT/nowhere"}]}, [],
+     "benchmark.sequence[1]"),
+    ("all-classes-linear-probe", {"sequence": SEQUENCE, "evaluation": "all_classes"},
+     [{"name": "linear_probe", "epochs": 1}], "strategies[1].name"),
+    ("class-order-beside", {"sequence": SEQUENCE, "class_order": "seeded"}, [], "benchmark.class_order"),
+    ("n-experiences-beside", {"sequence": SEQUENCE, "n_experiences": 3}, [], "benchmark.n_experiences"),
+    ("evaluation-without-sequence", {"dataset": "digits", "n_experiences": 2, "evaluation": "all_classes"}, [],
+     "benchmark.evaluation"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_sequences_are_one_line_status_2_and_write_nothing(case, tmp_path, capsys):
+    _, benchmark, extra, culprit = case
+    benchmark = json.loads(json.dumps(benchmark).replace("ROOT", str(tmp_path)))
+    data = {"name": "bad", "output": str(tmp_path / "out"), "seeds": [0], "device": "cpu",
+            "benchmark": benchmark, "model": {"arch": "lamm-tiny", "pretrained": "none"},
+            "features": {"cache": False}, "strategies": [{"name": "zeroshot"}, *extra]}
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    for args in (["run", str(path)], ["run", str(path), "--dry-run"]):
+        assert main(args) == 2
+        one_line(capsys.readouterr().err, culprit)
+        assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_lists_each_dataset_of_a_coop_layout_sequence(tmp_path, capsys):
+    make_dtd(tmp_path)
+    data = _config(tmp_path / "out", [{"name": "zeroshot"}, {"name": "linear_probe", "epochs": 1}], tmp_path / "c",
+                   sequence=[{"dataset": "dtd", "root": str(tmp_path)}, {"dataset": "digits"}], shots=None)
+    data["model"]["pretrained"] = "none"
+    assert main(["run", str(write_yaml(tmp_path / "s.yaml", data)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sequence of 2 datasets, evaluation task_aware; 12 classes in all" in out
+    assert f"dtd ({tmp_path}): 2 classes, 6 train / 6 test images" in out
+    assert "digits" in out and "labels 2..11" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_of_a_sequence_with_missing_data_names_every_missing_dataset(tmp_path, capsys):
+    data = _config(tmp_path / "out", [{"name": "zeroshot"}], tmp_path / "c",
+                   sequence=[{"dataset": "dtd", "root": str(tmp_path / "a")}, {"dataset": "digits"},
+                             {"dataset": "mnist", "root": str(tmp_path / "b"), "download": True}])
+    assert main(["run", str(write_yaml(tmp_path / "s.yaml", data)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    one_line(err, "2 of 3 datasets of the sequence are missing")
+    assert "benchmark.sequence[0] (dtd" in err and "benchmark.sequence[2] (mnist" in err
+    assert "a dry run does not download" in err
+
+
+@pytest.mark.parametrize("path", ["benchmarks/mtil/order1.yaml", "benchmarks/mtil/order2.yaml",
+                                  "benchmarks/xtail/xtail.yaml"])
+def test_the_benchmark_files_parse_and_dry_run_to_the_missing_data_line(path, tmp_path, capsys):
+    roots = [f"benchmark.sequence.{i}.root={tmp_path}" for i in range(11 if "mtil" in path else 10)]
+    cfg = config_mod.load(path, roots)
+    names = [e.dataset for e in cfg.benchmark.sequence]
+    if "xtail" in path:
+        assert "cifar100" not in names and len(names) == 10 and cfg.benchmark.shots == 16
+        assert cfg.benchmark.evaluation == "all_classes"
+        assert all(get_strategy(e.name).scores_unseen for e in cfg.strategies)
+    else:
+        assert len(names) == 11 and cfg.benchmark.shots is None and cfg.benchmark.evaluation == "task_aware"
+    assert main(["run", path, "--dry-run", *(a for r in roots for a in ("--set", r))]) == 2
+    one_line(capsys.readouterr().err, "datasets of the sequence are missing")
