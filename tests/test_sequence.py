@@ -1,6 +1,6 @@
 """Benchmarks made of a sequence of datasets (lamm_cl/sequence.py, runner/evaluation.py's evaluate_sequence,
 metrics' ZSCL functions): the invariants issue 26 lists, every strategy end to end on a tiny offline sequence
-(tinyworld colours > tinyworld shapes > digits, lamm-tiny with its tinyworld weights), the bad inputs and the
+(tinyworld shapes > tinyworld colours, lamm-tiny with its tinyworld weights), the bad inputs and the
 dry runs."""
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from lamm_cl.registry import get_strategy
 
 from builders import make_dtd, one_line, write_yaml
 
-SEQUENCE = [{"dataset": "tinyworld"}, {"dataset": "tinyworld_shapes"}, {"dataset": "digits"}]
+# shapes, then colours of the same kind of pictures: two label spaces, zero-shot CLIP far above chance on both
+SEQUENCE = [{"dataset": "tinyworld_shapes"}, {"dataset": "tinyworld"}]
+THREE = [*SEQUENCE, {"dataset": "digits"}]  # for what needs no training
 SCORES_UNSEEN = ["zeroshot", "lamm", "coop", "coop_lamm", "maple", "maple_lamm", "finetune", "rapf"]
 CANNOT = ["linear_probe", "simplecil", "ranpac"]
 LAMM_PROMPT = "a photo of a {}."  # strategies/lamm.py's LAMM_TEMPLATE
@@ -25,7 +27,7 @@ LAMM_PROMPT = "a photo of a {}."  # strategies/lamm.py's LAMM_TEMPLATE
 
 def _config(out, strategies, cache, sequence=SEQUENCE, **benchmark) -> dict:
     return {"name": "tiny_sequence", "output": str(out), "seeds": [0], "device": "cpu",
-            "benchmark": {"sequence": sequence, "shots": 4, **benchmark},
+            "benchmark": {"sequence": sequence, "shots": 2, **benchmark},
             "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
             "features": {"cache": True, "cache_dir": str(cache)},
             "strategies": strategies}
@@ -39,18 +41,18 @@ def _run(data: dict):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every built-in strategy once on the tiny sequence (4 shots, one short epoch), plus zero-shot CLIP
+    """Every built-in strategy once on the tiny sequence (2 shots, one short epoch), plus zero-shot CLIP
     with LAMM's prompt; the records by strategy label."""
     root = tmp_path_factory.mktemp("sequence")
     strategies = [
         {"name": "zeroshot"},
         {"name": "zeroshot", "label": "zeroshot_lamm_prompt", "templates": [LAMM_PROMPT]},
-        {"name": "lamm", "epochs": 3, "batch_size": 8, "lr": 0.01, "label_init": "name"},
+        {"name": "lamm", "epochs": 2, "batch_size": 8, "lr": 0.01, "label_init": "name"},
         {"name": "coop", "epochs": 1, "batch_size": 8},
         {"name": "coop_lamm", "epochs": 1, "batch_size": 8},
         {"name": "maple", "epochs": 1, "batch_size": 8, "n_ctx": 2, "prompt_depth": 1},
         {"name": "maple_lamm", "epochs": 1, "batch_size": 8, "n_ctx": 2, "prompt_depth": 1},
-        {"name": "finetune", "epochs": 2, "batch_size": 8, "lr": 0.001},
+        {"name": "finetune", "epochs": 3, "batch_size": 8, "lr": 0.001},
         {"name": "rapf", "epochs": 1, "batch_size": 8},
         {"name": "linear_probe", "epochs": 1, "batch_size": 8},
         {"name": "simplecil"},
@@ -66,59 +68,62 @@ def test_every_strategy_runs_the_sequence_and_fills_what_it_can(runs):
     for name in SCORES_UNSEEN:
         assert get_strategy(name).scores_unseen, name
         A = records[name].matrix
-        assert A.shape == (3, 3) and np.all(np.isfinite(A)), (name, A)  # the whole T x T
+        assert A.shape == (2, 2) and np.all(np.isfinite(A)), (name, A)  # the whole T x T
         s = json.loads((root / "out" / name / "seed0" / "summary.json").read_text())
-        assert s["transfer"] is not None and s["mtil_avg"] is not None
-        assert s["sequence"]["datasets"] == [{"dataset": "tinyworld", "offset": 0, "n_classes": 10},
-                                             {"dataset": "tinyworld_shapes", "offset": 10, "n_classes": 10},
-                                             {"dataset": "digits", "offset": 20, "n_classes": 10}]
+        assert s["transfer"] == pytest.approx(A[0, 1]) and s["mtil_avg"] == pytest.approx(A.mean())
+        assert s["sequence"]["datasets"] == [{"dataset": "tinyworld_shapes", "offset": 0, "n_classes": 10},
+                                             {"dataset": "tinyworld", "offset": 10, "n_classes": 10}]
     for name in CANNOT:
         assert not get_strategy(name).scores_unseen, name
         A = records[name].matrix
-        upper = A[np.triu_indices(3, k=1)]
-        assert np.all(np.isnan(upper)) and np.all(np.isfinite(A[np.tril_indices(3)])), (name, A)
+        assert np.isnan(A[0, 1]) and np.all(np.isfinite(A[np.tril_indices(2)])), (name, A)
         s = json.loads((root / "out" / name / "seed0" / "summary.json").read_text())
         assert s["transfer"] is None and s["mtil_avg"] is None  # "not applicable", never a number
-        assert s["last_accuracy"] == pytest.approx(A[2].mean())
+        assert s["last_accuracy"] == pytest.approx(A[1].mean())
+    from lamm_cl.api import load_results
+
+    table = load_results(root / "out").summary.set_index("strategy")
+    assert table.loc["lamm", "transfer"] == pytest.approx(records["lamm"].matrix[0, 1])
+    assert math.isnan(table.loc["simplecil", "transfer"])
 
 
 @pytest.mark.integration
 def test_zeroshot_rows_are_identical_and_its_transfer_is_its_zero_shot_accuracy(runs):
     A = runs[0]["zeroshot"].matrix
-    assert np.array_equal(A[0], A[1]) and np.array_equal(A[1], A[2])  # nothing trains
+    assert np.array_equal(A[0], A[1])  # nothing trains
     # Transfer = mean over d = 2..T of the mean over t < d of A[t][d]; identical rows make it the mean
-    # of the zero-shot accuracy on datasets 2 and 3
-    assert runs[0]["zeroshot"].summary()["transfer"] == pytest.approx((A[0, 1] + A[0, 2]) / 2)
+    # zero-shot accuracy on datasets 2..T (here dataset 2 alone)
+    assert runs[0]["zeroshot"].summary()["transfer"] == pytest.approx(A[1, 1])
+    assert A[0, 1] > 30  # colours zero-shot: well above chance (10 %), so the finetune check below can fail
 
 
 @pytest.mark.integration
 def test_lamm_upper_triangle_is_zero_shot_clip_with_lamms_prompt_and_its_diagonal_moves(runs):
     records = runs[0]
     lamm, zs = records["lamm"].matrix, records["zeroshot_lamm_prompt"].matrix
-    upper = np.triu_indices(3, k=1)
     # CLIP and the untrained classes' words never change: exactly zero-shot CLIP with the same prompt
-    assert np.array_equal(lamm[upper], zs[upper])
+    assert lamm[0, 1] == zs[0, 1]
     assert records["lamm"].summary()["transfer"] == records["zeroshot_lamm_prompt"].summary()["transfer"]
-    assert any(lamm[d, d] != zs[d, d] for d in range(3))  # what it trained moved
+    assert lamm[0, 0] != zs[0, 0] and lamm[1, 1] != zs[1, 1]  # what it trained moved
 
 
 @pytest.mark.integration
 def test_finetune_loses_zero_shot_accuracy_on_datasets_it_has_not_trained(runs):
     A = runs[0]["finetune"].matrix
-    # digits, untrained until the end: its accuracy after two training steps falls below CLIP's at the start
-    zs = runs[0]["zeroshot"].matrix[0, 2]
-    assert A[1, 2] < zs, (A, zs)
+    # colours, untrained until the end: training the image encoder on shapes costs CLIP's zero-shot accuracy
+    zs = runs[0]["zeroshot"].matrix[0, 1]
+    assert A[0, 1] < zs, (A, zs)
 
 
 @pytest.mark.integration
 def test_all_classes_over_one_dataset_is_the_class_incremental_evaluation(tmp_path):
-    strategies = [{"name": "lamm", "epochs": 1, "batch_size": 8}, {"name": "coop", "epochs": 1, "batch_size": 8}]
+    strategies = [{"name": "lamm", "epochs": 1, "batch_size": 8}]
     seq = _run(_config(tmp_path / "seq", strategies, tmp_path / "cache", sequence=[{"dataset": "tinyworld"}],
                        evaluation="all_classes"))
     split = _config(tmp_path / "split", strategies, tmp_path / "cache")
-    split["benchmark"] = {"dataset": "tinyworld", "n_experiences": 1, "class_order": "identity", "shots": 4}
+    split["benchmark"] = {"dataset": "tinyworld", "n_experiences": 1, "class_order": "identity", "shots": 2}
     one = _run(split)
-    for name in ("lamm", "coop"):
+    for name in ("lamm",):
         assert seq[name].matrix.shape == (1, 1)
         assert seq[name].matrix[0, 0] == one[name].matrix[0, 0], name
         assert seq[name].per_class_accuracy == one[name].per_class_accuracy
@@ -146,12 +151,12 @@ def test_sequence_plan_offsets_labels_and_draws_shots_per_dataset():
     from lamm_cl.benchmark import make_plan
     from lamm_cl.sequence import load_sequence
 
-    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c")).benchmark
+    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=THREE, shots=4)).benchmark
     parts = load_sequence(b)
     plan = make_plan(parts, b, seed=3)
     assert plan.experiences == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
-    assert plan.class_names[10] == "circle" and plan.class_names[20] == "zero"  # names keep their dataset
-    assert plan.class_dataset()[15] == "tinyworld_shapes"
+    assert plan.class_names[0] == "circle" and plan.class_names[10] == "red shape" and plan.class_names[20] == "zero"
+    assert plan.class_dataset()[15] == "tinyworld"  # names keep their dataset
     for t, idx in enumerate(plan.train_index):
         labels = parts.train.labels[idx]
         assert sorted(set(labels.tolist())) == plan.experiences[t]
@@ -176,7 +181,7 @@ def test_sequence_features_are_stored_under_each_datasets_own_key(tmp_path):
     from lamm_cl.data import load_dataset
     import torch
 
-    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=SEQUENCE[1:])).benchmark
+    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=THREE[1:])).benchmark
     clip = build_clip("lamm-tiny", "none", torch.device("cpu"))
     cfg = config_mod.FeaturesConfig(cache=True, cache_dir=str(tmp_path))
     own = load_dataset("digits")
@@ -186,14 +191,14 @@ def test_sequence_features_are_stored_under_each_datasets_own_key(tmp_path):
     feats = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg)).features("test")
     assert torch.equal(feats[len(parts.test.members[0]):], alone)
     after = sorted(p.name for p in tmp_path.glob("*.npy"))
-    assert len(after) == len(before) + 1  # tinyworld_shapes' test set only: digits' entry was reused
+    assert len(after) == len(before) + 1  # tinyworld's test set only: digits' entry was reused
 
 
 # --------------------------------------------------------------------------- bad input and dry runs
 
 
 BAD = [
-    ("listed-twice", {"sequence": SEQUENCE + [{"dataset": "digits"}]}, [], "benchmark.sequence[3].dataset"),
+    ("listed-twice", {"sequence": THREE + [{"dataset": "digits"}]}, [], "benchmark.sequence[3].dataset"),
     ("unknown-dataset", {"sequence": [{"dataset": "tinyworld"}, {"dataset": "mnsit"}]}, [],
      "benchmark.sequence[1].dataset"),
     ("missing-root", {"sequence": [{"dataset": "tinyworld"}, {"dataset": "dtd", "root": "ROOT/nowhere"}]}, [],

@@ -26,6 +26,11 @@ class AccuracyPlugin(SupervisedPlugin):
         self.correct: dict[int, int] = {}
         self.correct_task_aware: dict[int, int] = {}
         self.total: dict[int, int] = {}
+        self.task_from_experience = False  # True: each evaluated experience's own classes are its task
+
+    def before_eval_exp(self, strategy, **kwargs):
+        if self.task_from_experience:
+            self.task_classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
 
     def reset(self, n_seen: int) -> None:
         self.n_seen = n_seen
@@ -171,21 +176,28 @@ def evaluate_sequence(template, test_stream, t: int, plan, acc: AccuracyPlugin, 
     model = template.model
     if scores_unseen:
         scorer = scoring_copy(model, clip)
-        was = scorer.training
         for d in range(t + 1, T):  # in order: the copy's columns stay the sequence's labels
             avalanche_model_adaptation(scorer, test_stream[d])
-        scorer.train(was)
         template.model, upto, columns = scorer, T, plan.n_classes
     else:
         upto, columns = t + 1, sum(len(e) for e in plan.experiences[: t + 1])
+    # One evaluation pass over every dataset: a prompt classifier encodes its classes' text once for all of
+    # them (entering evaluation clears its cache). The datasets' classes are disjoint, so per-class counts
+    # give each dataset's accuracy; the task-aware argmax takes each experience's own classes.
+    acc.reset(columns)
+    acc.task_from_experience = True
     try:
-        for d in range(upto):
-            classes = plan.experiences[d]
-            row[d], row_ta[d], counts = score(template, test_stream[d], columns, classes, acc)
-            if task_aware:
-                row[d] = row_ta[d]
-            for k, (c, c_ta, n) in counts.items():
-                per_class[k] = 100.0 * (c_ta if task_aware else c) / n
+        template.eval([test_stream[d] for d in range(upto)])
     finally:
+        acc.task_from_experience, acc.task_classes = False, None
         template.model = model
+    for d in range(upto):
+        classes = plan.experiences[d]
+        n = sum(acc.total.get(k, 0) for k in classes)
+        c = sum(acc.correct.get(k, 0) for k in classes)
+        c_ta = sum(acc.correct_task_aware.get(k, 0) for k in classes)
+        row_ta[d] = 100.0 * c_ta / n if n else float("nan")
+        row[d] = row_ta[d] if task_aware else (100.0 * c / n if n else float("nan"))
+    for k, n in acc.total.items():
+        per_class[k] = 100.0 * (acc.correct_task_aware if task_aware else acc.correct).get(k, 0) / n
     return row, per_class, row_ta
