@@ -29,7 +29,9 @@ def _config(out, strategies, cache, sequence=SEQUENCE, **benchmark) -> dict:
     return {"name": "tiny_sequence", "output": str(out), "seeds": [0], "device": "cpu",
             "benchmark": {"sequence": sequence, "shots": 2, **benchmark},
             "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
-            "features": {"cache": True, "cache_dir": str(cache)},
+            # cache None: the session's store (conftest), where test_quickstart.py and test_learning_signal.py
+            # keep the same tinyworld features (a sequence's entries are its datasets' own)
+            "features": {"cache": True, **({"cache_dir": str(cache)} if cache is not None else {})},
             "strategies": strategies}
 
 
@@ -58,7 +60,7 @@ def runs(tmp_path_factory):
         {"name": "simplecil"},
         {"name": "ranpac", "M": 64},
     ]
-    data = _config(root / "out", strategies, root / "cache")
+    data = _config(root / "out", strategies, None)
     return _run(data), root
 
 
@@ -118,9 +120,9 @@ def test_finetune_loses_zero_shot_accuracy_on_datasets_it_has_not_trained(runs):
 @pytest.mark.integration
 def test_all_classes_over_one_dataset_is_the_class_incremental_evaluation(tmp_path):
     strategies = [{"name": "lamm", "epochs": 1, "batch_size": 8}]
-    seq = _run(_config(tmp_path / "seq", strategies, tmp_path / "cache", sequence=[{"dataset": "tinyworld"}],
+    seq = _run(_config(tmp_path / "seq", strategies, None, sequence=[{"dataset": "tinyworld"}],
                        evaluation="all_classes"))
-    split = _config(tmp_path / "split", strategies, tmp_path / "cache")
+    split = _config(tmp_path / "split", strategies, None)
     split["benchmark"] = {"dataset": "tinyworld", "n_experiences": 1, "class_order": "identity", "shots": 2}
     one = _run(split)
     for name in ("lamm",):

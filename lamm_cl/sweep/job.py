@@ -185,8 +185,8 @@ def reads_views(cfg) -> bool:
 def feature_group(cfg) -> tuple:
     """Jobs whose configs agree on this read the same feature-store entries."""
     b, m, f = cfg.benchmark, cfg.model, cfg.features
-    if b.sequence is not None:  # a sequence's datasets, each with its own root
-        return (tuple((e.dataset, str(Path(e.root).expanduser())) for e in b.sequence), "", m.arch, m.pretrained,
+    if b.sequence is not None:  # a sequence's datasets, each with its own root (in any order: the same entries)
+        return (tuple(sorted((e.dataset, str(Path(e.root).expanduser())) for e in b.sequence)), "", m.arch, m.pretrained,
                 f.cache_dir, f.dtype, f.train_views)
     return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views)
 
