@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -157,13 +157,8 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
     random.sample(...)``, else ``items``). ``sampling: dassl`` makes Dassl's own draw
     (:func:`dassl_fewshot`). The plan lists the short classes in ``short_classes``.
 
-    A ``benchmark.sequence`` (``parts`` from :func:`lamm_cl.sequence.load_sequence`) makes a
-    :class:`lamm_cl.sequence.SequencePlan`: one experience per dataset.
+    A ``benchmark.sequence`` is planned by :func:`lamm_cl.sequence.plan_for` instead.
     """
-    if b.sequence is not None:
-        from lamm_cl.sequence import make_sequence_plan
-
-        return make_sequence_plan(parts, b, seed)
     order, order_name = resolve_class_order(parts, b, seed)
     counts = split_counts(len(order), b)
     tr_labels, te_labels = parts.train.labels, parts.test.labels
@@ -283,18 +278,10 @@ def dry_run(cfg) -> list[str]:
         UserError: whatever is wrong, from the dataset to the weights.
     """
     from lamm_cl.data import load_dataset
-    from lamm_cl.model.clip import resolve_weights
 
     from lamm_cl.errors import DataNotFoundError
 
     b = cfg.benchmark
-    if b.sequence is not None:
-        from lamm_cl.sequence import dry_run_lines
-
-        parts, per_dataset = dry_run_lines(b)
-        return _plan_lines(cfg, parts, [f"sequence of {len(b.sequence)} datasets, evaluation {b.evaluation}; "
-                                        f"{len(parts.classnames)} classes in all; template "
-                                        f"{(b.template or parts.template)!r}", *per_dataset])
     try:
         parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
     except DataNotFoundError:
@@ -303,12 +290,13 @@ def dry_run(cfg) -> list[str]:
             raise DataNotFoundError(f"{b.dataset}: no data in {root} yet; a dry run does not download, "
                                     "a real run will (benchmark.download: true)") from None
         raise
-    return _plan_lines(cfg, parts, [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} "
+    return plan_lines(cfg, parts, [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} "
                                     f"train / {len(parts.test)} test images; template {(b.template or parts.template)!r}"])
 
 
-def _plan_lines(cfg, parts, lines: list[str]) -> list[str]:
-    """The dry run's lines after the data's: the model, each seed's plan, each strategy."""
+def plan_lines(cfg, parts, lines: list[str], make: Optional[Callable] = None) -> list[str]:
+    """The dry run's lines after the data's (``lines``): the model, each seed's plan (made by ``make``,
+    default :func:`make_plan`), each strategy."""
     from lamm_cl.model.clip import resolve_weights
 
     b = cfg.benchmark
@@ -317,7 +305,7 @@ def _plan_lines(cfg, parts, lines: list[str]) -> list[str]:
              f"model {cfg.model.arch} + {cfg.model.pretrained}"
              + (" (RANDOM weights: the numbers will say nothing about pretrained CLIP)" if weights is None else "")]
     for seed in cfg.seeds:
-        plan = make_plan(parts, b, seed)
+        plan = (make or make_plan)(parts, b, seed)
         lines.append(f"seed {seed}: class order {plan.order_name}, {plan.n_experiences} experiences "
                      f"of {[len(e) for e in plan.experiences]} classes")
         lines.extend("  " + line for line in plan.describe())

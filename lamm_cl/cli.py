@@ -143,7 +143,7 @@ def cmd_run(args) -> int:
 
     cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
     if args.dry_run:
-        from lamm_cl.benchmark import dry_run
+        from lamm_cl.sequence import dry_run
 
         for line in dry_run(cfg):
             _say(line)

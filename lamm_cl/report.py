@@ -688,7 +688,7 @@ def sequence_section(groups: Mapping[str, Sequence[RunRecord]], config: Mapping[
                                                             float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")))
         table.append([f"`{strategy}`", str(len(runs))] + cells)
     published = _published_sequence(first, config)
-    for method, source, note, values in published:
+    for method, _source, _note, values in published:
         table.append([f"{method} (published)", "—"] + [values.get(k, "—") for k in SEQUENCE_TITLES])
     lines += md_table(["Strategy", "Seeds", *SEQUENCE_TITLES.values()], table) + [""]
     if published:

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from lamm_cl.benchmark import Plan
+from lamm_cl.benchmark import Plan, make_plan, plan_lines
 from lamm_cl.config import BenchmarkConfig
 from lamm_cl.data.base import DatasetParts, Samples
 from lamm_cl.errors import ConfigError, DataNotFoundError
@@ -182,8 +182,6 @@ def make_sequence_plan(parts: SequenceParts, b: BenchmarkConfig, seed: int) -> S
     Raises:
         ConfigError: a class with no training or no test images.
     """
-    from lamm_cl.benchmark import make_plan
-
     one = replace(b, sequence=None, dataset=None, class_order="identity", n_experiences=1,
                   classes_per_experience=None)
     experiences, train_index, test_index, short = [], [], [], []
@@ -228,3 +226,45 @@ def dry_run_lines(b: BenchmarkConfig) -> tuple[SequenceParts, list[str]]:
         head = f"{len(missing)} of {len(b.sequence)} datasets of the sequence are missing: " if len(missing) > 1 else ""
         raise DataNotFoundError(head + " | ".join(missing))
     return join(loaded), lines
+
+
+def plan_for(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
+    """The plan of any benchmark: :func:`make_sequence_plan` for a sequence (``parts`` from
+    :func:`load_sequence`), :func:`lamm_cl.benchmark.make_plan` for a split of one dataset."""
+    return make_sequence_plan(parts, b, seed) if b.sequence is not None else make_plan(parts, b, seed)
+
+
+def load_benchmark(b: BenchmarkConfig, download: Optional[bool] = None) -> DatasetParts:
+    """The data of any benchmark: a sequence's datasets end to end, or the one dataset."""
+    from lamm_cl.data import load_dataset
+
+    if b.sequence is not None:
+        return load_sequence(b, download)
+    return load_dataset(b.dataset, b.root, b.download if download is None else download)
+
+
+def dry_run(cfg) -> list[str]:
+    """:func:`lamm_cl.benchmark.dry_run`, for a sequence too: one line per dataset (classes, images), then each
+    seed's plan (one experience per dataset) and each strategy, with whether it scores unseen classes.
+
+    Raises:
+        UserError: whatever is wrong; a sequence's missing datasets all named in one line.
+    """
+    from lamm_cl.benchmark import dry_run as split_dry_run
+    from lamm_cl.registry import get_strategy
+
+    b = cfg.benchmark
+    if b.sequence is None:
+        return split_dry_run(cfg)
+    parts, per_dataset = dry_run_lines(b)
+    lines = plan_lines(cfg, parts, [f"sequence of {len(b.sequence)} datasets, evaluation {b.evaluation}; "
+                                    f"{len(parts.classnames)} classes in all; template "
+                                    f"{(b.template or parts.template)!r}", *per_dataset], make=make_sequence_plan)
+    T = len(b.sequence)
+    for e in cfg.strategies:
+        unseen = get_strategy(e.name).scores_unseen
+        lines.append(f"strategy {e.run_label}: " + (f"scores unseen classes: {T * T} dataset evaluations per seed"
+                                                    if unseen else
+                                                    f"cannot score unseen classes: {T * (T + 1) // 2} dataset "
+                                                    "evaluations per seed, Transfer n/a"))
+    return lines

@@ -151,11 +151,11 @@ def test_transfer_avg_and_last_by_hand():
 
 def test_sequence_plan_offsets_labels_and_draws_shots_per_dataset():
     from lamm_cl.benchmark import make_plan
-    from lamm_cl.sequence import load_sequence
+    from lamm_cl.sequence import load_sequence, plan_for
 
     b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=THREE, shots=4)).benchmark
     parts = load_sequence(b)
-    plan = make_plan(parts, b, seed=3)
+    plan = plan_for(parts, b, seed=3)
     assert plan.experiences == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
     assert plan.class_names[0] == "circle" and plan.class_names[10] == "red shape" and plan.class_names[20] == "zero"
     assert plan.class_dataset()[15] == "tinyworld"  # names keep their dataset
@@ -238,6 +238,8 @@ def test_dry_run_lists_each_dataset_of_a_coop_layout_sequence(tmp_path, capsys):
     assert "sequence of 2 datasets, evaluation task_aware; 12 classes in all" in out
     assert f"dtd ({tmp_path}): 2 classes, 6 train / 6 test images" in out
     assert "digits" in out and "labels 2..11" in out
+    assert "strategy zeroshot: scores unseen classes: 4 dataset evaluations per seed" in out
+    assert "strategy linear_probe: cannot score unseen classes: 3 dataset evaluations per seed, Transfer n/a" in out
     assert not (tmp_path / "out").exists()
 
 

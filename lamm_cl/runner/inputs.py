@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from lamm_cl.benchmark import Plan, make_plan
+from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
@@ -18,7 +18,7 @@ from lamm_cl.features import (AugmentedView, AutocastPlugin, FeatureExtractor, I
 from lamm_cl.model.clip import FrozenCLIP, build_clip
 from lamm_cl.runner.progress import progress_bar
 from lamm_cl.runner.validate import check_templates
-from lamm_cl.sequence import load_sequence, member_samples
+from lamm_cl.sequence import load_sequence, member_samples, plan_for
 
 
 @dataclass
@@ -137,7 +137,7 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     """
     b = cfg.benchmark
     parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
-    plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
+    plans = {seed: plan_for(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
     check_templates(cfg, plans, clip)
     extractor = FeatureExtractor.from_config(clip, cfg.features, progress=progress_bar if progress else None, log=log)

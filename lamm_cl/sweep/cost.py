@@ -111,8 +111,8 @@ def _steps(plan, opts) -> int:
 
 def estimate(sweep: Sweep) -> list[str]:
     """Lines describing the sweep's jobs and cost (nothing is written or trained)."""
-    from lamm_cl.benchmark import make_plan
     from lamm_cl.data import load_dataset
+    from lamm_cl.sequence import plan_for
     from lamm_cl.registry import get_strategy
     from lamm_cl.sweep.job import _config, feature_group, needs_features, reads_views, view_images
 
@@ -156,7 +156,7 @@ def estimate(sweep: Sweep) -> list[str]:
             images[group] = len(parts.test) + len(parts.train)
         plan_key = (key, repr(b), j.seed)  # every strategy of a (benchmark, seed) shares its plan: draw it once
         if plan_key not in plans:
-            plans[plan_key] = make_plan(parts, b, j.seed)
+            plans[plan_key] = plan_for(parts, b, j.seed)
         plan = plans[plan_key]
         if reads_views(cfg):
             idx = view_images(cfg, parts, j.seed, plan)  # a few-shot job's views are of its own draw

@@ -198,12 +198,12 @@ def view_images(cfg, parts, seed: int, plan=None):
     Args:
         plan: the job's plan, if already made (else it is made here).
     """
-    from lamm_cl.benchmark import make_plan
     from lamm_cl.runner.inputs import few_shot_images
+    from lamm_cl.sequence import plan_for
 
     if cfg.features.train_views <= 0:
         return None
-    return few_shot_images(cfg, {seed: plan if plan is not None else make_plan(parts, cfg.benchmark, seed)})
+    return few_shot_images(cfg, {seed: plan if plan is not None else plan_for(parts, cfg.benchmark, seed)})
 
 
 def view_sets(sweep: Sweep, group: tuple, parts) -> list:
