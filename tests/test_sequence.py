@@ -118,6 +118,22 @@ def test_finetune_loses_zero_shot_accuracy_on_datasets_it_has_not_trained(runs):
 
 
 @pytest.mark.integration
+def test_a_killed_sequence_run_resumes_to_the_same_matrix(runs, tmp_path):
+    """Killed after the first dataset, resumed: the same T x T (the cells above the diagonal come back from
+    the checkpoint) as the uninterrupted run of the module fixture."""
+    from builders import run_capturing
+
+    lamm = {"name": "lamm", "epochs": 2, "batch_size": 8, "lr": 0.01, "label_init": "name"}
+    data = _config(tmp_path / "out", [lamm], None)
+    with pytest.raises(KeyboardInterrupt):
+        run_capturing(data, tmp_path / "out", stop_at=1)
+    assert (tmp_path / "out" / "lamm" / "seed0" / "checkpoint.pt").is_file()
+    _, records = run_capturing(data, tmp_path / "out", resume=True)
+    assert np.array_equal(records[0].matrix, runs[0]["lamm"].matrix)
+    assert records[0].info["resumed"]
+
+
+@pytest.mark.integration
 def test_all_classes_over_one_dataset_is_the_class_incremental_evaluation(tmp_path):
     strategies = [{"name": "lamm", "epochs": 1, "batch_size": 8}]
     seq = _run(_config(tmp_path / "seq", strategies, None, sequence=[{"dataset": "tinyworld"}],
