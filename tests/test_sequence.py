@@ -118,6 +118,22 @@ def test_finetune_loses_zero_shot_accuracy_on_datasets_it_has_not_trained(runs):
 
 
 @pytest.mark.integration
+def test_frozen_feature_strategies_evaluate_the_sequence_without_an_image_pass(runs, tmp_path, monkeypatch):
+    """Once the datasets' features are in the store (the module fixture put them there), the T x T evaluations
+    of a frozen-feature strategy are text encodings and matrix products: no image reaches the encoder."""
+    from lamm_cl.model.clip import FrozenCLIP
+
+    def no_images(self, images):
+        raise AssertionError("an image pass during a frozen-feature sequence run")
+
+    monkeypatch.setattr(FrozenCLIP, "encode_images", no_images)
+    records = _run(_config(tmp_path / "out", [{"name": "zeroshot"}, {"name": "coop", "epochs": 1, "batch_size": 8}],
+                           None))
+    assert np.array_equal(records["zeroshot"].matrix, runs[0]["zeroshot"].matrix)
+    assert np.array_equal(records["coop"].matrix, runs[0]["coop"].matrix)
+
+
+@pytest.mark.integration
 def test_a_killed_sequence_run_resumes_to_the_same_matrix(runs, tmp_path):
     """Killed after the first dataset, resumed: the same T x T (the cells above the diagonal come back from
     the checkpoint) as the uninterrupted run of the module fixture."""
