@@ -227,6 +227,8 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
     columns = [*SUMMARY_METRICS, *TASK_AWARE_COLUMNS]
     for strategy, runs in groups.items():
         values: Dict[str, List[float]] = {m: [] for m in columns}
+        sequence = runs[0].sequence is not None
+        extra = ["transfer", "mtil_avg"] if sequence else []  # ZSCL's (None: not applicable)
         for run in runs:
             s = run.summary()
             ta = run.task_aware_summary()
@@ -238,15 +240,26 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
         over_seeds = {m: mean_std(v) for m, v in values.items()}
         mean = {m: over_seeds[m][0] for m in columns}
         std = {m: over_seeds[m][1] for m in columns}
+        for m in extra:
+            v = [run.summary()[m] for run in runs]
+            mean[m], std[m] = mean_std(v) if all(x is not None for x in v) else (None, None)
         rows.append({"strategy": strategy, "seed": "mean", **mean, "n_experiences": T})
         rows.append({"strategy": strategy, "seed": "std", **std, "n_experiences": T})
     return rows
 
 
 def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    return csv_text([SUMMARY_CSV_COLUMNS] + [
+    # a sequence of datasets adds ZSCL's Transfer and Avg at the end (blank: not applicable); `last_accuracy`
+    # is then ZSCL's Last. Split benchmarks keep the columns they always had.
+    extra = ["transfer", "mtil_avg"] if any("transfer" in row for row in rows) else []
+
+    def cell(row, m):
+        v = row.get(m)
+        return "" if v is None else csv_number(v)
+
+    return csv_text([SUMMARY_CSV_COLUMNS + extra] + [
         [row["strategy"], row["seed"], *(csv_number(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
-         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS)] for row in rows])
+         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS), *(cell(row, m) for m in extra)] for row in rows])
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -677,7 +690,9 @@ def sequence_section(groups: Mapping[str, Sequence[RunRecord]], config: Mapping[
              "Metrics as ZSCL defines them (mtil/results.ipynb): **Transfer** = mean over datasets 2..T of the "
              "mean accuracy before training them; **Avg** = mean over datasets of the mean over every step; "
              "**Last** = mean over datasets after the last step (a mean over datasets, not over images). "
-             "Transfer and Avg are *n/a* for a strategy that cannot score classes it has not trained.", ""]
+             "Transfer and Avg are *n/a* for a strategy that cannot score classes it has not trained. In the "
+             "Results table below, Last is this Last; Avg, Forgetting and BWT there read the lower triangle "
+             "(datasets already trained), Avg pooled over test images.", ""]
     table = []
     for strategy, runs in groups.items():
         vals = {k: [r.summary()[k] for r in runs] for k in SEQUENCE_TITLES}
