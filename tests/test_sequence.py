@@ -316,3 +316,21 @@ def test_the_benchmark_files_parse_and_dry_run_to_the_missing_data_line(path, tm
         assert len(names) == 11 and cfg.benchmark.shots is None and cfg.benchmark.evaluation == "task_aware"
     assert main(["run", path, "--dry-run", *(a for r in roots for a in ("--set", r))]) == 2
     one_line(capsys.readouterr().err, "datasets of the sequence are missing")
+
+
+def test_sweep_dry_run_counts_the_t_squared_evaluations_of_an_mtil_run(tmp_path, capsys):
+    from pathlib import Path
+
+    order1 = Path(__file__).resolve().parent.parent / "benchmarks" / "mtil" / "order1.yaml"
+    sweep = write_yaml(tmp_path / "one.yaml", {"name": "one", "benchmarks": [str(order1)], "seeds": [1],
+                                                "output": str(tmp_path / "sw"), "launcher": {"name": "local"}})
+    assert main(["sweep", str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # the test images of order I's datasets (CoOp's test lists, CIFAR-100's and MNIST's own), written out here
+    tests = [3_333, 2_465, 10_000, 1_692, 8_100, 2_463, 30_300, 10_000, 3_669, 8_041, 19_850]
+    T = len(tests)
+    every = T * sum(tests)  # every dataset after every step
+    lower = sum(n * (T - d) for d, n in enumerate(tests))  # dataset d from step d on
+    assert f"lamm                121 dataset evaluations, {every:>12,} test images scored" in out
+    assert f"simplecil            66 dataset evaluations, {lower:>12,} test images scored" in out
+    assert not (tmp_path / "sw").exists()
