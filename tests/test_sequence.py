@@ -54,7 +54,7 @@ def runs(tmp_path_factory):
         {"name": "coop_lamm", "epochs": 1, "batch_size": 8},
         {"name": "maple", "epochs": 1, "batch_size": 8, "n_ctx": 2, "prompt_depth": 1},
         {"name": "maple_lamm", "epochs": 1, "batch_size": 8, "n_ctx": 2, "prompt_depth": 1},
-        {"name": "finetune", "epochs": 3, "batch_size": 8, "lr": 0.001},
+        {"name": "finetune", "epochs": 1, "batch_size": 8, "lr": 0.001},
         {"name": "rapf", "epochs": 1, "batch_size": 8},
         {"name": "linear_probe", "epochs": 1, "batch_size": 8},
         {"name": "simplecil"},
