@@ -173,6 +173,9 @@ def load_results(path: Union[str, Path]) -> "Results":
         row = {"benchmark": rec.benchmark, "grid": grid, "strategy": rec.strategy, "seed": rec.seed,
                **{short: s[long] for short, long in METRIC_COLUMNS.items()},
                "n_experiences": rec.n_experiences}
+        if rec.sequence is not None:  # ZSCL's Transfer and Avg (NaN: not applicable); `last` is ZSCL's Last
+            row.update({k: math.nan if s[k] is None else s[k] for k in ("transfer", "mtil_avg")})
+            row["evaluation"] = rec.sequence["evaluation"]
         ta = rec.task_aware_summary()
         row.update({_TASK_AWARE_PREFIX + short: ta[long] for short, long in METRIC_COLUMNS.items()})
         row.update(_model_identity(rec.config, rec.info))
@@ -205,8 +208,11 @@ class Results:
         summary: one row per benchmark x grid cell x strategy x seed: ``avg``, ``last``,
             ``forgetting``, ``bwt`` (percent), the task-aware figures
             (``task_aware_avg``, ``task_aware_last``, ...), ``n_experiences``, ``arch``, ``pretrained``, ``weights_sha256``.
-            ``grid`` (the grid cell's folder) only for a sweep with grid cells. With ``benchmark.evaluate_on``,
-            ``target:<label>``: each target's accuracy after the last experience (NaN: not applicable).
+            ``grid`` (the grid cell's folder) only for a sweep with grid cells. Runs on a sequence of datasets
+            add ``transfer`` and ``mtil_avg`` (ZSCL's Transfer and Avg; NaN where not applicable, and for
+            split benchmarks) and ``evaluation``; their ``last`` is ZSCL's Last, a mean over datasets. With
+            ``benchmark.evaluate_on``, ``target:<label>``: each target's accuracy after the last experience
+            (NaN: not applicable).
         metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value
             (a target's accuracy: metric ``target:<label>``).
         failed: runs that a NaN loss stopped, when returned by :func:`run`.

@@ -156,6 +156,8 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
     without ``repeat`` (Dassl.pytorch dassl/data/datasets/base_dataset.py: ``if len(items) >= num_shots:
     random.sample(...)``, else ``items``). ``sampling: dassl`` makes Dassl's own draw
     (:func:`dassl_fewshot`). The plan lists the short classes in ``short_classes``.
+
+    A ``benchmark.sequence`` is planned by :func:`lamm_cl.sequence.plan_for` instead.
     """
     order, order_name = resolve_class_order(parts, b, seed)
     counts = split_counts(len(order), b)
@@ -273,7 +275,8 @@ def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> li
     can start: the device, the loggers and each strategy's plugins, the dataset index, the plan of every
     seed, the model's names and where its weights will come from (never downloading them), and every
     strategy's options against the model's shape, the data and the device's memory; with ``check_images``,
-    every image is decoded. Return the plan as printable lines.
+    every image is decoded. Return the plan as printable lines. (A sequence of datasets:
+    :func:`lamm_cl.sequence.dry_run`.)
 
     Args:
         device: ``--device``, which overrides the config's ``device`` as in the run.
@@ -282,16 +285,10 @@ def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> li
     Raises:
         UserError: whatever is wrong, from the device to an undecodable image (named).
     """
-    from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers
     from lamm_cl.data import load_dataset
     from lamm_cl.errors import DataNotFoundError
-    from lamm_cl.model.clip import resolve_weights, weights_on_disk
-    from lamm_cl.strategy_kit.setup import check_strategies, setup_of_arch
 
-    dev, device_note = _dry_run_device(device or cfg.device)
-    check_loggers(cfg.loggers)
-    for i, e in enumerate(cfg.strategies):
-        build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
+    setup = check_run_setup(cfg, device)
     b = cfg.benchmark
     try:
         parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
@@ -301,14 +298,41 @@ def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> li
             raise DataNotFoundError(f"{b.dataset}: no data in {root} yet; a dry run does not download, "
                                     "a real run will (benchmark.download: true)") from None
         raise
+    return plan_lines(cfg, parts, [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} "
+                                   f"train / {len(parts.test)} test images; template {(b.template or parts.template)!r}"],
+                      setup, check_images=check_images)
+
+
+def check_run_setup(cfg, device: Optional[str] = None) -> tuple[torch.device, str]:
+    """The dry run's checks that need no data: the device (and a note on it), the loggers, each strategy's
+    Avalanche plugins. Return the device and its note for :func:`plan_lines`."""
+    from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers
+
+    dev, device_note = _dry_run_device(device or cfg.device)
+    check_loggers(cfg.loggers)
+    for i, e in enumerate(cfg.strategies):
+        build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
+    return dev, device_note
+
+
+def plan_lines(cfg, parts, lines: list[str], setup: tuple[torch.device, str], make: Optional[Callable] = None,
+               check_images: bool = False) -> list[str]:
+    """The dry run's lines after the data's (``lines``, whose first line gains whether every image decodes):
+    the model and where its weights come from, the device (``setup``, from :func:`check_run_setup`), each
+    seed's plan (made by ``make``, default :func:`make_plan`), each target, each strategy; every strategy's
+    options are checked against the model, the plans and the device first."""
+    from lamm_cl.model.clip import resolve_weights, weights_on_disk
+    from lamm_cl.strategy_kit.setup import check_strategies, setup_of_arch
+
+    b = cfg.benchmark
+    dev, device_note = setup
     weights = resolve_weights(cfg.model.arch, cfg.model.pretrained)
-    plans = {seed: make_plan(parts, b, seed) for seed in cfg.seeds}
+    plans = {seed: (make or make_plan)(parts, b, seed) for seed in cfg.seeds}
     check_strategies(cfg.strategies, setup_of_arch(cfg.model.arch, list(plans.values()), dev))
     decoded = _decode_every_image(parts) if check_images else None
-    lines = [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} train / "
-             f"{len(parts.test)} test images; template {(b.template or parts.template)!r}"
-             + ("" if decoded is None else f"; every image on disk decodes ({decoded})" if decoded else
-                "; images held in memory (nothing to decode)"),
+    lines = [lines[0] + ("" if decoded is None else f"; every image on disk decodes ({decoded})" if decoded else
+                         "; images held in memory (nothing to decode)"),
+             *lines[1:],
              f"model {cfg.model.arch} + {cfg.model.pretrained}"
              + (" (RANDOM weights: the numbers will say nothing about pretrained CLIP)" if weights is None else
                 f": weights {weights_on_disk(cfg.model.arch, weights)[1]}"),
@@ -362,7 +386,10 @@ def _decode_every_image(parts) -> int:
         ImageError: the first that does not decode, named.
     """
     n = 0
-    for samples in (parts.train, parts.test):
+    pending = [parts.train, parts.test]
+    while pending:
+        samples = pending.pop(0)
+        pending.extend(getattr(samples, "members", []))  # a sequence of datasets: each dataset's samples
         if hasattr(samples, "paths"):
             for i in range(len(samples)):
                 samples.image(i)

@@ -89,6 +89,18 @@ def _warn(msg: str) -> None:
     print(msg if msg.startswith("lamm-cl:") else f"lamm-cl: {msg}", file=sys.stderr, flush=True)
 
 
+def _sequence_table(records) -> str:
+    """ZSCL's Transfer / Avg / Last of each run on a sequence of datasets (n/a: cannot score unseen classes)."""
+    head = f"{'strategy':<16} {'seed':>4} {'Transfer':>9} {'Avg':>7} {'Last':>7}"
+    lines = ["Sequence of datasets (ZSCL's metrics; Last is a mean over datasets):", head, "-" * len(head)]
+    for r in records:
+        s = r.summary()
+        cells = [f"{s[k]:>{w}.2f}" if s[k] is not None else f"{'n/a':>{w}}"
+                 for k, w in (("transfer", 9), ("mtil_avg", 7), ("last_accuracy", 7))]
+        lines.append(f"{r.strategy:<16} {r.seed:>4} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def _summary_table(records) -> str:
     """One row per (strategy, seed); with several seeds, a mean row per strategy after them."""
     from lamm_cl.metrics import summarize
@@ -145,7 +157,7 @@ def cmd_run(args) -> int:
     cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
     only = None if args.only is None else config_mod.only_labels(cfg, args.only)
     if args.dry_run:
-        from lamm_cl.benchmark import dry_run
+        from lamm_cl.sequence import dry_run
 
         for line in dry_run(cfg, device=args.device, check_images=args.check_images):
             _say(line)
@@ -154,7 +166,7 @@ def cmd_run(args) -> int:
     from lamm_cl.api import run_config
 
     out = cfg.results_dir(args.output)
-    _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
+    _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.describe()}, {cfg.model.arch} + {cfg.model.pretrained}, "
          f"strategies {', '.join(only or [e.run_label for e in cfg.strategies])}, seeds {cfg.seeds} -> {out}")
     if cfg.model.pretrained == "none":
         _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
@@ -173,6 +185,9 @@ def cmd_run(args) -> int:
         _say("")
         _say(f"Avg = average incremental accuracy (%), Last = accuracy after the last experience (%), "
              f"Forget = average forgetting, BWT = backward transfer. Results, plots and report.md: {out}")
+        if any(r.sequence is not None for r in records):
+            _say("")
+            _say(_sequence_table(records))
     if records.failed:
         _warn(f"lamm-cl: {len(records.failed)} run(s) failed: " + "; ".join(records.failed))
         return 1

@@ -32,8 +32,18 @@ class TargetConfig:
 
 
 @dataclass
+class SequenceEntry:
+    """One dataset of a benchmark made of a sequence of datasets (one experience each)."""
+
+    dataset: str  # a registered dataset name (`lamm-cl list`)
+    root: str = "~/data"  # where this dataset lives
+    download: bool = False  # fetch it where the source allows (CIFAR-100, MNIST)
+
+
+@dataclass
 class BenchmarkConfig:
-    dataset: str  # digits | cifar100 | imagefolder | one of the 11 CoOp datasets
+    # digits | cifar100 | imagefolder | one of the 11 CoOp datasets; null with `sequence`
+    dataset: Optional[str] = None
     root: str = "~/data"  # where the dataset lives (CoOp layout, ImageFolder tree, CIFAR pickles)
     download: bool = False  # fetch where the source allows (CIFAR-100)
     n_experiences: Optional[int] = None  # equal split of the classes ...
@@ -48,6 +58,33 @@ class BenchmarkConfig:
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
     # datasets never trained, evaluated after every experience (domain generalization, cross-dataset transfer)
     evaluate_on: list[TargetConfig] = field(default_factory=list)
+    # a benchmark made of several datasets, one experience each, in this order (MTIL, X-TAIL); replaces
+    # dataset/root/download, n_experiences/classes_per_experience and class_order
+    sequence: Optional[list[SequenceEntry]] = None
+    # how a sequence's datasets are scored: task_aware (MTIL: among the dataset's own classes) |
+    # all_classes (X-TAIL: among the classes of every dataset of the sequence, trained or not)
+    evaluation: Literal["task_aware", "all_classes"] = "task_aware"
+
+    def describe(self) -> str:
+        """The dataset, or the sequence's datasets in order, for one-line messages."""
+        if self.sequence is not None:
+            return "sequence " + " > ".join(e.dataset for e in self.sequence)
+        return str(self.dataset)
+
+
+SEQUENCE_REPLACES = ("dataset", "root", "download", "n_experiences", "classes_per_experience", "class_order",
+                     "order_seed")  # the keys of one split dataset that a sequence stands in for
+
+
+def benchmark_dict(b: BenchmarkConfig) -> dict:
+    """The benchmark section as plain data that parses back: a split benchmark without the sequence keys
+    (so results written before sequences existed keep their resolved config), a sequence without the keys
+    it replaces."""
+    out = dataclasses.asdict(b)
+    drop = SEQUENCE_REPLACES if b.sequence is not None else ("sequence", "evaluation")
+    if not b.evaluate_on:  # evaluate_on only when given: the resolved config of a run without targets stays as it was
+        drop = (*drop, "evaluate_on")
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 @dataclass
@@ -111,9 +148,7 @@ class Config:
             "seeds": list(self.seeds),
             "device": self.device,
             "plugins": list(self.plugins),
-            # evaluate_on only when given: the resolved config of a run without targets stays as it was
-            "benchmark": {k: v for k, v in dataclasses.asdict(self.benchmark).items()
-                          if k != "evaluate_on" or v},
+            "benchmark": benchmark_dict(self.benchmark),
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
@@ -477,12 +512,14 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
         raise ConfigError("seeds: expected at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: a seed is repeated in {cfg.seeds}")
+    _check_sequence(cfg.benchmark, data.get("benchmark") or {})
     _check_benchmark(cfg.benchmark)
     if cfg.features.train_views < 0:
         raise ConfigError(f"features.train_views: expected 0 or more, got {cfg.features.train_views}")
     if before_strategies is not None:
         before_strategies(cfg)
     trains: Callable[[str], bool] = lambda name: True  # noqa: E731 - a caller's own options table says nothing
+    scores_unseen: Callable[[str], bool] = lambda name: True  # noqa: E731
     if strategy_options is None:
         from lamm_cl import registry
 
@@ -492,6 +529,7 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
         # lamm_cl.strategy_kit.options: a bad option is refused before torch loads
         strategy_options = registry.options_of
         trains = registry.trains
+        scores_unseen = registry.scores_unseen
     entries = []
     for i, item in enumerate(raw):
         path = f"strategies[{i}]"
@@ -511,6 +549,12 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
             if given:
                 raise ConfigError(f"{path}.{given[0]}: {name} trains nothing; {', '.join(given)} would change "
                                   "nothing (remove it)")
+        if cfg.benchmark.sequence is not None and cfg.benchmark.evaluation == "all_classes" \
+                and not scores_unseen(name):
+            # refused rather than run: among every class of the sequence means scoring classes it has not
+            # trained, which this strategy cannot (its registration does not declare scores_unseen)
+            raise ConfigError(f"{path}.name: {name} cannot score classes it has not trained, so it cannot run "
+                              "benchmark.evaluation: all_classes (use task_aware, or drop it)")
         label = _check_label(item.get("label"), f"{path}.label")
         save_model = item.get("save_model")
         if save_model is not None and not isinstance(save_model, bool):
@@ -541,7 +585,37 @@ def _check_label(label, path: str) -> Optional[str]:
     return label
 
 
+def _check_sequence(b: BenchmarkConfig, raw: dict) -> None:
+    """A sequence replaces the keys that split one dataset: any of them beside it is refused."""
+    if b.sequence is None:
+        if b.dataset is None:
+            raise ConfigError("benchmark.dataset: required key is missing (or give benchmark.sequence)")
+        if "evaluation" in raw:
+            raise ConfigError("benchmark.evaluation: applies to a benchmark.sequence of datasets only")
+        return
+    for key in SEQUENCE_REPLACES:
+        if key in raw:
+            raise ConfigError(f"benchmark.{key}: cannot be given beside benchmark.sequence (each dataset of the "
+                              "sequence is one experience, in the listed order, with its own root)")
+    if not b.sequence:
+        raise ConfigError("benchmark.sequence: expected a non-empty list of {dataset: ..., root: ...} entries")
+    if b.evaluate_on:  # a target's classes are matched to one trained dataset's (lamm_cl.data.targets)
+        raise ConfigError("benchmark.evaluate_on: not available beside benchmark.sequence (a sequence already "
+                          "scores every dataset it lists after every experience; list the dataset there instead)")
+    names = [e.dataset for e in b.sequence]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"benchmark.sequence[{i}].dataset: {name!r} is listed twice (also at "
+                              f"benchmark.sequence[{names.index(name)}])")
+
+
 def _check_benchmark(b: BenchmarkConfig) -> None:
+    if b.shots is not None and b.shots < 1:
+        raise ConfigError(f"benchmark.shots: expected 1 or more, got {b.shots}")
+    if b.sequence is not None:  # one experience per dataset: nothing to split
+        if b.template is not None and b.template.count("{}") != 1:
+            raise ConfigError(f"benchmark.template: expected exactly one {{}} for the class name, got {b.template!r}")
+        return
     if b.n_experiences is not None and b.classes_per_experience is not None:
         raise ConfigError("benchmark: give n_experiences or classes_per_experience, not both")
     if b.n_experiences is None and b.classes_per_experience is None:

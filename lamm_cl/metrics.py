@@ -32,6 +32,10 @@ __all__ = [
     "bwt_per_step",
     "old_new_accuracy",
     "summarize",
+    "transfer",
+    "mtil_average",
+    "dataset_last_accuracy",
+    "sequence_summary",
 ]
 
 # Accuracies are percentages; a little slack absorbs float round-off from
@@ -210,3 +214,65 @@ def summarize(A: np.ndarray, counts: Sequence[int]) -> Dict[str, float]:
         "forgetting": forgetting(A),
         "bwt": bwt(A),
     }
+
+
+# --------------------------------------------------------------------------- sequences of datasets
+#
+# ZSCL's definitions (Thunderbeee/ZSCL, mtil/results.ipynb, first cell, ``statistics``, commit 08c6ef6):
+# ``avg = arr.mean(axis=0)``, ``last = arr[-1, :]``,
+# ``transfer = [mean(arr[j, i] for j < i) for i in 1..T-1]``, each then averaged over the datasets. Here
+# ``A[t][d]`` may be defined above the diagonal: the accuracy on dataset d before it was trained.
+
+
+def _full(A: np.ndarray) -> np.ndarray:
+    M = np.array(A, dtype=np.float64, copy=True)
+    validate(M)  # square, lower triangle finite percentages
+    return M
+
+
+def transfer(A: np.ndarray) -> float:
+    """ZSCL's Transfer: ``mean_{d=1..T-1} ( mean_{t<d} A[t][d] )`` (0-based): the accuracy on datasets
+    not trained yet, i.e. what is left of zero-shot ability. NaN for a single dataset.
+
+    Raises:
+        ValueError: a cell above the diagonal is missing (the strategy cannot score unseen classes:
+            Transfer is not applicable, see :func:`sequence_summary`).
+    """
+    M = _full(A)
+    T = M.shape[0]
+    if T == 1:
+        return float("nan")
+    upper = M[np.triu_indices(T, k=1)]
+    if not np.all(np.isfinite(upper)):
+        raise ValueError("Transfer needs every cell above the diagonal (accuracy on datasets not trained yet)")
+    return float(np.mean([M[:d, d].mean() for d in range(1, T)]))
+
+
+def mtil_average(A: np.ndarray) -> float:
+    """ZSCL's Avg: ``mean_d ( mean_t A[t][d] )`` over the whole ``[T, T]`` matrix (every step, before and
+    after dataset d was trained).
+
+    Raises:
+        ValueError: a cell above the diagonal is missing.
+    """
+    M = _full(A)
+    if not np.all(np.isfinite(M)):
+        raise ValueError("Avg needs the whole matrix, the cells above the diagonal included")
+    return float(M.mean(axis=0).mean())
+
+
+def dataset_last_accuracy(A: np.ndarray) -> float:
+    """ZSCL's Last: ``mean_d A[T-1][d]``, a mean over datasets (not over test images)."""
+    M = _full(A)
+    return float(M[-1].mean())
+
+
+def sequence_summary(A: np.ndarray) -> Dict[str, float | None]:
+    """``{"transfer", "mtil_avg", "last_accuracy"}`` of a sequence's matrix; Transfer and Avg are None
+    (not applicable, never a number) when the cells above the diagonal are missing."""
+    M = _full(A)
+    T = M.shape[0]
+    complete = bool(np.all(np.isfinite(M[np.triu_indices(T, k=1)])))
+    return {"transfer": transfer(M) if complete and T > 1 else None,
+            "mtil_avg": mtil_average(M) if complete else None,
+            "last_accuracy": dataset_last_accuracy(M)}

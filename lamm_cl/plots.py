@@ -19,6 +19,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from lamm_cl import metrics
 from lamm_cl.results import RunRecord
@@ -303,4 +304,45 @@ def plot_old_new_accuracy(groups: Groups, colors: Mapping[str, object]) -> Figur
     ax_old.set_ylabel("Accuracy (%)")
     _legend(fig, ax_new)
     fig.suptitle(f"Old- vs new-class accuracy after each experience ({_seeds_note(groups)})")
+    return fig
+
+
+def plot_sequence_matrix(strategy: str, runs: Sequence[RunRecord]) -> Figure:
+    """One strategy's ``[T, T]`` matrix on a sequence of datasets (mean over its seeds), every cell annotated,
+    the datasets named on the axes. Cells above the diagonal are the datasets not trained yet, "zero-shot
+    territory" (what ZSCL's Transfer averages), outlined; where the strategy cannot score them they are
+    hatched and marked n/a."""
+    A = np.mean([np.asarray(r.matrix, dtype=float) for r in runs], axis=0)
+    names = [d["dataset"] for d in runs[0].sequence["datasets"]]
+    T = A.shape[0]
+    size = min(4.0 + 0.6 * T, 16.0)
+    fig, (ax,) = _figure(size + 1.4, size)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(A), cmap=cmap, vmin=0, vmax=100, origin="upper")
+    fontsize = max(4.0, min(9.0, 90.0 / T))
+    for i in range(T):
+        for j in range(T):
+            if np.isfinite(A[i, j]):
+                ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=fontsize,
+                        color="black" if A[i, j] > 60 else "white")
+            else:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
+                                                          edgecolor="0.7", linewidth=0))
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=fontsize, color="0.4")
+    # the staircase between the diagonal and the cells above it: left of it was trained, right of it not yet
+    xs, ys = [-0.5], [-0.5]
+    for k in range(T):
+        xs += [k + 0.5, k + 0.5]
+        ys += [k - 0.5, k + 0.5]
+    ax.plot(xs, ys, color="red", linewidth=1.5)
+    if T > 1:
+        ax.text(T - 1.0, 0.0 - 0.35, "zero-shot territory\n(not trained yet)", ha="right", va="top",
+                fontsize=fontsize, color="red")
+    ax.set_xticks(np.arange(T), names, rotation=45, ha="right")
+    ax.set_yticks(np.arange(T), [f"after {n}" for n in names])
+    ax.set_xlabel("Evaluated on dataset")
+    ax.set_ylabel("After training dataset")
+    seeds = "1 seed" if len(runs) == 1 else f"mean over {len(runs)} seeds"
+    ax.set_title(f"{strategy} on the sequence ({runs[0].sequence['evaluation']}, {seeds})")
+    fig.colorbar(im, ax=ax, label="Accuracy (%)", shrink=0.85)
     return fig

@@ -14,6 +14,7 @@ one-line message (the CLI turns it into exit status 2).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
@@ -82,6 +83,8 @@ class StrategySpec:
         description: one line for ``lamm-cl list`` (the builder's docstring, first line).
         trains: False for a strategy that learns nothing by gradient (zeroshot, simplecil): a config
             giving it ``lr``, ``epochs`` or ``batch_size`` is refused, since they would change nothing.
+        scores_unseen: True when its model can score classes it has not trained (CLIP's text side gives a
+            classifier for any class name), so a sequence of datasets measures it on datasets not trained yet.
     """
 
     name: str
@@ -92,6 +95,7 @@ class StrategySpec:
     description: str
     augmented_views: bool = True
     trains: bool = True
+    scores_unseen: bool = False
 
 
 _REGISTRY: dict[str, StrategySpec] = {}
@@ -102,7 +106,8 @@ _ENTRY_POINTS_SCANNED = False
 
 def register_strategy(name: str, *, options: type = StrategyOptions,
                       inputs: Literal["features", "images"] = "features",
-                      augmented_views: bool = True, trains: bool = True) -> Callable:
+                      augmented_views: bool = True, trains: bool = True,
+                      scores_unseen: bool = False) -> Callable:
     """Register a strategy builder under ``name``.
 
     The builder is called once per (strategy, seed) as ``build(ctx, opts)`` with a
@@ -120,6 +125,12 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
             reference reads the un-augmented training images, e.g. to take class statistics).
         trains: False when nothing is learned by gradient, so that ``lr``, ``epochs`` and
             ``batch_size`` in its config entry are refused as options that change nothing.
+        scores_unseen: True when the model scores classes it was never trained on, once its Avalanche
+            adaptation has seen their experience (a prompt or text-initialised classifier does; a head
+            that starts new rows at zero or a prototype table does not). On a ``benchmark.sequence`` the
+            runner then evaluates it on the datasets not trained yet, on a copy of the model adapted to
+            them (the model being trained is never adapted to future classes); False (the default, and
+            so for a plugin that does not say) leaves those cells empty and Transfer "not applicable".
 
     Example:
         >>> @register_strategy("my_method", options=MyOptions)  # doctest: +SKIP
@@ -145,7 +156,8 @@ def register_strategy(name: str, *, options: type = StrategyOptions,
             raise UserError(f"strategy {name!r} is registered twice: by {_REGISTRY[name].source} and by {source}")
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = StrategySpec(name, fn, options, inputs, source, doc[0].strip() if doc else "",
-                                       augmented_views=bool(augmented_views), trains=bool(trains))
+                                       augmented_views=bool(augmented_views), trains=bool(trains),
+                                       scores_unseen=bool(scores_unseen))
         return fn
 
     return deco
@@ -341,6 +353,15 @@ def trains(name: str) -> bool:
     return get_strategy(name).trains
 
 
+def scores_unseen(name: str) -> bool:
+    """Whether strategy ``name`` can score classes it has not trained (``register_strategy(...,
+    scores_unseen=...)``), read from a built-in's source when its file is not imported yet."""
+    declared = _declared(name)
+    if declared is not None and declared.scores_unseen is not None:
+        return declared.scores_unseen
+    return get_strategy(name).scores_unseen
+
+
 @dataclass(frozen=True)
 class _Declaration:
     """What a built-in's ``@register_strategy(...)`` line says, read from its source (see :func:`_declared`)."""
@@ -350,6 +371,7 @@ class _Declaration:
     description: str
     options: Optional[tuple[str, str]]  # (module, class) of its options, when imported from another module
     trains: Optional[bool]  # None: not a literal in the decorator
+    scores_unseen: Optional[bool]  # None: not a literal in the decorator
 
 
 def _declared(name: str) -> Optional[_Declaration]:
@@ -374,8 +396,6 @@ def _builtin_declarations() -> dict[str, _Declaration]:
     docstring hold: literals, and the name of an options class with the ``from MODULE import NAME``
     line that brings it in.
     """
-    import ast
-
     spec = importlib.util.find_spec(BUILTIN_PACKAGE)
     folder = Path(next(iter(spec.submodule_search_locations)))
     out = {}
@@ -394,19 +414,22 @@ def _builtin_declarations() -> dict[str, _Declaration]:
                     doc = (ast.get_docstring(node) or "").strip().splitlines()
                     kw = {k.arg: k.value for k in deco.keywords}
                     options = kw.get("options")
-                    trains_kw = kw.get("trains")
                     name = deco.args[0].value
                     if options is None:  # register_strategy's default
                         where = (__name__, StrategyOptions.__name__)
                     else:
                         where = imported.get(options.id) if isinstance(options, ast.Name) else None
-                    if trains_kw is None:
-                        trained: Optional[bool] = True  # register_strategy's default
-                    else:
-                        trained = bool(trains_kw.value) if isinstance(trains_kw, ast.Constant) else None
                     out[name] = _Declaration(name, _builtin_source(path.stem), doc[0].strip() if doc else "",
-                                             where, trained)
+                                             where, _literal(kw.get("trains"), True),
+                                             _literal(kw.get("scores_unseen"), False))
     return out
+
+
+def _literal(node, default: bool) -> Optional[bool]:
+    """A decorator keyword's boolean: ``default`` (register_strategy's) when absent, None when not a literal."""
+    if node is None:
+        return default
+    return bool(node.value) if isinstance(node, ast.Constant) else None
 
 
 def describe_strategies() -> list[tuple[str, str, str]]:

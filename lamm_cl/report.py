@@ -21,6 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+
+import numpy as np
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -225,6 +227,8 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
     columns = [*SUMMARY_METRICS, *TASK_AWARE_COLUMNS]
     for strategy, runs in groups.items():
         values: Dict[str, List[float]] = {m: [] for m in columns}
+        sequence = runs[0].sequence is not None
+        extra = ["transfer", "mtil_avg"] if sequence else []  # ZSCL's (None: not applicable)
         for run in runs:
             s = run.summary()
             ta = run.task_aware_summary()
@@ -239,6 +243,9 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
         over_seeds = {m: mean_std(v) for m, v in values.items()}
         mean = {m: over_seeds[m][0] for m in values}
         std = {m: over_seeds[m][1] for m in values}
+        for m in extra:
+            v = [run.summary()[m] for run in runs]
+            mean[m], std[m] = mean_std(v) if all(x is not None for x in v) else (None, None)
         rows.append({"strategy": strategy, "seed": "mean", **mean, "n_experiences": T})
         rows.append({"strategy": strategy, "seed": "std", **std, "n_experiences": T})
     return rows
@@ -260,10 +267,19 @@ def _target_columns(rows: Sequence[Mapping[str, Any]]) -> List[str]:
 
 
 def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    targets = _target_columns(rows)  # none without benchmark.evaluate_on: the columns stay as they were
-    return csv_text([SUMMARY_CSV_COLUMNS + targets] + [
+    # a sequence of datasets adds ZSCL's Transfer and Avg (blank: not applicable; `last_accuracy` is then ZSCL's
+    # Last), benchmark.evaluate_on a `target:<label>` column each; other benchmarks keep the columns they had
+    extra = ["transfer", "mtil_avg"] if any("transfer" in row for row in rows) else []
+    targets = _target_columns(rows)
+
+    def cell(row, m):
+        v = row.get(m)
+        return "" if v is None else csv_number(v)
+
+    return csv_text([SUMMARY_CSV_COLUMNS + extra + targets] + [
         [row["strategy"], row["seed"], *(csv_number(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
-         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS), *(csv_number(row.get(m)) for m in targets)]
+         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS), *(cell(row, m) for m in extra),
+         *(csv_number(row.get(m)) for m in targets)]
         for row in rows])
 
 
@@ -685,8 +701,11 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
         lines += ["> **Random weights.** The model was built with `pretrained: none`: these numbers come "
                   "from randomly initialised weights and are not pretrained CLIP's.", ""]
     seeds = sorted({r.seed for rs in groups.values() for r in rs})
+    what = (f"dataset `{_get(config, 'benchmark.dataset')}`" if first.sequence is None else
+            "sequence " + " > ".join(f"`{d['dataset']}`" for d in first.sequence["datasets"])
+            + f", evaluation `{first.sequence['evaluation']}`")
     lines += [
-        f"- Benchmark: `{first.benchmark}` (dataset `{_get(config, 'benchmark.dataset')}`, "
+        f"- Benchmark: `{first.benchmark}` ({what}, "
         f"{_count(T, 'experience')}, {_count(n_classes, 'class')}, {_shots_text(config)})",
         *_models_lines(groups),
         *weights_lines(groups),
@@ -697,6 +716,8 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
     if unfinished:
         rel = ", ".join(f"`{p.relative_to(results_dir).as_posix()}`" for p in unfinished)
         lines += [f"Unfinished runs left out (no `{SUMMARY_FILE}`): {rel}.", ""]
+    if first.sequence is not None:
+        lines += sequence_section(groups, config)
     lines += _results_section(groups, rows)
     lines += _targets_section(groups, rows)
     if len(groups) > 1 and baseline in groups:
@@ -704,11 +725,109 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
     elif len(groups) > 1:
         lines += ["## Paired differences", "", f"No `{baseline}` runs here to compare against (choose one with "
                   "`lamm-cl report DIR --baseline NAME`).", ""]
-    lines += _published_section(config, T, groups, rows)
+    if first.sequence is None:  # a sequence's published rows sit in its own section
+        lines += _published_section(config, T, groups, rows)
     lines += _plots_section(plot_links)
     lines += _classes_section(groups)
     lines += _config_section(groups)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------- sequences of datasets
+
+SEQUENCE_TITLES = {"transfer": "Transfer", "mtil_avg": "Avg", "last_accuracy": "Last"}  # ZSCL's names
+# the published sequences, by their datasets in order (ZSCL's MTIL orders, RAIL's X-TAIL)
+KNOWN_SEQUENCES = {
+    ("fgvc_aircraft", "caltech101", "cifar100", "dtd", "eurosat", "oxford_flowers", "food101", "mnist",
+     "oxford_pets", "stanford_cars", "sun397"): "mtil_order1",
+    ("stanford_cars", "food101", "mnist", "oxford_pets", "oxford_flowers", "sun397", "fgvc_aircraft",
+     "caltech101", "dtd", "eurosat", "cifar100"): "mtil_order2",
+    ("fgvc_aircraft", "caltech101", "dtd", "eurosat", "oxford_flowers", "food101", "mnist", "oxford_pets",
+     "stanford_cars", "sun397"): "xtail",
+}
+
+
+def sequence_name(run: RunRecord) -> Optional[str]:
+    """``mtil_order1``, ``mtil_order2`` or ``xtail`` when a run's sequence is one of the published ones (with
+    that protocol's evaluation: X-TAIL's all_classes, MTIL's task_aware), else None."""
+    if run.sequence is None:
+        return None
+    name = KNOWN_SEQUENCES.get(tuple(d["dataset"] for d in run.sequence["datasets"]))
+    wanted = "all_classes" if name == "xtail" else "task_aware"
+    return name if name is not None and run.sequence["evaluation"] == wanted else None
+
+
+def per_dataset(A: np.ndarray) -> Dict[str, np.ndarray]:
+    """ZSCL's per-dataset rows of one matrix: ``transfer[d]`` (mean of A[t][d] over t < d; NaN for d = 0),
+    ``avg[d]`` (mean over every t), ``last[d]`` (A[T-1][d])."""
+    T = A.shape[0]
+    return {"transfer": np.array([np.nan] + [np.mean(A[:d, d]) for d in range(1, T)]),
+            "mtil_avg": A.mean(axis=0), "last_accuracy": A[-1].copy()}
+
+
+def sequence_section(groups: Mapping[str, Sequence[RunRecord]], config: Mapping[str, Any]) -> List[str]:
+    """ZSCL's Transfer / Avg / Last per strategy, a per-dataset table, and the published rows of the same
+    sequence, protocol and weights."""
+    first = next(iter(groups.values()))[0]
+    names = [d["dataset"] for d in first.sequence["datasets"]]
+    lines = ["## Sequence of datasets", "",
+             f"Each dataset is one experience; after each, every dataset of the sequence is evaluated "
+             f"({'among its own classes (task-aware, MTIL)' if first.sequence['evaluation'] == 'task_aware' else 'among the classes of every dataset, trained or not (X-TAIL)'}). "
+             "Cells above the diagonal of the matrix are zero-shot territory: datasets not trained yet. "
+             "Metrics as ZSCL defines them (mtil/results.ipynb): **Transfer** = mean over datasets 2..T of the "
+             "mean accuracy before training them; **Avg** = mean over datasets of the mean over every step; "
+             "**Last** = mean over datasets after the last step (a mean over datasets, not over images). "
+             "Transfer and Avg are *n/a* for a strategy that cannot score classes it has not trained. In the "
+             "Results table below, Last is this Last; Avg, Forgetting and BWT there read the lower triangle "
+             "(datasets already trained), Avg pooled over test images.", ""]
+    table = []
+    for strategy, runs in groups.items():
+        vals = {k: [r.summary()[k] for r in runs] for k in SEQUENCE_TITLES}
+        cells = []
+        for k in SEQUENCE_TITLES:
+            v = [x for x in vals[k] if x is not None]
+            cells.append("n/a" if not v else mean_std_text(float(np.mean(v)),
+                                                            float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")))
+        table.append([f"`{strategy}`", str(len(runs))] + cells)
+    published = _published_sequence(first, config)
+    for method, _source, _note, values in published:
+        table.append([f"{method} (published)", "—"] + [values.get(k, "—") for k in SEQUENCE_TITLES])
+    lines += md_table(["Strategy", "Seeds", *SEQUENCE_TITLES.values()], table) + [""]
+    if published:
+        lines += ["Published: " + "; ".join(sorted({f"{m}: {s}" + (f" ({n})" if n else "")
+                                                    for m, s, n, _ in published})) + ". Their loaders split some "
+                  "datasets differently from lamm-cl's (README \"Beyond one dataset\"): context, not a controlled "
+                  "comparison.", ""]
+    lines += ["### Per dataset (mean over seeds)", ""]
+    rows = []
+    for strategy, runs in groups.items():
+        A = np.mean([np.asarray(r.matrix, dtype=float) for r in runs], axis=0)
+        for k, v in per_dataset(A).items():
+            cells = ["n/a" if not np.isfinite(x) and not (k == "transfer" and d == 0) else
+                     ("—" if not np.isfinite(x) else f"{x:.1f}") for d, x in enumerate(v)]
+            finite = v[1:] if k == "transfer" else v
+            mean = f"{np.mean(finite):.1f}" if len(finite) and np.all(np.isfinite(finite)) else "n/a"
+            rows.append([f"`{strategy}`", SEQUENCE_TITLES[k], *cells, mean])
+    lines += md_table(["Strategy", "Metric", *names, "Mean over datasets"], rows) + [""]
+    return lines
+
+
+def _published_sequence(run: RunRecord, config: Mapping[str, Any]) -> List[tuple]:
+    """(method, source, note, {metric: value}) of the published rows for this run's sequence and weights."""
+    name = sequence_name(run)
+    if name is None or _is_random_weights(config):
+        return []
+    arch = str(_get(config, "model.arch", "")).replace("/", "-")
+    pretrained = str(_get(config, "model.pretrained", "")).lower()
+    shots = _get(config, "benchmark.shots")
+    out: Dict[tuple, Dict[str, str]] = {}
+    for row in load_published():
+        if row["dataset"] != name or row["backbone"] != arch or row["pretrained"].lower() != pretrained:
+            continue
+        if (int(row["shots"]) if row["shots"] else None) != shots:
+            continue
+        out.setdefault((row["method"], row["source"], row["note"]), {})[row["metric"]] = row["value"]
+    return [(m, s, n, v) for (m, s, n), v in out.items()]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -765,6 +884,10 @@ def build_report(results_dir: str | Path, formats: Sequence[str] = ("png",),
     save(plots.plot_old_new_accuracy(groups, colors), "old_new_accuracy", "Old- vs new-class accuracy")
     save(plots.plot_accuracy_matrices(groups), "accuracy_matrices", "Accuracy matrices of every strategy")
     for strategy, strategy_runs in groups.items():
+        if strategy_runs[0].sequence is not None:  # the whole T x T, zero-shot territory marked
+            save(plots.plot_sequence_matrix(strategy, strategy_runs), f"sequence_matrix_{plots.safe_name(strategy)}",
+                 f"Accuracy on every dataset after each one: {strategy}")
+            continue
         save(plots.plot_accuracy_matrix(strategy, strategy_runs), f"accuracy_matrix_{plots.safe_name(strategy)}",
              f"Accuracy matrix: {strategy}")
 

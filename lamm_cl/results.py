@@ -74,6 +74,9 @@ TARGETS_FILE = "targets.csv"
 # experience x target: the target's accuracy (blank: not applicable, `note` says why) among its own classes,
 # `matched` of which are trained classes (scored with the trained text)
 TARGETS_COLUMNS = ["experience", "target", "dataset", "classes", "matched", "images", "accuracy", "note"]
+# a sequence of datasets: the whole [T, T] matrix, cells above the diagonal included (blank: not measured)
+MATRIX_SEQUENCE_FILE = "accuracy_matrix_sequence.csv"
+SEQUENCE_METRICS = ["transfer", "mtil_avg", "last_accuracy"]  # ZSCL's Transfer, Avg, Last
 
 METRICS_COLUMNS = [
     "experience",
@@ -126,6 +129,9 @@ class RunRecord:
                 acc = float(row["accuracy"])
                 out[str(row["target"])] = None if math.isnan(acc) else acc
         return out
+    # a sequence of datasets: {"evaluation", "scores_unseen", "datasets": [{dataset, offset, n_classes}]}, and
+    # then ``matrix`` holds the cells above the diagonal too (datasets not trained yet; NaN when not measured)
+    sequence: Dict[str, Any] | None = None
 
     @property
     def n_experiences(self) -> int:
@@ -133,8 +139,13 @@ class RunRecord:
         return int(np.asarray(self.matrix).shape[0])
 
     def summary(self) -> Dict[str, float]:
-        """The headline metrics of :func:`lamm_cl.metrics.summarize`."""
-        return metrics.summarize(self.matrix, self.test_counts)
+        """The headline metrics of :func:`lamm_cl.metrics.summarize`; for a sequence of datasets, also ZSCL's
+        ``transfer`` and ``mtil_avg`` (None: not applicable) and ``last_accuracy`` as ZSCL's mean over datasets
+        (:func:`lamm_cl.metrics.sequence_summary`)."""
+        out = metrics.summarize(self.matrix, self.test_counts)
+        if self.sequence is not None:
+            out.update(metrics.sequence_summary(self.matrix))
+        return out
 
     def task_aware_summary(self) -> Dict[str, float]:
         """:func:`lamm_cl.metrics.summarize` of the task-aware matrix."""
@@ -162,11 +173,12 @@ def _check_record(record: RunRecord) -> np.ndarray:
     return A
 
 
-def _matrix_csv(A: np.ndarray) -> str:
+def _matrix_csv(A: np.ndarray, full: bool = False) -> str:
     T = A.shape[0]
     rows: List[List[Any]] = [["after_experience"] + [f"exp{j}" for j in range(T)]]
     for i in range(T):
-        rows.append([i] + [csv_number(A[i, j]) if j <= i else "" for j in range(T)])
+        rows.append([i] + [csv_number(A[i, j]) if (j <= i or full) and np.isfinite(A[i, j]) else ""
+                           for j in range(T)])
     return csv_text(rows)
 
 
@@ -236,10 +248,12 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         "benchmark": record.benchmark,
         "strategy": record.strategy,
         "seed": int(record.seed),
-        **metrics.summarize(A, record.test_counts),
+        **record.summary(),
         "n_experiences": A.shape[0],
         "info": record.info,
     }
+    if record.sequence is not None:
+        summary["sequence"] = record.sequence
     summary["task_aware"] = record.task_aware_summary()  # beside the class-incremental headline, never instead of it
     if record.targets:
         summary["targets"] = record.target_summary()
@@ -257,6 +271,8 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         (METRICS_FILE, _metrics_csv(A, record)),
         (PER_CLASS_FILE, _per_class_csv(record)),
         *([(TARGETS_FILE, _targets_csv(record))] if record.targets else []),
+        *([(MATRIX_SEQUENCE_FILE, _matrix_csv(np.asarray(record.matrix, dtype=float), full=True))]
+          if record.sequence is not None else []),
         (SUMMARY_FILE, json_text(summary)),  # last: marks the run finished
     ]
     return [atomic_write_text(run_dir / name, text) for name, text in files]
@@ -322,7 +338,7 @@ def _int(path: Path, cell: Any, where: str) -> int:
         raise _bad(path, f"malformed integer {cell!r} at {where}") from None
 
 
-def _read_matrix(path: Path) -> np.ndarray:
+def _read_matrix(path: Path, full: bool = False) -> np.ndarray:
     try:
         first = next(csv.reader(io.StringIO(_read_text(path))), [])
     except csv.Error as e:
@@ -340,7 +356,7 @@ def _read_matrix(path: Path) -> np.ndarray:
             raise _bad(path, f"malformed: line {i + 2} should be after_experience {i}, got {row[0]!r}")
         for j in range(T):
             value = _float(path, row[j + 1], f"line {i + 2}, exp{j}")
-            if j > i and not math.isnan(value):
+            if j > i and not full and not math.isnan(value):
                 raise _bad(path, f"malformed: value above the diagonal at line {i + 2}, exp{j} (must be blank)")
             A[i, j] = value
     try:
@@ -426,7 +442,18 @@ def read_run(run_dir: PathLike) -> RunRecord:
     task_aware = _read_matrix(task_aware_path)
     if task_aware.shape != A.shape:
         raise _bad(task_aware_path, f"malformed: {task_aware.shape[0]} experiences but {matrix_path.name} has {T}")
+    sequence = summary.get("sequence")
+    if sequence is not None:
+        if not isinstance(sequence, dict) or not isinstance(sequence.get("datasets"), list):
+            raise _bad(summary_path, "malformed: 'sequence' must be an object listing its 'datasets'")
+        full_path = run_dir / MATRIX_SEQUENCE_FILE
+        full = _read_matrix(full_path, full=True)
+        lower = np.tril(np.ones(A.shape, dtype=bool))
+        if full.shape != A.shape or not np.allclose(full[lower], A[lower]):
+            raise _bad(full_path, f"malformed: its lower triangle differs from {matrix_path.name}")
+        A = full
     return RunRecord(
+        sequence=sequence,
         benchmark=summary["benchmark"],
         strategy=summary["strategy"],
         seed=seed,

@@ -13,7 +13,7 @@ from lamm_cl.strategy_kit.prompt_learning import PromptTemplate, prompt_plugins,
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
-@register_strategy("coop", options=CoopOptions)
+@register_strategy("coop", options=CoopOptions, scores_unseen=True)
 def build(ctx: StrategyContext, opts: CoopOptions) -> SupervisedTemplate:
     """CoOp: trains one shared context (n_ctx vectors) in front of the fixed class names, on every experience."""
     prompts, context = shared_context(ctx, opts)

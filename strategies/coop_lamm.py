@@ -18,7 +18,7 @@ from lamm_cl.strategy_kit.prompt_learning import prompt_plugins, shared_context
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
-@register_strategy("coop_lamm", options=CoopLammOptions)
+@register_strategy("coop_lamm", options=CoopLammOptions, scores_unseen=True)
 def build(ctx: StrategyContext, opts: CoopLammOptions) -> SupervisedTemplate:
     """CoOp+LAMM: trains the shared context and the current classes' label vectors under LAMM's loss."""
     model = lamm_model(ctx, opts, context=shared_context(ctx, opts, "coop_lamm"))

@@ -78,7 +78,7 @@ class FinetunedCLIP(nn.Module):
         return self.head(normalize(self.encoder(images).float()))
 
 
-@register_strategy("finetune", options=FinetuneOptions, inputs="images")
+@register_strategy("finetune", options=FinetuneOptions, inputs="images", scores_unseen=True)
 def build(ctx: StrategyContext, opts: FinetuneOptions) -> SupervisedTemplate:
     """Fine-tuning: trains CLIP's image encoder (all, or the last N blocks) and a text-initialised growing head."""
     model = FinetunedCLIP(trainable_encoder(ctx.clip.model.visual, opts.last_blocks), zeroshot_rows(ctx))

@@ -11,7 +11,7 @@ from lamm_cl.strategy_kit.options import LammPromptOptions
 from lamm_cl.strategy_kit.recipe import lr_schedule_plugin, placeholder_params, sgd
 
 
-@register_strategy("lamm", options=LammPromptOptions)
+@register_strategy("lamm", options=LammPromptOptions, scores_unseen=True)
 def build(ctx: StrategyContext, opts: LammPromptOptions) -> SupervisedTemplate:
     """LAMM: trains the label vectors of the current classes; CLIP and the prompt stay frozen."""
     model = lamm_model(ctx, opts)

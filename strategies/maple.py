@@ -37,7 +37,7 @@ from lamm_cl.strategy_kit.prompt_learning import MapleTemplate, maple_prompts, p
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 
-@register_strategy("maple", options=MapleOptions, inputs="images")
+@register_strategy("maple", options=MapleOptions, inputs="images", scores_unseen=True)
 def build(ctx: StrategyContext, opts: MapleOptions) -> SupervisedTemplate:
     """MaPLe: trains deep text prompts coupled to vision prompts on every experience; reads images (no feature cache)."""
     prompts, learner = maple_prompts(ctx, opts)

@@ -68,7 +68,7 @@ def maple_lamm_model(ctx: StrategyContext, opts: MapleLammOptions) -> MapleClass
     return model
 
 
-@register_strategy("maple_lamm", options=MapleLammOptions, inputs="images")
+@register_strategy("maple_lamm", options=MapleLammOptions, inputs="images", scores_unseen=True)
 def build(ctx: StrategyContext, opts: MapleLammOptions) -> SupervisedTemplate:
     """MaPLe+LAMM: trains MaPLe's prompts and the current classes' label vectors under LAMM's loss; reads images."""
     model = maple_lamm_model(ctx, opts)

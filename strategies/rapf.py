@@ -327,7 +327,7 @@ class RAPFTemplate(SupervisedTemplate):
 # --------------------------------------------------------------------------- options and builder
 
 
-@register_strategy("rapf", options=RAPFOptions, augmented_views=False)  # main.py: model.transforms
+@register_strategy("rapf", options=RAPFOptions, augmented_views=False, scores_unseen=True)  # main.py: model.transforms
 def build(ctx: StrategyContext, opts: RAPFOptions) -> SupervisedTemplate:
     """RAPF (Huang et al., ECCV 2024): feature adapter vs. text classifier, old-class Gaussians, parameter fusion."""
     template = ctx.template if opts.template == "dataset" else opts.template

@@ -37,7 +37,7 @@ class ZeroShotTemplate(SupervisedTemplate):
         pass  # no epochs: the classifier was adapted in _before_training_exp
 
 
-@register_strategy("zeroshot", options=ZeroShotOptions, trains=False)
+@register_strategy("zeroshot", options=ZeroShotOptions, trains=False, scores_unseen=True)
 def build(ctx: StrategyContext, opts: ZeroShotOptions) -> SupervisedTemplate:
     """Zero-shot CLIP: a hand-made prompt per class (optionally a template ensemble); trains nothing."""
     if opts.templates:

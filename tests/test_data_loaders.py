@@ -98,7 +98,33 @@ def data_root(tmp_path_factory) -> Path:
     make_imagenet(root)
     make_imagefolder(root / "folder")
     make_cifar(root)
+    make_mnist(root)
     return root
+
+
+def make_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> None:
+    """torchvision's MNIST/raw/ idx files (big-endian: magic 2051 images, 2049 labels, then the sizes)
+    holding noise images with labels i % 10."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+
+
+def test_mnist_through_torchvision(data_root, tmp_path):
+    parts = load_dataset("mnist", data_root)
+    assert parts.classnames == [str(d) for d in range(10)]
+    assert len(parts.train) == 20 and len(parts.test) == 10 and parts.test.labels.tolist() == [*range(10)]
+    assert parts.train.identity == "mnist:train" and parts.train.image(0).size == (28, 28)
+    with pytest.raises(DataNotFoundError, match="download: true") as e:
+        load_dataset("mnist", tmp_path)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
 
 
 def assert_readable_images(samples, k: int = 2) -> None:

@@ -23,7 +23,7 @@ from lamm_cl.config import Config
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import RunRecord
 from lamm_cl.model.clip import FrozenCLIP
-from lamm_cl.runner.evaluation import AccuracyPlugin, evaluate
+from lamm_cl.runner.evaluation import AccuracyPlugin, evaluate, evaluate_sequence
 from lamm_cl.runner.inputs import Inputs
 from lamm_cl.runner.progress import ProgressPlugin
 from lamm_cl.runner.record import make_record, run_config
@@ -114,9 +114,10 @@ class _Scores:
         self.per_class, self.spent = dict(state["per_class"]), state["seconds"]
 
     def add(self, t: int, row: list[float], per_class: dict, row_task_aware: list[float]) -> None:
-        """Add what :func:`evaluate` measured after training experience ``t``."""
-        self.matrix[t, : t + 1] = row
-        self.matrix_task_aware[t, : t + 1] = row_task_aware
+        """Add what :func:`evaluate` measured after training experience ``t`` (a sequence's row may reach
+        past the diagonal: the datasets not trained yet)."""
+        self.matrix[t, : len(row)] = row
+        self.matrix_task_aware[t, : len(row_task_aware)] = row_task_aware
         self.per_class = per_class
 
 
@@ -184,16 +185,22 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     # benchmark.evaluate_on: one row per (experience, target); a checkpoint keeps the rows made before it
     target_rows = list(((resume_from or {}).get("meta") or {}).get("targets", []))
     target_inputs = TargetInputs(inputs.extractor, inputs.clip, device)
+    sequence = getattr(plan, "members", None) is not None  # a lamm_cl.sequence.SequencePlan
     for t in range(scores.first, T):
         run.template.train(run.scenario.train_stream[t])
-        row, per_class, row_task_aware = evaluate(run.template, run.scenario.test_stream, t, plan, run.acc)
+        if sequence:
+            row, per_class, row_task_aware = evaluate_sequence(
+                run.template, run.scenario.test_stream, t, plan, run.acc, get_strategy(entry.name).scores_unseen,
+                inputs.clip)
+        else:
+            row, per_class, row_task_aware = evaluate(run.template, run.scenario.test_stream, t, plan, run.acc)
         scores.add(t, row, per_class, row_task_aware)
         if inputs.targets:
             target_rows += evaluate_targets(run.template, entry, t, plan, inputs.parts, inputs.targets, target_inputs)
             checkpoints.meta["targets"] = target_rows
         # experiences are numbered from 0 wherever a user reads them: result files, plots, report, stderr
         log(f"  {label} experience {t} of 0-{T - 1}: seen-class accuracy "
-            f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
+            f"{np.average(row[: t + 1], weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if t < T - 1:  # after the last one the results themselves are written
             checkpoints.save(t, scores, seconds=scores.spent + time.perf_counter() - started)
     if run_dir is not None and entry.saves_model(cfg):
@@ -202,4 +209,5 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
     return make_record(cfg, strategy=entry.run_label, source=get_strategy(entry.name).source, seed=seed, plan=plan,
                        matrix=scores.matrix, matrix_task_aware=scores.matrix_task_aware, per_class=scores.per_class,
                        seconds=scores.spent + time.perf_counter() - started, device=device, clip=inputs.clip,
-                       resumed=resume_from is not None, targets=target_rows)
+                       resumed=resume_from is not None, targets=target_rows,
+                       scores_unseen=get_strategy(entry.name).scores_unseen)

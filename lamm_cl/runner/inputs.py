@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from lamm_cl.benchmark import Plan, make_plan
+from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
 from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
@@ -19,6 +19,7 @@ from lamm_cl.model.clip import FrozenCLIP, build_clip
 from lamm_cl.runner.progress import progress_bar
 from lamm_cl.data.targets import load_targets
 from lamm_cl.runner.validate import check_templates
+from lamm_cl.sequence import load_sequence, member_samples, plan_for
 
 
 @dataclass
@@ -52,7 +53,12 @@ class Inputs:
             if view is not None and self.views_of is not None:
                 samples = samples.subset(self.views_of)
             desc = f"{split} image features" + ("" if view is None else f" (view {view})")
-            self._feats[split, view] = self.extractor.features(samples, view=view, desc=desc)
+            members = member_samples(samples)
+            if members is None:
+                self._feats[split, view] = self.extractor.features(samples, view=view, desc=desc)
+            else:  # a sequence: each dataset's features under the key a split benchmark of it uses
+                self._feats[split, view] = torch.cat([self.extractor.features(m, view=view, desc=f"{name} {desc}")
+                                                      for name, m in zip(samples.names, members)])
         return self._feats[split, view]
 
     def views_for(self, views_of: Optional[np.ndarray]) -> "Inputs":
@@ -131,8 +137,9 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     Raises:
         UserError: missing or bad data, a bad split, weights that do not load, a prompt too long.
     """
-    parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
-    plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
+    b = cfg.benchmark
+    parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
+    plans = {seed: plan_for(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
     targets = load_targets(cfg)  # a missing target fails here too, before any work
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
     check_templates(cfg, plans, clip)

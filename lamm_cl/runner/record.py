@@ -19,8 +19,9 @@ from lamm_cl.benchmark import Plan, fewshot_images, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
 from lamm_cl.saved_model import MODEL_FILE
-from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
-                             PER_CLASS_FILE, SUMMARY_FILE, TARGETS_FILE, RunRecord, find_run_dirs, write_run)
+from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_SEQUENCE_FILE,
+                             MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE, SUMMARY_FILE, TARGETS_FILE,
+                             RunRecord, find_run_dirs, write_run)
 
 
 FEWSHOT_FILE = "fewshot.json"  # the training images a few-shot run drew, per class
@@ -55,7 +56,8 @@ def run_config(config: dict, strategy: str) -> dict:
 
 def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
                 matrix_task_aware: np.ndarray, per_class: dict, seconds: float, device: torch.device,
-                clip: FrozenCLIP, resumed: bool, targets: Optional[list] = None) -> RunRecord:
+                clip: FrozenCLIP, resumed: bool, targets: Optional[list] = None,
+                scores_unseen: bool = False) -> RunRecord:
     """The record of one finished (strategy, seed): its accuracy matrices (``[t, j]``: on experience j
     after training experience t), per-class accuracies after the last experience, and what made it.
 
@@ -64,6 +66,7 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
         seconds: training and evaluation time, resumed runs included.
         resumed: the run continued from a checkpoint.
         targets: the ``benchmark.evaluate_on`` rows (:func:`lamm_cl.runner.targets.evaluate_targets`).
+        scores_unseen: the strategy scores classes it has not trained (a sequence's upper triangle is measured).
     """
     T = plan.n_experiences
     n_classes = seen_classes(plan, T - 1)
@@ -82,7 +85,17 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
               # hashed once when the run built CLIP (prepare_inputs), shared by every strategy and seed
               "weights": clip.weights_record()},
         targets=list(targets or []),
+        sequence=_sequence_info(plan, scores_unseen),
     )
+
+
+def _sequence_info(plan: Plan, scores_unseen: bool):
+    """What a record of a sequence of datasets says about it (None for a split benchmark)."""
+    members = getattr(plan, "members", None)
+    if members is None:
+        return None
+    return {"evaluation": plan.evaluation, "scores_unseen": bool(scores_unseen),
+            "datasets": [{"dataset": m.dataset, "offset": m.offset, "n_classes": m.n_classes} for m in members]}
 
 
 def write_fewshot(run_dir: Path, cfg: Config, plan: Plan, parts, seed: int) -> None:
@@ -116,8 +129,8 @@ class RunRecords(list):
         self.failed.append(msg)
 
 
-RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
-             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE, TARGETS_FILE, MODEL_FILE)
+RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, MATRIX_SEQUENCE_FILE, METRICS_FILE,
+             PER_CLASS_FILE, SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE, TARGETS_FILE, MODEL_FILE)
 
 
 def clear_run(run_dir: Path) -> None:

@@ -34,6 +34,7 @@ from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.deep_prompts import MapleClassifier
 from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
+from lamm_cl.registry import get_strategy
 
 NOT_APPLICABLE = "not applicable: the strategy cannot score classes it has not trained"
 
@@ -271,7 +272,9 @@ def evaluate_targets(template, entry, t: int, plan: Plan, trained: DatasetParts,
         NaN when not applicable) and ``note`` (why there is no number, else empty).
     """
     model = template.model
-    scorer = make_scorer(model, entry)
+    # a strategy that does not declare it scores untrained classes (register_strategy(..., scores_unseen=True))
+    # gets "not applicable", whatever its model could do
+    scorer = make_scorer(model, entry) if get_strategy(entry.name).scores_unseen else None
     was_training = model.training
     if was_training:  # after the run's own evaluation it is in eval mode already: its text cache stays
         model.eval()

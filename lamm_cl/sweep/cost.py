@@ -35,7 +35,32 @@ KNOWN_SPLITS = {
     "eurosat": (10, 13_500, 8_100),
     "ucf101": (101, 7_639, 3_783),
     "cifar100": (100, 50_000, 10_000),
+    "mnist": (10, 60_000, 10_000),
 }
+
+
+def _load_sequence(b, sized: set):
+    """A sequence's parts for counting: its datasets where they are, known split sizes where not.
+
+    Raises:
+        UserError: a dataset that is neither there nor of known size.
+    """
+    from dataclasses import replace
+
+    from lamm_cl.data import load_dataset
+    from lamm_cl.sequence import join, load_sequence
+
+    loaded = []
+    for e in b.sequence:
+        try:
+            load_sequence(replace(b, sequence=[e]), download=False)  # the sequence's own checks and messages
+            loaded.append(load_dataset(e.dataset, e.root, False))
+        except UserError:
+            if e.dataset not in KNOWN_SPLITS:
+                raise
+            loaded.append(stand_in(e.dataset))
+            sized.add(e.dataset)
+    return join(loaded)
 
 
 class _Counted:
@@ -66,6 +91,16 @@ def stand_in(name: str):
                         test=_Counted(np.sort(np.arange(n_test) % k), f"{name}:test"))
 
 
+def _sequence_evaluations(plan, scores_unseen: bool) -> list[int]:
+    """(dataset evaluations, test images scored) of one sequence job: T x T when the strategy scores unseen
+    classes, the T(T+1)/2 cells on and below the diagonal when not."""
+    T = plan.n_experiences
+    n = [len(i) for i in plan.test_index]
+    if scores_unseen:
+        return [T * T, T * sum(n)]
+    return [T * (T + 1) // 2, sum((T - d) * n[d] for d in range(T))]
+
+
 def _steps(plan, opts) -> int:
     epochs = int(getattr(opts, "epochs", 0) or 0)
     batch = int(getattr(opts, "batch_size", 0) or 0)
@@ -76,8 +111,8 @@ def _steps(plan, opts) -> int:
 
 def estimate(sweep: Sweep) -> list[str]:
     """Lines describing the sweep's jobs and cost (nothing is written or trained)."""
-    from lamm_cl.benchmark import make_plan
     from lamm_cl.data import load_dataset
+    from lamm_cl.sequence import plan_for
     from lamm_cl.registry import get_strategy
     from lamm_cl.sweep.job import _config, feature_group, needs_features, reads_views, view_images
 
@@ -93,16 +128,20 @@ def estimate(sweep: Sweep) -> list[str]:
     steps: dict[str, int] = defaultdict(int)
     kinds: dict[str, str] = {}
     unknown_steps: set[str] = set()
+    evals: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # sequence jobs: (dataset evaluations, test images)
     plans: dict[tuple, object] = {}
     for j in sweep.jobs:
         cfg = _config(j)
         b = cfg.benchmark
-        key = (b.dataset, b.root, b.download)
-        if key not in parts_of and b.dataset not in missing:
+        key = (b.dataset, b.root, b.download) if b.sequence is None else repr(b.sequence)
+        if key not in parts_of and b.describe() not in missing:
             try:
-                parts_of[key] = load_dataset(b.dataset, b.root, b.download)
+                parts_of[key] = (load_dataset(b.dataset, b.root, b.download) if b.sequence is None
+                                 else _load_sequence(b, sized))
             except UserError as e:
-                if b.dataset in KNOWN_SPLITS:
+                if b.sequence is not None:
+                    missing[b.describe()] = " ".join(str(e).split())
+                elif b.dataset in KNOWN_SPLITS:
                     parts_of[key] = stand_in(b.dataset)
                     sized.add(b.dataset)
                 else:
@@ -117,13 +156,16 @@ def estimate(sweep: Sweep) -> list[str]:
             images[group] = len(parts.test) + len(parts.train)
         plan_key = (key, repr(b), j.seed)  # every strategy of a (benchmark, seed) shares its plan: draw it once
         if plan_key not in plans:
-            plans[plan_key] = make_plan(parts, b, j.seed)
+            plans[plan_key] = plan_for(parts, b, j.seed)
         plan = plans[plan_key]
         if reads_views(cfg):
             idx = view_images(cfg, parts, j.seed, plan)  # a few-shot job's views are of its own draw
             key = None if idx is None else idx.tobytes()
             views[group][key] = (len(parts.train) if idx is None else len(idx)) * cfg.features.train_views
         steps[j.strategy] += _steps(plan, cfg.strategies[0].options)
+        if b.sequence is not None:
+            more = _sequence_evaluations(plan, get_strategy(cfg.strategies[0].name).scores_unseen)
+            evals[j.strategy] = [x + y for x, y in zip(evals[j.strategy], more)]
     n_views = sum(n for sets in views.values() for n in sets.values())
     n_images = sum(images.values()) + n_views
     lines.append(f"images to encode once: {n_images:,} in {len(images)} feature group(s)"
@@ -134,6 +176,13 @@ def estimate(sweep: Sweep) -> list[str]:
         note = " + jobs whose dataset is missing" if s in unknown_steps else ""
         lines.append(f"  {s:<16} {steps[s]:>12,} steps  ({'images' if kinds[s] == 'images' else 'cached features'})"
                      f"{note}")
+    if evals:
+        lines.append("evaluations of sequence jobs (after every experience, on every dataset it can score; "
+                     "features strategies: text encodings + a matrix product on cached test features, no image pass):")
+        for s in sorted(evals):
+            n, imgs = evals[s]
+            lines.append(f"  {s:<16} {n:>6,} dataset evaluations, {imgs:>12,} test images scored"
+                         + ("  (images: one image pass each)" if kinds[s] == "images" else ""))
     seconds = n_images * cost.encode_image_s + sum(
         n * (cost.image_step_s if kinds[s] == "images" else cost.feature_step_s) for s, n in steps.items())
     where = sweep.cost_device

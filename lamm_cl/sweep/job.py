@@ -185,6 +185,9 @@ def reads_views(cfg) -> bool:
 def feature_group(cfg) -> tuple:
     """Jobs whose configs agree on this read the same feature-store entries."""
     b, m, f = cfg.benchmark, cfg.model, cfg.features
+    if b.sequence is not None:  # a sequence's datasets, each with its own root (in any order: the same entries)
+        return (tuple(sorted((e.dataset, str(Path(e.root).expanduser())) for e in b.sequence)), "", m.arch, m.pretrained,
+                f.cache_dir, f.dtype, f.train_views)
     return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views)
 
 
@@ -195,12 +198,12 @@ def view_images(cfg, parts, seed: int, plan=None):
     Args:
         plan: the job's plan, if already made (else it is made here).
     """
-    from lamm_cl.benchmark import make_plan
     from lamm_cl.runner.inputs import few_shot_images
+    from lamm_cl.sequence import plan_for
 
     if cfg.features.train_views <= 0:
         return None
-    return few_shot_images(cfg, {seed: plan if plan is not None else make_plan(parts, cfg.benchmark, seed)})
+    return few_shot_images(cfg, {seed: plan if plan is not None else plan_for(parts, cfg.benchmark, seed)})
 
 
 def view_sets(sweep: Sweep, group: tuple, parts) -> list:
@@ -233,23 +236,28 @@ def prepare_features(output: str, job_id: str) -> dict:
             from lamm_cl.features import FeatureExtractor
             from lamm_cl.model.clip import build_clip, resolve_device
 
+            from lamm_cl.sequence import load_sequence, member_samples
+
             cfg = _config(job)
-            parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
+            b = cfg.benchmark
+            parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
             clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device))
             extractor = FeatureExtractor.from_config(clip, cfg.features)
             n = 0
             for samples in (parts.test, parts.train):
-                extractor.features(samples)
-                extractor.forget()  # in the store now; ImageNet's views would not fit in memory together
-                n += len(samples)
+                for one in member_samples(samples) or [samples]:  # a sequence: each dataset under its own key
+                    extractor.features(one)
+                    extractor.forget()  # in the store now; ImageNet's views would not fit in memory together
+                    n += len(one)
             views = cfg.features.train_views
             for idx in view_sets(sweep, feature_group(cfg), parts) if views > 0 else []:
                 samples = parts.train if idx is None else parts.train.subset(idx)
                 for v in range(views):  # the same samples and view as Inputs._features asks for
-                    extractor.features(samples, view=v)
-                    extractor.forget()
-                    n += len(samples)
-            _say(f"== features of {cfg.benchmark.dataset} ({cfg.model.arch} + {cfg.model.pretrained}): "
+                    for one in member_samples(samples) or [samples]:
+                        extractor.features(one, view=v)
+                        extractor.forget()
+                        n += len(one)
+            _say(f"== features of {b.describe()} ({cfg.model.arch} + {cfg.model.pretrained}): "
                  f"{n} images in the store")
             return {"job": f"features {job.benchmark}", "state": "done", "message": ""}
         except (UserError, OSError) as e:
