@@ -43,6 +43,9 @@ class BenchmarkConfig:
 class ModelConfig:
     arch: str = "ViT-B-16"  # any open_clip architecture, or lamm-tiny
     pretrained: str = "openai"  # open_clip tag | path to a checkpoint file | none
+    # bf16-autocast: fp32 weights, bf16 autocast on CUDA (plain fp32 on CPU); fp16: weights, features and
+    # trainable vectors in fp16, plain SGD, as the reference; fp32: no autocast and no TF32 anywhere
+    precision: Literal["bf16-autocast", "fp16", "fp32"] = "bf16-autocast"
 
 
 @dataclass

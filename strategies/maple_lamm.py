@@ -60,7 +60,7 @@ from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 @dataclass
 class MapleLossOptions(LossOptions):
     # lambda_p = 1: the reference's MaPLe scripts pass no --shots, so its `1 / self.shots` is 1
-    param: Union[float, Literal["auto"]] = 1.0  # lambda_p; auto: 1/shots when few-shot, else 1
+    param: Union[float, Literal["auto"]] = 1.0  # lambda_p; auto: 1/shots when few-shot and incremental, else 1
 
 
 @dataclass
@@ -100,5 +100,5 @@ def build(ctx: StrategyContext, opts: MapleLammOptions) -> SupervisedTemplate:
     optimizer = sgd(placeholder_params(), opts)
     kw = ctx.template_kwargs(opts)
     kw["plugins"].extend(prompt_plugins(opts, optimizer, "learner"))
-    return MapleLammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
+    return MapleLammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots, ctx.n_experiences),
                              softmax=opts.softmax, **kw)

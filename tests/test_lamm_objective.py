@@ -204,10 +204,12 @@ def test_lamm_defaults_and_loss_weights():
     loss = opts.loss
     assert (loss.param, loss.feature, loss.logits, loss.temperature, loss.logits_kind) == (
         "auto", 1.0, 0.05, 2.0, "reference")
-    # auto: 1/shots few-shot (the reference's base-to-new scripts), 1 with every image
-    w = opts.weights(16)
+    # auto: 1/shots few-shot and incremental (the reference's base-to-new scripts pass --shots 16), 1 for
+    # one task of every class at any shot count (its few-shot scripts pass no --shots) and with every image
+    w = opts.weights(16, 2)
     assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (1 / 16, 1.0, 0.05, 2.0, "reference")
-    assert opts.weights(None).param == 1.0
+    assert opts.weights(4, 10).param == 0.25 and opts.weights(16, 1).param == 1.0 and opts.weights(1, 1).param == 1.0
+    assert opts.weights(None, 10).param == 1.0
     mine = lamm_options(loss={"param": 0.3, "feature": 0.7, "logits": 0.2, "temperature": 3.0, "logits_kind": "kl"})
     w = mine.weights(16)
     assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (0.3, 0.7, 0.2, 3.0, "kl")

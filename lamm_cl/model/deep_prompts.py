@@ -200,6 +200,7 @@ class MultiModalPrompts(nn.Module):
         self.text_deep = nn.ParameterList(
             [nn.Parameter(torch.randn(n_ctx, width, device=context.device) * 0.02) for _ in range(depth - 1)])
         first = nn.Linear(width, vision_width, device=context.device)  # self.proj, trainers/maple.py:103
+        first.to(context.dtype)  # fp16 with an fp16 context (model.precision fp16): `self.proj.half()`, :104
         # MaPLe clones one Linear for every deeper layer, so they all start equal (trainers/maple.py:116-117
         # `_get_clones(single_layer, depth - 1)`, a deepcopy each, :207-208); the input's has its own draw.
         # PyTorch's default Linear init in both, as the reference.

@@ -80,10 +80,11 @@ class Inputs:
         """
         if kind == "features" and split == "train" and self.train_views > 0 and views:
             at = self.features  # the view is looked up per item: it changes between epochs
-            return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].float())
+            dt = self.clip.dtype  # float16 with model.precision fp16: features held as the reference holds them
+            return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].to(dt))
         if kind == "features":
-            feats = self.features(split)
-            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].float())
+            feats, dt = self.features(split), self.clip.dtype
+            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].to(dt))
         samples = self.parts.train if split == "train" else self.parts.test
         if split == "train" and self.train_views > 0:
             # An image strategy (maple, maple_lamm, finetune) trains on the epoch's augmented view made
@@ -103,7 +104,7 @@ class Inputs:
         out = []
         if self.train_views > 0 and views:
             out.append(TrainViewPlugin(self.schedule, self.train_views, seed))
-        if self.clip.device.type == "cuda":
+        if self.clip.device.type == "cuda" and self.clip.precision == "bf16-autocast":
             out.append(AutocastPlugin(self.clip.device))
         return out
 
@@ -131,7 +132,7 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     """
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
-    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
+    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device, cfg.model.precision)
     check_templates(cfg, plans, clip)
     extractor = FeatureExtractor.from_config(clip, cfg.features, progress=progress_bar if progress else None, log=log)
     return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views)

@@ -185,7 +185,8 @@ def reads_views(cfg) -> bool:
 def feature_group(cfg) -> tuple:
     """Jobs whose configs agree on this read the same feature-store entries."""
     b, m, f = cfg.benchmark, cfg.model, cfg.features
-    return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views)
+    return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views,
+            m.precision)
 
 
 def view_images(cfg, parts, seed: int, plan=None):
@@ -235,7 +236,7 @@ def prepare_features(output: str, job_id: str) -> dict:
 
             cfg = _config(job)
             parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
-            clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device))
+            clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device), cfg.model.precision)
             extractor = FeatureExtractor.from_config(clip, cfg.features)
             n = 0
             for samples in (parts.test, parts.train):
