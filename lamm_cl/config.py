@@ -291,6 +291,10 @@ def load_yaml(path: str | Path) -> dict:
 
 
 TRAINING_OPTIONS = ("lr", "epochs", "batch_size")  # refused for a strategy that trains nothing
+# Strategies that train CLIP's own weights: `model.precision: fp16` would train them in fp16 with plain SGD
+# (no loss scaling), which the reference never does (it trains prompt and label vectors only) and which
+# turns the loss to NaN within an experience on the tiny model; they are refused with fp16.
+FP16_REFUSED = ("finetune",)
 
 
 def _split(assignment: str) -> tuple[str, list[str], str]:
@@ -490,6 +494,9 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
             if given:
                 raise ConfigError(f"{path}.{given[0]}: {name} trains nothing; {', '.join(given)} would change "
                                   "nothing (remove it)")
+        if name in FP16_REFUSED and cfg.model.precision == "fp16":
+            raise ConfigError(f"model.precision: fp16 would train {name}'s CLIP weights in fp16 with plain SGD "
+                              f"({path}); use bf16-autocast or fp32 with {name}")
         label = _check_label(item.get("label"), f"{path}.label")
         opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label")}, path)
         check = getattr(opts, "validate", None)

@@ -154,7 +154,7 @@ def encode_image_deep(clip: FrozenCLIP, images: torch.Tensor, prompts: Sequence[
         ``[N, D]`` image features, not normalised.
     """
     v = clip.model.visual
-    x = v._embeds(images.to(clip.device))  # patches + class token + positions, then ln_pre
+    x = v._embeds(images.to(clip.device, clip.dtype))  # patches + class token + positions, then ln_pre
     n = prompts[0].shape[0] if prompts else 0
     if n:
         # MaPLe appends the prompt before ln_pre; a LayerNorm acts on each token alone, so

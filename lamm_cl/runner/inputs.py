@@ -92,11 +92,11 @@ class Inputs:
             # every step (MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:13, TRANSFORMS),
             # and each image is read once per epoch, so a new view per epoch is the same draw. The view
             # is looked up per item: it changes between epochs.
-            augment, schedule = AugmentedView.for_clip(self.clip), self.schedule
+            augment, schedule, dt = AugmentedView.for_clip(self.clip), self.schedule, self.clip.dtype
             return lambda t, idx: (lambda i, idx=idx: augment(samples.image(int(idx[i])),
-                                                              view_seed(schedule.view, int(idx[i]))))
-        images = ImageReader(samples, self.clip.preprocess)
-        return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])])
+                                                              view_seed(schedule.view, int(idx[i]))).to(dt))
+        images, dt = ImageReader(samples, self.clip.preprocess), self.clip.dtype  # the reference: image.type(dtype)
+        return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])].to(dt))
 
     def plugins(self, seed: int, views: bool = True) -> list:
         """Plugins a strategy run on these inputs needs: the per-epoch view choice (unless ``views`` is
