@@ -320,7 +320,8 @@ def plot_shot_curve(curves: ShotCurves, published: Mapping[str, Mapping[str, Map
     Args:
         curves: ``{panel: {strategy: {shots: (mean, std)}}}``; a NaN mean is left out of its line.
         published: ``{panel: {label: {shots: value}}}``, figures from papers (drawn as stars).
-        published_as: ``{label: strategy}``: a published figure takes that strategy's colour.
+        published_as: ``{label: strategy}``: a published figure takes that strategy's colour, and is left
+            out when that strategy has no line (a label not in it is drawn in black).
         title: the figure's title.
     """
     published = published or {}
@@ -349,6 +350,8 @@ def plot_shot_curve(curves: ShotCurves, published: Mapping[str, Mapping[str, Map
                 band = np.nan_to_num(std)
                 ax.fill_between(xs, mean - band, mean + band, color=colors[strategy], alpha=0.18, linewidth=0)
         for label, by_shots in published.get(panel, {}).items():
+            if label in published_as and published_as[label] not in colors:
+                continue  # the figure of a strategy this sweep does not run: nothing to compare it with
             color = colors.get(published_as.get(label, ""), "black")
             xs = sorted(by_shots)
             ax.scatter(xs, [by_shots[k] for k in xs], marker="*", s=90, color=color, edgecolors="black",
