@@ -8,6 +8,7 @@ current one; every label vector (and the context) moved off its start so that no
 """
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -256,10 +257,12 @@ def test_edge_values_are_accepted():
 
 def test_the_built_template_carries_the_resolved_weights_and_plain_ce_in_eval(tiny_clip, digits):
     ctx = StrategyContext(clip=tiny_clip, class_names=digits.classnames, template="a photo of a {}.",
-                          device=torch.device("cpu"), seed=0, shots=4)
+                          device=torch.device("cpu"), seed=0, shots=4, n_experiences=5)
     opts = lamm_options(softmax="current", loss={"feature": 0.7})
     template = get_strategy("lamm").build(ctx, opts)
     assert (template.weights.param, template.weights.feature, template.softmax) == (0.25, 0.7, "current")
+    # one task of every class, as the reference's few-shot scripts: auto is 1 at any shot count
+    assert get_strategy("lamm").build(dataclasses.replace(ctx, n_experiences=1), opts).weights.param == 1.0
     assert template.loss_parts == {}  # no step yet
 
     template = build("lamm", tiny_clip, digits.classnames)
