@@ -49,14 +49,13 @@ def extraction_batch_size(device: torch.device) -> int:
 class AutocastPlugin(SupervisedPlugin):
     """Runs each training forward pass and loss under CUDA autocast (bf16); backward runs outside it."""
 
-    def __init__(self, device: torch.device, precision: str = "bf16-autocast"):
+    def __init__(self, device: torch.device):
         super().__init__()
         self.device = device
-        self.precision = precision
         self._ctx = None
 
     def before_forward(self, strategy, **kwargs):
-        self._ctx = autocast(self.device, training=True, precision=self.precision)
+        self._ctx = autocast(self.device, training=True)  # attached only with model.precision bf16-autocast
         self._ctx.__enter__()
 
     def before_backward(self, strategy, **kwargs):
