@@ -33,7 +33,7 @@ def _synthetic_sweep(out: Path, datasets=COOP_DATASETS, shots=SHOTS, seeds=(1, 2
     from lamm_cl.sweep.spec import Job, Sweep, SweepConfig, write_sweep
 
     jobs = []
-    for d, dataset in enumerate(datasets):
+    for dataset in datasets:
         for k in shots:
             for strategy in STRATEGIES:
                 for seed in seeds:
