@@ -131,3 +131,14 @@ def test_fp16_runs_end_to_end_on_cpu_with_fp16_vectors_and_plain_sgd(tmp_path):
     lamm = captured[0].template.model.labels
     moved = [not torch.equal(lamm.vectors[str(k)], lamm.anchor(k)) for k in lamm.classes]
     assert any(moved) and all(v.dtype == torch.float16 for v in lamm.vectors.values())
+
+
+def test_a_run_from_before_the_key_counts_as_the_default_precision():
+    """Finished runs whose config.yaml has no model.precision ran bf16-autocast: resume and sweeps keep them."""
+    from lamm_cl.runner.record import run_config
+
+    base = {"name": "x", "benchmark": {"dataset": "digits"}, "strategies": [{"name": "lamm"}],
+            "model": {"arch": "lamm-tiny", "pretrained": "none"}}
+    with_key = {**base, "model": {**base["model"], "precision": "bf16-autocast"}}
+    assert run_config(base, "lamm") == run_config(with_key, "lamm")
+    assert run_config(base, "lamm") != run_config({**base, "model": {**base["model"], "precision": "fp16"}}, "lamm")

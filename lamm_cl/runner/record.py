@@ -44,6 +44,8 @@ def run_config(config: dict, strategy: str) -> dict:
     """
     view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
+    if isinstance(view.get("model"), dict):  # runs from before model.precision existed ran its default
+        view["model"] = {"precision": "bf16-autocast", **view["model"]}
     view["strategy"] = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy),
                             None)
     return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
