@@ -34,8 +34,10 @@ Deliberate deviations (none changes a number on CLIP's ViTs in fp32):
 * precision: the reference runs CLIP in fp16 (``PREC: "fp16"``, configs/trainers/MaPLe/
   vit_b16_c2_ep5_batch4_2ctx.yaml:35), with ``self.proj.half()`` (trainers/maple.py:104) and every
   deeper prompt cast ``.half()`` before it enters a block, the ``ctx`` parameter itself fp16 and
-  the deeper prompts and their projections fp32. Here every parameter is fp32; on CUDA training
-  runs under bf16 autocast and evaluation under fp16 autocast, as for the other strategies.
+  the deeper prompts and their projections fp32. By default (``model.precision: bf16-autocast``)
+  every parameter is fp32 and on CUDA training runs under bf16 autocast, evaluation under its
+  autocast, as for the other strategies; ``model.precision: fp16`` holds CLIP, the context and the
+  first coupling in fp16 and the deeper prompts and couplings in fp32, as the reference does.
 
 The encoders are open_clip's own modules, run block by block; nothing of them is copied or changed.
 The text side's prompt prefix -- SOS, the context and the template words after it, with the deep
