@@ -4,9 +4,10 @@ Avg as mean ± std over seeds, one table per grid cell; from result files only.
 ``build_table(output)`` writes ``<output>/table.md``, ``<output>/table.csv`` and one plot per
 grid cell, ``<output>/plots/last_per_dataset[_<cell>].png`` (Last accuracy per dataset and
 strategy); when the grid varies ``benchmark.shots``, ``<output>/plots/shot_curve.png`` too (the LAMM
-paper's figure: accuracy against shots, a panel per dataset and the mean; :func:`shot_curves`). Published figures are put beside the table where they match: a dataset's own
-(Continual-CLIP's CIFAR-100) under that dataset, an 11-CoOp-dataset average (the LAMM paper's)
-under the mean when the table holds exactly the 11 CoOp datasets.
+paper's figure: accuracy against shots, a panel per dataset and the mean; :func:`shot_curves`).
+Published figures are put beside the table where they match: a dataset's own (Continual-CLIP's
+CIFAR-100) under that dataset, an 11-CoOp-dataset average (the LAMM paper's) under the mean when
+the table holds exactly the 11 CoOp datasets.
 """
 from __future__ import annotations
 
