@@ -24,15 +24,17 @@ The public API a strategy plugin needs, importable from ``lamm_cl``:
   LAMM on any of them (:class:`LossOptions`, :class:`LammKeys`, :class:`LammOptions`,
   :func:`lamm_objective`, :class:`LammCriterion`, :class:`LammTemplate`,
   :func:`lamm_model`, :func:`lamm_template`, :data:`LAMM_TEMPLATE`); statistics
-  strategies (:class:`SeenClasses`, :class:`StatisticsTemplate`); and
-  :class:`GrowingHead`;
+  strategies (:class:`SeenClasses`, :class:`StatisticsTemplate`);
+  :class:`GrowingHead`; and :class:`StrategySetup`, what ``check_setup`` of a
+  strategy's options checks them against before anything trains;
 * the LAMM loss: :func:`lamm_loss`, :class:`LammWeights`, :func:`param_loss`,
   :func:`feature_loss`, :func:`logits_loss`;
-* errors: :class:`ConfigError` (raise it from ``StrategyOptions.validate``),
+* errors: :class:`ConfigError` (raise it from ``StrategyOptions.validate`` or ``check_setup``),
   :class:`UserError`;
 * from a notebook: :func:`run` (what ``lamm-cl run`` does, raising instead of
-  exiting) and :func:`load_results` (a results or sweep folder as pandas
-  tables, with paired :meth:`Results.compare`).
+  exiting), :func:`load_results` (a results or sweep folder as pandas
+  tables, with paired :meth:`Results.compare`) and :func:`load_model` (the
+  classifier a run kept with ``save_model: true``, as a :class:`SavedModel`).
 
 Importing ``lamm_cl`` is cheap and has no side effects: each name is imported
 from its module on first use (torch and Avalanche load only then).
@@ -68,6 +70,8 @@ _EXPORTS = {
     "UserError": "lamm_cl.errors",
     "run": "lamm_cl.api",
     "load_results": "lamm_cl.api",
+    "load_model": "lamm_cl.saved_model",
+    "SavedModel": "lamm_cl.saved_model",
     "Results": "lamm_cl.api",
     "Comparison": "lamm_cl.stats",
     # the strategy kit
@@ -79,18 +83,18 @@ _EXPORTS = {
     "sgd": "lamm_cl.strategy_kit.recipe",
     "placeholder_params": "lamm_cl.strategy_kit.recipe",
     "idle_optimizer": "lamm_cl.strategy_kit.recipe",
-    "CoopOptions": "lamm_cl.strategy_kit.prompt_learning",
-    "MapleOptions": "lamm_cl.strategy_kit.prompt_learning",
+    "CoopOptions": "lamm_cl.strategy_kit.options",
+    "MapleOptions": "lamm_cl.strategy_kit.options",
     "shared_context": "lamm_cl.strategy_kit.prompt_learning",
     "maple_prompts": "lamm_cl.strategy_kit.prompt_learning",
     "FreezeAfterFirstPlugin": "lamm_cl.strategy_kit.prompt_learning",
     "PromptTemplate": "lamm_cl.strategy_kit.prompt_learning",
     "MapleTemplate": "lamm_cl.strategy_kit.prompt_learning",
     "prompt_plugins": "lamm_cl.strategy_kit.prompt_learning",
-    "LossOptions": "lamm_cl.strategy_kit.lamm",
-    "LammKeys": "lamm_cl.strategy_kit.lamm",
-    "LammOptions": "lamm_cl.strategy_kit.lamm",
-    "LAMM_TEMPLATE": "lamm_cl.strategy_kit.lamm",
+    "LossOptions": "lamm_cl.strategy_kit.options",
+    "LammKeys": "lamm_cl.strategy_kit.options",
+    "LammOptions": "lamm_cl.strategy_kit.options",
+    "LAMM_TEMPLATE": "lamm_cl.strategy_kit.options",
     "lamm_template": "lamm_cl.strategy_kit.lamm",
     "lamm_objective": "lamm_cl.strategy_kit.lamm",
     "LammCriterion": "lamm_cl.strategy_kit.lamm",
@@ -99,18 +103,19 @@ _EXPORTS = {
     "SeenClasses": "lamm_cl.strategy_kit.statistics",
     "StatisticsTemplate": "lamm_cl.strategy_kit.statistics",
     "GrowingHead": "lamm_cl.strategy_kit.heads",
+    "StrategySetup": "lamm_cl.strategy_kit.setup",
 }
 
 __all__ = [  # spelled out (not built from _EXPORTS) so linters see what the TYPE_CHECKING imports export
     "register_strategy", "StrategyOptions", "StrategySpec", "get_strategy", "list_strategies",
     "StrategyContext", "FrozenCLIP", "normalize", "ClassPrompts", "PromptEncoder", "LabelTable",
     "PromptClassifier", "MapleClassifier", "lamm_loss", "LammWeights", "param_loss", "feature_loss", "logits_loss",
-    "ConfigError", "UserError", "run", "load_results", "Results", "Comparison", "__version__",
+    "ConfigError", "UserError", "run", "load_results", "load_model", "SavedModel", "Results", "Comparison", "__version__",
     "warmup_cosine", "DropLastPartialBatch", "WarmupCosinePlugin", "lr_schedule_plugin", "make_optimizer", "sgd",
     "placeholder_params", "idle_optimizer", "CoopOptions", "MapleOptions", "shared_context", "maple_prompts", "FreezeAfterFirstPlugin",
     "PromptTemplate", "MapleTemplate", "prompt_plugins", "LossOptions", "LammKeys", "LammOptions", "LAMM_TEMPLATE",
     "lamm_template", "lamm_objective", "LammCriterion", "LammTemplate", "lamm_model", "SeenClasses",
-    "StatisticsTemplate", "GrowingHead",
+    "StatisticsTemplate", "GrowingHead", "StrategySetup",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
@@ -123,14 +128,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from lamm_cl.model.labels import LabelTable
     from lamm_cl.model.prompts import ClassPrompts, PromptEncoder
     from lamm_cl.stats import Comparison
+    from lamm_cl.saved_model import SavedModel, load_model
     from lamm_cl.registry import (StrategyOptions, StrategySpec, get_strategy, list_strategies,
                                   register_strategy)
     from lamm_cl.strategy_kit.context import StrategyContext
     from lamm_cl.strategy_kit.heads import GrowingHead
-    from lamm_cl.strategy_kit.lamm import (LAMM_TEMPLATE, LammCriterion, LammKeys, LammOptions, LammTemplate,
-                                           LossOptions, lamm_model, lamm_objective, lamm_template)
-    from lamm_cl.strategy_kit.prompt_learning import (CoopOptions, FreezeAfterFirstPlugin, MapleOptions, MapleTemplate,
-                                                      PromptTemplate, maple_prompts, prompt_plugins, shared_context)
+    from lamm_cl.strategy_kit.lamm import LammCriterion, LammTemplate, lamm_model, lamm_objective, lamm_template
+    from lamm_cl.strategy_kit.options import LAMM_TEMPLATE, CoopOptions, LammKeys, LammOptions, LossOptions, MapleOptions
+    from lamm_cl.strategy_kit.prompt_learning import (FreezeAfterFirstPlugin, MapleTemplate, PromptTemplate,
+                                                      maple_prompts, prompt_plugins, shared_context)
+    from lamm_cl.strategy_kit.setup import StrategySetup
     from lamm_cl.strategy_kit.recipe import (DropLastPartialBatch, WarmupCosinePlugin, idle_optimizer,
                                              lr_schedule_plugin, make_optimizer, placeholder_params, sgd,
                                              warmup_cosine)

@@ -56,8 +56,11 @@ def load_config(config: Union[str, Path, Mapping[str, Any]], overrides: Sequence
 
 def run_config(cfg: "Config", out: Path, *, device: Optional[str] = None, resume: bool = False,
                overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = lambda s: None,
-               warn: Optional[Callable[[str], None]] = None) -> "RunRecords":
+               warn: Optional[Callable[[str], None]] = None, only: Optional[list[str]] = None) -> "RunRecords":
     """Run a validated config into ``out`` and rebuild its report; the one path both the CLI and :func:`run` take.
+
+    ``only``: run just these strategy labels (:func:`lamm_cl.config.only_labels`); the report is rebuilt
+    from every run in ``out``, the others' included.
 
     Returns:
         The finished runs; ``.failed`` names the runs a NaN or infinite loss stopped.
@@ -68,7 +71,7 @@ def run_config(cfg: "Config", out: Path, *, device: Optional[str] = None, resume
 
     with text_path_log(log):  # the log says which text path ran (shared prefix or full prompts)
         records = run_all(cfg, out, device=device, progress=progress, log=log, resume=resume, overwrite=overwrite,
-                          warn=warn)
+                          warn=warn, only=only)
     if records:
         build_report(out)
     return records
@@ -76,7 +79,8 @@ def run_config(cfg: "Config", out: Path, *, device: Optional[str] = None, resume
 
 def run(config: Union[str, Path, Mapping[str, Any]], *, set: Sequence[str] = (),  # noqa: A002 (the CLI's name)
         output: Union[str, Path, None] = None, device: Optional[str] = None, resume: bool = False,
-        overwrite: bool = False, progress: bool = True) -> "Results":
+        overwrite: bool = False, progress: bool = True,
+        only: Union[str, Sequence[str], None] = None) -> "Results":
     """Run a benchmark config exactly as ``lamm-cl run`` does, and return its results.
 
     Args:
@@ -86,6 +90,8 @@ def run(config: Union[str, Path, Mapping[str, Any]], *, set: Sequence[str] = (),
         device: ``auto | cpu | cuda | cuda:N``, overriding the config.
         resume, overwrite: as ``--resume`` / ``--overwrite``.
         progress: progress bars and one line per experience on stdout.
+        only: as ``--only``: run just these strategies (names or labels, a list or ``"a,b"``), keeping the
+            other strategies' results in the folder.
 
     Returns:
         The :class:`Results` of the output folder; ``.failed`` lists runs a NaN loss stopped.
@@ -103,10 +109,15 @@ def run(config: Union[str, Path, Mapping[str, Any]], *, set: Sequence[str] = (),
         raise ConfigError(f"set: expected a list of 'dotted.key=value' strings, got {set!r}")
     with quiet_third_party_warnings():  # the command line's rule: third-party warnings hidden unless -W
         cfg = load_config(config, set)
+        labels = None
+        if only is not None:
+            from lamm_cl.config import only_labels
+
+            labels = only_labels(cfg, list(only) if isinstance(only, tuple) else only, where="only")
         out = cfg.results_dir(None if output is None else str(output))
         say = print if progress else (lambda s: None)
         records = run_config(cfg, out, device=device, resume=resume, overwrite=overwrite, progress=progress,
-                             log=say, warn=say)
+                             log=say, warn=say, only=labels)
         results = load_results(out)
     results.failed = list(records.failed)
     return results
@@ -165,6 +176,8 @@ def load_results(path: Union[str, Path]) -> "Results":
         ta = rec.task_aware_summary()
         row.update({_TASK_AWARE_PREFIX + short: ta[long] for short, long in METRIC_COLUMNS.items()})
         row.update(_model_identity(rec.config, rec.info))
+        # benchmark.evaluate_on: each target after the last experience (NaN: not applicable), `target:<label>`
+        row.update({f"target:{k}": math.nan if v is None else v for k, v in rec.target_summary().items()})
         row["path"] = str(run_dir)
         rows.append(row)
         matrices[key] = rec
@@ -175,6 +188,10 @@ def load_results(path: Union[str, Path]) -> "Results":
                 for name, value in m.items():
                     if name != "experience":
                         metric_rows.append({**base, "metric": name, "value": float(value) if value else math.nan})
+        for t in rec.targets:  # targets.csv: metric `target:<label>` per experience
+            metric_rows.append({"benchmark": rec.benchmark, "grid": grid, "strategy": rec.strategy, "seed": rec.seed,
+                                "experience": int(t["experience"]), "metric": f"target:{t['target']}",
+                                "value": float(t["accuracy"])})
     if not rows:
         raise UserError(f"{root}: no finished run (no <strategy>/seed<k>/summary.json below it)")
     return Results(root, rows, metric_rows, matrices)
@@ -188,8 +205,10 @@ class Results:
         summary: one row per benchmark x grid cell x strategy x seed: ``avg``, ``last``,
             ``forgetting``, ``bwt`` (percent), the task-aware figures
             (``task_aware_avg``, ``task_aware_last``, ...), ``n_experiences``, ``arch``, ``pretrained``, ``weights_sha256``.
-            ``grid`` (the grid cell's folder) only for a sweep with grid cells.
-        metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value.
+            ``grid`` (the grid cell's folder) only for a sweep with grid cells. With ``benchmark.evaluate_on``,
+            ``target:<label>``: each target's accuracy after the last experience (NaN: not applicable).
+        metrics: per experience, long format: benchmark, [grid,] strategy, seed, experience, metric, value
+            (a target's accuracy: metric ``target:<label>``).
         failed: runs that a NaN loss stopped, when returned by :func:`run`.
     """
 

@@ -167,8 +167,8 @@ def check_loggers(specs: list[dict], path: str = "loggers") -> None:
 
 
 def logging_evaluator(specs: list[dict], run_dir, project: str, run: str):
-    """An Avalanche ``EvaluationPlugin`` logging loss and accuracy (per epoch and experience) to the
-    loggers of ``specs``, or None without loggers.
+    """An Avalanche ``EvaluationPlugin`` logging loss and accuracy (per epoch and experience) and each
+    experience's forgetting to the loggers of ``specs``, or None without loggers.
 
     A logger's folder defaults to one inside ``run_dir`` (tensorboard: ``tensorboard/``, csv:
     ``csv_logs/``, wandb: ``wandb/``); wandb's project defaults to the benchmark's name and its run
@@ -178,7 +178,7 @@ def logging_evaluator(specs: list[dict], run_dir, project: str, run: str):
         return None
     from pathlib import Path
 
-    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics, loss_metrics
     from avalanche.training.plugins import EvaluationPlugin
 
     loggers = []
@@ -200,5 +200,8 @@ def logging_evaluator(specs: list[dict], run_dir, project: str, run: str):
 
             kwargs["params"] = {"id": uuid.uuid4().hex[:8], **(kwargs.get("params") or {})}
         loggers.append(_logger_class(name)(**kwargs))
+    # Avalanche's CSVLogger fills its `forgetting` column from the ExperienceForgetting metric and writes 0
+    # when none is attached (avalanche/logging/csv_logger.py, after_eval_exp): attached here, the column
+    # holds Avalanche's own definition (accuracy right after training that experience minus now, 0-1).
     return EvaluationPlugin(accuracy_metrics(epoch=True, experience=True), loss_metrics(epoch=True, experience=True),
-                            loggers=loggers)
+                            forgetting_metrics(experience=True), loggers=loggers)

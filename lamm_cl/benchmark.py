@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -268,18 +268,30 @@ def make_streams(plan: Plan, train_x: Callable[[int, np.ndarray], Callable[[int]
     return with_classes_timeline(benchmark_from_datasets(train=train, test=test))
 
 
-def dry_run(cfg) -> list[str]:
-    """Validate a config as far as possible without training: load the dataset index, make the
-    plan of every seed, check the model names; return the plan as printable lines.
+def dry_run(cfg, device: Optional[str] = None, check_images: bool = False) -> list[str]:
+    """Validate a config as far as possible without training, so that a dry run that passes means the run
+    can start: the device, the loggers and each strategy's plugins, the dataset index, the plan of every
+    seed, the model's names and where its weights will come from (never downloading them), and every
+    strategy's options against the model's shape, the data and the device's memory; with ``check_images``,
+    every image is decoded. Return the plan as printable lines.
+
+    Args:
+        device: ``--device``, which overrides the config's ``device`` as in the run.
+        check_images: decode every image of both splits (the run would stop at the first undecodable one).
 
     Raises:
-        UserError: whatever is wrong, from the dataset to the weights.
+        UserError: whatever is wrong, from the device to an undecodable image (named).
     """
+    from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers
     from lamm_cl.data import load_dataset
-    from lamm_cl.model.clip import resolve_weights
-
     from lamm_cl.errors import DataNotFoundError
+    from lamm_cl.model.clip import resolve_weights, weights_on_disk
+    from lamm_cl.strategy_kit.setup import check_strategies, setup_of_arch
 
+    dev, device_note = _dry_run_device(device or cfg.device)
+    check_loggers(cfg.loggers)
+    for i, e in enumerate(cfg.strategies):
+        build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
     b = cfg.benchmark
     try:
         parts = load_dataset(b.dataset, b.root, download=False)  # a dry run never downloads
@@ -290,24 +302,72 @@ def dry_run(cfg) -> list[str]:
                                     "a real run will (benchmark.download: true)") from None
         raise
     weights = resolve_weights(cfg.model.arch, cfg.model.pretrained)
+    plans = {seed: make_plan(parts, b, seed) for seed in cfg.seeds}
+    check_strategies(cfg.strategies, setup_of_arch(cfg.model.arch, list(plans.values()), dev))
+    decoded = _decode_every_image(parts) if check_images else None
     lines = [f"dataset {parts.name}: {len(parts.classnames)} classes, {len(parts.train)} train / "
-             f"{len(parts.test)} test images; template {(b.template or parts.template)!r}",
+             f"{len(parts.test)} test images; template {(b.template or parts.template)!r}"
+             + ("" if decoded is None else f"; every image on disk decodes ({decoded})" if decoded else
+                "; images held in memory (nothing to decode)"),
              f"model {cfg.model.arch} + {cfg.model.pretrained}"
-             + (" (RANDOM weights: the numbers will say nothing about pretrained CLIP)" if weights is None else "")]
-    for seed in cfg.seeds:
-        plan = make_plan(parts, b, seed)
+             + (" (RANDOM weights: the numbers will say nothing about pretrained CLIP)" if weights is None else
+                f": weights {weights_on_disk(cfg.model.arch, weights)[1]}"),
+             f"device {dev}{device_note}"]
+    for seed, plan in plans.items():
         lines.append(f"seed {seed}: class order {plan.order_name}, {plan.n_experiences} experiences "
                      f"of {[len(e) for e in plan.experiences]} classes")
         lines.extend("  " + line for line in plan.describe())
         note = plan.shots_note(b.shots) if b.shots else None
         if note:
             lines.append("  " + note)
+    if b.evaluate_on:  # benchmark.evaluate_on: each target's classes and images, or what is missing
+        from lamm_cl.data.targets import describe_targets
+
+        lines.extend(describe_targets(cfg, parts, plan))
     for e in cfg.strategies:
         named = f"{e.run_label} ({e.name})" if e.label else e.name
         lines.append(f"strategy {named}: epochs {getattr(e.options, 'epochs', '-')}, "
                      f"batch {getattr(e.options, 'batch_size', '-')}, lr {getattr(e.options, 'lr', '-')}"
                      + _inputs_note(e.name))
     return lines
+
+
+def _dry_run_device(name: str) -> tuple[torch.device, str]:
+    """The device a run would use, and a note: a name the run refuses (``gpu``, ``tpu``) is refused here too,
+    but CUDA asked for on a machine without it (a login node preparing a GPU job) is only noted.
+
+    Raises:
+        ConfigError: not a device name.
+    """
+    from lamm_cl.model.clip import resolve_device
+
+    try:
+        return resolve_device(name), ""
+    except ConfigError:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            dev = None
+        if dev is None or dev.type != "cuda":
+            raise
+        return dev, " (CUDA is not available on this machine: the run must start on one where it is)"
+
+
+def _decode_every_image(parts) -> int:
+    """Decode every image of both splits (those on disk; in-memory ones decode by construction).
+
+    Returns:
+        How many were decoded.
+    Raises:
+        ImageError: the first that does not decode, named.
+    """
+    n = 0
+    for samples in (parts.train, parts.test):
+        if hasattr(samples, "paths"):
+            for i in range(len(samples)):
+                samples.image(i)
+                n += 1
+    return n
 
 
 def _inputs_note(strategy: str) -> str:

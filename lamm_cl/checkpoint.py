@@ -25,6 +25,7 @@ import io
 import pickle
 import random
 import types
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -113,13 +114,20 @@ class References:
             raise CheckpointError(f"the checkpoint refers to {key!r}, which this run does not have") from None
 
 
-def references(template, scenario, clip: FrozenCLIP) -> References:
-    """The reference table of a run: its CLIP, template, model, optimiser, parameters and datasets."""
+def clip_references(clip: FrozenCLIP) -> References:
+    """The references to CLIP alone: the bundle, its model, and every parameter and buffer by storage
+    (what a saved model refers to, :mod:`lamm_cl.saved_model`)."""
     refs = References()
     refs.add("clip", clip)
     refs.add("clip.model", clip.model)
     for name, t in [*clip.model.named_parameters(), *clip.model.named_buffers()]:
         refs.add_storage(f"clip:{name}", t)  # e.g. a label table's detached copy of the token embeddings
+    return refs
+
+
+def references(template, scenario, clip: FrozenCLIP) -> References:
+    """The reference table of a run: its CLIP, template, model, optimiser, parameters and datasets."""
+    refs = clip_references(clip)
     refs.add("template", template)
     refs.add("model", template.model)
     refs.add("optimizer", template.optimizer)
@@ -149,7 +157,10 @@ def _resolve_view(key: str, offset: int, size: tuple, stride: tuple) -> torch.Te
     return _resolve(key).detach().as_strided(size, stride, offset)
 
 
-class _Pickler(pickle.Pickler):
+class ReferencePickler(pickle.Pickler):
+    """A pickler that writes the objects of a reference table (:class:`References`, or anything with its
+    ``key_of``/``view_of``) as references to their keys, for :func:`loads` or :func:`resolving` to resolve."""
+
     def __init__(self, file, refs: References):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._refs = refs
@@ -164,10 +175,22 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+
+
+@contextmanager
+def resolving(refs: References):
+    """While inside, unpickled references (of :class:`ReferencePickler`) resolve against ``refs``."""
+    _ACTIVE.append(refs)
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+
+
 def dumps(obj: Any, refs: References) -> bytes:
     """Pickle ``obj``, writing the objects of ``refs`` as references to their keys."""
     buf = io.BytesIO()
-    _Pickler(buf, refs).dump(obj)
+    ReferencePickler(buf, refs).dump(obj)
     return buf.getvalue()
 
 

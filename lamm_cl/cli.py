@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
                             "weights have checked out)")
     r.add_argument("--dry-run", action="store_true",
                    help="validate the config, load the dataset index and print the plan; train nothing")
+    r.add_argument("--only", metavar="NAME[,NAME]",
+                   help="run just these strategies (names or labels), replacing their earlier results in the "
+                        "folder (with --resume: keeping those whose config is unchanged); the other strategies' "
+                        "results stay as they are, and the summary and report are rebuilt from all of them")
+    r.add_argument("--check-images", action="store_true",
+                   help="with --dry-run: also decode every image (an undecodable one is named, exit status 2)")
     ls = sub.add_parser("list", help="list the strategies (and where each comes from), datasets and benchmark files")
     ls.add_argument("config", nargs="?", help="also load this config's plugin files, so its strategies show up")
     rep = sub.add_parser("report", help="rebuild the report and plots of a results folder")
@@ -124,16 +130,24 @@ def cmd_run(args) -> int:
     from lamm_cl.run_folder import check_output
 
     _refuse_sweep_file(args.config, "run")
+    if args.only is not None and args.overwrite:  # before the config: refused without torch
+        raise UserError("--only keeps the other strategies' results and --overwrite removes them; give one "
+                        "(--only alone replaces the named strategies' results)")
 
     def check_folder(top) -> None:  # before the strategies are read: a bad folder is refused without torch
         if not args.dry_run:
-            check_output(top.results_dir(args.output), resume=args.resume, overwrite=args.overwrite)
+            check_output(top.results_dir(args.output), resume=args.resume or args.only is not None,
+                         overwrite=args.overwrite)
 
+    if args.check_images and not args.dry_run:
+        raise _ArgError("--check-images goes with --dry-run: lamm-cl run CONFIG --dry-run --check-images "
+                        "(a run decodes every image anyway)")
     cfg = config_mod.load(args.config, args.overrides, refuse_no_ops=True, before_strategies=check_folder)
+    only = None if args.only is None else config_mod.only_labels(cfg, args.only)
     if args.dry_run:
         from lamm_cl.benchmark import dry_run
 
-        for line in dry_run(cfg):
+        for line in dry_run(cfg, device=args.device, check_images=args.check_images):
             _say(line)
         _say("dry run: the config is valid and the data is there; nothing was trained or written")
         return 0
@@ -141,13 +155,13 @@ def cmd_run(args) -> int:
 
     out = cfg.results_dir(args.output)
     _say(f"lamm-cl: {cfg.name}: {cfg.benchmark.dataset}, {cfg.model.arch} + {cfg.model.pretrained}, "
-         f"strategies {', '.join(e.run_label for e in cfg.strategies)}, seeds {cfg.seeds} -> {out}")
+         f"strategies {', '.join(only or [e.run_label for e in cfg.strategies])}, seeds {cfg.seeds} -> {out}")
     if cfg.model.pretrained == "none":
         _say(f"note: model.pretrained is none -- {cfg.model.arch} has RANDOM weights; these numbers show the "
              "pipeline works and say nothing about pretrained CLIP.")
     try:
         records = run_config(cfg, out, device=args.device, progress=not args.no_progress, log=_say,
-                             resume=args.resume, overwrite=args.overwrite, warn=_warn)
+                             resume=args.resume, overwrite=args.overwrite, warn=_warn, only=only)
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"lamm-cl: {what}; finished runs and the last checkpoint are kept in {out}; "

@@ -23,6 +23,15 @@ from lamm_cl.errors import ConfigError
 
 
 @dataclass
+class TargetConfig:
+    """One entry of ``benchmark.evaluate_on``: a dataset never trained, evaluated after every experience."""
+
+    dataset: str  # imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | any other dataset's name
+    root: Optional[str] = None  # where it lives; null: benchmark.root
+    template: Optional[str] = None  # prompt template with {} for its unseen classes; null: the dataset's own
+
+
+@dataclass
 class BenchmarkConfig:
     dataset: str  # digits | cifar100 | imagefolder | one of the 11 CoOp datasets
     root: str = "~/data"  # where the dataset lives (CoOp layout, ImageFolder tree, CIFAR pickles)
@@ -37,6 +46,8 @@ class BenchmarkConfig:
     # generate_fewshot_dataset: Python's random seeded with the run's seed, the same images as the reference)
     sampling: Literal["numpy", "dassl"] = "numpy"
     template: Optional[str] = None  # prompt template with {}; null: the dataset's own
+    # datasets never trained, evaluated after every experience (domain generalization, cross-dataset transfer)
+    evaluate_on: list[TargetConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -64,11 +75,16 @@ class StrategyEntry:
     options: Any  # an instance of the strategy's options dataclass
     raw: dict  # the entry as written (after --set), for the resolved config
     label: Optional[str] = None  # what results are kept and shown under (<label>/seed<k>/); null: the name
+    save_model: Optional[bool] = None  # write model.pt after the last experience; null: the config's save_model
 
     @property
     def run_label(self) -> str:
         """The label results are kept and shown under: ``label`` when given, else the strategy's name."""
         return self.label or self.name
+
+    def saves_model(self, cfg: "Config") -> bool:
+        """Whether this entry's runs write ``model.pt``: its own ``save_model``, else the config's."""
+        return cfg.save_model if self.save_model is None else self.save_model
 
 
 @dataclass
@@ -83,6 +99,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     loggers: list[dict] = field(default_factory=list)  # Avalanche loggers by name: tensorboard | wandb | csv (+ params)
+    save_model: bool = False  # keep each run's trained model (<strategy>/seed<k>/model.pt; lamm_cl.load_model)
     source: Optional[str] = None  # the YAML file this came from (not a YAML key)
 
     def results_dir(self, override: Optional[str] = None) -> Path:
@@ -97,11 +114,15 @@ class Config:
             "seeds": list(self.seeds),
             "device": self.device,
             "plugins": list(self.plugins),
-            "benchmark": dataclasses.asdict(self.benchmark),
+            # evaluate_on only when given: the resolved config of a run without targets stays as it was
+            "benchmark": {k: v for k, v in dataclasses.asdict(self.benchmark).items()
+                          if k != "evaluate_on" or v},
             "model": dataclasses.asdict(self.model),
             "features": dataclasses.asdict(self.features),
             "loggers": [dict(x) for x in self.loggers],
+            "save_model": self.save_model,
             "strategies": [{"name": s.name, **({"label": s.label} if s.label else {}),
+                            **({"save_model": s.save_model} if s.save_model is not None else {}),
                             **dataclasses.asdict(s.options)} for s in self.strategies],
         }
         return out
@@ -472,9 +493,12 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
     if strategy_options is None:
         from lamm_cl import registry
 
-        registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
+        if cfg.plugins:  # the built-ins load first, so a plugin cannot take a built-in's name
+            registry.load_plugin_files(cfg.plugins, base=Path(source).parent if source else None)
+        # without plugins, a built-in's options and `trains` come from its source and the light
+        # lamm_cl.strategy_kit.options: a bad option is refused before torch loads
         strategy_options = registry.options_of
-        trains = lambda name: registry.get_strategy(name).trains  # noqa: E731
+        trains = registry.trains
     entries = []
     for i, item in enumerate(raw):
         path = f"strategies[{i}]"
@@ -498,11 +522,14 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
             raise ConfigError(f"model.precision: fp16 would train {name}'s CLIP weights in fp16 with plain SGD "
                               f"({path}); use bf16-autocast or fp32 with {name}")
         label = _check_label(item.get("label"), f"{path}.label")
-        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label")}, path)
+        save_model = item.get("save_model")
+        if save_model is not None and not isinstance(save_model, bool):
+            raise _fail(f"{path}.save_model", bool, save_model)
+        opts = from_dict(opts_cls, {k: v for k, v in item.items() if k not in ("name", "label", "save_model")}, path)
         check = getattr(opts, "validate", None)
         if check is not None:
             check(path)
-        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item), label=label))
+        entries.append(StrategyEntry(name=name, options=opts, raw=dict(item), label=label, save_model=save_model))
     names = [e.run_label for e in entries]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -541,6 +568,33 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
         raise ConfigError(f"benchmark.shots: expected 1 or more, got {b.shots}")
     if b.template is not None and b.template.count("{}") != 1:
         raise ConfigError(f"benchmark.template: expected exactly one {{}} for the class name, got {b.template!r}")
+    _check_targets(b)
+
+
+def _check_targets(b: BenchmarkConfig) -> None:
+    """``benchmark.evaluate_on``: known datasets, none listed twice, none the trained dataset itself."""
+    from lamm_cl.data import list_datasets  # no torch: the loaders import their heavy parts when they load
+    from lamm_cl.data.imagenet_variants import EVALUATION_ONLY
+
+    if b.dataset in EVALUATION_ONLY:
+        raise ConfigError(f"benchmark.dataset: {b.dataset} holds test images only (nothing to train on); "
+                          f"list it under benchmark.evaluate_on")
+    known = list_datasets()
+    seen: dict[tuple[str, str], int] = {}
+    trained = (b.dataset, str(Path(b.root).expanduser()))
+    for i, t in enumerate(b.evaluate_on):
+        path = f"benchmark.evaluate_on[{i}]"
+        if t.dataset not in known:
+            raise ConfigError(f"{path}.dataset: unknown dataset {t.dataset!r}; known: {', '.join(known)}")
+        if t.template is not None and t.template.count("{}") != 1:
+            raise ConfigError(f"{path}.template: expected exactly one {{}} for the class name, got {t.template!r}")
+        key = (t.dataset, str(Path(t.root if t.root is not None else b.root).expanduser()))
+        if key == trained:
+            raise ConfigError(f"{path}: {t.dataset} in {key[1]} is the trained dataset (benchmark.dataset); "
+                              "a target is a dataset the run never trains on")
+        if key in seen:
+            raise ConfigError(f"{path}: {t.dataset} in {key[1]} is listed twice (also evaluate_on[{seen[key]}])")
+        seen[key] = i
 
 
 def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy_options=None, *,
@@ -574,3 +628,27 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy
     if refuse_no_ops:
         _refuse_no_ops(original, applied, cfg, str(path), strategy_options)
     return cfg
+
+
+def only_labels(cfg: Config, names: Union[str, list[str]], where: str = "--only") -> list[str]:
+    """The labels of ``cfg``'s strategy entries that ``names`` picks (``--only lamm,coop``): each name is
+    an entry's label or its strategy's name (every entry of that strategy).
+
+    Raises:
+        ConfigError: a name picks no entry, or none is given (naming the config's strategies).
+    """
+    if isinstance(names, str):
+        names = names.split(",")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: expected strategy names or labels, got {names!r}")
+    wanted = [n.strip() for n in names if n.strip()]
+    known = ", ".join(e.run_label for e in cfg.strategies)
+    if not wanted:
+        raise ConfigError(f"{where}: expected strategy names or labels (this config's: {known})")
+    picked: list[str] = []
+    for n in wanted:
+        hits = [e.run_label for e in cfg.strategies if n in (e.run_label, e.name)]
+        if not hits:
+            raise ConfigError(f"{where}: no strategy {n!r} in {cfg.source or 'the config'}; its strategies: {known}")
+        picked += [h for h in hits if h not in picked]
+    return picked

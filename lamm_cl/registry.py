@@ -15,6 +15,7 @@ one-line message (the CLI turns it into exit status 2).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -57,6 +58,11 @@ class StrategyOptions:
             from lamm_cl.avalanche_plugins import build_avalanche_plugins
 
             build_avalanche_plugins(self.plugins, f"{path}.plugins")  # unknown names or parameters fail here, early
+
+    def check_setup(self, setup: Any, path: str) -> None:
+        """Check values against the model, data and device of the run (a
+        :class:`lamm_cl.strategy_kit.setup.StrategySetup`), before any strategy trains; raise ConfigError
+        naming ``path``. Nothing to check by default."""
 
 
 @dataclass
@@ -313,33 +319,93 @@ def get_strategy(name: str) -> StrategySpec:
 
 
 def options_of(name: str) -> type:
-    """The options dataclass of strategy ``name`` (for config validation)."""
+    """The options dataclass of strategy ``name`` (for config validation).
+
+    A built-in whose options class its file imports from another module (``lamm_cl.strategy_kit.options``,
+    which imports no torch) is answered from that module without importing the strategy file, so that a
+    config's options are checked, and refused, before torch and Avalanche load.
+    """
+    declared = _declared(name)
+    if declared is not None and declared.options is not None:
+        module, cls = declared.options
+        return getattr(importlib.import_module(module), cls)
     return get_strategy(name).options
 
 
-def _builtin_descriptions() -> list[tuple[str, str, str]]:
-    """(name, source, description) of each built-in, read from its source file without importing it.
+def trains(name: str) -> bool:
+    """Whether strategy ``name`` learns by gradient (``register_strategy(..., trains=...)``), read from a
+    built-in's source when its file is not imported yet."""
+    declared = _declared(name)
+    if declared is not None and declared.trains is not None:
+        return declared.trains
+    return get_strategy(name).trains
 
-    A built-in imports torch and Avalanche (seconds); ``lamm-cl list`` needs only its name and
-    docstring, which the ``@register_strategy("name", ...)`` decorator and the builder's
-    docstring hold as literals.
+
+@dataclass(frozen=True)
+class _Declaration:
+    """What a built-in's ``@register_strategy(...)`` line says, read from its source (see :func:`_declared`)."""
+
+    name: str
+    source: str
+    description: str
+    options: Optional[tuple[str, str]]  # (module, class) of its options, when imported from another module
+    trains: Optional[bool]  # None: not a literal in the decorator
+
+
+def _declared(name: str) -> Optional[_Declaration]:
+    """The declaration of built-in ``name`` while the built-ins are not imported yet (None once they are,
+    or for a name that is not a built-in)."""
+    if _BUILTINS_LOADED or name in _REGISTRY:
+        return None
+    return _builtin_declarations().get(name)
+
+
+def _builtin_descriptions() -> list[tuple[str, str, str]]:
+    """(name, source, description) of each built-in, read from its source file without importing it."""
+    return [(d.name, d.source, d.description) for d in _builtin_declarations().values()]
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_declarations() -> dict[str, _Declaration]:
+    """Each built-in's registration, read from its source file without importing it.
+
+    A built-in imports torch and Avalanche (seconds); ``lamm-cl list`` and a config's checks need only
+    what the ``@register_strategy("name", options=..., trains=...)`` decorator and the builder's
+    docstring hold: literals, and the name of an options class with the ``from MODULE import NAME``
+    line that brings it in.
     """
     import ast
 
     spec = importlib.util.find_spec(BUILTIN_PACKAGE)
     folder = Path(next(iter(spec.submodule_search_locations)))
-    out = []
+    out = {}
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # registrations sit at module level
+        body = ast.parse(path.read_text(encoding="utf-8")).body  # registrations sit at module level
+        imported = {alias.asname or alias.name: (node.module, alias.name) for node in body
+                    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 for alias in node.names}
+        for node in body:
             if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 continue
             for deco in node.decorator_list:
                 if (isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "register_strategy"
                         and deco.args and isinstance(deco.args[0], ast.Constant)):
                     doc = (ast.get_docstring(node) or "").strip().splitlines()
-                    out.append((deco.args[0].value, _builtin_source(path.stem), doc[0].strip() if doc else ""))
+                    kw = {k.arg: k.value for k in deco.keywords}
+                    options = kw.get("options")
+                    trains_kw = kw.get("trains")
+                    name = deco.args[0].value
+                    if options is None:  # register_strategy's default
+                        where = (__name__, StrategyOptions.__name__)
+                    else:
+                        where = imported.get(options.id) if isinstance(options, ast.Name) else None
+                    if trains_kw is None:
+                        trained: Optional[bool] = True  # register_strategy's default
+                    else:
+                        trained = bool(trains_kw.value) if isinstance(trains_kw, ast.Constant) else None
+                    out[name] = _Declaration(name, _builtin_source(path.stem), doc[0].strip() if doc else "",
+                                             where, trained)
     return out
 
 

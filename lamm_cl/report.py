@@ -229,22 +229,42 @@ def summary_rows(groups: Mapping[str, Sequence[RunRecord]]) -> List[Dict[str, An
             s = run.summary()
             ta = run.task_aware_summary()
             s.update({f"task_aware_{m}": ta[m] for m in TASK_AWARE_METRICS})
-            rows.append({"strategy": strategy, "seed": run.seed, **s, "n_experiences": run.n_experiences})
+            targets = _target_values(run)  # benchmark.evaluate_on: after the last experience (NaN: not applicable)
+            rows.append({"strategy": strategy, "seed": run.seed, **s, "n_experiences": run.n_experiences, **targets})
             for m in columns:
                 values[m].append(s[m])
+            for m, v in targets.items():
+                values.setdefault(m, []).append(v)
         T = runs[0].n_experiences
         over_seeds = {m: mean_std(v) for m, v in values.items()}
-        mean = {m: over_seeds[m][0] for m in columns}
-        std = {m: over_seeds[m][1] for m in columns}
+        mean = {m: over_seeds[m][0] for m in values}
+        std = {m: over_seeds[m][1] for m in values}
         rows.append({"strategy": strategy, "seed": "mean", **mean, "n_experiences": T})
         rows.append({"strategy": strategy, "seed": "std", **std, "n_experiences": T})
     return rows
 
 
+TARGET_PREFIX = "target:"  # summary.csv's column of a benchmark.evaluate_on target: ``target:<label>``
+
+
+def _target_values(run: RunRecord) -> Dict[str, float]:
+    return {TARGET_PREFIX + k: (math.nan if v is None else v) for k, v in run.target_summary().items()}
+
+
+def _target_columns(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The ``target:<label>`` columns of ``rows``, in the order they first appear."""
+    out: List[str] = []
+    for row in rows:
+        out += [k for k in row if k.startswith(TARGET_PREFIX) and k not in out]
+    return out
+
+
 def _summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    return csv_text([SUMMARY_CSV_COLUMNS] + [
+    targets = _target_columns(rows)  # none without benchmark.evaluate_on: the columns stay as they were
+    return csv_text([SUMMARY_CSV_COLUMNS + targets] + [
         [row["strategy"], row["seed"], *(csv_number(row[m]) for m in SUMMARY_METRICS), row["n_experiences"],
-         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS)] for row in rows])
+         *(csv_number(row.get(m)) for m in TASK_AWARE_COLUMNS), *(csv_number(row.get(m)) for m in targets)]
+        for row in rows])
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -587,6 +607,71 @@ def weights_lines(groups: Mapping[str, Sequence[RunRecord]]) -> List[str]:
     return [f"- Weights of {', '.join(used)}: {text(key)}" for key, used in seen.items()]
 
 
+DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")  # ImageNet's domain shifts
+
+
+def target_protocol(trained: str, datasets: Sequence[str]) -> str:
+    """How ``published.csv`` names the protocol of evaluation-only targets: ``dg_from_imagenet`` (ImageNet's
+    variants after ImageNet: domain generalization), else ``xd_from_<trained>`` (cross-dataset transfer)."""
+    kind = "dg" if trained == "imagenet" and set(datasets) <= set(DG_TARGETS) else "xd"
+    return f"{kind}_from_{trained}"
+
+
+def _targets_section(groups: Mapping[str, Sequence[RunRecord]], rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The ``benchmark.evaluate_on`` table: each target's accuracy after the last experience (mean ± std over
+    seeds; "n/a" where the strategy cannot score classes it has not trained), with the published figures of
+    the same protocol, shots and backbone beside them."""
+    columns = _target_columns(rows)
+    if not columns:
+        return []
+    first = next(iter(groups.values()))[0]
+    config = first.config
+    datasets = {str(r["target"]): str(r["dataset"]) for run in (rs[0] for rs in groups.values()) for r in run.targets}
+    labels = [c[len(TARGET_PREFIX):] for c in columns]
+    protocol = target_protocol(str(_get(config, "benchmark.dataset")), [datasets.get(k, k) for k in labels])
+    title = "Domain generalization" if protocol.startswith("dg_") else "Cross-dataset transfer"
+    by_key = {(r["strategy"], r["seed"]): r for r in rows}
+    table = []
+    for strategy, runs in groups.items():
+        mean, std = by_key[(strategy, "mean")], by_key[(strategy, "std")]
+        cells = [mean_std_text(mean[c], std[c]) or "n/a" for c in columns]
+        finite = [mean[c] for c in columns if not math.isnan(mean[c])]
+        avg = f"{sum(finite) / len(finite):.2f}" if len(finite) == len(columns) else "n/a"
+        table.append([f"`{strategy}` (ours)", ", ".join(str(r.seed) for r in runs), *cells, avg, "this report"])
+    published = [] if _is_random_weights(config) else match_published_targets(config, protocol)
+    methods: Dict[tuple, Dict[str, str]] = {}
+    for r in published:
+        methods.setdefault((r["method"], r["source"]), {})[r["dataset"]] = r["value"]
+    for (method, source), values in methods.items():
+        cells = [values.get(datasets.get(k, k), "—") for k in labels]
+        nums = [float(v) for v in cells if v != "—"]
+        avg = f"{sum(nums) / len(nums):.2f}" if len(nums) == len(cells) else "—"
+        table.append([method, "", *cells, avg, source])
+    header = ["Method", "Seeds", *labels, "Average", "Source"]
+    return [f"## {title}", ""] + md_table(header, table) + ["", (
+        f"Datasets never trained (`benchmark.evaluate_on`), each scored among its own classes after the last "
+        f"experience (every experience: `targets.csv` in each run folder). A target class that is a trained "
+        f"class (same wnid, else same name) is scored with the trained text -- LAMM's label vectors -- and any "
+        f"other class by name in the prompt the strategy gives an untrained class: CoOp's and MaPLe's learnt "
+        f"prompts carry over, LAMM's per-class vectors cannot, so on a new dataset LAMM is CLIP with LAMM's "
+        f"prompt. n/a: the strategy cannot score classes it has not trained. Published figures (protocol "
+        f"`{protocol}`) come from other code bases: context, not a controlled comparison."), ""]
+
+
+def match_published_targets(config: Mapping[str, Any], protocol: str) -> List[Dict[str, str]]:
+    """Published target accuracies (``metric`` ``target_accuracy``) for ``protocol``, the run's shots and backbone."""
+    try:
+        shots = int(_get(config, "benchmark.shots") or 0) or None
+    except (TypeError, ValueError):
+        return []
+    arch = str(_get(config, "model.arch", "")).replace("/", "-")
+    pretrained = str(_get(config, "model.pretrained", "none")).lower()
+    return [r for r in load_published()
+            if r["metric"] == "target_accuracy" and (r.get("protocol") or "").strip() == protocol
+            and (int(r["shots"]) if r["shots"] else None) == shots
+            and r["backbone"] == arch and r["pretrained"].lower() == pretrained]
+
+
 def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence[Path],
                baseline: str = "lamm") -> str:
     first = next(iter(groups.values()))[0]
@@ -613,6 +698,7 @@ def _report_md(results_dir: Path, groups, rows, plot_links, unfinished: Sequence
         rel = ", ".join(f"`{p.relative_to(results_dir).as_posix()}`" for p in unfinished)
         lines += [f"Unfinished runs left out (no `{SUMMARY_FILE}`): {rel}.", ""]
     lines += _results_section(groups, rows)
+    lines += _targets_section(groups, rows)
     if len(groups) > 1 and baseline in groups:
         lines += _paired_section(groups, baseline)
     elif len(groups) > 1:

@@ -10,7 +10,9 @@ Layout (DESIGN section 8)::
         metrics.csv              one row per experience (derived from the matrix)
         per_class_accuracy.csv   label,class_name,original_label,accuracy (after the last experience)
         summary.json             benchmark, strategy, seed, headline metrics, task-aware metrics,
-                                 n_experiences, info (with the weights the run loaded)
+                                 n_experiences, info (with the weights the run loaded), and with
+                                 ``benchmark.evaluate_on`` the targets' accuracy after the last experience
+        targets.csv              with ``benchmark.evaluate_on``: one row per experience x target
 
 All accuracies are percentages (0-100). ``summary.json`` is written last, so
 its presence marks a finished run; :func:`find_runs` skips folders without it
@@ -55,6 +57,8 @@ __all__ = [
     "METRICS_COLUMNS",
     "PER_CLASS_COLUMNS",
     "SUMMARY_METRICS",
+    "TARGETS_FILE",
+    "TARGETS_COLUMNS",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -66,6 +70,10 @@ MATRIX_TASK_AWARE_FILE = "accuracy_matrix_task_aware.csv"
 METRICS_FILE = "metrics.csv"
 PER_CLASS_FILE = "per_class_accuracy.csv"
 SUMMARY_FILE = "summary.json"
+TARGETS_FILE = "targets.csv"
+# experience x target: the target's accuracy (blank: not applicable, `note` says why) among its own classes,
+# `matched` of which are trained classes (scored with the trained text)
+TARGETS_COLUMNS = ["experience", "target", "dataset", "classes", "matched", "images", "accuracy", "note"]
 
 METRICS_COLUMNS = [
     "experience",
@@ -106,6 +114,18 @@ class RunRecord:
     matrix_task_aware: np.ndarray
     # versions, device, timings, ..., and "weights": the model's weights record (FrozenCLIP.weights_record)
     info: Dict[str, Any] = field(default_factory=dict)
+    # benchmark.evaluate_on: one dict per experience x target, keys TARGETS_COLUMNS (accuracy NaN: not applicable)
+    targets: List[Dict[str, Any]] = field(default_factory=list)
+
+    def target_summary(self) -> Dict[str, Any]:
+        """Each target's accuracy after the last experience (None: not applicable), by target label."""
+        last = self.n_experiences - 1
+        out: Dict[str, Any] = {}
+        for row in self.targets:
+            if int(row["experience"]) == last:
+                acc = float(row["accuracy"])
+                out[str(row["target"])] = None if math.isnan(acc) else acc
+        return out
 
     @property
     def n_experiences(self) -> int:
@@ -171,6 +191,30 @@ def _per_class_csv(record: RunRecord) -> str:
     return csv_text(rows)
 
 
+def _targets_csv(record: RunRecord) -> str:
+    rows: List[List[Any]] = [TARGETS_COLUMNS]
+    for r in record.targets:
+        rows.append([int(r["experience"]), r["target"], r["dataset"], int(r["classes"]), int(r["matched"]),
+                     int(r["images"]), csv_number(float(r["accuracy"])), r.get("note", "")])
+    return csv_text(rows)
+
+
+def _read_targets(path: Path, T: int) -> List[Dict[str, Any]]:
+    """``targets.csv`` back as rows (none when the run had no targets)."""
+    if not path.is_file():
+        return []
+    out = []
+    for n, row in enumerate(_read_csv(path, TARGETS_COLUMNS), start=2):
+        t = _int(path, row[0], f"line {n}")
+        if not 0 <= t < T:
+            raise _bad(path, f"malformed: experience {t} at line {n}, the run has {T}")
+        out.append({"experience": t, "target": row[1], "dataset": row[2],
+                    "classes": _int(path, row[3], f"line {n}"), "matched": _int(path, row[4], f"line {n}"),
+                    "images": _int(path, row[5], f"line {n}"), "accuracy": _float(path, row[6], f"line {n}"),
+                    "note": row[7]})
+    return out
+
+
 def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
     """Write every result file of one run into ``run_dir`` (created if needed).
 
@@ -197,6 +241,8 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         "info": record.info,
     }
     summary["task_aware"] = record.task_aware_summary()  # beside the class-incremental headline, never instead of it
+    if record.targets:
+        summary["targets"] = record.target_summary()
     class_order = {
         "class_order": [int(c) for c in record.class_order],
         "class_names": [str(n) for n in record.class_names],
@@ -210,6 +256,7 @@ def write_run(run_dir: PathLike, record: RunRecord) -> List[Path]:
         (MATRIX_TASK_AWARE_FILE, _matrix_csv(metrics.validate(record.matrix_task_aware)[0])),
         (METRICS_FILE, _metrics_csv(A, record)),
         (PER_CLASS_FILE, _per_class_csv(record)),
+        *([(TARGETS_FILE, _targets_csv(record))] if record.targets else []),
         (SUMMARY_FILE, json_text(summary)),  # last: marks the run finished
     ]
     return [atomic_write_text(run_dir / name, text) for name, text in files]
@@ -392,6 +439,7 @@ def read_run(run_dir: PathLike) -> RunRecord:
         config=config,
         info=info,
         matrix_task_aware=task_aware,
+        targets=_read_targets(run_dir / TARGETS_FILE, T),
     )
 
 

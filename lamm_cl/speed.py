@@ -110,7 +110,8 @@ def speed(arch: str = "ViT-B-16", n_classes: int = 100, n_trainable: int = 10, b
     from lamm_cl.losses import lamm_loss
     from lamm_cl.model.clip import build_clip, normalize
     from lamm_cl.strategy_kit.context import StrategyContext
-    from lamm_cl.strategy_kit.lamm import LammOptions, lamm_model, lamm_objective
+    from lamm_cl.strategy_kit.lamm import lamm_model, lamm_objective
+    from lamm_cl.strategy_kit.options import LammOptions
     from lamm_cl.strategy_kit.recipe import sgd
 
     torch.manual_seed(seed)

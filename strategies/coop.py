@@ -8,7 +8,8 @@ from avalanche.training.templates import SupervisedTemplate
 from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
-from lamm_cl.strategy_kit.prompt_learning import CoopOptions, PromptTemplate, prompt_plugins, shared_context
+from lamm_cl.strategy_kit.options import CoopOptions
+from lamm_cl.strategy_kit.prompt_learning import PromptTemplate, prompt_plugins, shared_context
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 

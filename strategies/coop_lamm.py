@@ -8,23 +8,14 @@ gradient into the context through z0, and only the feature term detaches t0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from avalanche.training.templates import SupervisedTemplate
 
 from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
-from lamm_cl.strategy_kit.lamm import LammOptions, LammTemplate, lamm_model
-from lamm_cl.strategy_kit.prompt_learning import CoopOptions, prompt_plugins, shared_context
+from lamm_cl.strategy_kit.lamm import LammTemplate, lamm_model
+from lamm_cl.strategy_kit.options import CoopLammOptions
+from lamm_cl.strategy_kit.prompt_learning import prompt_plugins, shared_context
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
-
-
-@dataclass
-class CoopLammOptions(LammOptions, CoopOptions):
-    """LAMM's options (label_tokens, label_init, softmax, loss) plus CoOp's (n_ctx, ctx_init, freeze_after_first).
-
-    ``validate`` runs CoOp's checks (and the base ones, which check the plugins), then LAMM's.
-    """
 
 
 @register_strategy("coop_lamm", options=CoopLammOptions)

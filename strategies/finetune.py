@@ -7,8 +7,7 @@ so this strategy trains a deep copy of the image tower; the shared model is neve
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from avalanche.training.templates import SupervisedTemplate
@@ -16,31 +15,14 @@ from torch import nn
 
 from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
-from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
 from lamm_cl.strategy_kit.heads import GrowingHead
+from lamm_cl.strategy_kit.options import FinetuneOptions
 from lamm_cl.strategy_kit.recipe import lr_schedule_plugin, make_optimizer
 
 # parts of an open_clip VisionTransformer after its blocks; they train with the last blocks
 _VIT_TAIL = ("attn_pool", "ln_post", "proj")
-
-
-@dataclass
-class FinetuneOptions(StrategyOptions):
-    lr: float = 1e-5  # AdamW's learning rate, cosine-annealed within each experience (CLIP wants a small one)
-    weight_decay: float = 0.1  # AdamW's decoupled weight decay
-    trainable: Literal["all", "last_blocks"] = "all"  # the whole image encoder, or only its last `last_blocks` blocks
-    last_blocks: Optional[int] = None  # N: train only the last N blocks (+ ln_post, proj); implies last_blocks
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.weight_decay < 0:
-            raise ConfigError(f"{path}.weight_decay: expected 0 or more, got {self.weight_decay}")
-        if self.trainable == "last_blocks" and self.last_blocks is None:
-            raise ConfigError(f"{path}.last_blocks: trainable: last_blocks needs the number of blocks, "
-                              "e.g. last_blocks: 2")
-        if self.last_blocks is not None and self.last_blocks < 1:
-            raise ConfigError(f"{path}.last_blocks: expected 1 or more, got {self.last_blocks}")
 
 
 def trainable_encoder(visual: nn.Module, last_blocks: Optional[int]) -> nn.Module:

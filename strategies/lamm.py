@@ -2,28 +2,13 @@
 by the hierarchical loss; each experience appends vectors for its classes and freezes the earlier ones."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl.errors import ConfigError
 from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
-from lamm_cl.strategy_kit.lamm import LAMM_TEMPLATE, LammOptions, LammTemplate, lamm_model
+from lamm_cl.strategy_kit.lamm import LammTemplate, lamm_model
+from lamm_cl.strategy_kit.options import LammPromptOptions
 from lamm_cl.strategy_kit.recipe import lr_schedule_plugin, placeholder_params, sgd
-
-
-@dataclass
-class LammPromptOptions(LammOptions):
-    """LAMM's options plus the prompt its label vectors sit in (the ``lamm`` strategy's keys)."""
-
-    template: str = LAMM_TEMPLATE  # LAMM's prompt for every dataset; `dataset`: the benchmark's own template
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.template != "dataset" and self.template.count("{}") != 1:
-            raise ConfigError(f"{path}.template: expected a prompt with exactly one {{}} (e.g. "
-                              f"{LAMM_TEMPLATE!r}) or dataset, got {self.template!r}")
 
 
 @register_strategy("lamm", options=LammPromptOptions)

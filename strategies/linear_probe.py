@@ -7,19 +7,16 @@ classes are forgotten unless a plugin (replay, LwF, EWC) holds them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
-from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
 from lamm_cl.strategy_kit.heads import GrowingHead
+from lamm_cl.strategy_kit.options import LinearProbeOptions
 from lamm_cl.strategy_kit.recipe import make_optimizer
 
 
@@ -50,19 +47,6 @@ class LinearProbe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.standardize(normalize(x.float())))
-
-
-@dataclass
-class LinearProbeOptions(StrategyOptions):
-    lr: float = 0.001  # the optimizer's learning rate
-    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9
-    weight_decay: float = 0.0  # L2 penalty on the head
-    standardize: bool = True  # standardise the normalised features per dimension first (MAE's BatchNorm probe)
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.weight_decay < 0:
-            raise ConfigError(f"{path}.weight_decay: expected 0 or more, got {self.weight_decay}")
 
 
 @register_strategy("linear_probe", options=LinearProbeOptions)

@@ -32,7 +32,8 @@ from avalanche.training.templates import SupervisedTemplate
 from lamm_cl.model.deep_prompts import MapleClassifier
 from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
-from lamm_cl.strategy_kit.prompt_learning import MapleOptions, MapleTemplate, maple_prompts, prompt_plugins
+from lamm_cl.strategy_kit.options import MapleOptions
+from lamm_cl.strategy_kit.prompt_learning import MapleTemplate, maple_prompts, prompt_plugins
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
 
 

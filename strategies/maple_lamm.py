@@ -42,41 +42,16 @@ Reads images every step: no feature cache.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Union
-
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl.errors import ConfigError
 from lamm_cl.model.deep_prompts import MapleClassifier
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
-from lamm_cl.strategy_kit.lamm import LammCriterion, LammKeys, LossOptions
-from lamm_cl.strategy_kit.prompt_learning import MapleOptions, MapleTemplate, maple_prompts, prompt_plugins
+from lamm_cl.strategy_kit.lamm import LammCriterion
+from lamm_cl.strategy_kit.options import MapleLammOptions
+from lamm_cl.strategy_kit.prompt_learning import MapleTemplate, maple_prompts, prompt_plugins
 from lamm_cl.strategy_kit.recipe import placeholder_params, sgd
-
-
-@dataclass
-class MapleLossOptions(LossOptions):
-    # lambda_p = 1: the reference's MaPLe scripts pass no --shots, so its `1 / self.shots` is 1
-    param: Union[float, Literal["auto"]] = 1.0  # lambda_p; auto: 1/shots when few-shot and incremental, else 1
-
-
-@dataclass
-class MapleLammOptions(LammKeys, MapleOptions):
-    """MaPLe's options, then LAMM's (label_tokens, label_init, softmax), ``layout`` and ``loss``."""
-
-    label_tokens: Union[Literal["min", "all"], int] = "min"  # vectors per class (layout: name); reference: 1
-    layout: Literal["name", "reference"] = "name"  # name: in place of the name's first k pieces;
-    #                                                reference: one vector after the context, whole name kept
-    loss: MapleLossOptions = field(default_factory=MapleLossOptions)
-
-    def check_label_tokens(self, path: str) -> None:
-        super().check_label_tokens(path)
-        if self.layout == "reference" and self.label_tokens not in ("min", 1):
-            raise ConfigError(f"{path}.label_tokens: layout: reference has one label vector per class; "
-                              f"leave label_tokens out or use layout: name (got {self.label_tokens!r})")
 
 
 class MapleLammTemplate(LammCriterion, MapleTemplate):

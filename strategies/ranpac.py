@@ -48,7 +48,6 @@ Deviations from the reference, on purpose:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -56,8 +55,10 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 
 from lamm_cl.errors import ConfigError
-from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.options import RanPACOptions, size_text
+from lamm_cl.strategy_kit.setup import free_memory
 from lamm_cl.strategy_kit.recipe import idle_optimizer
 from lamm_cl.strategy_kit.statistics import SeenClasses, StatisticsTemplate
 
@@ -102,7 +103,8 @@ def ridge_solve(G: torch.Tensor, Q: torch.Tensor, lam: float) -> torch.Tensor:
     G + λI is symmetric positive definite, so a Cholesky factorisation (half the work of the
     reference's LU solve) does it; a general solve takes over if rounding made it fail.
     """
-    a = G.double() + lam * torch.eye(G.shape[0], dtype=torch.float64, device=G.device)
+    a = G.double()  # a copy: λ goes onto its diagonal in place (the same sums as G + λI, without two more M x M)
+    a.diagonal().add_(lam)
     L, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.cholesky_solve(Q.double(), L)
@@ -138,6 +140,8 @@ class RandomProjectionRidge(SeenClasses):
         seed: seeds the projection's generator.
         ridge: a fixed λ, or None to select it per experience.
     """
+
+    saved_model_skips = ("G", "Q")  # scoring reads the projection and W only: a saved model leaves G, Q out
 
     def __init__(self, n_classes: int, dim: int, M: int = 10000, seed: int = 0, ridge: Optional[float] = None):
         super().__init__(n_classes)
@@ -188,28 +192,17 @@ class RandomProjectionRidge(SeenClasses):
         return self.restrict(self.project(x) @ self.W)
 
 
-@dataclass
-class RanPACOptions(StrategyOptions):
-    M: int = 10000  # random projection width (RanPAC's M); 0: ridge on the raw features ("no RP")
-    ridge: Optional[float] = None  # a fixed λ; null: chosen per experience from 1e-8 .. 1e8 as the paper does
-    projection_seed: Optional[int] = None  # seeds the projection; null: the run's seed
-    epochs: int = 1  # exactly one pass: G and Q are sums over the data
-    batch_size: int = 128  # cifar224_publish.csv batch_size; the chunk size, and the loader's shuffle sets λ's split
-    lr: float = 0.0  # nothing is trained by gradient
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.epochs != 1:
-            raise ConfigError(f"{path}.epochs: RanPAC makes exactly one pass over each experience; got {self.epochs}")
-        if self.M < 0:
-            raise ConfigError(f"{path}.M: expected 0 (no projection) or a positive width, got {self.M}")
-        if self.ridge is not None and self.ridge <= 0:
-            raise ConfigError(f"{path}.ridge: expected a positive number or null, got {self.ridge}")
-
-
 @register_strategy("ranpac", options=RanPACOptions, augmented_views=False)  # RanPAC.py: mode="test" loader
 def build(ctx: StrategyContext, opts: RanPACOptions) -> SupervisedTemplate:
     """RanPAC (McDonnell et al., NeurIPS 2023): fixed random projection + ReLU, ridge on accumulated Gram/prototypes."""
     seed = ctx.seed if opts.projection_seed is None else opts.projection_seed
-    model = RandomProjectionRidge(len(ctx.class_names), ctx.clip.embed_dim, M=opts.M, seed=seed, ridge=opts.ridge)
+    # the run checked this before anything trained (check_setup); a direct build is checked here, before allocating
+    opts.check_memory(ctx.clip.embed_dim, len(ctx.class_names), 0, str(ctx.device), free_memory(ctx.device), "ranpac")
+    try:
+        model = RandomProjectionRidge(len(ctx.class_names), ctx.clip.embed_dim, M=opts.M, seed=seed, ridge=opts.ridge)
+    except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError; free memory was unknown
+        need, _ = opts.memory_needed(ctx.clip.embed_dim, len(ctx.class_names), 0)
+        raise ConfigError(f"ranpac.M: {opts.M} needs about {size_text(need)} of memory on {ctx.device}, which "
+                          f"could not be allocated ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); "
+                          "lower M") from None
     return StatisticsTemplate(model=model, optimizer=idle_optimizer(), **ctx.template_kwargs(opts))

@@ -65,7 +65,6 @@ uses; ``published.csv`` says so beside RAPF's figures).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -73,10 +72,10 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
-from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.options import RAPFOptions
 from lamm_cl.strategy_kit.recipe import make_optimizer
 from lamm_cl.strategy_kit.statistics import SeenClasses
 
@@ -326,36 +325,6 @@ class RAPFTemplate(SupervisedTemplate):
 
 
 # --------------------------------------------------------------------------- options and builder
-
-
-@dataclass
-class RAPFOptions(StrategyOptions):
-    epochs: int = 15  # cifar100_10-10.yaml:31
-    batch_size: int = 100  # cifar100_10-10.yaml:30 train_batch_size (main.py:49, shuffled, last batch kept)
-    lr: float = 0.001  # cifar100_10-10.yaml:32; Adam, weight decay 0 (main.py:52)
-    milestones: list[int] = field(default_factory=lambda: [4, 10])  # cifar100_10-10.yaml:35, MultiStepLR epochs
-    lr_decay: float = 0.1  # MultiStepLR gamma (main.py:57)
-    beta: float = 2.0  # yaml:36; pseudo-features: int(10*beta) per old class per batch, int(20*beta) per hard pair
-    old_classes_per_batch: int = 2  # main.py: 2 for CIFAR-100 10-10 (4 for 5-class steps, 5 ImageNet-R, 10 CUB)
-    threshold: float = 0.55  # yaml:38; hard pair: Euclidean distance of normalised text features below this
-    mix_bias: float = 0.6  # yaml:37; parameter fusion: added to the normalised change before clamping at 1
-    shrinkage: bool = False  # yaml:39; shrink old-class covariances before drawing (the reference's option, off)
-    template: str = "a good photo of a {}."  # yaml:18, RAPF's prompt; `dataset` for the benchmark's template
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.beta <= 0:
-            raise ConfigError(f"{path}.beta: expected a positive number, got {self.beta}")
-        if self.old_classes_per_batch < 1:
-            raise ConfigError(f"{path}.old_classes_per_batch: expected 1 or more, got {self.old_classes_per_batch}")
-        if not 0 <= self.mix_bias <= 1:
-            raise ConfigError(f"{path}.mix_bias: expected a number in [0, 1], got {self.mix_bias}")
-        if self.lr_decay <= 0:
-            raise ConfigError(f"{path}.lr_decay: expected a positive number, got {self.lr_decay}")
-        if any(m < 0 for m in self.milestones):
-            raise ConfigError(f"{path}.milestones: expected epochs 0 or more, got {self.milestones}")
-        if self.template != "dataset" and self.template.count("{}") != 1:
-            raise ConfigError(f"{path}.template: expected exactly one {{}} or `dataset`, got {self.template!r}")
 
 
 @register_strategy("rapf", options=RAPFOptions, augmented_views=False)  # main.py: model.transforms

@@ -21,15 +21,13 @@ a timm ViT's pooled features).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl.errors import ConfigError
 from lamm_cl.model.clip import normalize
-from lamm_cl.registry import StrategyOptions, register_strategy
+from lamm_cl.registry import register_strategy
 from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.options import SimpleCILOptions
 from lamm_cl.strategy_kit.recipe import idle_optimizer
 from lamm_cl.strategy_kit.statistics import SeenClasses, StatisticsTemplate
 
@@ -63,19 +61,6 @@ class Prototypes(SeenClasses):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = normalize(x.float()) @ normalize(self.prototypes).t()
         return self.restrict(scores)
-
-
-@dataclass
-class SimpleCILOptions(StrategyOptions):
-    epochs: int = 1  # one pass collects the prototypes (more passes repeat it: the centre crop every time)
-    batch_size: int = 128  # PILOT's batch_size (simplecil.py:16); it only sets the pass's chunk size
-    lr: float = 0.0  # nothing trains
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.epochs < 1:
-            raise ConfigError(f"{path}.epochs: SimpleCIL needs one pass over the data to build its prototypes; "
-                              f"got {self.epochs}")
 
 
 @register_strategy("simplecil", options=SimpleCILOptions, augmented_views=False, trains=False)  # PILOT: mode="test" loader

@@ -5,7 +5,10 @@ The corpus is generated at test time (tiny PNGs, split files, configs, checkpoin
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -299,3 +302,112 @@ def test_no_third_party_warning_before_the_error_line(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert len(err.splitlines()) == 1 and err.startswith("lamm-cl: error: strategies[0].name"), err
+
+
+# --------------------------------------------------------------------------- strategies' options (issues 28.9, 29)
+
+
+def test_bad_strategy_options_are_refused_without_importing_torch(tmp_path):
+    """The options of the built-ins live in lamm_cl.strategy_kit.options (no torch): an unknown key, a wrong type or
+    a bad value is refused in the second a config check takes, not after torch, Avalanche and open_clip load."""
+    cases = [  # (strategy entry, what the one line names)
+        ({"name": "lamm", "epoch": 1}, "strategies[1].epoch: unknown key; known keys here: batch_size, epochs, "),
+        ({"name": "maple", "prompt_depth": "deep"}, "strategies[1].prompt_depth: expected an integer, got 'deep'"),
+        ({"name": "coop_lamm", "loss": {"param": -1}}, "strategies[1].loss.param: expected 0 or more, got -1.0"),
+        ({"name": "ranpac", "M": -5}, "strategies[1].M: expected 0 (no projection) or a positive width, got -5"),
+        ({"name": "simplecil", "lr": 0.1}, "strategies[1].lr: simplecil trains nothing"),
+        ({"name": "finetune", "trainable": "last_blocks"}, "strategies[1].last_blocks: trainable: last_blocks needs"),
+    ]
+    configs = []
+    for i, (entry, _) in enumerate(cases):
+        data = yaml.safe_load(BASE_TEXT)
+        data["strategies"] = [{"name": "zeroshot"}, entry]
+        configs.append(str(write_yaml(tmp_path / f"c{i}.yaml", data)))
+    code = ("import json, sys\nfrom lamm_cl.cli import main\n"
+            "codes = [main(['run', c, '--output', sys.argv[2]]) for c in json.loads(sys.argv[1])]\n"
+            "print(json.dumps([codes, sorted(m for m in ('torch', 'avalanche', 'open_clip') if m in sys.modules)]))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(configs), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    codes, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (codes, heavy) == ([2] * len(cases), []), proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == len(cases), proc.stderr
+    for line, (_, culprit) in zip(errors, cases):
+        assert line.startswith("lamm-cl: error: ") and culprit in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("no_report")
+@pytest.mark.parametrize("entry, culprit", [
+    ({"name": "maple", "prompt_depth": 3},
+     "strategies[1].prompt_depth: 3 asked, lamm-tiny has 2 blocks in its smaller tower; set prompt_depth: 2 or less"),
+    ({"name": "coop", "ctx_init": "a photo of a", "n_ctx": 3},
+     "strategies[1].ctx_init: 'a photo of a' is 4 tokens but n_ctx is 3; set n_ctx: 4"),
+    ({"name": "finetune", "last_blocks": 3}, "strategies[1].last_blocks: 3 asked, the image encoder of lamm-tiny has 2"),
+    # lamm-tiny's features are 64 wide, digits has 10 classes: 4·(64·10¹⁰ + 10²⁰ + 2·10¹¹) bytes kept, 8·(2·10²⁰ +
+    # 2·10¹¹) for the solve = 2.000000005e21 bytes = 1,776,356.8 PiB, more than any machine holds; the Gram
+    # matrix alone is 4e20 bytes = 355,271.4 PiB. Refused before anything is allocated.
+    ({"name": "ranpac", "M": 10**10},
+     "strategies[1].M: 10000000000 needs about 1,776,356.8 PiB of memory on cpu (its 10000000000 x 10000000000 Gram "
+     "matrix alone is 355,271.4 PiB), and "),
+], ids=["maple-depth", "coop-ctx-init", "finetune-blocks", "ranpac-M"])
+def test_every_strategy_is_checked_before_the_first_one_runs(tmp_path, capsys, entry, culprit):
+    """simplecil first, then a strategy the model or the machine cannot hold: the run stops before simplecil
+    writes a file, so that the corrected rerun does not find its folder "not empty"."""
+    data = yaml.safe_load(BASE_TEXT)
+    data["strategies"] = [{"name": "simplecil"}, entry]
+    cfg = write_yaml(tmp_path / "c.yaml", data)
+    assert main(["run", str(cfg), "--output", str(tmp_path / "out"), "--no-progress"]) == 2
+    one_line(capsys.readouterr().err, culprit)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ranpac_memory_worked_by_hand():
+    """RanPAC's estimate for M = 100,000 on ViT-B-16 features (512), 100 classes, 5,000 images in an experience.
+
+    float32, kept: projection 512·10⁵ + G 10¹⁰ + Q and W 2·10⁵·100 entries -> 4.02848e10 bytes;
+    the solve, float64: G + λI and its factor 2·10¹⁰ + Q and the solution 2·10⁷ -> 1.6016e11 bytes;
+    the λ search, smaller: 4·5,000·512 + 12·5,000·10⁵ + 24·4,000² = 6.39424e9 bytes.
+    Peak 4.02848e10 + 1.6016e11 = 2.004448e11 bytes = 186.7 GiB; the Gram matrix alone 4e10 = 37.3 GiB.
+    """
+    from lamm_cl.errors import ConfigError
+    from lamm_cl.strategy_kit.options import RanPACOptions
+
+    opts = RanPACOptions(M=100_000)
+    assert opts.memory_needed(512, 100, 5000) == (200_444_800_000, 40_000_000_000)
+    with pytest.raises(ConfigError) as e:
+        opts.check_memory(512, 100, 5000, "cuda:0", 80 * 2**30, "strategies[2]")
+    assert str(e.value) == ("strategies[2].M: 100000 needs about 186.7 GiB of memory on cuda:0 (its 100000 x 100000 "
+                            "Gram matrix alone is 37.3 GiB), and 80.0 GiB is free there; lower M (RanPAC's is 10000)")
+    opts.check_memory(512, 100, 5000, "cuda:0", 200_444_800_000, "strategies[2]")  # fits exactly: no refusal
+    opts.check_memory(512, 100, 5000, "cpu", None, "strategies[2]")  # free memory unknown: no refusal
+    # M: 0 solves on the features themselves (512 wide); a fixed ridge skips the search
+    assert RanPACOptions(M=0, ridge=1.0).memory_needed(512, 10, 100) == (
+        4 * (512 * 512 + 2 * 512 * 10) + 8 * (2 * 512 * 512 + 2 * 512 * 10), 4 * 512 * 512)
+
+
+def test_free_memory_counts_the_cgroup_limit(tmp_path):
+    """A SLURM job or a container may hold far less than the machine's free memory: the smallest room left under
+    the limits of the process's cgroup and those above it (v2 and v1 layouts), none where nothing is limited."""
+    from lamm_cl.strategy_kit.setup import cgroup_room
+
+    v2, proc = tmp_path / "v2", tmp_path / "cgroup"
+    for level, limit, used in (("job/step", "1000000", "400000"), ("job", "500000", "300000"), ("", "max", "9")):
+        (v2 / level).mkdir(parents=True, exist_ok=True)
+        (v2 / level / "memory.max").write_text(limit + "\n")
+        (v2 / level / "memory.current").write_text(used + "\n")
+    proc.write_text("0::/job/step\n")
+    assert cgroup_room(v2, proc) == 200_000  # the job's 500,000 - 300,000, tighter than the step's 600,000
+    (v2 / "job" / "memory.max").write_text("max\n")
+    assert cgroup_room(v2, proc) == 600_000
+    proc.write_text("0::/elsewhere\n")  # a path the mount does not show (a container): only the root is read
+    assert cgroup_room(v2, proc) is None
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "slurm").mkdir(parents=True)
+    (v1 / "memory" / "slurm" / "memory.limit_in_bytes").write_text("8000")
+    (v1 / "memory" / "slurm" / "memory.usage_in_bytes").write_text("3000")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("1")
+    proc.write_text("12:cpu,cpuacct:/slurm\n4:memory:/slurm\n0::/\n")
+    assert cgroup_room(v1, proc) == 5000
+    assert cgroup_room(v1, tmp_path / "no-such-file") is None

@@ -11,6 +11,7 @@ from lamm_cl.benchmark import Plan, dry_run, make_plan, make_streams, resolve_cl
 from lamm_cl.config import BenchmarkConfig
 from lamm_cl.data.base import ArraySamples, DatasetParts
 from lamm_cl.errors import ConfigError, DataNotFoundError
+from lamm_cl.model.clip import TINYWORLD_FILE
 
 ORDER = [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]
 
@@ -201,7 +202,7 @@ def test_describe_names_six_classes_at_most_and_counts_images():
 
 
 def dry_config(**benchmark):
-    return config.parse({"name": "d", "seeds": [0, 1], "benchmark": {"dataset": "digits", **benchmark},
+    return config.parse({"name": "d", "seeds": [0, 1], "device": "cpu", "benchmark": {"dataset": "digits", **benchmark},
                          "model": {"arch": "lamm-tiny", "pretrained": "none"},
                          "strategies": [{"name": "zeroshot"},
                                         {"name": "finetune", "epochs": 2, "batch_size": 8, "lr": 0.01}]})
@@ -221,6 +222,7 @@ def test_dry_run_lines(digits):
     assert lines == [
         "dataset digits: 10 classes, 1258 train / 539 test images; template 'a photo of the number {}.'",
         "model lamm-tiny + none (RANDOM weights: the numbers will say nothing about pretrained CLIP)",
+        "device cpu",
         "seed 0: " + seed_lines[0], *seed_lines[1:],
         "seed 1: " + seed_lines[0], *seed_lines[1:],
         "strategy zeroshot: epochs 0, batch 32, lr 0.002; trains on cached image features",
@@ -229,9 +231,10 @@ def test_dry_run_lines(digits):
     cfg = dry_config(n_experiences=2, class_order="seeded", template="digit {}")
     cfg.model.pretrained = "tinyworld"
     lines = dry_run(cfg)
-    assert lines[:3] == ["dataset digits: 10 classes, 1258 train / 539 test images; template 'digit {}'",
-                         "model lamm-tiny + tinyworld", "seed 0: class order seeded(0), 2 experiences of [5, 5] classes"]
-    assert lines[5] == "seed 1: class order seeded(1), 2 experiences of [5, 5] classes"  # each seed's own plan
+    assert lines[:4] == ["dataset digits: 10 classes, 1258 train / 539 test images; template 'digit {}'",
+                         f"model lamm-tiny + tinyworld: weights read from {TINYWORLD_FILE}", "device cpu",
+                         "seed 0: class order seeded(0), 2 experiences of [5, 5] classes"]
+    assert lines[6] == "seed 1: class order seeded(1), 2 experiences of [5, 5] classes"  # each seed's own plan
     assert not any("shots" in line for line in lines)
 
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from lamm_cl.cli import main
+from lamm_cl.results import read_run
 
 CONFIG = """\
 name: logged
@@ -40,6 +41,18 @@ def test_csv_tensorboard_and_offline_wandb_loggers_write_their_files(tmp_path, m
     if "wandb" in loggers:
         assert list((run / "wandb").glob("offline-run-*"))
     assert (run / "summary.json").is_file()
+    # eval_results.csv: (eval_exp, training_exp, accuracy, loss, forgetting), accuracies as fractions.
+    # Its forgetting is Avalanche's: the accuracy right after training an experience minus the accuracy now,
+    # so experience 0's after experience 1 is A[0][0] - A[1][0] of our own matrix (0 without the metric).
+    A = read_run(run).matrix / 100
+    rows = {(int(r[0]), int(r[1])): [float(v) for v in r[2:]]
+            for r in (line.split(",") for line in (run / "csv_logs" / "eval_results.csv").read_text().splitlines()[1:])}
+    assert sorted(rows) == [(0, 0), (0, 1), (1, 1)]
+    for (j, i), (acc, _loss, _forgetting) in rows.items():
+        assert acc == pytest.approx(A[i][j], abs=1e-4)
+    assert A[0][0] - A[1][0] > 0.05  # the probe forgets experience 0: a column of zeros would be wrong
+    assert rows[0, 1][2] == pytest.approx(A[0][0] - A[1][0], abs=1e-4)
+    assert rows[0, 0][2] == 0 and rows[1, 1][2] == 0  # just trained: nothing forgotten yet
 
 
 def test_missing_logger_package_is_one_line(tmp_path, capsys, monkeypatch):

@@ -134,6 +134,21 @@ def test_builtins_load_through_register_strategy(monkeypatch):
     assert Path(lamm_cl.strategies.__path__[0]).name == "strategies"
 
 
+def test_builtin_options_read_from_source_are_the_registered_ones():
+    """Before the built-ins are imported, a config's options and `trains` come from their source (so a bad option
+    is refused without torch); what that reading finds must be what each strategy registers."""
+    declared = registry._builtin_declarations()
+    registry._load_builtins()
+    assert set(declared) == {s.name for s in registry.list_strategies() if s.source.startswith("built-in")}
+    for name, d in declared.items():
+        spec = registry.get_strategy(name)
+        assert d.options is not None and d.options[0] == "lamm_cl.strategy_kit.options", name  # the light module
+        module, cls = d.options
+        assert getattr(sys.modules[module], cls) is spec.options, name
+        assert d.trains is spec.trains, name
+    assert [n for n, d in declared.items() if not d.trains] == ["simplecil", "zeroshot"]
+
+
 # ---------------------------------------------------------------------------
 # (a) a plugin file named in the YAML
 # ---------------------------------------------------------------------------

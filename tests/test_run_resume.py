@@ -102,8 +102,8 @@ def test_sigkill_during_third_experience_then_resume_matches(run_env, tmp_path, 
         assert main(["run", str(cfg), "--output", str(out), "--no-progress", "--resume"]) == 0
     log = capsys.readouterr().out
     assert "zeroshot seed 0: already finished, kept" in log
-    assert "lamm_replay seed 0: resuming after experience 2/5" in log
-    assert "lamm_replay seed 0 experience 2/5" not in log  # nothing before the checkpoint was redone
+    assert "lamm_replay seed 0: resuming at experience 2 of 0-4" in log
+    assert "lamm_replay seed 0 experience 1 of 0-4" not in log  # nothing before the checkpoint was redone
 
     reference, reference_state = uninterrupted
     for strategy in ("zeroshot", "lamm_replay"):
@@ -129,20 +129,6 @@ def test_same_seed_gives_identical_results(run_env, tmp_path, uninterrupted):
         np.testing.assert_array_equal(matrix(tmp_path / "out", strategy), matrix(reference, strategy))
     info = read_run(tmp_path / "out" / "lamm_replay" / "seed0").info
     assert info["seed"] == 0 and {"torch", "avalanche", "open_clip", "numpy", "python"} <= set(info["versions"])
-
-
-@pytest.mark.usefixtures("no_report")
-def test_checkpoint_of_other_config_is_refused(run_env, tmp_path, capsys):
-    cfg = write_digits_config(run_env, tmp_path / "config.yaml", RESUMABLE)
-    run_dir = tmp_path / "out" / "lamm_replay" / "seed0"
-    run_dir.mkdir(parents=True)
-    meta = {"strategy": "lamm_replay", "seed": 0, "config": {"different": True}}
-    torch.save({"format": checkpoint.FORMAT, "meta": meta}, run_dir / checkpoint.CHECKPOINT_FILE)
-    before = files_under(tmp_path / "out")
-    assert main(["run", str(cfg), "--output", str(tmp_path / "out"), "--resume"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different config" in err[0]
-    assert files_under(tmp_path / "out") == before
 
 
 @pytest.fixture
@@ -246,6 +232,6 @@ def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_
 
     assert main(["run", str(cfg), "--no-progress", "--resume"]) == 0
     log = capsys.readouterr().out
-    assert "lamm seed 0: resuming after experience 1/2" in log
+    assert "lamm seed 0: resuming at experience 1 of 0-1" in log
     assert read_run(out / "lamm" / "seed0").n_experiences == 2
     assert snapshot(out / "zeroshot") == finished

@@ -202,6 +202,18 @@ def test_ranpac_options_are_checked():
             ranpac.RanPACOptions(**kw).validate("strategies[0]")
 
 
+def test_ranpac_built_directly_refuses_a_width_that_cannot_fit_before_allocating(monkeypatch):
+    """Built outside a run (no check_setup before it), the builder checks its memory itself: 10^10 x 10^10 float32
+    is 4e20 bytes, refused in one line instead of a torch allocation error (or a machine swapping to death)."""
+    plan, _ = toy_scenario(torch.zeros(4, 4), np.arange(4) % 2, [[0, 1]])
+    allocated = []
+    monkeypatch.setattr(ranpac.RandomProjectionRidge, "__init__", lambda *a, **k: allocated.append(a))
+    with pytest.raises(ConfigError, match=r"^ranpac\.M: 10000000000 needs about .* PiB of memory on cpu \(its "
+                                          r"10000000000 x 10000000000 Gram matrix alone is 355,271\.4 PiB\)"):
+        build("ranpac", toy_context(plan, 4), M=10**10)
+    assert allocated == []
+
+
 # --------------------------------------------------------------------------- RAPF
 
 

@@ -230,7 +230,7 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     assert "| strategy | digits_a Last | digits_a Avg | digits_b Last | digits_b Avg | mean Last | mean Avg |" in md
     assert (tmp_path / "out" / "plots" / "last_per_dataset.png").stat().st_size > 1000
     logs = (tmp_path / "out" / "_jobs" / "digits_b__linear_probe__seed1.log").read_text()
-    assert "\r" not in logs and "linear_probe exp 4 epoch 1/1: loss" in logs  # one line per epoch
+    assert "\r" not in logs and "linear_probe experience 4 epoch 1/1: loss" in logs  # one line per epoch
     assert "Warning" not in logs  # no third-party warning (qpsolvers at Avalanche's import) in a job's log
 
     # a rerun skips every finished job and encodes nothing

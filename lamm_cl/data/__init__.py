@@ -17,7 +17,7 @@ __all__ = ["ArraySamples", "DatasetParts", "FileSamples", "Samples", "list_datas
 
 def _ensure_builtin() -> None:
     # Imported here, not at module import, so `import lamm_cl.data` stays cheap; importing one registers it.
-    from lamm_cl.data import cifar, coop, digits, folder, tinyworld  # noqa: F401
+    from lamm_cl.data import cifar, coop, digits, folder, imagenet_variants, tinyworld  # noqa: F401
 
 
 def list_datasets() -> list[str]:

@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -176,6 +176,8 @@ class DatasetParts:
     train: Samples
     test: Samples
     template: str = "a photo of a {}."
+    # stable ids of the classes by label (ImageNet's wnids), to match classes across datasets; None: match by name
+    class_keys: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         n = len(self.classnames)

@@ -262,4 +262,4 @@ def load_imagenet(root: Path, download: bool) -> DatasetParts:
         digest = files_identity((str(p)[cut:], p) for p in paths)
         parts[part] = FileSamples(paths, labels, f"{name}:{part}:{digest}")
     classnames = [readable(wnid_name[w]) for w in wnids]
-    return DatasetParts(name, classnames, parts["train"], parts["test"], IMAGENET_TEMPLATE)
+    return DatasetParts(name, classnames, parts["train"], parts["test"], IMAGENET_TEMPLATE, class_keys=list(wnids))

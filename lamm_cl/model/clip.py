@@ -362,3 +362,48 @@ def _resolved_file(open_clip, arch: str, weights: str) -> str | None:
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dimension."""
     return F.normalize(x, dim=-1)
+
+
+def weights_on_disk(arch: str, weights: str | None) -> tuple[str | None, str]:
+    """Where the weights :func:`resolve_weights` named will be read from, found without downloading.
+
+    Follows open_clip's own route (``open_clip.pretrained.download_pretrained``): a file as given; else the
+    Hugging Face Hub when the tag has an ``hf_hub`` entry and ``huggingface_hub`` is installed (a
+    ``.safetensors`` file first), looked up in the local Hub cache only; else the tag's URL, in
+    ``~/.cache/clip``. Never touches the network.
+
+    Returns:
+        The file (None when the run would have to download it) and one line saying where it is, or what
+        the run will download and from where.
+    """
+    if weights is None:
+        return None, "random weights: nothing to load"
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return str(path), f"read from {path}"
+    from open_clip import pretrained
+
+    cfg = _open_clip().get_pretrained_cfg(arch, weights) or {}
+    if cfg.get("file"):
+        return str(cfg["file"]), f"read from {cfg['file']}"
+    hub = cfg.get("hf_hub", "")
+    if hub and pretrained.has_hf_hub():
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        model_id, filename = os.path.split(hub)
+        filename = filename or pretrained.HF_WEIGHTS_NAME
+        names = [*pretrained._get_safe_alternatives(filename), filename] if pretrained._has_safetensors else [filename]
+        for name in names:
+            found = try_to_load_from_cache(model_id, name)
+            if isinstance(found, str):
+                return found, f"in the Hugging Face cache: {found}"
+        return None, (f"not downloaded yet: the run will download {names[0]} from https://huggingface.co/{model_id} "
+                      f"into {constants.HF_HUB_CACHE} (offline, download it once elsewhere and give the file's path)")
+    url = cfg.get("url", "")
+    if url:
+        target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if target.is_file():
+            return str(target), f"in open_clip's cache: {target}"
+        return None, (f"not downloaded yet: the run will download {url} into {target.parent} (offline, download "
+                      "it once elsewhere and give the file's path)")
+    return None, f"open_clip names no file or address for {arch} + {weights}"

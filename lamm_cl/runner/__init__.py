@@ -22,13 +22,15 @@ from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
 from lamm_cl.runner.execute import Log, deterministic, run_strategy
 from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
-from lamm_cl.runner.record import RunRecords, clear_results, write_fewshot
-from lamm_cl.runner.validate import EarlierRuns, check_images, check_request, check_under_lock, earlier_runs
+from lamm_cl.runner.record import RunRecords, clear_results, clear_run, write_fewshot
+from lamm_cl.runner.validate import (EarlierRuns, check_images, check_request, check_under_lock, earlier_runs,
+                                     replaced_runs, selected)
+from lamm_cl.runner.validate import check_strategy_options
 
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
         log: Log = lambda s: None, *, resume: bool = False, overwrite: bool = False,
-        warn: Optional[Log] = None, lock_runs: bool = False) -> RunRecords:
+        warn: Optional[Log] = None, lock_runs: bool = False, only: Optional[list[str]] = None) -> RunRecords:
     """Run every seed and strategy of ``cfg``, writing results under ``out``.
 
     Everything that can be checked is checked before the results folder is touched:
@@ -45,6 +47,12 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
         lock_runs: lock each ``<strategy>/seed<k>/`` folder while it runs instead of the whole
             results folder, so that sweep jobs of one benchmark (one strategy and seed each) run
             side by side; the benchmark's report is then the sweep's to build.
+        only: run just these strategies (labels, :func:`lamm_cl.config.only_labels`); the folder may hold
+            other runs, left byte for byte as they are. Without ``resume`` the named strategies' earlier
+            runs are replaced; with it, those whose config is unchanged are kept.
+
+    With ``resume``, a finished run or checkpoint whose own resolved config changed since
+    (:func:`~lamm_cl.runner.record.run_config`) is run again from scratch, with one line saying what changed.
 
     Returns:
         The records of every (strategy, seed) that finished, in run order; ``.failed`` lists
@@ -55,13 +63,17 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
         KeyboardInterrupt: finished runs and the last checkpoint are kept.
     """
     out = Path(out)
-    dev = check_request(cfg, out, device, resume=resume, overwrite=overwrite)
-    earlier = earlier_runs(cfg, out) if resume and out.is_dir() else EarlierRuns()
+    dev = check_request(cfg, out, device, resume=resume, overwrite=overwrite, only=only)
+    if out.is_dir() and (resume or only is not None):
+        earlier = earlier_runs(cfg, out, only) if resume else replaced_runs(cfg, out, only)
+    else:
+        earlier = EarlierRuns()
     plans, inputs = prepare_inputs(cfg, dev, progress, log)
+    check_strategy_options(cfg, plans, inputs.clip, dev)
     records = RunRecords()
     started = time.time()
     with (nullcontext() if lock_runs else safe_io.lock_output(out)), deterministic(dev):
-        earlier = check_under_lock(cfg, out, plans, earlier, resume=resume, overwrite=overwrite)
+        earlier = check_under_lock(cfg, out, plans, earlier, resume=resume, overwrite=overwrite, only=only)
         for folder in (out, out / "plots"):
             safe_io.sweep_temporaries(folder, before=started)
         if overwrite:
@@ -73,13 +85,16 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
             log(f"seed {seed}: {plan.n_experiences} experiences, class order {plan.order_name}")
             if cfg.benchmark.shots and plan.short_classes:
                 log(f"seed {seed}: {plan.shots_note(cfg.benchmark.shots)}")
-            for entry in cfg.strategies:
+            for entry in selected(cfg, only):
                 run_dir = out / entry.run_label / f"seed{seed}"
                 if (entry.run_label, seed) in earlier.done:
                     log(f"  {entry.run_label} seed {seed}: already finished, kept")
                     records.append(earlier.done[entry.run_label, seed])
                     continue
                 with safe_io.lock_run(run_dir):  # the per-run lock a sweep job takes too
+                    if (entry.run_label, seed) in earlier.rerun:
+                        log(f"  {entry.run_label} seed {seed}: {earlier.rerun[entry.run_label, seed]}")
+                        clear_run(run_dir)
                     _run_and_write(cfg, entry, seed, plan, seed_inputs, dev, run_dir, records, progress=progress,
                                    log=log, warn=warn or log,
                                    resume_from=earlier.checkpoints.get((entry.run_label, seed)))

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from lamm_cl import checkpoint
-from lamm_cl.benchmark import Plan, make_streams
+from lamm_cl import checkpoint, saved_model
+from lamm_cl.benchmark import Plan, make_streams, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.registry import get_strategy
 from lamm_cl.results import RunRecord
@@ -27,6 +27,7 @@ from lamm_cl.runner.evaluation import AccuracyPlugin, evaluate
 from lamm_cl.runner.inputs import Inputs
 from lamm_cl.runner.progress import ProgressPlugin
 from lamm_cl.runner.record import make_record, run_config
+from lamm_cl.runner.targets import TargetInputs, evaluate_targets
 from lamm_cl.avalanche_plugins import close_loggers, logging_evaluator
 from lamm_cl.strategy_kit.context import StrategyContext
 
@@ -143,6 +144,17 @@ class _Checkpoints:
             self.path = None
 
 
+def _save_model(run: _Built, cfg: Config, entry, plan: Plan, run_dir: Path, log: Log, label: str) -> None:
+    """Write ``model.pt`` (:mod:`lamm_cl.saved_model`) after the last experience; a model that cannot be
+    saved costs the run nothing but that file (one line says why)."""
+    try:
+        saved_model.save(run_dir / saved_model.MODEL_FILE, template=run.template, refs=run.refs(run.template), cfg=cfg,
+                         entry=entry, class_names=plan.class_names[: seen_classes(plan, plan.n_experiences - 1)],
+                         prompt_template=plan.template, inputs=get_strategy(entry.name).inputs, clip=run.clip)
+    except checkpoint.CheckpointError as e:
+        log(f"  {label}: its model was not saved: {e}")
+
+
 def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, device: torch.device,
                  progress: bool, log: Log, run_dir: Optional[Path] = None,
                  resume_from: Optional[dict] = None) -> RunRecord:
@@ -165,20 +177,29 @@ def run_strategy(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, devi
             log(f"  {label}: cannot continue from its checkpoint ({e}); starting it over")
             return run_strategy(cfg, entry, seed, plan, inputs, device, progress, log, run_dir)
         scores.resume(resume_from)
-        log(f"  {label}: resuming after experience {scores.first}/{T}")
+        log(f"  {label}: resuming at experience {scores.first} of 0-{T - 1} (the ones before it are in the checkpoint)")
     checkpoints = _Checkpoints(run_dir, run, {"strategy": entry.run_label, "seed": seed,
                                               "config": run_config(cfg.to_dict(), entry.run_label)}, log, label)
     started = time.perf_counter()
+    # benchmark.evaluate_on: one row per (experience, target); a checkpoint keeps the rows made before it
+    target_rows = list(((resume_from or {}).get("meta") or {}).get("targets", []))
+    target_inputs = TargetInputs(inputs.extractor, inputs.clip, device)
     for t in range(scores.first, T):
         run.template.train(run.scenario.train_stream[t])
         row, per_class, row_task_aware = evaluate(run.template, run.scenario.test_stream, t, plan, run.acc)
         scores.add(t, row, per_class, row_task_aware)
-        log(f"  {label} experience {t + 1}/{T}: seen-class accuracy "
+        if inputs.targets:
+            target_rows += evaluate_targets(run.template, entry, t, plan, inputs.parts, inputs.targets, target_inputs)
+            checkpoints.meta["targets"] = target_rows
+        # experiences are numbered from 0 wherever a user reads them: result files, plots, report, stderr
+        log(f"  {label} experience {t} of 0-{T - 1}: seen-class accuracy "
             f"{np.average(row, weights=[len(plan.test_index[j]) for j in range(t + 1)]):.2f}%")
         if t < T - 1:  # after the last one the results themselves are written
             checkpoints.save(t, scores, seconds=scores.spent + time.perf_counter() - started)
+    if run_dir is not None and entry.saves_model(cfg):
+        _save_model(run, cfg, entry, plan, run_dir, log, label)
     close_loggers(run.evaluator)
     return make_record(cfg, strategy=entry.run_label, source=get_strategy(entry.name).source, seed=seed, plan=plan,
                        matrix=scores.matrix, matrix_task_aware=scores.matrix_task_aware, per_class=scores.per_class,
                        seconds=scores.spent + time.perf_counter() - started, device=device, clip=inputs.clip,
-                       resumed=resume_from is not None)
+                       resumed=resume_from is not None, targets=target_rows)

@@ -17,6 +17,7 @@ from lamm_cl.features import (AugmentedView, AutocastPlugin, FeatureExtractor, I
                               ViewSchedule, view_seed)
 from lamm_cl.model.clip import FrozenCLIP, build_clip
 from lamm_cl.runner.progress import progress_bar
+from lamm_cl.data.targets import load_targets
 from lamm_cl.runner.validate import check_templates
 
 
@@ -40,6 +41,7 @@ class Inputs:
     # (the centre crop still covers the whole split, so it stays shared between runs and shot counts)
     views_of: Optional[np.ndarray] = None
     schedule: ViewSchedule = field(default_factory=ViewSchedule)
+    targets: list = field(default_factory=list)  # benchmark.evaluate_on, loaded (lamm_cl.runner.targets.Target)
     _feats: dict = field(default_factory=dict)
 
     def features(self, split: str, view: Optional[int] = None) -> torch.Tensor:
@@ -132,7 +134,8 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     """
     parts = load_dataset(cfg.benchmark.dataset, cfg.benchmark.root, cfg.benchmark.download)
     plans = {seed: make_plan(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
+    targets = load_targets(cfg)  # a missing target fails here too, before any work
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, device, cfg.model.precision)
     check_templates(cfg, plans, clip)
     extractor = FeatureExtractor.from_config(clip, cfg.features, progress=progress_bar if progress else None, log=log)
-    return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views)
+    return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views, targets=targets)

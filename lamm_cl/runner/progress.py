@@ -43,7 +43,7 @@ class ProgressPlugin(SupervisedPlugin):
         self.bar = tqdm(total=len(strategy.dataloader), desc=desc, leave=False, unit="batch")
 
     def _epoch_text(self, strategy) -> str:
-        return (f"{self.label} exp {strategy.experience.current_experience} "
+        return (f"{self.label} experience {strategy.experience.current_experience} "
                 f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
 
     def before_training_epoch(self, strategy, **kwargs):
@@ -69,7 +69,7 @@ class ProgressPlugin(SupervisedPlugin):
                   f"{time.perf_counter() - self._start:.1f}s", file=sys.stderr, flush=True)
 
     def before_eval_exp(self, strategy, **kwargs):
-        self._open(strategy, f"{self.label} eval exp {strategy.experience.current_experience}")
+        self._open(strategy, f"{self.label} eval experience {strategy.experience.current_experience}")
 
     def after_eval_iteration(self, strategy, **kwargs):
         if self.bar is not None:

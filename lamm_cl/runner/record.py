@@ -7,7 +7,7 @@ import json
 import platform
 from contextlib import suppress
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -18,8 +18,9 @@ from lamm_cl.formatting import plain
 from lamm_cl.benchmark import Plan, fewshot_images, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
+from lamm_cl.saved_model import MODEL_FILE
 from lamm_cl.results import (CLASS_ORDER_FILE, CONFIG_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE,
-                             PER_CLASS_FILE, SUMMARY_FILE, RunRecord, find_run_dirs, write_run)
+                             PER_CLASS_FILE, SUMMARY_FILE, TARGETS_FILE, RunRecord, find_run_dirs, write_run)
 
 
 FEWSHOT_FILE = "fewshot.json"  # the training images a few-shot run drew, per class
@@ -39,21 +40,24 @@ def run_config(config: dict, strategy: str) -> dict:
     """The part of a resolved config that decides one (strategy, seed) run's numbers; ``strategy`` is the
     entry's label (its name when it has no ``label``).
 
-    Leaves out where results go, the other strategies and seeds, and whether features are cached,
+    Leaves out where results go, the other strategies and seeds, whether features are cached and whether
+    the trained model is saved,
     so adding a strategy or a seed to a config does not invalidate the runs already finished.
     """
-    view = {k: v for k, v in config.items() if k not in ("output", "seeds", "strategies", "plugins", "loggers")}
+    view = {k: v for k, v in config.items()
+            if k not in ("output", "seeds", "strategies", "plugins", "loggers", "save_model")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
     if isinstance(view.get("model"), dict):  # runs from before model.precision existed ran its default
         view["model"] = {"precision": "bf16-autocast", **view["model"]}
-    view["strategy"] = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy),
-                            None)
+    entry = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy), None)
+    # whether the trained model is kept changes no number: keeping it too must not rerun a finished run
+    view["strategy"] = None if entry is None else {k: v for k, v in entry.items() if k != "save_model"}
     return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
 
 
 def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,
                 matrix_task_aware: np.ndarray, per_class: dict, seconds: float, device: torch.device,
-                clip: FrozenCLIP, resumed: bool) -> RunRecord:
+                clip: FrozenCLIP, resumed: bool, targets: Optional[list] = None) -> RunRecord:
     """The record of one finished (strategy, seed): its accuracy matrices (``[t, j]``: on experience j
     after training experience t), per-class accuracies after the last experience, and what made it.
 
@@ -61,6 +65,7 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
         source: where the strategy's code comes from (its registry entry's ``source``).
         seconds: training and evaluation time, resumed runs included.
         resumed: the run continued from a checkpoint.
+        targets: the ``benchmark.evaluate_on`` rows (:func:`lamm_cl.runner.targets.evaluate_targets`).
     """
     T = plan.n_experiences
     n_classes = seen_classes(plan, T - 1)
@@ -78,6 +83,7 @@ def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Pla
               "random_weights": cfg.model.pretrained == "none", "source": source,
               # hashed once when the run built CLIP (prepare_inputs), shared by every strategy and seed
               "weights": clip.weights_record()},
+        targets=list(targets or []),
     )
 
 
@@ -113,7 +119,15 @@ class RunRecords(list):
 
 
 RUN_FILES = (CONFIG_FILE, CLASS_ORDER_FILE, MATRIX_FILE, MATRIX_TASK_AWARE_FILE, METRICS_FILE, PER_CLASS_FILE,
-             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE)
+             SUMMARY_FILE, checkpoint.CHECKPOINT_FILE, FEWSHOT_FILE, TARGETS_FILE, MODEL_FILE)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete what an earlier run wrote in one ``<strategy>/seed<k>/`` folder (its result files, saved
+    model, checkpoint and temporaries), before it is run again; files lamm-cl does not write stay."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    safe_io.remove_stale_temporaries(run_dir)
 
 
 def clear_results(out: Path) -> None:
@@ -128,7 +142,9 @@ def clear_results(out: Path) -> None:
             folder.rmdir()  # only once empty
 
     for run_dir in find_run_dirs(out, include_unfinished=True):
-        remove([run_dir / name for name in RUN_FILES], run_dir)
+        clear_run(run_dir)
+        with suppress(OSError):
+            run_dir.rmdir()
         with suppress(OSError):
             run_dir.parent.rmdir()
     if (out / "plots").is_dir():

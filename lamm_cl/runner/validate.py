@@ -22,11 +22,13 @@ from lamm_cl.runner.record import run_config
 from lamm_cl.avalanche_plugins import build_avalanche_plugins, check_loggers
 
 
-def check_request(cfg: Config, out: Path, device: Optional[str], *, resume: bool, overwrite: bool) -> torch.device:
+def check_request(cfg: Config, out: Path, device: Optional[str], *, resume: bool, overwrite: bool,
+                  only: Optional[list[str]] = None) -> torch.device:
     """What can be checked before any data is read, in this order: ``resume`` with ``overwrite``, the
     device, every strategy name, Avalanche plugin and logger of ``cfg``, the results folder ``out`` (in
     use, writable, empty unless ``resume`` or ``overwrite``) and each of its run folders (a sweep job may
-    hold one).
+    hold one). With ``only`` (strategy labels, :func:`lamm_cl.config.only_labels`) the folder may hold
+    other runs, which are kept, and ``overwrite`` (which would remove them) is refused.
 
     Returns:
         The device to run on.
@@ -36,41 +38,54 @@ def check_request(cfg: Config, out: Path, device: Optional[str], *, resume: bool
     """
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; give one")
+    if only is not None and overwrite:
+        raise UserError("--only keeps the other strategies' results and --overwrite removes them; give one "
+                        "(--only alone replaces the named strategies' results)")
     dev = resolve_device(device or cfg.device)
     check_loggers(cfg.loggers)
     for i, e in enumerate(cfg.strategies):
         get_strategy(e.name)
         build_avalanche_plugins(getattr(e.options, "plugins", []) or [], path=f"strategies[{i}].plugins")
-    run_folder.check_output(out, resume=resume, overwrite=overwrite)
+    run_folder.check_output(out, resume=resume or only is not None, overwrite=overwrite)
     for seed in cfg.seeds:
-        for entry in cfg.strategies:
+        for entry in selected(cfg, only):
             holder = safe_io.lock_holder(out / entry.run_label / f"seed{seed}")
             if holder is not None:
                 raise safe_io.in_use(out / entry.run_label / f"seed{seed}", holder)
     return dev
 
 
+def selected(cfg: Config, only: Optional[list[str]] = None) -> list:
+    """The strategy entries of ``cfg`` a run runs: every one, or those labelled in ``only``."""
+    return [e for e in cfg.strategies if only is None or e.run_label in only]
+
+
 @dataclass
 class EarlierRuns:
-    """What ``--resume`` finds in a results folder, by ``(strategy, seed)``: the records of finished
-    runs (``done``) and the states of checkpointed ones (``checkpoints``)."""
+    """What a run finds in its results folder, by ``(strategy, seed)``: with ``--resume``, the records of
+    finished runs (``done``) and the states of checkpointed ones (``checkpoints``) it keeps; and the runs
+    it runs again from scratch (``rerun``: why, one line each) -- with ``--resume`` those whose config
+    changed since, with ``--only`` (no ``--resume``) every earlier run of the named strategies."""
 
     done: dict = field(default_factory=dict)
     checkpoints: dict = field(default_factory=dict)
+    rerun: dict = field(default_factory=dict)
 
 
-def earlier_runs(cfg: Config, out: Path) -> EarlierRuns:
-    """The finished runs and checkpoints of ``cfg``'s strategies and seeds in ``out``, each checked
-    against ``cfg``.
+def earlier_runs(cfg: Config, out: Path, only: Optional[list[str]] = None) -> EarlierRuns:
+    """The finished runs and checkpoints of ``cfg``'s strategies (those of ``only``) and seeds in
+    ``out``, each checked against ``cfg``: one made with the same resolved config
+    (:func:`~lamm_cl.runner.record.run_config`, the strategy's own part and what every run shares) is
+    kept, one made with another is to be run again (in ``rerun``, naming the first difference).
 
     Raises:
-        UserError: a finished run or checkpoint was made with a different config, or is unreadable.
+        UserError: a run folder holds another run, or a finished run or checkpoint is unreadable.
     """
     found = EarlierRuns()
     full = cfg.to_dict()
     for seed in cfg.seeds:
-        for entry in cfg.strategies:
-            run_dir = out / entry.run_label / f"seed{seed}"
+        for entry in selected(cfg, only):
+            key, run_dir = (entry.run_label, seed), out / entry.run_label / f"seed{seed}"
             now = run_config(full, entry.run_label)
             if (run_dir / SUMMARY_FILE).is_file():
                 rec = read_run(run_dir)
@@ -79,8 +94,9 @@ def earlier_runs(cfg: Config, out: Path) -> EarlierRuns:
                                     "use --overwrite to start over, or another --output")
                 then = run_config(rec.config, entry.run_label)
                 if now != then:
-                    raise _mismatch(run_dir, now, then)
-                found.done[entry.run_label, seed] = rec
+                    found.rerun[key] = f"its config changed since it ran ({first_difference(now, then)}); running it again"
+                else:
+                    found.done[key] = rec
             elif (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
                 state = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)
                 meta = state.get("meta") or {}
@@ -88,9 +104,22 @@ def earlier_runs(cfg: Config, out: Path) -> EarlierRuns:
                     raise UserError(f"{run_dir / checkpoint.CHECKPOINT_FILE} is not a checkpoint of {entry.run_label} "
                                     f"seed {seed}; delete it to restart that run")
                 if meta.get("config") != now:
-                    raise _mismatch(run_dir / checkpoint.CHECKPOINT_FILE, now, meta.get("config"))
+                    found.rerun[key] = (f"its checkpoint is of another config ({first_difference(now, meta.get('config'))}); "
+                                        "starting it over")
+                    continue
                 checkpoint.check_fields(state, run_dir / checkpoint.CHECKPOINT_FILE)
-                found.checkpoints[entry.run_label, seed] = state
+                found.checkpoints[key] = state
+    return found
+
+
+def replaced_runs(cfg: Config, out: Path, only: list[str]) -> EarlierRuns:
+    """``--only`` without ``--resume``: every earlier run folder of the named strategies and the config's
+    seeds is run again from scratch (its old files go just before, under the run's lock)."""
+    found = EarlierRuns()
+    for seed in cfg.seeds:
+        for entry in selected(cfg, only):
+            if (out / entry.run_label / f"seed{seed}").is_dir():
+                found.rerun[entry.run_label, seed] = "replacing its earlier results (--only)"
     return found
 
 
@@ -105,11 +134,6 @@ def first_difference(a, b, path: str = "") -> str:
             if x != y:
                 return first_difference(x, y, f"{path}[{i}]")
     return f"{path or 'config'}: {a!r} now, {b!r} there"
-
-
-def _mismatch(where: Path, now: dict, then: dict) -> UserError:
-    return UserError(f"{where} was made with a different config ({first_difference(now, then)}); "
-                     "use --overwrite to start over, or another --output")
 
 
 def check_templates(cfg: Config, plans: dict, clip: FrozenCLIP) -> None:
@@ -136,19 +160,35 @@ def check_templates(cfg: Config, plans: dict, clip: FrozenCLIP) -> None:
                               f"of {context}; shorten the template")
 
 
+def check_strategy_options(cfg: Config, plans: dict, clip: FrozenCLIP, device: torch.device) -> None:
+    """Every strategy's options against the built CLIP, each seed's plan and the device's free memory
+    (``check_setup``), before the first strategy trains: a bad last strategy must not cost the first ones'
+    results, nor leave a folder that a corrected rerun finds "not empty".
+
+    Raises:
+        ConfigError: naming ``strategies[i].<key>``.
+    """
+    from lamm_cl.strategy_kit.setup import check_strategies, setup_of_clip
+
+    check_strategies(cfg.strategies, setup_of_clip(clip, list(plans.values()), device))
+
+
 def check_under_lock(cfg: Config, out: Path, plans: dict[int, Plan], earlier: EarlierRuns, *,
-                     resume: bool, overwrite: bool) -> EarlierRuns:
+                     resume: bool, overwrite: bool, only: Optional[list[str]] = None) -> EarlierRuns:
     """The results folder checked again once locked (another run may have written there since the first
-    look): empty unless ``resume`` or ``overwrite``; with ``resume``, its finished runs and checkpoints
-    read again, each checkpoint's accuracy matrix fitting its seed's plan.
+    look): empty unless ``resume``, ``overwrite`` or ``only``; with ``resume``, its finished runs and
+    checkpoints read again, each checkpoint's accuracy matrix fitting its seed's plan; with ``only``
+    alone, the named strategies' run folders found again.
 
     Returns:
-        What ``resume`` reuses (``earlier`` unless read again).
+        What the run keeps and what it runs again (``earlier`` unless read again).
     """
-    if not (resume or overwrite):
+    if not (resume or overwrite or only is not None):
         run_folder.check_empty(out)
     if resume:
-        earlier = earlier_runs(cfg, out)
+        earlier = earlier_runs(cfg, out, only)
+    elif only is not None:
+        earlier = replaced_runs(cfg, out, only)
     for key, state in earlier.checkpoints.items():
         if len(state["matrix"]) != plans[key[1]].n_experiences:
             raise UserError(f"{out / key[0] / f'seed{key[1]}' / checkpoint.CHECKPOINT_FILE}: malformed "

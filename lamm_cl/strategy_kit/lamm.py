@@ -9,101 +9,17 @@ template's training criterion (:class:`LammTemplate`: with Dassl's dropped last 
 """
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
-
 import torch
 from avalanche.training.templates import SupervisedTemplate
 
-from lamm_cl.errors import ConfigError
 from lamm_cl.losses import LammWeights, lamm_loss
 from lamm_cl.model.classifier import PromptClassifier
 from lamm_cl.model.clip import normalize
 from lamm_cl.model.labels import LabelTable
 from lamm_cl.model.prompts import ClassPrompts
-from lamm_cl.registry import StrategyOptions
 from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.options import LAMM_TEMPLATE, LammOptions
 from lamm_cl.strategy_kit.recipe import DropLastPartialBatch
-
-
-@dataclass
-class LossOptions:
-    param: Union[float, Literal["auto"]] = "auto"  # lambda_p; auto: 1/shots when few-shot and incremental, else 1
-    feature: float = 1.0  # lambda_f
-    logits: float = 0.05  # lambda_l
-    temperature: float = 2.0  # T of the logits term
-    logits_kind: Literal["reference", "kl"] = "reference"  # reference: what LAMM's code computes; kl: standard KD
-
-    def check(self, path: str) -> None:
-        """Raise ConfigError for a non-positive temperature or a negative weight (``path``: the key's path)."""
-        if self.temperature <= 0:
-            raise ConfigError(f"{path}.temperature: expected a positive number, got {self.temperature}")
-        for key in ("param", "feature", "logits"):
-            v = getattr(self, key)
-            if v != "auto" and v < 0:
-                raise ConfigError(f"{path}.{key}: expected 0 or more, got {v}")
-
-    def weights(self, shots: Optional[int], n_experiences: int = 1) -> LammWeights:
-        """The loss weights, ``param: auto`` resolved as the reference's scripts set lambda_p.
-
-        The reference weighs L_param by ``1 / args.shots`` (gaojingsheng/LAMM trainers/coop.py and
-        trainers/maple.py), and ``--shots`` defaults to 1: its incremental (base -> new) scripts pass
-        ``--shots 16`` (scripts/lamm/base2new_train_set*_lamm_all.sh), its few-shot scripts, one task
-        of every class at 1 to 16 shots, pass none (scripts/lamm/base_train_lamm_all.sh). So ``auto`` is
-        1/shots for a few-shot benchmark of more than one experience, and 1 otherwise (one experience,
-        at any shot count, or the full training data).
-
-        Args:
-            shots: training images per class, or None for the full training data.
-            n_experiences: the benchmark's number of experiences.
-        """
-        lp = self.param
-        if lp == "auto":
-            lp = 1.0 / shots if shots and n_experiences > 1 else 1.0
-        return LammWeights(param=float(lp), feature=self.feature, logits=self.logits,
-                           temperature=self.temperature, logits_kind=self.logits_kind)
-
-
-@dataclass
-class LammKeys:
-    """The keys of every LAMM strategy, to mix in before a :class:`StrategyOptions` subclass (its keys come
-    first, these after). The options class adds ``loss`` (a :class:`LossOptions`) after its own keys; a
-    family may narrow ``label_tokens``'s choices by redeclaring it."""
-
-    # vectors per class: shortest name length (of the benchmark | of the class's experience) | whole name | k
-    label_tokens: Union[Literal["min", "min_experience", "all"], int] = "min"
-    label_init: Literal["name", "random"] = "name"  # from the name's embeddings, or N(0, 0.02^2)
-    softmax: Literal["seen", "current"] = "seen"  # training softmax over every seen class, or the current task's
-
-    def check_label_tokens(self, path: str) -> None:
-        """Raise ConfigError for a ``label_tokens`` below 1 (the message lists this class's named choices)."""
-        if isinstance(self.label_tokens, int) and self.label_tokens < 1:
-            named = typing.get_args(typing.get_args(typing.get_type_hints(type(self))["label_tokens"])[0])
-            raise ConfigError(f"{path}.label_tokens: expected {', '.join(named)} or a positive integer, "
-                              f"got {self.label_tokens}")
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        self.check_label_tokens(path)
-        self.loss.check(f"{path}.loss")
-
-    def weights(self, shots: Optional[int], n_experiences: int = 1) -> LammWeights:
-        """Resolve ``auto`` (see :meth:`LossOptions.weights`) and return the loss weights."""
-        return self.loss.weights(shots, n_experiences)
-
-
-@dataclass
-class LammOptions(LammKeys, StrategyOptions):
-    """The options of LAMM on cached features: the base keys, :class:`LammKeys`, ``loss``."""
-
-    loss: LossOptions = field(default_factory=LossOptions)
-
-
-# LAMM's prompt: the reference trains every dataset on "a photo of a" + name + "." (CTX_INIT "a photo of a"
-# in configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml, kept frozen by --origin-clip in scripts/lamm/*.sh;
-# PromptLearner builds prompt_prefix + " " + name + "." in gaojingsheng/LAMM trainers/coop.py).
-LAMM_TEMPLATE = "a photo of a {}."
 
 
 def lamm_template(ctx: StrategyContext, opts: LammOptions) -> str:

@@ -9,8 +9,6 @@ schedule, and, with ``freeze_after_first``, the shared parameters frozen after t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from avalanche.training.plugins import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
@@ -20,51 +18,9 @@ from lamm_cl.errors import ConfigError
 from lamm_cl.features import autocast
 from lamm_cl.model.deep_prompts import MultiModalPrompts, prompt_depth_limit
 from lamm_cl.model.prompts import ClassPrompts
-from lamm_cl.registry import StrategyOptions
 from lamm_cl.strategy_kit.context import StrategyContext
+from lamm_cl.strategy_kit.options import CoopOptions, MapleOptions
 from lamm_cl.strategy_kit.recipe import DropLastPartialBatch, lr_schedule_plugin
-
-
-@dataclass
-class CoopOptions(StrategyOptions):
-    n_ctx: int = 4  # shared context vectors, in front of every class name
-    ctx_init: str = "a photo of a"  # words (n_ctx tokens) whose embeddings start the context, or random: N(0, 0.02^2)
-    freeze_after_first: bool = False  # train the context on the first experience only, then keep it fixed
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.n_ctx < 1:
-            raise ConfigError(f"{path}.n_ctx: expected 1 or more, got {self.n_ctx}")
-        _check_ctx_init(self.ctx_init, path)
-
-
-@dataclass
-class MapleOptions(StrategyOptions):
-    # defaults: MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (line numbers of that file);
-    # the base->new scripts use the same file (scripts/maple/base2new_train_maple.sh: CFG=..._ep5_...);
-    # only the cross-dataset file differs (..._cross_datasets.yaml: 2 epochs, lr 0.0026, depth 3)
-    epochs: int = 5  # passes over each experience's training data (MAX_EPOCH, :18)
-    batch_size: int = 4  # training mini-batch (TRAIN_X.BATCH_SIZE, :3)
-    lr: float = 0.0035  # SGD's base learning rate (:17; one warm-up epoch at 1e-5, then cosine, :19-22)
-    n_ctx: int = 2  # context vectors at the text input: the first n_ctx tokens of ctx_init (N_CTX, :33)
-    ctx_init: str = "a photo of a"  # the prompt before the name (CTX_INIT, :34); its first n_ctx tokens start
-    #                                 the context, the rest stay words; random: n_ctx vectors N(0, 0.02^2), no words
-    prompt_depth: int = 9  # layers with prompts, the input counted (PROMPT_DEPTH, :36; 1: the input only);
-    #                        at most the towers' block count
-    freeze_after_first: bool = False  # train the prompts and couplings on the first experience only
-
-    def validate(self, path: str) -> None:
-        super().validate(path)
-        if self.n_ctx < 1:
-            raise ConfigError(f"{path}.n_ctx: expected 1 or more, got {self.n_ctx}")
-        if self.prompt_depth < 1:
-            raise ConfigError(f"{path}.prompt_depth: expected 1 or more, got {self.prompt_depth}")
-        _check_ctx_init(self.ctx_init, path)
-
-
-def _check_ctx_init(ctx_init: str, path: str) -> None:
-    if not ctx_init.strip() or "{}" in ctx_init:
-        raise ConfigError(f"{path}.ctx_init: expected words such as 'a photo of a', or random; got {ctx_init!r}")
 
 
 def _context_prompts(ctx: StrategyContext, opts, name: str, exact: bool) -> tuple[ClassPrompts, torch.Tensor]:
