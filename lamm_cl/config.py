@@ -91,6 +91,9 @@ def benchmark_dict(b: BenchmarkConfig) -> dict:
 class ModelConfig:
     arch: str = "ViT-B-16"  # any open_clip architecture, or lamm-tiny
     pretrained: str = "openai"  # open_clip tag | path to a checkpoint file | none
+    # bf16-autocast: fp32 weights, bf16 autocast on CUDA (plain fp32 on CPU); fp16: weights, features and
+    # trainable vectors in fp16, plain SGD, as the reference; fp32: no autocast and no TF32 anywhere
+    precision: Literal["bf16-autocast", "fp16", "fp32"] = "bf16-autocast"
 
 
 @dataclass
@@ -344,6 +347,10 @@ def load_yaml(path: str | Path) -> dict:
 
 
 TRAINING_OPTIONS = ("lr", "epochs", "batch_size")  # refused for a strategy that trains nothing
+# Strategies that train CLIP's own weights: `model.precision: fp16` would train them in fp16 with plain SGD
+# (no loss scaling), which the reference never does (it trains prompt and label vectors only) and which
+# turns the loss to NaN within an experience on the tiny model; they are refused with fp16.
+FP16_REFUSED = ("finetune",)
 
 
 def _split(assignment: str) -> tuple[str, list[str], str]:
@@ -555,6 +562,9 @@ def parse(data: dict, source: Optional[str] = None, strategy_options=None,
             # trained, which this strategy cannot (its registration does not declare scores_unseen)
             raise ConfigError(f"{path}.name: {name} cannot score classes it has not trained, so it cannot run "
                               "benchmark.evaluation: all_classes (use task_aware, or drop it)")
+        if name in FP16_REFUSED and cfg.model.precision == "fp16":
+            raise ConfigError(f"model.precision: fp16 would train {name}'s CLIP weights in fp16 with plain SGD "
+                              f"({path}); use bf16-autocast or fp32 with {name}")
         label = _check_label(item.get("label"), f"{path}.label")
         save_model = item.get("save_model")
         if save_model is not None and not isinstance(save_model, bool):

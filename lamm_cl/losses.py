@@ -77,7 +77,7 @@ def logits_loss(z: torch.Tensor, z0: torch.Tensor, temperature: float = 2.0, kin
 class LammWeights:
     """Weights of the three alignment terms and the distillation temperature."""
 
-    param: float = 1.0  # lambda_p; the config's `auto` resolves to 1/shots when few-shot, else 1
+    param: float = 1.0  # lambda_p; the config's `auto`: 1/shots when few-shot and incremental, else 1
     feature: float = 1.0  # lambda_f
     logits: float = 0.05  # lambda_l
     temperature: float = 2.0  # T

@@ -35,6 +35,7 @@ __all__ = [
     "plot_accuracy_matrices",
     "plot_final_accuracy_forgetting",
     "plot_old_new_accuracy",
+    "plot_shot_curve",
 ]
 
 Groups = Mapping[str, Sequence[RunRecord]]
@@ -346,3 +347,78 @@ def plot_sequence_matrix(strategy: str, runs: Sequence[RunRecord]) -> Figure:
     ax.set_title(f"{strategy} on the sequence ({runs[0].sequence['evaluation']}, {seeds})")
     fig.colorbar(im, ax=ax, label="Accuracy (%)", shrink=0.85)
     return fig
+
+
+# Curves: panel -> strategy -> shots -> (mean, std over seeds); std NaN with one seed.
+ShotCurves = Mapping[str, Mapping[str, Mapping[int, Tuple[float, float]]]]
+
+
+def plot_shot_curve(curves: ShotCurves, published: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None,
+                    published_as: Mapping[str, str] | None = None, title: str = "") -> Figure:
+    """Accuracy against shots per class, one panel per dataset (in ``curves``' order, the mean last):
+    the LAMM paper's main figure. Shots on a log-2 axis; one line per strategy (mean over seeds) with a
+    band of ± one std; published figures as stars.
+
+    Args:
+        curves: ``{panel: {strategy: {shots: (mean, std)}}}``; a NaN mean is left out of its line.
+        published: ``{panel: {label: {shots: value}}}``, figures from papers (drawn as stars).
+        published_as: ``{label: strategy}``: a published figure takes that strategy's colour, and is left
+            out when that strategy has no line (a label not in it is drawn in black).
+        title: the figure's title.
+    """
+    published = published or {}
+    published_as = published_as or {}
+    panels = list(curves)
+    strategies = list(dict.fromkeys(s for p in panels for s in curves[p]))
+    colors, styles = strategy_colors(strategies), strategy_styles(strategies)
+    ncols = min(4, max(1, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.1 * ncols + 1.8, 2.7 * nrows + (0.4 if title else 0)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    shots = sorted({k for p in panels for s in curves[p].values() for k in s}
+                   | {k for p in published.values() for v in p.values() for k in v})
+    for ax, panel in zip(axes, panels):
+        for strategy, by_shots in curves[panel].items():
+            xs = [k for k in sorted(by_shots) if not np.isnan(by_shots[k][0])]
+            if not xs:
+                continue
+            mean = np.array([by_shots[k][0] for k in xs])
+            std = np.array([by_shots[k][1] for k in xs])
+            marker, dash = styles[strategy]
+            ax.plot(xs, mean, color=colors[strategy], marker=marker, markersize=4, linestyle=dash, linewidth=1.5,
+                    label=strategy)
+            if np.isfinite(std).any():
+                band = np.nan_to_num(std)
+                ax.fill_between(xs, mean - band, mean + band, color=colors[strategy], alpha=0.18, linewidth=0)
+        for label, by_shots in published.get(panel, {}).items():
+            if label in published_as and published_as[label] not in colors:
+                continue  # the figure of a strategy this sweep does not run: nothing to compare it with
+            color = colors.get(published_as.get(label, ""), "black")
+            xs = sorted(by_shots)
+            ax.scatter(xs, [by_shots[k] for k in xs], marker="*", s=90, color=color, edgecolors="black",
+                       linewidths=0.6, zorder=5, label="published (stars)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots)
+        ax.set_xticklabels([str(k) for k in shots])
+        ax.minorticks_off()
+        ax.set_title(panel, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols][:nrows]:
+        ax.set_ylabel("Accuracy (%)")
+    for ax in axes[max(0, len(panels) - ncols):len(panels)]:
+        ax.set_xlabel("Shots per class")
+    handles, labels = {}, []
+    for ax in axes[:len(panels)]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, title="Strategy", loc="outside right upper",
+               fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+

@@ -183,14 +183,14 @@ class SavedModel:
         device = self.clip.device
         x = x.to(device)
         if self._inputs == "features":  # as the run's feature extractor encoded them (and stored them)
-            with autocast(device):
+            with autocast(device, precision=self.clip.precision):
                 f = self.clip.encode_images(x)
             f = f.float()
             if self._dtype == "float16":
                 f = f.half().float()
             return self.model(f)[:, : len(self.class_names)].float()
         if self._autocast:
-            with autocast(device):
+            with autocast(device, precision=self.clip.precision):
                 return self.model(x)[:, : len(self.class_names)].float()
         return self.model(x)[:, : len(self.class_names)].float()
 
@@ -252,7 +252,8 @@ def load_model(run_dir: Union[str, Path], device: str = "cpu", clip: Optional[Fr
             registry.load_plugin_file(f)
     registry.load_plugin_files([])  # the built-in strategies, whose classes the model is made of
     if clip is None:
-        clip = build_clip(weights["arch"], weights["pretrained"], resolve_device(device))
+        precision = (meta.get("config") or {}).get("model", {}).get("precision", "bf16-autocast")  # as it trained
+        clip = build_clip(weights["arch"], weights["pretrained"], resolve_device(device), precision)
     if (clip.arch, clip.weights_sha256) != (weights["arch"], weights["sha256"]):
         raise UserError(f"{path}: saved on {weights['arch']} weights {weights['pretrained']} (SHA-256 "
                         f"{weights['sha256']}), but these are {clip.arch} {clip.pretrained} ({clip.weights_sha256}); "

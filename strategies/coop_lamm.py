@@ -25,5 +25,5 @@ def build(ctx: StrategyContext, opts: CoopLammOptions) -> SupervisedTemplate:
     optimizer = sgd(placeholder_params(), opts)
     kw = ctx.template_kwargs(opts)
     kw["plugins"].extend(prompt_plugins(opts, optimizer, "context"))
-    return LammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
+    return LammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots, ctx.n_experiences),
                         softmax=opts.softmax, **kw)

@@ -18,5 +18,5 @@ def build(ctx: StrategyContext, opts: LammPromptOptions) -> SupervisedTemplate:
     optimizer = sgd(placeholder_params(), opts)
     kw = ctx.template_kwargs(opts)
     kw["plugins"].append(lr_schedule_plugin(optimizer, opts.epochs, opts.lr))
-    return LammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
+    return LammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots, ctx.n_experiences),
                         softmax=opts.softmax, **kw)

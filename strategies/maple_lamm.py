@@ -75,5 +75,5 @@ def build(ctx: StrategyContext, opts: MapleLammOptions) -> SupervisedTemplate:
     optimizer = sgd(placeholder_params(), opts)
     kw = ctx.template_kwargs(opts)
     kw["plugins"].extend(prompt_plugins(opts, optimizer, "learner"))
-    return MapleLammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots),
+    return MapleLammTemplate(model=model, optimizer=optimizer, weights=opts.weights(ctx.shots, ctx.n_experiences),
                              softmax=opts.softmax, **kw)

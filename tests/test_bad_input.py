@@ -96,6 +96,7 @@ MALFORMED = [
                                          "n_experiences": 2}), []),
     ("missing-weights", _with("model.pretrained", "/nonexistent/weights.pt"), []),
     ("unknown-arch", _with("model.arch", "ViT-Q-99"), []),
+    ("unknown-precision", _with("model.precision", "half"), []),
     ("set-without-equals", BASE_TEXT, ["--set", "seeds"]),
     ("set-bad-index", BASE_TEXT, ["--set", "strategies.7.epochs=1"]),
     ("set-wrong-type", BASE_TEXT, ["--set", "benchmark.n_experiences=abc"]),

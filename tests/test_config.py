@@ -27,7 +27,9 @@ def test_defaults_and_types():
     assert cfg.seeds == [0] and cfg.device == "auto" and cfg.features.cache is True
     lamm = cfg.strategies[1].options
     assert lamm.epochs == 1 and lamm.lr == 0.002 and lamm.label_tokens == "min" and lamm.loss.logits == 0.05
-    assert lamm.weights(shots=16).param == pytest.approx(1 / 16) and lamm.weights(None).param == 1.0
+    # auto: 1/shots few-shot and incremental (the reference's --shots 16 base->new scripts), else 1
+    assert lamm.weights(16, n_experiences=2).param == pytest.approx(1 / 16) and lamm.weights(None, 5).param == 1.0
+    assert lamm.weights(16, n_experiences=1).param == 1.0  # one task of every class: the few-shot scripts, no --shots
     assert cfg.to_dict()["strategies"][1]["loss"]["logits_kind"] == "reference"
 
 
@@ -144,9 +146,10 @@ def test_training_options_for_a_strategy_that_trains_nothing_are_refused(tmp_pat
 # --------------------------------------------------------------------------- the shipped files' lambda_p
 
 
-def _lambda_p(entry, shots):
+def _lambda_p(entry, benchmark):
     p = entry.options.loss.param
-    return (1.0 / shots if shots else 1.0) if p == "auto" else p
+    n = benchmark.n_experiences or len(benchmark.classes_per_experience or [1])
+    return (1.0 / benchmark.shots if benchmark.shots and n > 1 else 1.0) if p == "auto" else p
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -158,7 +161,7 @@ def test_lamm_entries_of_a_shipped_file_share_the_lambda_p_its_comment_states(pa
     import re
 
     cfg = config.load(path)
-    values = {e.name: _lambda_p(e, cfg.benchmark.shots) for e in cfg.strategies
+    values = {e.name: _lambda_p(e, cfg.benchmark) for e in cfg.strategies
               if e.name in ("lamm", "coop_lamm", "maple_lamm")}
     assert len(set(values.values())) <= 1, f"{path.name}: {values}"
     for stated in re.findall(r"lambda_p (1/16|1)\b as every LAMM entry", path.read_text()):

@@ -631,7 +631,7 @@ def test_the_key_names_every_input_of_the_features(tiny_clip, samples):
     assert ext.key(samples).split("\n") == [
         STORE_FORMAT, "arch: lamm-tiny", f"weights: {tiny_clip.identity}{versions}",
         f"images: {samples.identity} (n=24)", f"transform: {transform_identity(tiny_clip.preprocess)}",
-        "view: center", f"dim: {d}", "dtype: float32"]
+        "view: center", f"dim: {d}", "dtype: float32", "encoder: fp32"]  # model.precision's arithmetic (CPU)
     assert STORE_FORMAT == "lamm-cl features v2"
     view = ext.key(samples, view=2).split("\n")
     assert view[5] == "view: 2" and view[4] == f"transform: {transform_identity(ext.transform(2))}" != ext.key(

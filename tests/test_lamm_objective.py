@@ -8,6 +8,7 @@ current one; every label vector (and the context) moved off its start so that no
 """
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -204,10 +205,12 @@ def test_lamm_defaults_and_loss_weights():
     loss = opts.loss
     assert (loss.param, loss.feature, loss.logits, loss.temperature, loss.logits_kind) == (
         "auto", 1.0, 0.05, 2.0, "reference")
-    # auto: 1/shots few-shot (the reference's base-to-new scripts), 1 with every image
-    w = opts.weights(16)
+    # auto: 1/shots few-shot and incremental (the reference's base-to-new scripts pass --shots 16), 1 for
+    # one task of every class at any shot count (its few-shot scripts pass no --shots) and with every image
+    w = opts.weights(16, 2)
     assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (1 / 16, 1.0, 0.05, 2.0, "reference")
-    assert opts.weights(None).param == 1.0
+    assert opts.weights(4, 10).param == 0.25 and opts.weights(16, 1).param == 1.0 and opts.weights(1, 1).param == 1.0
+    assert opts.weights(None, 10).param == 1.0
     mine = lamm_options(loss={"param": 0.3, "feature": 0.7, "logits": 0.2, "temperature": 3.0, "logits_kind": "kl"})
     w = mine.weights(16)
     assert (w.param, w.feature, w.logits, w.temperature, w.logits_kind) == (0.3, 0.7, 0.2, 3.0, "kl")
@@ -254,10 +257,12 @@ def test_edge_values_are_accepted():
 
 def test_the_built_template_carries_the_resolved_weights_and_plain_ce_in_eval(tiny_clip, digits):
     ctx = StrategyContext(clip=tiny_clip, class_names=digits.classnames, template="a photo of a {}.",
-                          device=torch.device("cpu"), seed=0, shots=4)
+                          device=torch.device("cpu"), seed=0, shots=4, n_experiences=5)
     opts = lamm_options(softmax="current", loss={"feature": 0.7})
     template = get_strategy("lamm").build(ctx, opts)
     assert (template.weights.param, template.weights.feature, template.softmax) == (0.25, 0.7, "current")
+    # one task of every class, as the reference's few-shot scripts: auto is 1 at any shot count
+    assert get_strategy("lamm").build(dataclasses.replace(ctx, n_experiences=1), opts).weights.param == 1.0
     assert template.loss_parts == {}  # no step yet
 
     template = build("lamm", tiny_clip, digits.classnames)

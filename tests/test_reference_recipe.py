@@ -437,7 +437,11 @@ def test_few_shot_files_cache_a_fresh_view_for_every_epoch(path):
     epochs = [e.options.epochs for e in cfg.strategies
               if get_strategy(e.name).inputs == "features" and get_strategy(e.name).augmented_views
               and e.options.epochs > 1]
-    assert epochs and cfg.features.train_views == max(epochs), path.name
+    views = cfg.features.train_views
+    assert epochs and views in epochs, path.name  # a fresh view every epoch for the longest such schedule ...
+    # ... but a longer one (canonical CoOp's 200 epochs in lamm_paper/fewshot_*.yaml) reads each view the
+    # same whole number of times, as its comment and the README say
+    assert all(e <= views or e % views == 0 for e in epochs), path.name
 
 
 @pytest.mark.parametrize("path", FEW_SHOT_FILES, ids=lambda p: p.name)

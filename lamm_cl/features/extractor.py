@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lamm_cl.data.base import ImageError, Samples
-from lamm_cl.features.precision import autocast, extraction_batch_size
+from lamm_cl.features.precision import arithmetic, autocast, extraction_batch_size
 from lamm_cl.features.store import FeatureStore, default_cache_dir
 from lamm_cl.features.views import AugmentedView, ViewReader
 from lamm_cl.model.clip import FrozenCLIP
@@ -123,7 +123,8 @@ class FeatureExtractor:
             log: where a discarded (garbled, mismatched) store entry is reported.
         """
         if clip.device.type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32: the encoders are frozen, features need no more
+            # TF32: the encoders are frozen, features need no more -- unless the run asked for fp32 throughout
+            torch.set_float32_matmul_precision("highest" if clip.precision == "fp32" else "high")
         cache_dir = (features.cache_dir or default_cache_dir()) if features.cache else None
         extractor = cls(clip, cache_dir=cache_dir, dtype=features.dtype, progress=progress)
         extractor.log = log
@@ -158,6 +159,7 @@ class FeatureExtractor:
             f"view: {'center' if view is None else int(view)}",
             f"dim: {self.clip.embed_dim}",
             f"dtype: {self.dtype}",
+            f"encoder: {arithmetic(self.clip.device, self.clip.precision)}",
         ])
 
     # -- features ------------------------------------------------------------
@@ -217,7 +219,7 @@ class FeatureExtractor:
         for x in batches:
             if isinstance(x, str):  # an image that cannot be decoded: its one-line message (from a worker too)
                 raise ImageError(x)
-            with autocast(device):
+            with autocast(device, precision=self.clip.precision):
                 f = self.clip.encode_images(x.to(device, non_blocking=True))
             out[row: row + len(f)] = f.float().cpu().numpy()
             row += len(f)

@@ -25,6 +25,7 @@ _CONFIG_DIR = Path(__file__).parent / "configs"
 _INIT_SEED = 0  # random weights (`pretrained: none`) are drawn with a fixed seed, so features are shareable
 TINYWORLD = "tinyworld"  # lamm-tiny pretrained on lamm_cl.tiny's captioned world; the file ships with the package
 TINYWORLD_FILE = Path(__file__).parent.parent / "tiny" / "lamm-tiny-tinyworld.pt"
+PRECISIONS = ("bf16-autocast", "fp16", "fp32")  # model.precision (see build_clip)
 
 
 def _open_clip():
@@ -78,11 +79,14 @@ class FrozenCLIP:
         weights_file: the file the weights were read from (None: random weights, or not known).
         weights_sha256: SHA-256 of that file's bytes (None without a file).
         device: where the model lives.
+        precision: ``bf16-autocast``, ``fp16`` or ``fp32`` (see :func:`build_clip`).
     """
 
     def __init__(self, model, preprocess: Callable, tokenizer, arch: str, pretrained: str, device: torch.device,
-                 weights_file: str | None = None, weights_sha256: str | None = None):
+                 weights_file: str | None = None, weights_sha256: str | None = None,
+                 precision: str = "bf16-autocast"):
         self.model = model
+        self.precision = precision
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.arch = arch
@@ -98,6 +102,12 @@ class FrozenCLIP:
         """What a result records about the weights: architecture, tag or path, file and its SHA-256."""
         return {"arch": self.arch, "pretrained": self.pretrained, "file": self.weights_file,
                 "sha256": self.weights_sha256}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the towers compute in, and what trainable vectors and features are held in: float16 with
+        ``precision: fp16``, else float32 (autocast, where on, lowers the arithmetic only)."""
+        return torch.float16 if self.precision == "fp16" else torch.float32
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -142,7 +152,7 @@ class FrozenCLIP:
         return TokenizedPrompts(ids[:, : int(eot.max()) + 1].contiguous(), eot)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings ``[N, L, W]`` of token ids (no positional part)."""
+        """Token embeddings ``[N, L, W]`` of token ids (no positional part), in :attr:`dtype`."""
         return self.model.token_embedding(ids.to(self.device))
 
     def encode_text_embeddings(self, emb: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
@@ -180,7 +190,7 @@ class FrozenCLIP:
     # -- images --------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Image features ``[N, D]`` (not normalised) of preprocessed images ``[N, 3, H, W]``."""
-        return self.model.encode_image(images.to(self.device))
+        return self.model.encode_image(images.to(self.device, self.dtype))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -243,18 +253,30 @@ def resolve_weights(arch: str, pretrained: str) -> str | None:
     return pretrained
 
 
-def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -> FrozenCLIP:
+def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu",
+               precision: str = "bf16-autocast") -> FrozenCLIP:
     """Build a frozen CLIP from an open_clip architecture name and its weights.
+
+    ``precision: fp16`` builds the model as the reference runs it: open_clip's fp16 build converts the
+    convolutions, linear layers, attention and projections to fp16 and keeps each LayerNorm computing in
+    fp32, as OpenAI's ``clip.model.convert_weights`` and its LayerNorm do (the reference loads CLIP that
+    way: gaojingsheng/LAMM trainers/coop.py, ``CoOp.build_model`` keeps CLIP's fp16 unless ``PREC`` is
+    fp32 or amp). The token and positional embeddings are cast to fp16 too: the reference casts both
+    with ``.type(dtype)`` before every use (its ``PromptLearner`` and ``TextEncoder``), which gives the
+    same numbers. ``bf16-autocast`` and ``fp32`` keep every weight in fp32.
 
     Args:
         arch: an open_clip architecture (``ViT-B-16``) or ``lamm-tiny``.
         pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, ``none``, or
             ``tinyworld`` (lamm-tiny's packaged weights, see :mod:`lamm_cl.tiny`).
         device: where to put it.
+        precision: ``bf16-autocast`` (default), ``fp16`` or ``fp32``.
     Raises:
         ConfigError: unknown architecture or tag.
         DataNotFoundError: a checkpoint file is missing or a tag cannot be downloaded.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     open_clip = _open_clip()
     device = torch.device(device)
     weights = resolve_weights(arch, pretrained)
@@ -267,7 +289,8 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
     loaded: list[str] = []
     try:
         with _record_checkpoint_paths(loaded):
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=weights, device=device, precision="fp16" if precision == "fp16" else "fp32")
     except Exception as e:  # hub, network and file errors all mean "these weights are not here"
         if weights is None:
             raise
@@ -276,13 +299,27 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu") -
                                 "when offline, download once elsewhere and give the checkpoint file's path") from None
     finally:
         logging.getLogger().removeFilter(quiet)
+    if precision == "fp16":
+        _embeddings_to_fp16(model)
     weights_file = loaded[-1] if loaded else None
     if weights_file is None and weights is not None:  # an open_clip that loads by another route: ask it
         weights_file = _resolved_file(open_clip, arch, weights)
     # Hashed once per build (one build per run), from the bytes actually on disk now.
     sha = file_sha256(weights_file) if weights_file is not None else None
     return FrozenCLIP(model, preprocess, open_clip.get_tokenizer(arch), arch, pretrained, device,
-                      weights_file=str(Path(weights_file).resolve()) if weights_file else None, weights_sha256=sha)
+                      weights_file=str(Path(weights_file).resolve()) if weights_file else None, weights_sha256=sha,
+                      precision=precision)
+
+
+def _embeddings_to_fp16(model) -> None:
+    """The text tower's token and positional embeddings in fp16 (open_clip's fp16 build leaves both fp32)."""
+    for owner in (model, getattr(model, "text", None)):
+        emb = getattr(owner, "token_embedding", None)
+        if isinstance(emb, torch.nn.Embedding):
+            emb.half()
+        pos = getattr(owner, "positional_embedding", None)
+        if isinstance(pos, torch.nn.Parameter):
+            pos.data = pos.data.half()
 
 
 @contextmanager

@@ -34,8 +34,10 @@ Deliberate deviations (none changes a number on CLIP's ViTs in fp32):
 * precision: the reference runs CLIP in fp16 (``PREC: "fp16"``, configs/trainers/MaPLe/
   vit_b16_c2_ep5_batch4_2ctx.yaml:35), with ``self.proj.half()`` (trainers/maple.py:104) and every
   deeper prompt cast ``.half()`` before it enters a block, the ``ctx`` parameter itself fp16 and
-  the deeper prompts and their projections fp32. Here every parameter is fp32; on CUDA training
-  runs under bf16 autocast and evaluation under fp16 autocast, as for the other strategies.
+  the deeper prompts and their projections fp32. By default (``model.precision: bf16-autocast``)
+  every parameter is fp32 and on CUDA training runs under bf16 autocast, evaluation under its
+  autocast, as for the other strategies; ``model.precision: fp16`` holds CLIP, the context and the
+  first coupling in fp16 and the deeper prompts and couplings in fp32, as the reference does.
 
 The encoders are open_clip's own modules, run block by block; nothing of them is copied or changed.
 The text side's prompt prefix -- SOS, the context and the template words after it, with the deep
@@ -154,7 +156,7 @@ def encode_image_deep(clip: FrozenCLIP, images: torch.Tensor, prompts: Sequence[
         ``[N, D]`` image features, not normalised.
     """
     v = clip.model.visual
-    x = v._embeds(images.to(clip.device))  # patches + class token + positions, then ln_pre
+    x = v._embeds(images.to(clip.device, clip.dtype))  # patches + class token + positions, then ln_pre
     n = prompts[0].shape[0] if prompts else 0
     if n:
         # MaPLe appends the prompt before ln_pre; a LayerNorm acts on each token alone, so
@@ -200,6 +202,7 @@ class MultiModalPrompts(nn.Module):
         self.text_deep = nn.ParameterList(
             [nn.Parameter(torch.randn(n_ctx, width, device=context.device) * 0.02) for _ in range(depth - 1)])
         first = nn.Linear(width, vision_width, device=context.device)  # self.proj, trainers/maple.py:103
+        first.to(context.dtype)  # fp16 with an fp16 context (model.precision fp16): `self.proj.half()`, :104
         # MaPLe clones one Linear for every deeper layer, so they all start equal (trainers/maple.py:116-117
         # `_get_clones(single_layer, depth - 1)`, a deepcopy each, :207-208); the input's has its own draw.
         # PyTorch's default Linear init in both, as the reference.

@@ -80,7 +80,7 @@ def _build(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, device: to
     evaluator = logging_evaluator(cfg.loggers, run_dir, project=cfg.name, run=f"{entry.run_label}-seed{seed}")
     views = spec.augmented_views  # False: the strategy reads the centre crop even with train_views > 0
     ctx = StrategyContext(clip=inputs.clip, class_names=plan.class_names, template=plan.template,
-                          device=device, seed=seed, shots=cfg.benchmark.shots,
+                          device=device, seed=seed, shots=cfg.benchmark.shots, n_experiences=plan.n_experiences,
                           plugins=[acc, ProgressPlugin(entry.run_label, enabled=progress), *inputs.plugins(seed, views)],
                           eval_batch_size=1024 if spec.inputs == "features" else 64, evaluator=evaluator)
     scenario = make_streams(plan, inputs.reader(spec.inputs, "train", views),

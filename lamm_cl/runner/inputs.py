@@ -88,10 +88,11 @@ class Inputs:
         """
         if kind == "features" and split == "train" and self.train_views > 0 and views:
             at = self.features  # the view is looked up per item: it changes between epochs
-            return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].float())
+            dt = self.clip.dtype  # float16 with model.precision fp16: features held as the reference holds them
+            return lambda t, idx: (lambda i, r=self._view_rows(idx): at("train", self.schedule.view)[r[i]].to(dt))
         if kind == "features":
-            feats = self.features(split)
-            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].float())
+            feats, dt = self.features(split), self.clip.dtype
+            return lambda t, idx: (lambda i, idx=idx: feats[idx[i]].to(dt))
         samples = self.parts.train if split == "train" else self.parts.test
         if split == "train" and self.train_views > 0:
             # An image strategy (maple, maple_lamm, finetune) trains on the epoch's augmented view made
@@ -99,11 +100,11 @@ class Inputs:
             # every step (MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml:13, TRANSFORMS),
             # and each image is read once per epoch, so a new view per epoch is the same draw. The view
             # is looked up per item: it changes between epochs.
-            augment, schedule = AugmentedView.for_clip(self.clip), self.schedule
+            augment, schedule, dt = AugmentedView.for_clip(self.clip), self.schedule, self.clip.dtype
             return lambda t, idx: (lambda i, idx=idx: augment(samples.image(int(idx[i])),
-                                                              view_seed(schedule.view, int(idx[i]))))
-        images = ImageReader(samples, self.clip.preprocess)
-        return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])])
+                                                              view_seed(schedule.view, int(idx[i]))).to(dt))
+        images, dt = ImageReader(samples, self.clip.preprocess), self.clip.dtype  # the reference: image.type(dtype)
+        return lambda t, idx: (lambda i, idx=idx: images[int(idx[i])].to(dt))
 
     def plugins(self, seed: int, views: bool = True) -> list:
         """Plugins a strategy run on these inputs needs: the per-epoch view choice (unless ``views`` is
@@ -111,7 +112,7 @@ class Inputs:
         out = []
         if self.train_views > 0 and views:
             out.append(TrainViewPlugin(self.schedule, self.train_views, seed))
-        if self.clip.device.type == "cuda":
+        if self.clip.device.type == "cuda" and self.clip.precision == "bf16-autocast":
             out.append(AutocastPlugin(self.clip.device))
         return out
 
@@ -141,7 +142,7 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
     plans = {seed: plan_for(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
     targets = load_targets(cfg)  # a missing target fails here too, before any work
-    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
+    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device, cfg.model.precision)
     check_templates(cfg, plans, clip)
     extractor = FeatureExtractor.from_config(clip, cfg.features, progress=progress_bar if progress else None, log=log)
     return plans, Inputs(parts, clip, extractor, train_views=cfg.features.train_views, targets=targets)

@@ -48,6 +48,8 @@ def run_config(config: dict, strategy: str) -> dict:
     view = {k: v for k, v in config.items()
             if k not in ("output", "seeds", "strategies", "plugins", "loggers", "save_model")}
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
+    if isinstance(view.get("model"), dict):  # runs from before model.precision existed ran its default
+        view["model"] = {"precision": "bf16-autocast", **view["model"]}
     entry = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy), None)
     # whether the trained model is kept changes no number: keeping it too must not rerun a finished run
     view["strategy"] = None if entry is None else {k: v for k, v in entry.items() if k != "save_model"}

@@ -192,7 +192,7 @@ def make_scorer(model: torch.nn.Module, entry) -> Optional[Scorer]:
             text = _maple_text(model, entry, target, matched)
             out = []
             for x in inputs.image_batches(target):
-                with autocast(inputs.device):
+                with autocast(inputs.device, precision=inputs.clip.precision):
                     f = model.image_features(x).to(text.dtype)
                 out.append(model.logit_scale * f @ text.t())
             return _accuracy(out, target.parts.test.labels)
@@ -228,7 +228,7 @@ def _finetune_scorer(model, entry) -> Scorer:
         w, b = torch.stack(rows).float(), torch.tensor(bias, device=head.weight.device)
         out = []
         for x in inputs.image_batches(target):
-            with autocast(inputs.device):
+            with autocast(inputs.device, precision=inputs.clip.precision):
                 f = normalize(model.encoder(x).float())
             out.append(f.float() @ w.t() + b)
         return _accuracy(out, target.parts.test.labels)

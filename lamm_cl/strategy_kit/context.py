@@ -26,6 +26,7 @@ class StrategyContext:
         device: where to train.
         seed: the run's seed.
         shots: training images per class when few-shot, else None.
+        n_experiences: the benchmark's number of experiences (LAMM's ``loss.param: auto`` reads it).
         plugins: plugins the runner attaches (accuracy, progress); the builder passes them on
             through :meth:`template_kwargs`.
         eval_batch_size: mini-batch for evaluation.
@@ -37,6 +38,7 @@ class StrategyContext:
     device: torch.device
     seed: int
     shots: Optional[int] = None
+    n_experiences: int = 1
     plugins: list = field(default_factory=list)
     eval_batch_size: int = 256
     evaluator: Any = None  # an Avalanche EvaluationPlugin carrying the YAML's `loggers:`, or None

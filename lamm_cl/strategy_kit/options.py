@@ -101,7 +101,7 @@ def _check_ctx_tokens(opts, setup: "StrategySetup", path: str, exact: bool) -> N
 
 @dataclass
 class LossOptions:
-    param: Union[float, Literal["auto"]] = "auto"  # lambda_p; auto: 1/shots when few-shot, else 1
+    param: Union[float, Literal["auto"]] = "auto"  # lambda_p; auto: 1/shots when few-shot and incremental, else 1
     feature: float = 1.0  # lambda_f
     logits: float = 0.05  # lambda_l
     temperature: float = 2.0  # T of the logits term
@@ -116,13 +116,25 @@ class LossOptions:
             if v != "auto" and v < 0:
                 raise ConfigError(f"{path}.{key}: expected 0 or more, got {v}")
 
-    def weights(self, shots: Optional[int]) -> "LammWeights":
-        """The loss weights, ``param: auto`` resolved to 1/shots when few-shot, else 1."""
+    def weights(self, shots: Optional[int], n_experiences: int = 1) -> "LammWeights":
+        """The loss weights, ``param: auto`` resolved as the reference's scripts set lambda_p.
+
+        The reference weighs L_param by ``1 / args.shots`` (gaojingsheng/LAMM trainers/coop.py and
+        trainers/maple.py), and ``--shots`` defaults to 1: its incremental (base -> new) scripts pass
+        ``--shots 16`` (scripts/lamm/base2new_train_set*_lamm_all.sh), its few-shot scripts, one task
+        of every class at 1 to 16 shots, pass none (scripts/lamm/base_train_lamm_all.sh). So ``auto`` is
+        1/shots for a few-shot benchmark of more than one experience, and 1 otherwise (one experience,
+        at any shot count, or the full training data).
+
+        Args:
+            shots: training images per class, or None for the full training data.
+            n_experiences: the benchmark's number of experiences.
+        """
         from lamm_cl.losses import LammWeights  # torch: only when a run builds the loss
 
         lp = self.param
         if lp == "auto":
-            lp = 1.0 / shots if shots else 1.0
+            lp = 1.0 / shots if shots and n_experiences > 1 else 1.0
         return LammWeights(param=float(lp), feature=self.feature, logits=self.logits,
                            temperature=self.temperature, logits_kind=self.logits_kind)
 
@@ -150,9 +162,9 @@ class LammKeys:
         self.check_label_tokens(path)
         self.loss.check(f"{path}.loss")
 
-    def weights(self, shots: Optional[int]) -> "LammWeights":
-        """Resolve ``auto`` and return the loss weights."""
-        return self.loss.weights(shots)
+    def weights(self, shots: Optional[int], n_experiences: int = 1) -> "LammWeights":
+        """Resolve ``auto`` (see :meth:`LossOptions.weights`) and return the loss weights."""
+        return self.loss.weights(shots, n_experiences)
 
 
 @dataclass
@@ -193,7 +205,7 @@ class CoopLammOptions(LammOptions, CoopOptions):
 @dataclass
 class MapleLossOptions(LossOptions):
     # lambda_p = 1: the reference's MaPLe scripts pass no --shots, so its `1 / self.shots` is 1
-    param: Union[float, Literal["auto"]] = 1.0  # lambda_p; auto: 1/shots when few-shot, else 1
+    param: Union[float, Literal["auto"]] = 1.0  # lambda_p; auto: 1/shots when few-shot and incremental, else 1
 
 
 @dataclass

@@ -43,7 +43,8 @@ def _context_prompts(ctx: StrategyContext, opts, name: str, exact: bool) -> tupl
         raise ConfigError(f"{name}.ctx_init: {opts.ctx_init!r} is {prompts.prefix_len} tokens but n_ctx is "
                           f"{opts.n_ctx}; give at least {opts.n_ctx} tokens of words, or ctx_init: random")
     if random_init:
-        init = torch.randn(opts.n_ctx, ctx.clip.token_width, device=ctx.clip.device) * 0.02
+        # in the tower's dtype (fp16 with model.precision fp16), as CoOp's ctx_vectors (torch.empty(..., dtype))
+        init = (torch.randn(opts.n_ctx, ctx.clip.token_width, device=ctx.clip.device) * 0.02).to(ctx.clip.dtype)
     else:
         with torch.no_grad():
             init = ctx.clip.embed_tokens(torch.tensor(prompts.prefix_ids[: opts.n_ctx])).clone()
@@ -117,7 +118,7 @@ class MapleTemplate(PromptTemplate):
     def forward(self):
         if self.is_training:
             return super().forward()  # the runner's AutocastPlugin covers training on CUDA
-        with autocast(self.device):
+        with autocast(self.device, precision=self.model.clip.precision):
             return super().forward()
 
 

@@ -130,7 +130,7 @@ def _time_encoder(clip, device, warmup: int, repeats: int) -> Timing:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            with autocast(device):
+            with autocast(device, precision=clip.precision):
                 clip.encode_images(x)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -158,7 +158,7 @@ def _time_steps(clip, name: str, cfg, classes: int, warmup: int, repeats: int) -
     seed_everything(0)
     g = torch.Generator().manual_seed(0)
     if spec.inputs == "features":
-        data = torch.nn.functional.normalize(torch.randn(n, clip.embed_dim, generator=g), dim=-1)
+        data = torch.nn.functional.normalize(torch.randn(n, clip.embed_dim, generator=g), dim=-1).to(clip.dtype)
     else:
         data = torch.randn(n, 3, clip.image_size, clip.image_size, generator=g)
     labels = np.arange(n) % classes
@@ -168,7 +168,8 @@ def _time_steps(clip, name: str, cfg, classes: int, warmup: int, repeats: int) -
     scenario = make_streams(plan, read, read, labels, labels)
     device = clip.device
     timer = StepTimer(device)
-    plugins = [timer.plugin, *([AutocastPlugin(device)] if device.type == "cuda" else [])]
+    cast = device.type == "cuda" and clip.precision == "bf16-autocast"
+    plugins = [timer.plugin, *([AutocastPlugin(device)] if cast else [])]
     names = [CLASS_NAMES[i % len(CLASS_NAMES)] for i in range(classes)]
     ctx = StrategyContext(clip=clip, class_names=names, template="a photo of a {}.", device=device, seed=0,
                           shots=cfg.benchmark.shots, plugins=plugins)
@@ -215,11 +216,12 @@ def calibrate(sweep: Sweep, classes: int = 10, warmup: int = 3, repeats: int = 1
         say(f"note: the sweep uses {len(models)} models; timing the first, {cfg.model.arch} + {cfg.model.pretrained}")
     device = resolve_device(cfg.device)
     say(f"calibrating on {device} with {cfg.model.arch} + {cfg.model.pretrained} ...")
-    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device)
+    clip = build_clip(cfg.model.arch, cfg.model.pretrained, device, cfg.model.precision)
     if device.type == "cuda":
         import torch
 
-        torch.set_float32_matmul_precision("high")  # TF32, as every run gets it (FeatureExtractor.from_config)
+        # TF32, as every run gets it (FeatureExtractor.from_config), unless the runs ask for fp32 throughout
+        torch.set_float32_matmul_precision("highest" if clip.precision == "fp32" else "high")
     encode = _time_encoder(clip, device, max(1, warmup), max(1, repeats // 3))
     steps = {}
     for kind in ("features", "images"):

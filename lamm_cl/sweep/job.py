@@ -186,9 +186,10 @@ def feature_group(cfg) -> tuple:
     """Jobs whose configs agree on this read the same feature-store entries."""
     b, m, f = cfg.benchmark, cfg.model, cfg.features
     if b.sequence is not None:  # a sequence's datasets, each with its own root (in any order: the same entries)
-        return (tuple(sorted((e.dataset, str(Path(e.root).expanduser())) for e in b.sequence)), "", m.arch, m.pretrained,
-                f.cache_dir, f.dtype, f.train_views)
-    return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views)
+        return (tuple(sorted((e.dataset, str(Path(e.root).expanduser())) for e in b.sequence)), "", m.arch,
+                m.pretrained, f.cache_dir, f.dtype, f.train_views, m.precision)
+    return (b.dataset, str(Path(b.root).expanduser()), m.arch, m.pretrained, f.cache_dir, f.dtype, f.train_views,
+            m.precision)
 
 
 def view_images(cfg, parts, seed: int, plan=None):
@@ -241,7 +242,7 @@ def prepare_features(output: str, job_id: str) -> dict:
             cfg = _config(job)
             b = cfg.benchmark
             parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
-            clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device))
+            clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device), cfg.model.precision)
             extractor = FeatureExtractor.from_config(clip, cfg.features)
             n = 0
             for samples in (parts.test, parts.train):

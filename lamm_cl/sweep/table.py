@@ -3,9 +3,11 @@ Avg as mean ± std over seeds, one table per grid cell; from result files only.
 
 ``build_table(output)`` writes ``<output>/table.md``, ``<output>/table.csv`` and one plot per
 grid cell, ``<output>/plots/last_per_dataset[_<cell>].png`` (Last accuracy per dataset and
-strategy). Published figures are put beside the table where they match: a dataset's own
-(Continual-CLIP's CIFAR-100) under that dataset, an 11-CoOp-dataset average (the LAMM paper's)
-under the mean when the table holds exactly the 11 CoOp datasets.
+strategy); when the grid varies ``benchmark.shots``, ``<output>/plots/shot_curve.png`` too (the LAMM
+paper's figure: accuracy against shots, a panel per dataset and the mean; :func:`shot_curves`).
+Published figures are put beside the table where they match: a dataset's own (Continual-CLIP's
+CIFAR-100) under that dataset, an 11-CoOp-dataset average (the LAMM paper's) under the mean when
+the table holds exactly the 11 CoOp datasets.
 """
 from __future__ import annotations
 
@@ -82,11 +84,11 @@ def cell_rows(c: dict) -> list[dict[str, Any]]:
 
 
 def published_rows(c: dict) -> list[dict[str, Any]]:
-    """Published figures that match this table: ``{label, (column, metric): value}``."""
+    """Published figures that match this table: ``{label, method, (column, metric): value}``."""
     from lamm_cl.report import COOP_DATASETS, match_published
 
     by_label: dict[str, dict[str, Any]] = {}
-    coop = {}
+    coop, methods = {}, {}
     for d in c["datasets"]:
         cfg = c["configs"].get(d)
         if cfg is None:
@@ -96,12 +98,13 @@ def published_rows(c: dict) -> list[dict[str, Any]]:
             metric = {"accuracy": "last_accuracy"}.get(p["metric"], p["metric"])
             if p["dataset"] == "coop11":
                 coop.setdefault(label, {})[d, metric] = float(p["value"])
+                methods[label] = p["method"]
             else:
-                by_label.setdefault(label, {"label": label})[d, metric] = float(p["value"])
+                by_label.setdefault(label, {"label": label, "method": p["method"]})[d, metric] = float(p["value"])
     datasets = {str((c["configs"].get(d) or {}).get("benchmark", {}).get("dataset", "")) for d in c["datasets"]}
     if datasets == set(COOP_DATASETS) and len(c["datasets"]) == len(COOP_DATASETS):
         for label, vals in coop.items():  # an 11-dataset average: comparable with our mean column only
-            row = by_label.setdefault(label, {"label": label})
+            row = by_label.setdefault(label, {"label": label, "method": methods[label]})
             for (_, metric), v in vals.items():
                 row[MEAN, metric] = v
     return list(by_label.values())
@@ -174,6 +177,56 @@ def _plot(c: dict, title: str):
     return fig
 
 
+# The LAMM paper's methods (published.csv's `method`) and the strategy each is drawn beside on the shot curve.
+PUBLISHED_AS = {"zero-shot CLIP": "zeroshot", "CoOp": "coop", "LAMM": "lamm", "CoOp+LAMM": "coop_lamm",
+                "MaPLe": "maple", "MaPLe+LAMM": "maple_lamm"}
+SHOTS_KEY = "benchmark.shots="
+
+
+def shot_curves(output: str | Path, cells: dict[str, dict]) -> dict[tuple, dict]:
+    """The shot curves of a sweep whose grid varies ``benchmark.shots``, one figure's data per setting of
+    the grid's other axes: ``{other overrides: {"curves": {panel: {strategy: {shots: (mean, std)}}},
+    "published": {panel: {label: {shots: value}}}, "published_as": {label: strategy}}}``.
+
+    Panels are the benchmarks (named by their dataset where no two share one), then ``mean``, the
+    seed-by-seed mean over them (:func:`cell_rows`). Accuracy is Last: with one experience, the accuracy.
+    Empty when the grid does not vary the shots (fewer than two shot counts).
+    """
+    sweep = read_sweep(output)
+    shots_of: dict[str, tuple[int, tuple]] = {}
+    for j in sweep.jobs:
+        given = [o for o in j.overrides if o.startswith(SHOTS_KEY)]
+        if given:
+            shots_of[j.cell] = (int(given[0][len(SHOTS_KEY):]), tuple(o for o in j.overrides if o not in given))
+    if len({k for k, _ in shots_of.values()}) < 2:
+        return {}
+    figures: dict[tuple, dict] = {}
+    for cell, c in cells.items():
+        if cell not in shots_of:
+            continue
+        k, rest = shots_of[cell]
+        fig = figures.setdefault(rest, {"curves": {}, "published": {}, "published_as": {}})
+        datasets = [str((c["configs"].get(d) or {}).get("benchmark", {}).get("dataset") or d) for d in c["datasets"]]
+        names = datasets if len(set(datasets)) == len(datasets) else list(c["datasets"])
+        panel = dict(zip(c["datasets"], names), **{MEAN: MEAN})
+        for row in cell_rows(c):
+            for col in _columns(c):
+                mean, std, n = row[col, "last_accuracy"]
+                if n:
+                    fig["curves"].setdefault(panel[col], {}).setdefault(row["strategy"], {})[k] = (mean, std)
+        for row in published_rows(c):
+            for col in _columns(c):
+                if (col, "last_accuracy") in row:
+                    fig["published"].setdefault(panel[col], {}).setdefault(row["label"], {})[k] = \
+                        row[col, "last_accuracy"]
+                    if row["method"] in PUBLISHED_AS:
+                        fig["published_as"][row["label"]] = PUBLISHED_AS[row["method"]]
+    for fig in figures.values():  # panels in the sweep's order of benchmarks, the mean last
+        order = [p for p in fig["curves"] if p != MEAN] + ([MEAN] if MEAN in fig["curves"] else [])
+        fig["curves"] = {p: fig["curves"][p] for p in order}
+    return figures
+
+
 def paired_lines(output: str | Path, cells: dict[str, dict], baseline: Optional[str] = None) -> list[str]:
     """Each strategy minus ``baseline`` per grid cell, paired on (benchmark, seed): the report's section."""
     from lamm_cl import stats
@@ -232,8 +285,17 @@ def build_table(output: str | Path, formats: tuple[str, ...] = ("png",), baselin
         written += plots.save_figure(_plot(c, "Last accuracy per dataset" + (f" ({cell})" if cell else "")),
                                      output / "plots" / stem, formats)
         links[cell] = f"plots/{stem}.{formats[0]}"
+    curve_links = []
+    for rest, fig in shot_curves(output, cells).items():
+        stem = "shot_curve" + (f"_{plots.safe_name('_'.join(rest))}" if rest else "")
+        title = "Accuracy against shots per class" + (f" ({', '.join(rest)})" if rest else "")
+        written += plots.save_figure(plots.plot_shot_curve(fig["curves"], fig["published"], fig["published_as"],
+                                                           title), output / "plots" / stem, formats)
+        curve_links.append(f"![{title}](plots/{stem}.{formats[0]})")
     written.append(atomic_write_text(output / "table.csv", _csv(cells)))
-    text = _markdown(cells, links).rstrip("\n") + "\n\n" + "\n".join(paired)
+    curve_text = ["## Shot curve", "", "Accuracy (Last) against shots per class on a log-2 axis, mean ± std "
+                  "over seeds; stars: published figures.", "", *curve_links, ""] if curve_links else []
+    text = _markdown(cells, links).rstrip("\n") + "\n\n" + "\n".join([*curve_text, *paired])
     written.append(atomic_write_text(output / "table.md", text.rstrip("\n") + "\n"))
     return written
 
