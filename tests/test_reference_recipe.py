@@ -451,7 +451,8 @@ def test_few_shot_files_state_epochs_and_lambda_p(path):
     data = yaml.safe_load(path.read_text())
     cfg = config.parse(data)
     shots = cfg.benchmark.shots
-    n_exp = len(cfg.benchmark.classes_per_experience or []) or cfg.benchmark.n_experiences
+    b = cfg.benchmark
+    n_exp = len(b.sequence or []) or len(b.classes_per_experience or []) or b.n_experiences  # sequence: per dataset
     # the reference: incremental (base-to-new) scripts pass --shots 16, so lambda_p = 1/shots; the main
     # few-shot scripts pass no --shots, so lambda_p = 1 (one experience of all classes)
     expected = 1.0 / shots if (n_exp or 1) > 1 else 1.0

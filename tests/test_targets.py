@@ -165,7 +165,9 @@ def test_paper_files_dry_run(path, data_root, tmp_path, capsys):
         assert [t.dataset for t in cfg.benchmark.evaluate_on] == ["imagenetv2", "imagenet_sketch", "imagenet_a",
                                                                  "imagenet_r"]
         assert main(["run", path, "--dry-run", "--set", f"benchmark.root={data_root}",
-                     "--set", "model.arch=lamm-tiny", "--set", "model.pretrained=none"]) == 0
+                     "--set", "model.arch=lamm-tiny", "--set", "model.pretrained=none",
+                     # MaPLe's depth 3 is deeper than the tiny model's 2 blocks (refused by the dry run)
+                     "--set", "strategies.maple.prompt_depth=2", "--set", "strategies.maple_lamm.prompt_depth=2"]) == 0
         out = capsys.readouterr().out
         assert "target imagenet_r: 3 classes, 6 test images" in out and "target imagenetv2: 6 classes" in out
     else:
