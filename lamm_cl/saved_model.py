@@ -149,6 +149,8 @@ class SavedModel:
         >>> m = lamm_cl.load_model("results/quickstart/lamm/seed0")        # doctest: +SKIP
         >>> m.predict([PIL.Image.open("cat.jpg")])                          # doctest: +SKIP
         ['cat']
+        >>> m.predict([PIL.Image.open("cat.jpg")], class_names=["cat", "lynx"])  # doctest: +SKIP
+        ['lynx']
     """
 
     def __init__(self, model: torch.nn.Module, clip: FrozenCLIP, meta: dict, batch_size: int = 64):
