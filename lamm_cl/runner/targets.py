@@ -16,6 +16,9 @@ features; maple, maple_lamm, finetune on images). The others (linear_probe, simp
 plugin whose model is none of these) are "not applicable": their rows carry no number. Frozen-feature
 strategies score the target's cached image features (the feature store, keyed as any dataset's): no
 image passes beyond the one extraction every strategy and seed shares.
+
+How a model scores a list of class names (:func:`class_logits`) also serves a saved model asked about
+class names (``SavedModel.scores(images, class_names=...)``).
 """
 from __future__ import annotations
 
