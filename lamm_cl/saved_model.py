@@ -149,6 +149,8 @@ class SavedModel:
         >>> m = lamm_cl.load_model("results/quickstart/lamm/seed0")        # doctest: +SKIP
         >>> m.predict([PIL.Image.open("cat.jpg")])                          # doctest: +SKIP
         ['cat']
+        >>> m.predict([PIL.Image.open("cat.jpg")], class_names=["cat", "lynx"])  # doctest: +SKIP
+        ['lynx']
     """
 
     def __init__(self, model: torch.nn.Module, clip: FrozenCLIP, meta: dict, batch_size: int = 64):
@@ -177,7 +179,9 @@ class SavedModel:
         return torch.stack([x if isinstance(x, torch.Tensor) else self.clip.preprocess(x) for x in images])
 
     @torch.no_grad()
-    def _batch(self, x: torch.Tensor) -> torch.Tensor:
+    def _batch(self, x: torch.Tensor, logits=None) -> torch.Tensor:
+        """The model's logits of one batch of preprocessed images (``logits``, when given, scores what the
+        model reads -- image features or the images -- in its place)."""
         from lamm_cl.features.precision import autocast
 
         device = self.clip.device
@@ -188,23 +192,76 @@ class SavedModel:
             f = f.float()
             if self._dtype == "float16":
                 f = f.half().float()
-            return self.model(f)[:, : len(self.class_names)].float()
+            return (self.model(f)[:, : len(self.class_names)] if logits is None else logits(f)).float()
+        if logits is not None:
+            return logits(x).float()
         if self._autocast:
             with autocast(device, precision=self.clip.precision):
                 return self.model(x)[:, : len(self.class_names)].float()
         return self.model(x)[:, : len(self.class_names)].float()
 
-    def scores(self, images) -> torch.Tensor:
+    @torch.no_grad()
+    def _named(self, class_names: Sequence[str]):
+        """``(columns, None)`` when every name is a trained class (its column of :meth:`scores`), else
+        ``(None, logits)``: how the strategy scores the names, trained and untrained, as it scores an
+        evaluation-only target (:func:`lamm_cl.runner.targets.class_logits`).
+
+        Raises:
+            ValueError: ``class_names`` is not a non-empty list of names, or names a class the strategy has
+                not trained while the strategy cannot score such a class.
+        """
+        from types import SimpleNamespace
+
+        from lamm_cl.data.targets import matched_names
+        from lamm_cl.registry import get_strategy
+        from lamm_cl.runner.targets import class_logits
+
+        if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names) or not class_names:
+            raise ValueError(f"class_names: expected a non-empty list of class names, got {class_names!r}")
+        names = list(class_names)
+        matched = matched_names(self.class_names, names)
+        if all(c is not None for c in matched):  # exactly the columns the run's evaluation scored
+            return matched, None
+        logits = None
+        if get_strategy(self.strategy).scores_unseen:  # declared at registration, as targets read it
+            entry = SimpleNamespace(name=self.strategy, options=SimpleNamespace(**self.options))
+            # the benchmark's template is the names' dataset prompt (zeroshot's and finetune's for new names)
+            logits = class_logits(self.model, entry, self.clip, names, matched, self.template)
+        if logits is None:
+            new = [n for n, c in zip(names, matched) if c is None]
+            raise ValueError(f"{self.strategy} cannot score classes it has not trained ({', '.join(map(repr, new))} "
+                             f"{'is' if len(new) == 1 else 'are'} not among its {len(self.class_names)} classes, "
+                             "model.class_names)")
+        return None, logits
+
+    def scores(self, images, class_names: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Logits ``[N, len(class_names)]`` (on the CPU) of images: a PIL image, a list of them, or
-        preprocessed image tensors ``[N, 3, H, W]`` / ``[3, H, W]``."""
+        preprocessed image tensors ``[N, 3, H, W]`` / ``[3, H, W]``.
+
+        Args:
+            class_names: the classes to score, by name (default :attr:`class_names`). Trained classes only:
+                their columns. With a class the strategy has not trained, every name is scored as the
+                strategy scores an evaluation-only target's classes -- a trained one with its trained text
+                (LAMM's label vectors, CoOp's context), another by name in the strategy's prompt for a class
+                it has not trained (LAMM's "a photo of a {}.": zero-shot CLIP).
+
+        Raises:
+            ValueError: a name the strategy has not trained, for a strategy that cannot score one
+                (linear_probe, simplecil, ranpac).
+        """
+        columns, logits = self._named(class_names) if class_names is not None else (None, None)
         x = self._tensor(images)
-        return torch.cat([self._batch(x[i: i + self.batch_size]).cpu() for i in range(0, len(x), self.batch_size)])
+        out = torch.cat([self._batch(x[i: i + self.batch_size], logits).cpu()
+                         for i in range(0, len(x), self.batch_size)])
+        return out[:, columns] if columns is not None else out
 
     __call__ = scores
 
-    def predict(self, images) -> list[str]:
-        """The class name each image is predicted as (the highest score among :attr:`class_names`)."""
-        return [self.class_names[i] for i in self.scores(images).argmax(dim=1).tolist()]
+    def predict(self, images, class_names: Optional[Sequence[str]] = None) -> list[str]:
+        """The class name each image is predicted as: the highest score among ``class_names`` (default
+        :attr:`class_names`; see :meth:`scores`)."""
+        names = list(class_names) if class_names is not None else self.class_names
+        return [names[i] for i in self.scores(images, class_names).argmax(dim=1).tolist()]
 
 
 def read_meta(path: Union[str, Path]) -> dict:

@@ -1,7 +1,7 @@
 """Keeping what was learned (issue 28, item 7): ``save_model: true`` writes a run's trained model after
 its last experience (``<strategy>/seed<k>/model.pt``: the trained tensors and what rebuilds the rest,
 never CLIP's weights), and ``lamm_cl.load_model`` turns it back into a classifier that scores new images
-exactly as the run's last evaluation did."""
+exactly as the run's last evaluation did -- or among class names the user gives, new ones included."""
 from __future__ import annotations
 
 import numpy as np
@@ -155,3 +155,57 @@ def test_statistics_a_model_marks_are_left_out_and_the_live_model_is_untouched(t
     loaded = lamm_cl.load_model(tmp_path, clip=tiny_clip)
     assert loaded.model.G.numel() == 0 and torch.equal(loaded.model.W, model.W)
     assert loaded.class_names == ["a", "b"] and loaded.strategy == "lamm"
+
+
+def _zero_shot(clip, model, x, prompt: str) -> torch.Tensor:
+    """Zero-shot CLIP's logit of ``prompt`` for images ``x``, by hand: the image features as the run stored
+    them (``features.dtype``) and the prompt's text, both normalised, times CLIP's logit scale."""
+    with torch.no_grad():
+        f = clip.encode_images(x).float()
+        if model.config["features"]["dtype"] == "float16":
+            f = f.half().float()
+        t = clip.encode_text([prompt]).float()
+    f, t = f / f.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
+    return clip.logit_scale * f @ t.t()
+
+
+@pytest.mark.integration
+def test_class_names_score_trained_classes_with_their_text_and_new_ones_by_name(saved):
+    out, _, x, clip = saved
+    x = x[:8]
+    lamm = lamm_cl.load_model(out / "lamm" / "seed0", clip=clip)
+    names, full = lamm.class_names, lamm.scores(x)
+    # only trained names (any order, case and spacing aside): exactly the columns the run scores
+    order = list(range(len(names)))[::-1]
+    asked = [" " + names[i].upper() for i in order]
+    torch.testing.assert_close(lamm.scores(x, class_names=asked), full[:, order], rtol=0, atol=0)
+    # a new name: the trained classes keep their text (label vectors: the same scores), the new one is
+    # zero-shot CLIP with LAMM's prompt
+    mixed = lamm.scores(x, class_names=[*names, "purple star"])
+    assert not torch.allclose(full[:, :1], _zero_shot(clip, lamm, x, f"a photo of a {names[0]}."), atol=1e-3)
+    torch.testing.assert_close(mixed[:, :-1], full, rtol=0, atol=1e-4)
+    torch.testing.assert_close(mixed[:, -1:], _zero_shot(clip, lamm, x, "a photo of a purple star."), rtol=0,
+                               atol=1e-4)
+    assert lamm.predict(x, class_names=[*names, "purple star"]) == [[*names, "purple star"][i]
+                                                                     for i in mixed.argmax(dim=1).tolist()]
+    # CoOp's trained context carries to the new name; MaPLe (on the images) keeps its trained columns too
+    coop = lamm_cl.load_model(out / "coop" / "seed0", clip=clip)
+    new = coop.scores(x, class_names=[*names, "purple star"])
+    torch.testing.assert_close(new[:, :-1], coop.scores(x), rtol=0, atol=1e-4)
+    assert not torch.allclose(new[:, -1], mixed[:, -1], atol=1e-3)
+    maple = lamm_cl.load_model(out / "maple" / "seed0", clip=clip)
+    torch.testing.assert_close(maple.scores(x, class_names=[*names, "purple star"])[:, :-1], maple.scores(x),
+                               rtol=0, atol=1e-4)
+
+
+@pytest.mark.integration
+def test_a_strategy_without_open_vocabulary_refuses_new_names(saved):
+    out, _, x, clip = saved
+    probe = lamm_cl.load_model(out / "linear_probe" / "seed0", clip=clip)
+    names = probe.class_names
+    torch.testing.assert_close(probe.scores(x[:4], class_names=names[1::-1]), probe.scores(x[:4])[:, [1, 0]],
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"linear_probe cannot score classes it has not trained \('purple star'"):
+        probe.predict(x[:4], class_names=[names[0], "purple star"])
+    with pytest.raises(ValueError, match="class_names: expected a non-empty list"):
+        probe.scores(x[:4], class_names=names[0])

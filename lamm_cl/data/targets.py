@@ -78,6 +78,13 @@ def matched_labels(trained: DatasetParts, plan, target: DatasetParts) -> list[Op
     return [run_label.get(k) for k in theirs]
 
 
+def matched_names(trained: list[str], names: list[str]) -> list[Optional[int]]:
+    """For each of ``names``, the label of the trained class of that name (``trained``: the class names by
+    label; case and spacing aside, as :func:`matched_labels` matches names), or None."""
+    label = {_key(n): i for i, n in enumerate(trained)}
+    return [label.get(_key(n)) for n in names]
+
+
 def describe_targets(cfg, trained: DatasetParts, plan) -> list[str]:
     """The dry run's lines for ``benchmark.evaluate_on``: each target's classes, images, and how many of
     its classes are trained classes.

@@ -16,6 +16,9 @@ features; maple, maple_lamm, finetune on images). The others (linear_probe, simp
 plugin whose model is none of these) are "not applicable": their rows carry no number. Frozen-feature
 strategies score the target's cached image features (the feature store, keyed as any dataset's): no
 image passes beyond the one extraction every strategy and seed shares.
+
+How a model scores a list of class names (:func:`class_logits`) also serves a saved model asked about
+class names (``SavedModel.scores(images, class_names=...)``).
 """
 from __future__ import annotations
 
@@ -48,16 +51,21 @@ def unseen_templates(entry, own: Optional[str], target: Target) -> list[str]:
     (LAMM's "a photo of a {}.", rapf's ``template``, CoOp's and MaPLe's learnt context before the name:
     ``own``, the template of the strategy's prompts).
     """
+    return _unseen_templates(entry, own, target.template)
+
+
+def _unseen_templates(entry, own: Optional[str], dataset_template: str) -> list[str]:
+    """:func:`unseen_templates` for classes whose dataset prompt is ``dataset_template``."""
     opts = entry.options
     ensemble = getattr(opts, "templates", None)
     if ensemble:
         return list(ensemble)
     template = getattr(opts, "template", None)
     if entry.name in ("zeroshot", "finetune") or template == "dataset":
-        return [target.template]
+        return [dataset_template]
     if isinstance(template, str) and template.count("{}") == 1:
         return [template]
-    return [own or target.template]
+    return [own or dataset_template]
 
 
 # --------------------------------------------------------------------------- text of a target's classes
@@ -71,6 +79,13 @@ def _prompt_text(model: PromptClassifier, entry, target: Target, matched: list[O
     A class the model already scores is read from the model's own text features (cached by the model,
     so no text pass); the unseen classes' text is kept in ``cache`` while the prompt cannot change
     (no shared context)."""
+    return _prompt_names_text(model, entry, target.parts.classnames, matched, target.template, cache, target.label)
+
+
+def _prompt_names_text(model: PromptClassifier, entry, names: list[str], matched: list[Optional[int]],
+                       template: str, cache: dict, key) -> torch.Tensor:
+    """:func:`_prompt_text` of classes ``names`` (``template``: their dataset's prompt; ``key`` names
+    them in ``cache``)."""
     rows: dict[int, torch.Tensor] = {}
     column = {c: j for j, c in enumerate(model.classes)}
     known = [(i, c) for i, c in enumerate(matched) if c is not None]
@@ -89,10 +104,10 @@ def _prompt_text(model: PromptClassifier, entry, target: Target, matched: list[O
         rows.update(zip((i for i, _ in later), normalize(t)))
     unseen = [i for i, c in enumerate(matched) if c is None]
     if unseen:
-        templates = unseen_templates(entry, model.encoder.prompts.template, target)
-        key = (target.label, tuple(templates))
+        templates = _unseen_templates(entry, model.encoder.prompts.template, template)
+        key = (key, tuple(templates))
         if model.context is not None or key not in cache:
-            cache[key] = _unseen_text(model, [target.parts.classnames[i] for i in unseen], templates)
+            cache[key] = _unseen_text(model, [names[i] for i in unseen], templates)
         rows.update(zip(unseen, cache[key]))
     return torch.stack([rows[i] for i in range(len(matched))])
 
@@ -115,6 +130,12 @@ def _unseen_text(model: PromptClassifier, names: list[str], templates: list[str]
 def _maple_text(model: MapleClassifier, entry, target: Target, matched: list[Optional[int]]) -> torch.Tensor:
     """Normalised text features ``[C, D]`` of the target's classes with MaPLe's deep prompts (and LAMM's
     label vectors for trained classes that have them); other classes by name in MaPLe's prompt."""
+    return _maple_names_text(model, entry, target.parts.classnames, matched, target.template)
+
+
+def _maple_names_text(model: MapleClassifier, entry, names: list[str], matched: list[Optional[int]],
+                      template: str) -> torch.Tensor:
+    """:func:`_maple_text` of classes ``names`` (``template``: their dataset's prompt)."""
     rows: dict[int, torch.Tensor] = {}
     known = [(i, c) for i, c in enumerate(matched) if c is not None]
     if known:
@@ -124,11 +145,11 @@ def _maple_text(model: MapleClassifier, entry, target: Target, matched: list[Opt
         rows.update(zip((i for i, _ in known), normalize(model._encode_tables(classes, [labels]))))
     unseen = [i for i, c in enumerate(matched) if c is None]
     if unseen:
-        names = [target.parts.classnames[i] for i in unseen]
-        tpl = unseen_templates(entry, model.prompts.template, target)[0]
-        fresh = MapleClassifier(model.clip, ClassPrompts(model.clip, names, tpl), model.learner,
+        new = [names[i] for i in unseen]
+        tpl = _unseen_templates(entry, model.prompts.template, template)[0]
+        fresh = MapleClassifier(model.clip, ClassPrompts(model.clip, new, tpl), model.learner,
                                 label_slot=model.label_slot)
-        rows.update(zip(unseen, normalize(fresh.encode_text(list(range(len(names)))))))
+        rows.update(zip(unseen, normalize(fresh.encode_text(list(range(len(new)))))))
     return torch.stack([rows[i] for i in range(len(matched))])
 
 
@@ -172,92 +193,128 @@ def _accuracy(logits_batches, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(pred == labels)) if len(labels) else float("nan")
 
 
-def _feature_logits(feats: torch.Tensor, text: torch.Tensor, scale: float, batch: int = 1024):
-    for s in range(0, len(feats), batch):
-        f = normalize(feats[s: s + batch].to(text.device).float().to(text.dtype))
-        yield scale * f @ text.t()
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def reads_images(model: torch.nn.Module) -> bool:
+    """Whether the :func:`class_logits` of ``model`` read preprocessed images (MaPLe, finetune) rather
+    than CLIP image features."""
+    return isinstance(model, MapleClassifier) or _kind(model) == "finetune"
+
+
+def _kind(model: torch.nn.Module) -> Optional[str]:
+    """Which of the open-vocabulary classifiers ``model`` is, or None for one that cannot score a class it
+    has not trained."""
+    if isinstance(model, PromptClassifier):
+        return "prompt"
+    if isinstance(model, MapleClassifier):
+        return "maple"
+    head, encoder = getattr(model, "head", None), getattr(model, "encoder", None)
+    if head is not None and encoder is not None and hasattr(head, "init") and hasattr(head, "grow"):
+        return "finetune"
+    if all(hasattr(model, a) for a in ("adapter", "text", "embed")):
+        return "adapter"
+    return None
+
+
+def class_logits(model: torch.nn.Module, entry, clip, names: list[str], matched: list[Optional[int]],
+                 template: str, cache: Optional[dict] = None, key=None) -> Optional[Logits]:
+    """How ``model`` (a strategy's model, in eval mode) scores the classes ``names``: a function from one
+    batch of inputs -- CLIP image features, or preprocessed images where :func:`reads_images` -- to
+    logits ``[B, len(names)]``; None when the model cannot score a class it has not trained.
+
+    Args:
+        matched: for each name, the run's label of the same trained class (scored with the model's text
+            for it), or None (scored by name, in the prompt the strategy gives a class it has not trained).
+        template: the names' dataset prompt (:func:`unseen_templates`).
+        cache, key: where the text of untrained names is kept while it cannot change, and under what.
+    """
+    kind = _kind(model)
+    if kind == "prompt":
+        text = _prompt_names_text(model, entry, names, matched, template, {} if cache is None else cache, key)
+        return lambda f: model.logit_scale * normalize(f.to(text.device).float().to(text.dtype)) @ text.t()
+    if kind == "maple":
+        text = _maple_names_text(model, entry, names, matched, template)
+
+        def maple(x):
+            with autocast(x.device, precision=clip.precision):
+                f = model.image_features(x).to(text.dtype)
+            return model.logit_scale * f @ text.t()
+        return maple
+    if kind == "finetune":
+        return _finetune_logits(model, entry, clip, names, matched, template)
+    if kind == "adapter":
+        return _adapter_logits(model, entry, clip, names, matched, template)
+    return None
 
 
 def make_scorer(model: torch.nn.Module, entry) -> Optional[Scorer]:
     """A function scoring ``model`` (a strategy's model after some experience) on a target, or None when the
     strategy cannot score classes it has not trained (its rows then say "not applicable")."""
-    if isinstance(model, PromptClassifier):
-        def score(target, matched, inputs):
-            text = _prompt_text(model, entry, target, matched, inputs.text_cache)
-            return _accuracy(_feature_logits(inputs.features(target), text, model.logit_scale),
-                             target.parts.test.labels)
-        return score
-    if isinstance(model, MapleClassifier):
-        def score(target, matched, inputs):
-            text = _maple_text(model, entry, target, matched)
-            out = []
-            for x in inputs.image_batches(target):
-                with autocast(inputs.device, precision=inputs.clip.precision):
-                    f = model.image_features(x).to(text.dtype)
-                out.append(model.logit_scale * f @ text.t())
-            return _accuracy(out, target.parts.test.labels)
-        return score
-    head, encoder = getattr(model, "head", None), getattr(model, "encoder", None)
-    if head is not None and encoder is not None and hasattr(head, "init") and hasattr(head, "grow"):
-        return _finetune_scorer(model, entry)
-    if all(hasattr(model, a) for a in ("adapter", "text", "embed")):
-        return _adapter_scorer(model, entry)
-    return None
+    if _kind(model) is None:
+        return None
+    # the features' batches: as many at once as the prompt classifier's (1024) and RAPF's scorers took
+    batch = 1024
 
-
-def _finetune_scorer(model, entry) -> Scorer:
-    """Fine-tuned image encoder: its head's row for a trained class (the zero-shot row it started from
-    when the class's experience has not come yet), CLIP's zero-shot row in the target's prompt otherwise."""
     def score(target, matched, inputs):
-        clip, head = inputs.clip, model.head
-        unseen = [i for i, c in enumerate(matched) if c is None]
-        zs = (_zeroshot_rows(clip, [target.parts.classnames[i] for i in unseen],
-                             unseen_templates(entry, None, target)[0]) * clip.logit_scale) if unseen else None
-        rows, bias, u = [], [], 0
-        for c in matched:
-            if c is None:
-                rows.append(zs[u].to(head.weight.device))
-                bias.append(0.0)
-                u += 1
-            elif c < head.n_classes:
-                rows.append(head.weight[c].detach())
-                bias.append(float(head.bias[c]))
-            else:
-                rows.append(head.init[c].to(head.weight))
-                bias.append(0.0)
-        w, b = torch.stack(rows).float(), torch.tensor(bias, device=head.weight.device)
-        out = []
-        for x in inputs.image_batches(target):
-            with autocast(inputs.device, precision=inputs.clip.precision):
-                f = normalize(model.encoder(x).float())
-            out.append(f.float() @ w.t() + b)
+        logits = class_logits(model, entry, inputs.clip, target.parts.classnames, matched, target.template,
+                              inputs.text_cache, target.label)
+        if reads_images(model):
+            out = [logits(x) for x in inputs.image_batches(target)]
+        else:
+            feats = inputs.features(target)
+            out = [logits(feats[s: s + batch]) for s in range(0, len(feats), batch)]
         return _accuracy(out, target.parts.test.labels)
     return score
 
 
-def _adapter_scorer(model, entry) -> Scorer:
+def _finetune_logits(model, entry, clip, names, matched, template) -> Logits:
+    """Fine-tuned image encoder: its head's row for a trained class (the zero-shot row it started from
+    when the class's experience has not come yet), CLIP's zero-shot row in the names' prompt otherwise."""
+    head = model.head
+    unseen = [i for i, c in enumerate(matched) if c is None]
+    zs = (_zeroshot_rows(clip, [names[i] for i in unseen], _unseen_templates(entry, None, template)[0])
+          * clip.logit_scale) if unseen else None
+    rows, bias, u = [], [], 0
+    for c in matched:
+        if c is None:
+            rows.append(zs[u].to(head.weight.device))
+            bias.append(0.0)
+            u += 1
+        elif c < head.n_classes:
+            rows.append(head.weight[c].detach())
+            bias.append(float(head.bias[c]))
+        else:
+            rows.append(head.init[c].to(head.weight))
+            bias.append(0.0)
+    w, b = torch.stack(rows).float(), torch.tensor(bias, device=head.weight.device)
+
+    def logits(x):
+        with autocast(x.device, precision=clip.precision):
+            f = normalize(model.encoder(x).float())
+        return f.float() @ w.t() + b
+    return logits
+
+
+def _adapter_logits(model, entry, clip, names, matched, template) -> Logits:
     """RAPF: the adapted image feature against the kept text of trained classes, the names' text in
     RAPF's prompt otherwise."""
-    def score(target, matched, inputs):
-        clip = inputs.clip
-        unseen = [i for i, c in enumerate(matched) if c is None]
-        zs = _zeroshot_rows(clip, [target.parts.classnames[i] for i in unseen],
-                            unseen_templates(entry, None, target)[0]) if unseen else None
-        rows, u = [], 0
-        for c in matched:
-            if c is None:
-                rows.append(zs[u].to(model.text.device))
-                u += 1
-            else:
-                rows.append(model.text[c])
-        text = torch.stack(rows).float()
-        feats = inputs.features(target)
-        out = []
-        for s in range(0, len(feats), 1024):
-            with torch.autocast(model.text.device.type, enabled=False):
-                out.append(model.logit_scale * model.embed(feats[s: s + 1024].to(model.text.device).float()) @ text.t())
-        return _accuracy(out, target.parts.test.labels)
-    return score
+    unseen = [i for i, c in enumerate(matched) if c is None]
+    zs = _zeroshot_rows(clip, [names[i] for i in unseen],
+                        _unseen_templates(entry, None, template)[0]) if unseen else None
+    rows, u = [], 0
+    for c in matched:
+        if c is None:
+            rows.append(zs[u].to(model.text.device))
+            u += 1
+        else:
+            rows.append(model.text[c])
+    text = torch.stack(rows).float()
+
+    def logits(f):
+        with torch.autocast(model.text.device.type, enabled=False):
+            return model.logit_scale * model.embed(f.to(model.text.device).float()) @ text.t()
+    return logits
 
 
 # --------------------------------------------------------------------------- one row per experience x target
