@@ -94,10 +94,44 @@ def _offline_only() -> None:
 _offline_only()
 
 
+def _one_thread_per_xdist_worker() -> None:
+    """Under pytest-xdist (``-n 2``, the README's command), one torch thread per worker and in every process
+    a worker starts. Two workers of two threads each on two cores spin in each other's way: the suite's
+    small tensors then run several times slower. Set before torch is imported (it reads OMP_NUM_THREADS
+    once); children inherit it, so a `lamm-cl` child and its parent still reduce floats alike."""
+    import os
+    import sys
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # a plugin imported it first
+        sys.modules["torch"].set_num_threads(1)
+
+
+_one_thread_per_xdist_worker()
+
+# With `-n 2 --dist loadgroup`, the tests of one group run on one worker, so a module's module-scoped
+# fixture (a trained model, a finished run) is built once, not once per worker. test_quickstart reads the
+# tinyworld features test_learning_signal extracts into the session's store: one group. Any other test
+# goes to whichever worker is free (test_sweep's long runs among them).
+XDIST_GROUPS = {
+    "test_baseline_strategies": "baselines", "test_cli": "cli", "test_data_loaders": "data_loaders",
+    "test_learning_signal": "tinyworld", "test_quickstart": "tinyworld", "test_maple": "maple",
+    "test_plugins": "plugins", "test_report": "report", "test_run_resume": "run_resume",
+    "test_shared_prefix": "shared_prefix",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Deselect the `slow` tests unless the -m expression names them (`-m slow`), so that any other
     expression (`-m "not integration"`, the fast set) still leaves them out. Not `addopts = -m 'not slow'`:
-    a second -m on the command line would replace it."""
+    a second -m on the command line would replace it. Then mark each test of :data:`XDIST_GROUPS`."""
+    for item in items:
+        group = XDIST_GROUPS.get(getattr(item.module, "__name__", "").rpartition(".")[2])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if "slow" in (config.getoption("markexpr") or ""):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]

@@ -258,7 +258,9 @@ def test_coop_lamm_feature_term_still_detaches_t0(tiny_clip):
     z = tiny_clip.logit_scale * normalize(x) @ t.t()
     feat = (1 - F.cosine_similarity(t[y], t0[y], dim=-1)).mean()  # ... that the feature term does not use
     expected = torch.autograd.grad(F.cross_entropy(z, y) + feat, model.context)[0]
-    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-9)
+    # the same error floor as above (shared prefix vs whole prompts: float rounding, which also moves with
+    # the thread count: one torch thread under xdist puts single entries 1e-4 apart)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_t0_follows_the_context_after_a_step(tiny_clip):

@@ -132,22 +132,15 @@ def _causal(length: int, device: torch.device) -> torch.Tensor:
     return torch.full((length, length), float("-inf"), device=device).triu_(1)
 
 
-def _block(block: nn.Module, x: torch.Tensor, past: Optional[tuple[torch.Tensor, torch.Tensor]],
-           mask: torch.Tensor):
-    """One ``ResidualAttentionBlock`` on ``x`` ``[N, l, W]`` (batch first) whose tokens follow ``past``.
-
-    Each token attends causally (``mask``, :func:`_causal`) to the tokens of its own row and to every
-    token of ``past`` (``[heads, p, d]`` keys and values, shared by every row).
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            past: Optional[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> torch.Tensor:
+    """Attention of ``[N, heads, l, d]`` queries (already scaled) to their own rows' keys and values under
+    the causal ``mask``, and to every token of ``past`` (``[heads, p, d]``, shared by every row).
 
     Returns:
-        The block's output ``[N, l, W]``, and this block's keys and values of ``x`` ``[N, heads, l, d]``.
+        ``[N, l, heads * d]``, the heads side by side (what ``out_proj`` reads).
     """
-    attn = block.attn
-    heads = attn.num_heads
-    n, length, width = x.shape
-    d = width // heads
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = _heads(q, heads) * d ** -0.5, _heads(k, heads), _heads(v, heads)
+    n, heads, length, d = q.shape
     own = q @ k.transpose(-2, -1) + mask.to(q.dtype)  # [N, H, l, l]
     if past is None:
         out = own.softmax(dim=-1) @ v
@@ -161,10 +154,55 @@ def _block(block: nn.Module, x: torch.Tensor, past: Optional[tuple[torch.Tensor,
         to_prefix, to_own = probs[..., :p], probs[..., p:]
         from_prefix = to_prefix.transpose(0, 1).reshape(heads, n * length, p) @ pv.to(to_prefix.dtype)
         out = to_own @ v.to(to_own.dtype) + from_prefix.view(heads, n, length, d).transpose(0, 1)
-    out = out.transpose(1, 2).reshape(n, length, width)
+    return out.transpose(1, 2).reshape(n, length, heads * d)
+
+
+def _qkv(block: nn.Module, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``block``'s in-projection output ``[N, l, 3W]`` as queries (scaled), keys and values ``[N, heads, l, d]``."""
+    heads = block.attn.num_heads
+    q, k, v = qkv.chunk(3, dim=-1)
+    d = q.shape[-1] // heads
+    return _heads(q, heads) * d ** -0.5, _heads(k, heads), _heads(v, heads)
+
+
+def _block(block: nn.Module, x: torch.Tensor, past: Optional[tuple[torch.Tensor, torch.Tensor]],
+           mask: torch.Tensor):
+    """One ``ResidualAttentionBlock`` on ``x`` ``[N, l, W]`` (batch first) whose tokens follow ``past``.
+
+    Each token attends causally (``mask``, :func:`_causal`) to the tokens of its own row and to every
+    token of ``past`` (``[heads, p, d]`` keys and values, shared by every row).
+
+    Returns:
+        The block's output ``[N, l, W]``, and this block's keys and values of ``x`` ``[N, heads, l, d]``.
+    """
+    attn = block.attn
+    q, k, v = _qkv(block, F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias))
+    out = _attend(q, k, v, past, mask)
     x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, (k, v)
+
+
+def _packed_block(block: nn.Module, x: torch.Tensor, shapes: Sequence[tuple[int, int]],
+                  past: tuple[torch.Tensor, torch.Tensor], masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`_block` on several buckets of rows at once: ``x`` ``[T, W]`` holds bucket after bucket, each
+    ``[n, l, W]`` (``shapes``) flattened to ``n * l`` tokens.
+
+    The per-token parts (layer norms, in- and out-projection, MLP) run once on all ``T`` tokens: each of
+    the block's weight matrices is read once per pass, not once per bucket (a step on a few short
+    prompts is bound by reading the weights, not by arithmetic). Attention runs per bucket, on views.
+    """
+    attn = block.attn
+    width = x.shape[-1]
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    outs, start = [], 0
+    for (n, length), mask in zip(shapes, masks):
+        q, k, v = _qkv(block, qkv[start: start + n * length].view(n, length, 3 * width))
+        outs.append(_attend(q, k, v, past, mask).reshape(n * length, width))
+        start += n * length
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _replace(x: torch.Tensor, start: int, prompt: torch.Tensor) -> torch.Tensor:
@@ -233,6 +271,7 @@ def encode_rest(model: nn.Module, state: PrefixState, emb: torch.Tensor, eot: to
 
     Rows run in buckets of similar length (:func:`length_groups`), each cut after its longest EOT:
     little time goes into the padding after short names (the causal mask keeps it from mattering).
+    The buckets' tokens travel packed through every block (:func:`_packed_block`).
 
     Args:
         emb: ``[N, l, W]`` token embeddings of the tokens after the prefix (rows may differ in length:
@@ -240,21 +279,31 @@ def encode_rest(model: nn.Module, state: PrefixState, emb: torch.Tensor, eot: to
         eot: ``[N]`` EOT position of each row in the whole prompt (so at least ``state.length``).
     """
     p = state.length
+    width = emb.shape[-1]
     last = eot.to(emb.device) - p  # each row's EOT among its own tokens
-    feats, rows = [], []
-    for shortest, longest in length_groups((last + 1).tolist(), emb.shape[-1]):
+    parts, rows, shapes, masks, ends = [], [], [], [], []
+    start = 0
+    for shortest, longest in length_groups((last + 1).tolist(), width):
         idx = ((last + 1 >= shortest) & (last + 1 <= longest)).nonzero().squeeze(1)
         x = emb[idx, :longest] + model.positional_embedding[p: p + longest].to(emb.dtype)
-        mask = _causal(longest, x.device)
-        for block, k, v in zip(model.transformer.resblocks, state.keys, state.values):
-            x, _ = _block(block, x, (k, v), mask)
-        x = model.ln_final(x[torch.arange(len(idx), device=x.device), last[idx]])  # per token: the EOT's is enough
-        proj = model.text_projection
-        feats.append(proj(x) if isinstance(proj, nn.Linear) else x @ proj)
+        parts.append(x.reshape(-1, width))
         rows.append(idx)
-    if len(feats) == 1:
-        return feats[0]
-    return torch.cat(feats)[torch.argsort(torch.cat(rows))]
+        shapes.append((len(idx), longest))
+        masks.append(_causal(longest, x.device))
+        # where each row's EOT sits in the packed tokens
+        ends.append(start + torch.arange(len(idx), device=x.device) * longest + last[idx])
+        start += len(idx) * longest
+    x = parts[0] if len(parts) == 1 else torch.cat(parts)
+    for block, k, v in zip(model.transformer.resblocks, state.keys, state.values):
+        x = _packed_block(block, x, shapes, (k, v), masks)
+    # per token, the EOT's is enough. (Finishing only the EOT tokens in the last block would save more,
+    # but its smaller products round differently on two threads: the numbers would move in the last bit.)
+    x = model.ln_final(x[ends[0] if len(ends) == 1 else torch.cat(ends)])  # bucket after bucket
+    proj = model.text_projection
+    feats = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    if len(rows) == 1:  # one bucket holds every row, in order
+        return feats
+    return feats[torch.argsort(torch.cat(rows))]
 
 
 def describe(reason: Optional[str]) -> str:
