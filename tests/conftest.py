@@ -112,15 +112,26 @@ def _one_thread_per_xdist_worker() -> None:
 _one_thread_per_xdist_worker()
 
 # With `-n 2 --dist loadgroup`, the tests of one group run on one worker, so a module's module-scoped
-# fixture (a trained model, a finished run) is built once, not once per worker. test_quickstart reads the
-# tinyworld features test_learning_signal extracts into the session's store: one group. Any other test
-# goes to whichever worker is free (test_sweep's long runs among them).
-XDIST_GROUPS = {
-    "test_baseline_strategies": "baselines", "test_cli": "cli", "test_data_loaders": "data_loaders",
-    "test_learning_signal": "tinyworld", "test_quickstart": "tinyworld", "test_maple": "maple",
-    "test_plugins": "plugins", "test_report": "report", "test_run_resume": "run_resume",
-    "test_shared_prefix": "shared_prefix",
-}
+# fixture (a trained model, a finished run) is built once, not once per worker: every module that defines
+# one is its own group (found in its source, see _xdist_group), and modules that share work are listed
+# here: test_quickstart reads the tinyworld features test_learning_signal extracts into the session's
+# store. Any other test goes to whichever worker is free (test_sweep's long runs among them).
+XDIST_GROUPS = {"test_learning_signal": "tinyworld", "test_quickstart": "tinyworld"}
+
+
+def _xdist_group(module) -> str | None:
+    """The xdist group of a test module: :data:`XDIST_GROUPS`, else its own name when it defines a
+    module-scoped fixture, else None (its tests go to any worker)."""
+    import inspect
+
+    name = getattr(module, "__name__", "").rpartition(".")[2]
+    if name in XDIST_GROUPS:
+        return XDIST_GROUPS[name]
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return None
+    return name if 'scope="module"' in source or "scope='module'" in source else None
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
@@ -128,8 +139,12 @@ def pytest_collection_modifyitems(config, items):
     """Deselect the `slow` tests unless the -m expression names them (`-m slow`), so that any other
     expression (`-m "not integration"`, the fast set) still leaves them out. Not `addopts = -m 'not slow'`:
     a second -m on the command line would replace it. Then mark each test of :data:`XDIST_GROUPS`."""
+    groups: dict = {}
     for item in items:
-        group = XDIST_GROUPS.get(getattr(item.module, "__name__", "").rpartition(".")[2])
+        module = item.module
+        if module not in groups:
+            groups[module] = _xdist_group(module)
+        group = groups[module]
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
     if "slow" in (config.getoption("markexpr") or ""):
