@@ -412,8 +412,9 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
 
     bench = tmp_path / "bench"
     bench.mkdir()
-    # 3 experiences: killed inside the second or third, requeued, resumed (5 cost two more in each of 3 runs)
-    (bench / "long.yaml").write_text(BENCH.format(name="long", T=3, cache=tmp_path / "cache").replace(
+    # 5 experiences: killed inside a later one, requeued, resumed. Not fewer: on an idle machine 3 short
+    # experiences could finish between the first checkpoint and the signal, and nothing would be resumed
+    (bench / "long.yaml").write_text(BENCH.format(name="long", T=5, cache=tmp_path / "cache").replace(
         "epochs: 1", "epochs: 6"))
     f = _sweep_file(tmp_path, {"name": "slurm", "cluster": "local", "gpus_per_job": 0, "cpus_per_job": 1},
                     strategies=["linear_probe"], seeds=[3])
