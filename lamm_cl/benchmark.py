@@ -137,11 +137,27 @@ def dassl_fewshot(labels: np.ndarray, shots: int, seed: int) -> dict[int, list[i
         ``label -> picked indices`` in Dassl's order (labels in order of first appearance).
     """
     rng = random.Random(seed)  # the state random.seed(seed) gives, without touching the global stream
-    by_label: dict[int, list[int]] = {}
-    for i, y in enumerate(np.asarray(labels).tolist()):
-        by_label.setdefault(int(y), []).append(i)
-    return {y: (rng.sample(items, shots) if len(items) >= shots else rng.choices(items, k=shots))
-            for y, items in by_label.items()}
+    labels = np.asarray(labels)
+    blocks = class_indices(labels)  # label -> its indices, ascending: Dassl's per-label item lists
+    first = {y: int(idx[0]) for y, idx in blocks.items()}
+    out: dict[int, list[int]] = {}
+    for y in sorted(blocks, key=first.__getitem__):  # labels in order of first appearance
+        items = blocks[y]
+        # sample/choices pick positions from the length alone (whatever the sequence holds), so drawing from
+        # range(n) and indexing the items gives what Dassl's draw over the Datum list gives
+        picks = rng.sample(range(len(items)), shots) if len(items) >= shots else rng.choices(range(len(items)), k=shots)
+        out[y] = items[picks].tolist()
+    return out
+
+
+def class_indices(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Each label's indices in ``labels``, ascending (what ``np.flatnonzero(labels == y)`` gives), found in
+    one sort instead of one pass over the labels per class (ImageNet: 1,000 passes over 1.28 M labels)."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    uniq, starts = np.unique(labels[order], return_index=True)
+    ends = [*starts[1:], len(order)]
+    return {int(y): order[a:b] for y, a, b in zip(uniq, starts, ends)}
 
 
 def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
@@ -167,14 +183,16 @@ def make_plan(parts: DatasetParts, b: BenchmarkConfig, seed: int) -> Plan:
     experiences, train_index, test_index = [], [], []
     short: list[tuple[str, int]] = []
     start = 0
+    by_class_tr, by_class_te = class_indices(tr_labels), class_indices(te_labels)
+    none = np.zeros(0, dtype=np.int64)
     for count in counts:
         new_labels = list(range(start, start + count))
         start += count
         tr, te = [], []
         for c in new_labels:
             orig = order[c]
-            idx_tr = np.flatnonzero(tr_labels == orig)
-            idx_te = np.flatnonzero(te_labels == orig)
+            idx_tr = by_class_tr.get(orig, none)
+            idx_te = by_class_te.get(orig, none)
             if len(idx_te) == 0:
                 raise ConfigError(f"benchmark: class {parts.classnames[orig]!r} has no test images in {parts.name}")
             if dassl is not None:
