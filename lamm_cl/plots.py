@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import matplotlib
 import numpy as np
@@ -189,10 +189,15 @@ def plot_accuracy_matrix(strategy: str, runs: Sequence[RunRecord]) -> Figure:
     ticks = np.arange(T)
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
-    ax.set_xlabel("Evaluated on experience")
-    ax.set_ylabel("After training experience")
-    seeds = "1 seed" if len(runs) == 1 else f"mean over {len(runs)} seeds"
-    ax.set_title(f"Accuracy matrix: {strategy} ({seeds})")
+    return _finish_matrix(fig, ax, im, "experience", lambda seeds: f"Accuracy matrix: {strategy} ({seeds})", runs)
+
+
+def _finish_matrix(fig: Figure, ax, im, unit: str, title: Callable[[str], str], runs: Sequence[RunRecord]) -> Figure:
+    """An accuracy matrix's axis names (per ``unit``: experience or dataset), title (``title`` of the seeds
+    it averages) and colour bar."""
+    ax.set_xlabel(f"Evaluated on {unit}")
+    ax.set_ylabel(f"After training {unit}")
+    ax.set_title(title("1 seed" if len(runs) == 1 else f"mean over {len(runs)} seeds"))
     fig.colorbar(im, ax=ax, label="Accuracy (%)", shrink=0.85)
     return fig
 
@@ -341,12 +346,9 @@ def plot_sequence_matrix(strategy: str, runs: Sequence[RunRecord]) -> Figure:
                 fontsize=fontsize, color="red")
     ax.set_xticks(np.arange(T), names, rotation=45, ha="right")
     ax.set_yticks(np.arange(T), [f"after {n}" for n in names])
-    ax.set_xlabel("Evaluated on dataset")
-    ax.set_ylabel("After training dataset")
-    seeds = "1 seed" if len(runs) == 1 else f"mean over {len(runs)} seeds"
-    ax.set_title(f"{strategy} on the sequence ({runs[0].sequence['evaluation']}, {seeds})")
-    fig.colorbar(im, ax=ax, label="Accuracy (%)", shrink=0.85)
-    return fig
+    evaluation = runs[0].sequence["evaluation"]
+    return _finish_matrix(fig, ax, im, "dataset", lambda seeds: f"{strategy} on the sequence ({evaluation}, {seeds})",
+                          runs)
 
 
 # Curves: panel -> strategy -> shots -> (mean, std over seeds); std NaN with one seed.
