@@ -117,7 +117,9 @@ def save(path: Path, *, template, refs: checkpoint.References, cfg, entry, class
         raise
     except Exception as e:  # noqa: BLE001 - whatever pickle says, the model cannot be saved
         raise checkpoint.CheckpointError(f"the model cannot be saved ({type(e).__name__}: {e})") from None
-    eval_autocast = type(template).__name__ == "MapleTemplate"  # it evaluates under autocast (CUDA only)
+    from lamm_cl.strategy_kit.prompt_learning import MapleTemplate  # maple_lamm's template is one too
+
+    eval_autocast = isinstance(template, MapleTemplate)  # it evaluates under autocast (CUDA only)
     payload = {
         "format": FORMAT,
         "strategy": entry.name, "label": entry.run_label,

@@ -6,6 +6,7 @@ the features in fp16, and trains with plain SGD; it runs on the CPU (tests on th
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -67,6 +68,12 @@ def test_arithmetic_names_what_the_encoder_computes_in():
         assert not torch.is_autocast_enabled("cuda")
     with autocast(torch.device("cuda"), training=True, precision="fp32"):
         assert not torch.is_autocast_enabled("cuda")
+    # a CPU build turns a CUDA autocast off by itself, so the checks above cannot tell a no-op from an
+    # autocast: the context objects can
+    for precision in ("fp16", "fp32"):
+        assert isinstance(autocast(torch.device("cuda"), precision=precision), contextlib.nullcontext)
+    assert isinstance(autocast(torch.device("cuda"), precision="bf16-autocast"), torch.autocast)
+    assert isinstance(autocast(torch.device("cpu"), precision="bf16-autocast"), contextlib.nullcontext)
 
 
 def test_store_keys_separate_precisions_whose_features_differ(fp16_clip, tiny_clip, tmp_path, digits):

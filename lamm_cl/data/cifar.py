@@ -5,14 +5,10 @@ from pathlib import Path
 
 from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import ArraySamples, DatasetParts
-from lamm_cl.data.folder import readable
+from lamm_cl.data.folder import one_line, readable
 from lamm_cl.errors import DataNotFoundError
 
 FOLDER = "cifar-100-python"  # what torchvision extracts the archive to, under root
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 @register_dataset("cifar100")
@@ -42,14 +38,14 @@ def load_cifar100(root: Path, download: bool) -> DatasetParts:
             # torchvision's "Dataset not found or corrupted": files missing or a checksum mismatch.
             if download:
                 raise DataNotFoundError(f"cifar100: could not download or verify CIFAR-100 in {folder}: "
-                                        f"{_one_line(e)}") from e
+                                        f"{one_line(e)}") from e
             raise DataNotFoundError(
-                f"cifar100: files missing or corrupted in {folder} ({_one_line(e)}); delete the folder and "
+                f"cifar100: files missing or corrupted in {folder} ({one_line(e)}); delete the folder and "
                 f"set benchmark.download: true to fetch it again"
             ) from e
         except OSError as e:  # URLError, no network, disk full, permission denied ...
             raise DataNotFoundError(
-                f"cifar100: download to {root} failed ({_one_line(e)}); without network access, put "
+                f"cifar100: download to {root} failed ({one_line(e)}); without network access, put "
                 f"cifar-100-python/ (from cifar-100-python.tar.gz) in {root} and set benchmark.download: false"
             ) from e
     train, test = parts["train"], parts["test"]

@@ -23,7 +23,7 @@ from typing import Callable
 
 from lamm_cl.data.registry import register_dataset
 from lamm_cl.data.base import DatasetParts, FileSamples, files_identity
-from lamm_cl.data.folder import class_folders, list_images, readable
+from lamm_cl.data.folder import class_folders, list_images, read_classnames, readable
 from lamm_cl.errors import DataNotFoundError, UserError
 
 HOW_TO_GET = "see CoOp's DATASETS.md for the layout; the README section 'Datasets' lists it"
@@ -231,11 +231,7 @@ def load_imagenet(root: Path, download: bool) -> DatasetParts:
             raise _missing(name, what, path, download)
     if not names_path.is_file():
         raise _missing(name, "class-name file", names_path, download)
-    wnid_name = {}
-    for ln in names_path.read_text().splitlines():
-        wnid, _, cname = ln.strip().partition(" ")
-        if wnid:
-            wnid_name[wnid] = cname.strip()
+    wnid_name = read_classnames(names_path)
 
     wnids = class_folders(folder / "images" / "train")
     val_wnids = class_folders(folder / "images" / "val")

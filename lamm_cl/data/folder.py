@@ -100,3 +100,19 @@ def load_imagefolder(root: Path, download: bool) -> DatasetParts:
         test=_read_split(root, "test", train_classes),
         template=TEMPLATE,
     )
+
+
+def read_classnames(path: Path) -> dict[str, str]:
+    """``wnid -> name`` from a ``classnames.txt`` of ``<wnid> <name>`` lines (ImageNet's, as CoOp ships it),
+    in the file's order."""
+    out: dict[str, str] = {}
+    for ln in path.read_text().splitlines():
+        wnid, _, name = ln.strip().partition(" ")
+        if wnid:
+            out[wnid] = name.strip()
+    return out
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (a loader's error names it inside its own one-line message)."""
+    return " ".join(str(e).split()) or type(e).__name__

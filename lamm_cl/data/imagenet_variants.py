@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamm_cl.data.base import DatasetParts, FileSamples, files_identity
-from lamm_cl.data.folder import class_folders, list_images, readable
+from lamm_cl.data.folder import class_folders, list_images, read_classnames, readable
 from lamm_cl.data.registry import register_dataset
 from lamm_cl.errors import DataNotFoundError, UserError
 
@@ -47,16 +47,6 @@ VARIANTS: dict[str, VariantSpec] = {s.name: s for s in (
     VariantSpec("imagenet_a", "imagenet-adversarial", "imagenet-a"),
     VariantSpec("imagenet_r", "imagenet-rendition", "imagenet-r"),
 )}
-
-
-def read_classnames(path: Path) -> dict[str, str]:
-    """``wnid -> name`` from a ``classnames.txt`` of ``<wnid> <name>`` lines, in the file's order."""
-    out: dict[str, str] = {}
-    for ln in path.read_text().splitlines():
-        wnid, _, name = ln.strip().partition(" ")
-        if wnid:
-            out[wnid] = name.strip()
-    return out
 
 
 def _missing(spec: VariantSpec, what: str, path: Path) -> DataNotFoundError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lamm_cl.data.base import ArraySamples, DatasetParts
+from lamm_cl.data.folder import one_line
 from lamm_cl.data.registry import register_dataset
 from lamm_cl.errors import DataNotFoundError
 
@@ -11,10 +12,6 @@ FOLDER = "MNIST"  # what torchvision keeps under root: MNIST/raw/*-ubyte(.gz)
 # CLIP's own MNIST prompt (openai/CLIP data/prompts.md, MNIST)
 TEMPLATE = 'a photo of the number: "{}".'
 CLASSNAMES = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 @register_dataset("mnist")
@@ -38,10 +35,10 @@ def load_mnist(root: Path, download: bool) -> DatasetParts:
         try:
             parts[split] = MNIST(str(root), train=split == "train", download=download)
         except RuntimeError as e:  # torchvision's "Dataset not found" (files missing or unreadable)
-            raise DataNotFoundError(f"mnist: files missing or corrupted in {folder} ({_one_line(e)}); delete the "
+            raise DataNotFoundError(f"mnist: files missing or corrupted in {folder} ({one_line(e)}); delete the "
                                     "folder and set download: true to fetch it again") from e
         except OSError as e:  # no network, disk full, permission denied ...
-            raise DataNotFoundError(f"mnist: download to {root} failed ({_one_line(e)}); without network access, "
+            raise DataNotFoundError(f"mnist: download to {root} failed ({one_line(e)}); without network access, "
                                     f"put MNIST/raw/ in {root} and set download: false") from e
     train, test = parts["train"], parts["test"]
     return DatasetParts(

@@ -11,7 +11,6 @@ import torch
 
 from lamm_cl.benchmark import Plan
 from lamm_cl.config import Config
-from lamm_cl.data import load_dataset
 from lamm_cl.data.base import DatasetParts
 from lamm_cl.features import (AugmentedView, AutocastPlugin, FeatureExtractor, ImageReader, TrainViewPlugin,
                               ViewSchedule, view_seed)
@@ -19,7 +18,7 @@ from lamm_cl.model.clip import FrozenCLIP, build_clip
 from lamm_cl.runner.progress import progress_bar
 from lamm_cl.data.targets import load_targets
 from lamm_cl.runner.validate import check_templates
-from lamm_cl.sequence import load_sequence, member_samples, plan_for
+from lamm_cl.sequence import load_benchmark, member_samples, plan_for
 
 
 @dataclass
@@ -138,8 +137,7 @@ def prepare_inputs(cfg: Config, device: torch.device, progress: bool,
     Raises:
         UserError: missing or bad data, a bad split, weights that do not load, a prompt too long.
     """
-    b = cfg.benchmark
-    parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
+    parts = load_benchmark(cfg.benchmark)
     plans = {seed: plan_for(parts, cfg.benchmark, seed) for seed in cfg.seeds}  # fail on bad splits before any work
     targets = load_targets(cfg)  # a missing target fails here too, before any work
     clip = build_clip(cfg.model.arch, cfg.model.pretrained, device, cfg.model.precision)

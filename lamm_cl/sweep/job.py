@@ -233,15 +233,13 @@ def prepare_features(output: str, job_id: str) -> dict:
     with logging_to(log):
         hide_third_party_warnings()  # workers never run cli.main: the same rule, applied here
         try:
-            from lamm_cl.data import load_dataset
             from lamm_cl.features import FeatureExtractor
             from lamm_cl.model.clip import build_clip, resolve_device
 
-            from lamm_cl.sequence import load_sequence, member_samples
+            from lamm_cl.sequence import load_benchmark, member_samples
 
             cfg = _config(job)
-            b = cfg.benchmark
-            parts = load_sequence(b) if b.sequence is not None else load_dataset(b.dataset, b.root, b.download)
+            parts = load_benchmark(cfg.benchmark)
             clip = build_clip(cfg.model.arch, cfg.model.pretrained, resolve_device(cfg.device), cfg.model.precision)
             extractor = FeatureExtractor.from_config(clip, cfg.features)
             n = 0
@@ -258,7 +256,7 @@ def prepare_features(output: str, job_id: str) -> dict:
                         extractor.features(one, view=v)
                         extractor.forget()
                         n += len(one)
-            _say(f"== features of {b.describe()} ({cfg.model.arch} + {cfg.model.pretrained}): "
+            _say(f"== features of {cfg.benchmark.describe()} ({cfg.model.arch} + {cfg.model.pretrained}): "
                  f"{n} images in the store")
             return {"job": f"features {job.benchmark}", "state": "done", "message": ""}
         except (UserError, OSError) as e:
