@@ -408,6 +408,11 @@ def test_every_open_vocabulary_strategy_scores_and_the_others_do_not(untrained):
         assert set(got[name]) == {"dtd", "imagenet_a"} and all(0 <= v <= 100 for v in got[name].values()), name
     for name in ("simplecil", "ranpac"):
         assert all(np.isnan(v) for v in got[name].values()), name
+    # untrained, LAMM, CoOp and CoOp+LAMM score DTD's unseen classes with CLIP's "a photo of a {}." text
+    # (test_what_carries_over_to_untrained_classes): the same accuracy as zeroshot with that prompt
+    photo = _scores(untrained, "zeroshot_photo")["dtd"]
+    for name in ("lamm", "coop", "coop_lamm"):
+        assert got[name]["dtd"] == photo, name
     # finetune's head starts at CLIP's zero-shot rows and unseen classes get the target's prompt: untrained,
     # it scores DTD (images through its copy of the encoder) as zeroshot does (cached features)
     assert got["finetune"]["dtd"] == got["zeroshot"]["dtd"]
