@@ -285,13 +285,14 @@ def _benchmark_files(folder: Path) -> tuple[list[tuple[str, str]], list[tuple[st
     with the reason."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where built: ~40 files in a blink, not seconds
+    from lamm_cl.formatting import yaml_data  # libyaml where built: ~40 files in a blink, not seconds
+
     benchmarks, sweeps = [], []
     for f in [*sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]),
               *sorted([*folder.glob("*/*.yaml"), *folder.glob("*/*.yml")])]:
         data = None
         try:
-            data = yaml.load(f.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
+            data = yaml_data(f.read_text(encoding="utf-8"))
             name = str(data.get("name", "(no name)")) if isinstance(data, dict) else "(not a mapping)"
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             name = f"(cannot read: {type(e).__name__})"

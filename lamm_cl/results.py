@@ -38,7 +38,7 @@ import yaml
 
 from lamm_cl import metrics
 from lamm_cl.errors import UserError
-from lamm_cl.formatting import csv_number, csv_text, json_text, plain
+from lamm_cl.formatting import csv_number, csv_text, json_text, plain, yaml_data
 from lamm_cl.safe_io import atomic_write_text
 
 __all__ = [
@@ -418,7 +418,7 @@ def read_run(run_dir: PathLike) -> RunRecord:
 
     config_path = run_dir / CONFIG_FILE
     try:
-        config = yaml.safe_load(_read_text(config_path))
+        config = yaml_data(_read_text(config_path))
     except yaml.YAMLError as e:
         raise _bad(config_path, f"malformed YAML: {e}") from None
     if not isinstance(config, dict):

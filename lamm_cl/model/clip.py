@@ -6,6 +6,7 @@ The architecture and its weights are named apart (``ViT-B-16`` + ``openai``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -34,6 +35,17 @@ def _open_clip():
     if TINY_ARCH not in open_clip.list_models():
         open_clip.add_model_config(_CONFIG_DIR)
     return open_clip
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer_of(arch: str):
+    """open_clip's tokenizer for ``arch``, built once per process and shared.
+
+    Building one reads and parses the whole BPE vocabulary (~0.15 s), and a run, a sweep job or a
+    saved-model load builds CLIP more than once; the tokenizer holds no per-model state (only a memo of
+    the words it has split), so every FrozenCLIP of one architecture can use the same one.
+    """
+    return _open_clip().get_tokenizer(arch)
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -306,7 +318,7 @@ def build_clip(arch: str, pretrained: str, device: str | torch.device = "cpu",
         weights_file = _resolved_file(open_clip, arch, weights)
     # Hashed once per build (one build per run), from the bytes actually on disk now.
     sha = file_sha256(weights_file) if weights_file is not None else None
-    return FrozenCLIP(model, preprocess, open_clip.get_tokenizer(arch), arch, pretrained, device,
+    return FrozenCLIP(model, preprocess, tokenizer_of(arch), arch, pretrained, device,
                       weights_file=str(Path(weights_file).resolve()) if weights_file else None, weights_sha256=sha,
                       precision=precision)
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from lamm_cl import checkpoint, safe_io
-from lamm_cl.formatting import plain
+from lamm_cl.formatting import plain, yaml_data
 from lamm_cl.benchmark import Plan, fewshot_images, seen_classes
 from lamm_cl.config import Config
 from lamm_cl.model.clip import FrozenCLIP
@@ -53,7 +53,7 @@ def run_config(config: dict, strategy: str) -> dict:
     entry = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy), None)
     # whether the trained model is kept changes no number: keeping it too must not rerun a finished run
     view["strategy"] = None if entry is None else {k: v for k, v in entry.items() if k != "save_model"}
-    return yaml.safe_load(yaml.safe_dump(plain(view), sort_keys=True))
+    return yaml_data(yaml.safe_dump(plain(view), sort_keys=True))
 
 
 def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,

@@ -148,7 +148,7 @@ def setup_of_arch(arch: str, plans: Sequence, device: "torch.device") -> Strateg
     Hugging Face tower is not an open_clip transformer); tokens are counted with open_clip's own BPE
     tokenizer where the config names no Hugging Face one (which could need a download).
     """
-    from lamm_cl.model.clip import _open_clip
+    from lamm_cl.model.clip import _open_clip, tokenizer_of
 
     open_clip = _open_clip()
     cfg = open_clip.get_model_config(arch) or {}
@@ -158,7 +158,7 @@ def setup_of_arch(arch: str, plans: Sequence, device: "torch.device") -> Strateg
     text_blocks = text_layers if isinstance(text_layers, int) and not text.get("hf_model_name") else None
     count = None
     if "hf_tokenizer_name" not in text:
-        tokenizer = open_clip.get_tokenizer(arch)
+        tokenizer = tokenizer_of(arch)
         encode = getattr(tokenizer, "encode", None)
         if encode is not None:
             count = lambda text: len(encode(text))  # noqa: E731 - what FrozenCLIP.token_ids counts
