@@ -9,6 +9,7 @@ implicit import of its parent ``__init__`` does not count.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 
@@ -64,7 +65,12 @@ def _targets(name: str, node: ast.AST) -> list[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the lamm_cl modules it imports explicitly (self-imports left out)."""
+    """Module -> the lamm_cl modules it imports explicitly (self-imports left out); a fresh copy per call."""
+    return {name: set(targets) for name, targets in _parsed_graph().items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_graph() -> dict[str, set[str]]:  # every module parsed once per session, not once per test
     graph: dict[str, set[str]] = {}
     for name, f in MODULES.items():
         tree = ast.parse(f.read_text(encoding="utf-8"), filename=str(f))
