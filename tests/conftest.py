@@ -134,11 +134,28 @@ def _xdist_group(module) -> str | None:
     return name if 'scope="module"' in source or "scope='module'" in source else None
 
 
+def _long_first(items: list, groups: dict) -> list:
+    """``items`` with the `integration` tests (the end-to-end runs, seconds each) first, else in their order.
+
+    pytest-xdist hands out work in collection order, a group where its first test stands: long work handed
+    out last leaves the other worker idle at the end. A module in an xdist group moves whole (its
+    module-scoped fixture is built once only while its tests stay together) when any of its tests is long.
+    """
+    long_modules = {item.module for item in items
+                    if groups.get(item.module) and item.get_closest_marker("integration")}
+
+    def is_long(item) -> bool:
+        return item.module in long_modules or item.get_closest_marker("integration") is not None
+
+    return [item for item in items if is_long(item)] + [item for item in items if not is_long(item)]
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Deselect the `slow` tests unless the -m expression names them (`-m slow`), so that any other
     expression (`-m "not integration"`, the fast set) still leaves them out. Not `addopts = -m 'not slow'`:
-    a second -m on the command line would replace it. Then mark each test of :data:`XDIST_GROUPS`."""
+    a second -m on the command line would replace it. Then mark each test of its xdist group
+    (:func:`_xdist_group`) and put the long ones first (:func:`_long_first`)."""
     groups: dict = {}
     for item in items:
         module = item.module
@@ -147,6 +164,7 @@ def pytest_collection_modifyitems(config, items):
         group = groups[module]
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+    items[:] = _long_first(items, groups)
     if "slow" in (config.getoption("markexpr") or ""):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]
