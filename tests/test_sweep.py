@@ -250,9 +250,12 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     assert "\r" not in logs and "linear_probe experience 4 epoch 1/1: loss" in logs  # one line per epoch
     assert "Warning" not in logs  # no third-party warning (qpsolvers at Avalanche's import) in a job's log
 
-    # a rerun skips every finished job and encodes nothing
+    # a rerun skips every finished job and encodes nothing (the reports it rebuilds from the same files are
+    # not drawn here: seconds of matplotlib, and the first run's are checked above)
     before = counter.read_text()
-    again = run_sweep(load_sweep(f), launch_kwargs={"initializer": init})
+    with monkeypatch.context() as m:
+        m.setattr(lamm_cl.report, "build_report", lambda *a, **k: [])
+        again = run_sweep(load_sweep(f), launch_kwargs={"initializer": init})
     assert again.exit_code == 0 and set(again.shown.values()) == {"skipped"} and len(again.shown) == 8
     assert counter.read_text() == before
     assert "8 jobs: 8 skipped" in again.table()[0]
@@ -273,7 +276,7 @@ strategies:
 
 @pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_feature_stage_encodes_what_the_jobs_read_views_or_centre_crops_and_nothing_more(tmp_path, capsys,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, no_report):
     """Few-shot with 2 augmented views, two benchmark files, each with its own store (its own feature group):
 
     * digits_v, linear_probe: each job trains on views of its own seed's draw (5 shots x 10 digits = 50
