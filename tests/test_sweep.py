@@ -209,6 +209,11 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
 
     parts = load_dataset("digits")
     assert sum(int(n) for n in counter.read_text().split()) == len(parts.train) + len(parts.test)
+    # ... by the sweep's feature stage, once for both files (one feature group), before the jobs: with one
+    # worker the count alone would not tell the stage from a first job that encodes for the others
+    jobs_dir = tmp_path / "out" / "_jobs"
+    assert sorted(p.name for p in jobs_dir.glob("features__*.log")) == ["features__digits_a.log"]
+    assert ": 1797 images in the store" in (jobs_dir / "features__digits_a.log").read_text()
 
     # each job's results are exactly those of `lamm-cl run` on the file alone (its report is not compared:
     # not drawn, seconds of matplotlib each)
