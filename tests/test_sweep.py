@@ -6,6 +6,7 @@ gives, that the image encoder runs once per image, and that the table adds up.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from lamm_cl.cli import main
+from sweep_workers import count_encoder_calls  # worker initializers live in a light module
 
 BENCH = """\
 name: {name}
@@ -50,6 +52,29 @@ def _sweep_file(tmp: Path, launcher: dict, **extra) -> Path:
     return f
 
 
+def _counting_worker():
+    """A local-launcher initializer: count encoded images (count_encoder_calls), on one torch thread, as a
+    worker of a 2-worker pool on 2 cores has; a reference run in this process is then run on one thread too
+    (:func:`_torch_threads`), so both reduce floats alike, with or without pytest-xdist."""
+    import functools
+
+    return functools.partial(count_encoder_calls, threads=1)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run this process's torch on ``n`` threads for a while: a reference run in this process then reduces
+    floats as a job in a child process with that many threads does (with or without pytest-xdist)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _matrix(run_dir: Path) -> np.ndarray:
     return pd.read_csv(run_dir / "accuracy_matrix.csv", index_col=0).to_numpy()
 
@@ -60,23 +85,6 @@ def _last_avg(run_dir: Path) -> tuple[float, float]:
     counts = np.array(json.loads((run_dir / "class_order.json").read_text())["test_counts"], dtype=float)
     rows = [float(np.dot(A[i, : i + 1], counts[: i + 1]) / counts[: i + 1].sum()) for i in range(len(A))]
     return rows[-1], float(np.mean(rows))
-
-
-# --------------------------------------------------------------------------- a worker-side encoder counter
-
-def count_encoder_calls() -> None:
-    """Local-launcher worker initializer: log how many images every image-encoder call gets."""
-    from lamm_cl.model.clip import FrozenCLIP
-
-    original = FrozenCLIP.encode_images
-    path = os.environ["SWEEP_TEST_ENCODER_LOG"]
-
-    def counted(self, images):
-        with open(path, "a") as f:
-            f.write(f"{len(images)}\n")
-        return original(self, images)
-
-    FrozenCLIP.encode_images = counted
 
 
 # --------------------------------------------------------------------------- the sweep file
@@ -170,23 +178,34 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     from lamm_cl.sweep.driver import run_sweep
 
     _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
-    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
+    # one worker runs the feature stage and all 8 jobs (each worker costs ~10 CPU-s of imports; the stage's
+    # store read by jobs in another process is checked by the feature-stage test below)
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 1})
     counter = tmp_path / "encoded.txt"
     monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
     sweep = load_sweep(f)
     assert len(sweep.jobs) == 8  # 2 benchmarks x 2 strategies x 2 seeds
+    init = _counting_worker()
 
     # --status while the jobs run: the sweep runs in a thread, the status is read beside it
     result = {}
     t = threading.Thread(target=lambda: result.setdefault(
-        "outcome", run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})))
+        "outcome", run_sweep(sweep, launch_kwargs={"initializer": init})))
     t.start()
+    def a_state_file_says_running() -> bool:  # a cheap look first: --status is asked once a job runs
+        for state in (tmp_path / "out" / "_jobs").glob("*.json"):
+            with contextlib.suppress(OSError):
+                if '"running"' in state.read_text():
+                    return True
+        return False
+
     seen_running = False
-    while t.is_alive() and not seen_running:  # once seen, stop: each read takes CPU from the workers
-        capsys.readouterr()
-        assert main(["sweep", str(f), "--status"]) in (0, 2)  # 2 until sweep.json exists
-        seen_running |= " running " in capsys.readouterr().out
-        time.sleep(0.2)
+    while t.is_alive() and not seen_running:  # once seen, stop: each read takes CPU from the worker
+        if a_state_file_says_running():
+            capsys.readouterr()
+            assert main(["sweep", str(f), "--status"]) == 0
+            seen_running |= " running " in capsys.readouterr().out
+        time.sleep(0.1)
     t.join()
     assert seen_running
     outcome = result["outcome"]
@@ -197,6 +216,11 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
 
     parts = load_dataset("digits")
     assert sum(int(n) for n in counter.read_text().split()) == len(parts.train) + len(parts.test)
+    # ... by the sweep's feature stage, once for both files (one feature group), before the jobs: with one
+    # worker the count alone would not tell the stage from a first job that encodes for the others
+    jobs_dir = tmp_path / "out" / "_jobs"
+    assert sorted(p.name for p in jobs_dir.glob("features__*.log")) == ["features__digits_a.log"]
+    assert ": 1797 images in the store" in (jobs_dir / "features__digits_a.log").read_text()
 
     # each job's results are exactly those of `lamm-cl run` on the file alone (its report is not compared:
     # not drawn, seconds of matplotlib each)
@@ -204,7 +228,7 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
 
     for name in ("digits_a", "digits_b"):
         alone = tmp_path / "alone" / name
-        with monkeypatch.context() as m:
+        with monkeypatch.context() as m, _torch_threads(1):  # the worker's one thread (_counting_worker)
             m.setattr(lamm_cl.report, "build_report", lambda *a, **k: [])
             assert main(["run", str(tmp_path / "bench" / f"{name}.yaml"), "--output", str(alone), "--no-progress",
                          "--set", "seeds=[1, 2]", "--set", f"features.cache_dir={tmp_path / 'cache2'}"]) == 0
@@ -238,9 +262,12 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     assert "\r" not in logs and "linear_probe experience 4 epoch 1/1: loss" in logs  # one line per epoch
     assert "Warning" not in logs  # no third-party warning (qpsolvers at Avalanche's import) in a job's log
 
-    # a rerun skips every finished job and encodes nothing
+    # a rerun skips every finished job and encodes nothing (the reports it rebuilds from the same files are
+    # not drawn here: seconds of matplotlib, and the first run's are checked above)
     before = counter.read_text()
-    again = run_sweep(load_sweep(f), launch_kwargs={"initializer": count_encoder_calls})
+    with monkeypatch.context() as m:
+        m.setattr(lamm_cl.report, "build_report", lambda *a, **k: [])
+        again = run_sweep(load_sweep(f), launch_kwargs={"initializer": init})
     assert again.exit_code == 0 and set(again.shown.values()) == {"skipped"} and len(again.shown) == 8
     assert counter.read_text() == before
     assert "8 jobs: 8 skipped" in again.table()[0]
@@ -259,15 +286,43 @@ strategies:
 """
 
 
-def _feature_stage_then_jobs(tmp_path: Path, sweep_file: Path, monkeypatch) -> tuple[int, int, object]:
-    """Run the sweep's feature stage, then its jobs, counting encoded images (in this process and, through
-    count_encoder_calls, in the workers): (encoded by the stage, encoded in all, the sweep's outcome)."""
+@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
+def test_feature_stage_encodes_what_the_jobs_read_views_or_centre_crops_and_nothing_more(tmp_path, capsys,
+                                                                                          monkeypatch, no_report):
+    """Few-shot with 2 augmented views, two benchmark files, each with its own store (its own feature group):
+
+    * digits_v, linear_probe: each job trains on views of its own seed's draw (5 shots x 10 digits = 50
+      images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x 50 x 2
+      views = 1,997 images;
+    * digits_s, SimpleCIL (like RanPAC and RAPF) builds its statistics from the centre crop even with
+      train_views: 2 (it is registered with augmented_views=False), so the feature stage and --dry-run
+      count the 1,797 centre crops only.
+
+    The jobs after the stage (in a worker process: the store is read across processes) encode nothing more.
+    One sweep of both files, so one worker runs all four jobs."""
     from lamm_cl.model.clip import FrozenCLIP
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.driver import run_sweep
     from lamm_cl.sweep.job import prepare_features
     from lamm_cl.sweep.spec import write_sweep
 
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "digits_v.yaml").write_text(VIEWS_BENCH.format(cache=tmp_path / "cache_v"))
+    simplecil = VIEWS_BENCH.format(cache=tmp_path / "cache_s").split("strategies:")[0].replace(
+        "name: digits_v", "name: digits_s") + "strategies:\n  - name: simplecil\n"
+    (tmp_path / "bench" / "digits_s.yaml").write_text(simplecil)
+    capsys.readouterr()
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 1}, benchmarks=["bench/digits_v.yaml"])
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    assert "images to encode once: 1,997 in 1 feature group(s), 200 of them augmented training views" in \
+        capsys.readouterr().out
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 1}, benchmarks=["bench/digits_s.yaml"])
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "images to encode once: 1,797 in 1 feature group(s)" in out and "augmented" not in out
+
+    # the stage of each file here, counting encoded images (in this process; in the worker through its initializer)
+    f = _sweep_file(tmp_path, {"name": "local", "workers": 1})
     counter = tmp_path / "encoded.txt"
     monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
     original = FrozenCLIP.encode_images
@@ -277,54 +332,25 @@ def _feature_stage_then_jobs(tmp_path: Path, sweep_file: Path, monkeypatch) -> t
             fh.write(f"{len(images)}\n")
         return original(self, images)
 
+    def encoded() -> int:
+        return sum(int(n) for n in counter.read_text().split()) if counter.exists() else 0
+
     monkeypatch.setattr(FrozenCLIP, "encode_images", counted)
-    sweep = load_sweep(sweep_file)
+    sweep = load_sweep(f)
     write_sweep(sweep)
-    assert prepare_features(str(sweep.output), sweep.jobs[0].id)["state"] == "done"
-    stage = sum(int(n) for n in counter.read_text().split())
-    outcome = run_sweep(sweep, launch_kwargs={"initializer": count_encoder_calls})
-    return stage, sum(int(n) for n in counter.read_text().split()), outcome
+    stage = {}
+    for name in ("digits_v", "digits_s"):
+        before = encoded()
+        first = next(j for j in sweep.jobs if j.benchmark == name)
+        assert prepare_features(str(sweep.output), first.id)["state"] == "done"
+        stage[name] = encoded() - before
+    assert stage == {"digits_v": 1797 + 2 * 50 * 2, "digits_s": 1797}
 
-
-@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
-def test_feature_stage_encodes_the_views_few_shot_jobs_read_and_nothing_more(tmp_path, capsys, monkeypatch):
-    """Few-shot with 2 augmented views: each job trains on views of its own seed's draw (5 shots x 10
-    digits = 50 images), so the feature stage must encode exactly those -- 1,797 centre crops + 2 seeds x
-    50 x 2 views = 1,997 images -- and the jobs after it must find everything in the store."""
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "digits_v.yaml").write_text(VIEWS_BENCH.format(cache=tmp_path / "cache"))
-    f = _sweep_file(tmp_path, {"name": "local", "workers": 2})
-    capsys.readouterr()
-    assert main(["sweep", str(f), "--dry-run"]) == 0
-    assert "images to encode once: 1,997 in 1 feature group(s), 200 of them augmented training views" in \
-        capsys.readouterr().out
-
-    stage, total, outcome = _feature_stage_then_jobs(tmp_path, f, monkeypatch)
-    assert stage == 1797 + 2 * 50 * 2
-    assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
-    assert total == stage  # the jobs encoded nothing
+    outcome = run_sweep(sweep, launch_kwargs={"initializer": _counting_worker()})
+    assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done"] * 4
+    assert encoded() == sum(stage.values())  # the jobs encoded nothing
     for seed in (1, 2):
         assert "epoch 2/2" in (tmp_path / "out" / "_jobs" / f"digits_v__linear_probe__seed{seed}.log").read_text()
-
-
-@pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
-def test_feature_stage_encodes_no_views_for_strategies_that_read_the_centre_crop(tmp_path, capsys, monkeypatch):
-    """SimpleCIL (like RanPAC and RAPF) builds its statistics from the centre crop even with train_views: 2
-    (it is registered with augmented_views=False), so the feature stage and --dry-run count the 1,797
-    centre crops only, and the job then encodes nothing more."""
-    (tmp_path / "bench").mkdir()
-    bench = VIEWS_BENCH.format(cache=tmp_path / "cache").split("strategies:")[0] + "strategies:\n  - name: simplecil\n"
-    (tmp_path / "bench" / "digits_v.yaml").write_text(bench)
-    f = _sweep_file(tmp_path, {"name": "local", "workers": 1})
-    capsys.readouterr()
-    assert main(["sweep", str(f), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "images to encode once: 1,797 in 1 feature group(s)" in out and "augmented" not in out
-
-    stage, total, outcome = _feature_stage_then_jobs(tmp_path, f, monkeypatch)
-    assert stage == 1797
-    assert outcome.exit_code == 0 and {s.state for s in outcome.statuses} == {"done"}
-    assert total == stage  # the jobs encoded nothing
 
 
 # --------------------------------------------------------------------------- Ray
@@ -338,7 +364,9 @@ RAY_STARTUP_TIMEOUT = "timed out during startup"
 
 
 def _init_local_ray(ray) -> None:
-    kwargs = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+    # one CPU: the sweep's jobs (num_cpus: 1 each) run one after the other in the one Ray worker, which
+    # imports torch and the runner once (~10 CPU-s a worker)
+    kwargs = {"num_cpus": 1, "include_dashboard": False, "log_to_driver": False}
     try:
         ray.init(**kwargs)
     except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for the time-out
@@ -355,7 +383,7 @@ def test_init_local_ray_retries_the_startup_timeout_once_and_nothing_else():
 
         def init(self, **kwargs):
             self.calls += 1
-            assert kwargs["num_cpus"] == 2
+            assert kwargs["num_cpus"] == 1
             if self.errors:
                 raise self.errors.pop(0)
 
@@ -378,12 +406,12 @@ def test_init_local_ray_retries_the_startup_timeout_once_and_nothing_else():
 
 
 @pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
-def test_ray_launcher_runs_jobs(tmp_path):
+def test_ray_launcher_runs_jobs(tmp_path, no_report, digits_store):
     ray = pytest.importorskip("ray")  # installed by the `test` extra in CI
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.driver import run_sweep
 
-    _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
+    _write_benchmarks(tmp_path / "bench", digits_store)  # the sweep and the run below read the same store
     (tmp_path / "bench" / "digits_b.yaml").unlink()
     f = _sweep_file(tmp_path, {"name": "ray", "num_cpus": 1}, strategies=["linear_probe"])
     try:  # a Ray that fails to start (its agents time out on a crowded machine) is shut down all the same
@@ -393,8 +421,9 @@ def test_ray_launcher_runs_jobs(tmp_path):
         ray.shutdown()
     assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
     alone = tmp_path / "alone"
-    assert main(["run", str(tmp_path / "bench" / "digits_a.yaml"), "--output", str(alone), "--no-progress",
-                 "--set", "seeds=[1, 2]", "--set", "strategies=[{name: linear_probe, epochs: 1, lr: 0.01}]"]) == 0
+    with _torch_threads(1):  # as many as Ray gives a task of num_cpus: 1 (OMP_NUM_THREADS=1)
+        assert main(["run", str(tmp_path / "bench" / "digits_a.yaml"), "--output", str(alone), "--no-progress",
+                     "--set", "seeds=[1, 2]", "--set", "strategies=[{name: linear_probe, epochs: 1, lr: 0.01}]"]) == 0
     for seed in (1, 2):
         np.testing.assert_array_equal(_matrix(tmp_path / "out" / "digits_a" / "linear_probe" / f"seed{seed}"),
                                       _matrix(alone / "linear_probe" / f"seed{seed}"))
@@ -404,10 +433,11 @@ def test_ray_launcher_runs_jobs(tmp_path):
 
 
 @pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
-def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
+def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.launch_slurm import Options, SweepTask, executor
+    from lamm_cl.sweep.launchers import call
     from lamm_cl.sweep.spec import write_sweep
 
     bench = tmp_path / "bench"
@@ -421,8 +451,10 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
     sweep = load_sweep(f)
     write_sweep(sweep)
     (job,) = sweep.jobs
-    # the reference: the same job, uninterrupted, through the same path (a process like the killed one:
-    # CPU thread counts change float reductions, so an in-process run is not a fair reference)
+    # the reference: the same job, uninterrupted, through the same call a task makes, run in this process on
+    # the task's one torch thread (CPU thread counts change float reductions; the task gets OMP_NUM_THREADS=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
     ref_file = tmp_path / "ref.yaml"
     ref_file.write_text(f.read_text().replace(str(tmp_path / "out"), str(tmp_path / "ref")))
     ref = load_sweep(ref_file)
@@ -445,8 +477,8 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path):
     assert "interrupted" in log and "resuming at experience" in log  # it was stopped, requeued, resumed
     summary = json.loads((job.run_dir / "summary.json").read_text())
     assert summary["info"]["resumed"] is True
-    ex_ref = executor(Options(cluster="local", gpus_per_job=0, cpus_per_job=1, time_min=10), str(ref.output))
-    assert ex_ref.submit(SweepTask(("run_job", str(ref.output), ref.jobs[0].id))).result()["state"] == "done"
+    with _torch_threads(1):
+        assert call(("run_job", str(ref.output), ref.jobs[0].id))["state"] == "done"
     np.testing.assert_array_equal(_matrix(job.run_dir), _matrix(ref.jobs[0].run_dir))
 
 
@@ -641,6 +673,14 @@ def test_table_one_per_grid_cell_with_published_figures(tmp_path):
 # --------------------------------------------------------------------------- failures and reruns
 
 
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory) -> Path:
+    """A feature store shared by this file's in-process sweeps of digits (each xdist worker has its own):
+    the first encodes digits' 1,797 images, the others read them. Their claims are about jobs, states and
+    files; the tests that count encoded images or compare with `lamm-cl run` keep stores of their own."""
+    return tmp_path_factory.mktemp("sweep-store")
+
+
 def _in_process_launcher():
     """A launcher that runs every call right here, in order: the driver's logic without processes."""
     from types import SimpleNamespace
@@ -657,13 +697,14 @@ def _in_process_launcher():
 
 
 @pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
-def test_failed_job_does_not_stop_others_and_is_retried_only_when_asked(tmp_path, capsys, monkeypatch):
+def test_failed_job_does_not_stop_others_and_is_retried_only_when_asked(tmp_path, capsys, monkeypatch, digits_store,
+                                                                         no_report):
     import lamm_cl.sweep.driver as driver
 
     bench = tmp_path / "bench"
-    _write_benchmarks(bench, tmp_path / "cache")
+    _write_benchmarks(bench, digits_store)
     (bench / "digits_b.yaml").unlink()
-    broken = BENCH.format(name="broken", T=2, cache=tmp_path / "cache").replace(
+    broken = BENCH.format(name="broken", T=2, cache=digits_store).replace(
         "dataset: digits", f"dataset: imagefolder, root: {tmp_path / 'nowhere'}")
     (bench / "broken.yaml").write_text(broken)
     f = _sweep_file(tmp_path, {"name": "local"}, strategies=["zeroshot"], seeds=[1])
@@ -855,9 +896,10 @@ def test_running_means_the_very_process_that_wrote_the_state(tmp_path):
         assert job_status(tmp_path, job).state == expected, why
 
 
-def _tiny_sweep(tmp_path, **extra) -> Path:
+def _tiny_sweep(tmp_path, cache: Path | None = None, **extra) -> Path:
+    """One job (digits_a, zeroshot, seed 1), its features in ``cache`` (default: a store of its own)."""
     bench = tmp_path / "bench"
-    _write_benchmarks(bench, tmp_path / "cache")
+    _write_benchmarks(bench, cache or tmp_path / "cache")
     (bench / "digits_b.yaml").unlink()
     return _sweep_file(tmp_path, {"name": "local"}, strategies=["zeroshot"], seeds=[1], **extra)
 
@@ -895,11 +937,11 @@ def test_exit_is_not_0_while_jobs_are_pending_or_running_elsewhere(tmp_path, mon
     assert code == 1 and "0 to run" in out and "still running in another process" in err
 
 
-def test_a_table_that_could_not_be_rebuilt_is_said_stale_and_not_0(tmp_path, monkeypatch):
+def test_a_table_that_could_not_be_rebuilt_is_said_stale_and_not_0(tmp_path, monkeypatch, digits_store, no_report):
     import lamm_cl.sweep.driver as driver
     import lamm_cl.sweep.table as table
 
-    f = _tiny_sweep(tmp_path)
+    f = _tiny_sweep(tmp_path, digits_store)
     monkeypatch.setattr(driver, "get_launcher", lambda name: _in_process_launcher())
     assert _run_cli(["sweep", str(f)])[0] == 0
     assert (tmp_path / "out" / "table.md").is_file()
@@ -912,10 +954,10 @@ def test_a_table_that_could_not_be_rebuilt_is_said_stale_and_not_0(tmp_path, mon
     assert code == 1 and "table.md was not rebuilt (OSError: disk full); the one there is stale" in err
 
 
-def test_a_finished_job_whose_config_changed_runs_again(tmp_path, monkeypatch):
+def test_a_finished_job_whose_config_changed_runs_again(tmp_path, monkeypatch, digits_store, no_report):
     import lamm_cl.sweep.driver as driver
 
-    f = _tiny_sweep(tmp_path)
+    f = _tiny_sweep(tmp_path, digits_store)
     monkeypatch.setattr(driver, "get_launcher", lambda name: _in_process_launcher())
     assert _run_cli(["sweep", str(f)])[0] == 0
     run_dir = tmp_path / "out" / "digits_a" / "zeroshot" / "seed1"
@@ -979,12 +1021,12 @@ def test_run_and_sweep_job_take_the_same_per_run_lock(tmp_path, holder):
             pass
 
 
-def test_a_job_refused_by_the_lock_leaves_the_state_as_it_was(tmp_path, monkeypatch, holder):
+def test_a_job_refused_by_the_lock_leaves_the_state_as_it_was(tmp_path, monkeypatch, holder, digits_store):
     import lamm_cl.sweep.driver as driver
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.state import job_status, state_path
 
-    f = _tiny_sweep(tmp_path)
+    f = _tiny_sweep(tmp_path, digits_store)
     monkeypatch.setattr(driver, "get_launcher", lambda name: _in_process_launcher())
     from lamm_cl.sweep.spec import write_sweep
 
@@ -1000,33 +1042,12 @@ def test_a_job_refused_by_the_lock_leaves_the_state_as_it_was(tmp_path, monkeypa
 # --------------------------------------------------------------------------- signals
 
 
-def fake_jobs() -> None:
-    """Local-launcher worker initializer: every job records that it started, then sleeps until interrupted."""
-    from lamm_cl.sweep import job as job_mod
-    from lamm_cl.sweep.spec import read_sweep
-    from lamm_cl.sweep.state import write_state
-
-    def run_job(output, job_id):
-        job = job_mod._job(read_sweep(output), job_id)
-        write_state(Path(output), job, "running")
-        with open(os.environ["SWEEP_TEST_STARTED"], "a") as fh:
-            fh.write(f"{job_id} {os.getpid()}\n")
-        try:
-            time.sleep(120)
-        except KeyboardInterrupt:
-            write_state(Path(output), job, "interrupted")
-            raise
-        return {"job": job_id, "state": "done", "message": ""}
-
-    job_mod.run_job = run_job
-
-
 DRIVER = """\
 import functools, sys
 sys.path.insert(0, {tests!r})
-import test_sweep
+import sweep_workers
 import lamm_cl.sweep.launch_local as local
-local.launch = functools.partial(local.launch, initializer=test_sweep.fake_jobs)
+local.launch = functools.partial(local.launch, initializer=sweep_workers.fake_jobs)
 from lamm_cl.cli import main
 sys.exit(main(["sweep", {sweep!r}]))
 """
@@ -1035,6 +1056,19 @@ sys.exit(main(["sweep", {sweep!r}]))
 def _started(path: Path) -> list[tuple[str, int]]:
     text = path.read_text() if path.exists() else ""
     return [(line.split()[0], int(line.split()[1])) for line in text.splitlines()]
+
+
+def _live_in_group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` that still run (zombies, which run nothing, left out)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            live.append(int(stat.parent.name))
+    return live
 
 
 def _gone(pid: int) -> bool:
@@ -1096,7 +1130,12 @@ def test_no_job_starts_after_a_signal_and_workers_end_with_their_driver(tmp_path
         while not all(_gone(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert all(_gone(w) for w in workers), "a worker outlived its driver"
-        time.sleep(1)
+        # the driver and every process it started (workers, the pool's resource tracker) are in its process
+        # group: once none of them runs, no job can start any more
+        deadline = time.monotonic() + 30
+        while _live_in_group(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _live_in_group(p.pid), f"processes of the sweep outlived it: {_live_in_group(p.pid)}"
         assert len(_started(started)) == 2  # the three queued jobs never started
         sweep = read_sweep(tmp_path / "out")
         states = sorted(job_status(sweep.output, j).state for j in sweep.jobs)
