@@ -187,14 +187,17 @@ def test_svg_and_pdf_on_request_and_deterministic(tmp_path):
     rows = {r["seed"]: r for r in csv.DictReader((root / "summary.csv").open())}
     assert rows["std"]["avg_incremental_accuracy"] == ""
     assert float(rows["mean"]["avg_incremental_accuracy"]) == pytest.approx(205 / 3)
-    # The same figure saved twice, in every format, gives the same bytes (no dates, fixed SVG ids).
+    # The same figure drawn twice gives the same bytes in every format (no dates, fixed SVG ids): SVG and PDF
+    # here, the first SVG being the report's own; PNG in test_report_is_byte_identical_when_rebuilt. (Each
+    # save lays the figure out again from where the last left it: both figures are saved in the same order.)
     groups = {"lamm": [make_record("lamm", 0)]}
     outputs = []
     for name in ("a", "b"):
         fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
-        outputs.append([p.read_bytes() for p in plots.save_figure(fig, tmp_path / name, plots.FORMATS)])
+        outputs.append({p.suffix: p.read_bytes() for p in plots.save_figure(fig, tmp_path / name, ("svg", "pdf"))})
+    assert outputs[0][".svg"] == (root / "plots" / "old_new_accuracy.svg").read_bytes()
     assert outputs[0] == outputs[1]
-    assert outputs[0][2].startswith(b"%PDF") and b"CreationDate" not in outputs[0][2]
+    assert outputs[0][".pdf"].startswith(b"%PDF") and b"CreationDate" not in outputs[0][".pdf"]
 
 
 def test_atomic_writes_leave_no_temp_files(built, tmp_path):
@@ -284,7 +287,7 @@ def _three_seed_folder(root, lamm_config=CONFIG, lamm_weights=None):
     return root
 
 
-def test_runs_of_another_class_order_are_not_paired(tmp_path):
+def test_runs_of_another_class_order_are_not_paired(tmp_path, no_plots):
     from lamm_cl.api import load_results
 
     seeded = {**CONFIG, "benchmark": {**CONFIG["benchmark"], "order_seed": 7}}
@@ -299,7 +302,7 @@ def test_runs_of_another_class_order_are_not_paired(tmp_path):
         load_results(root).compare("lamm", "zeroshot")
 
 
-def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model(tmp_path):
+def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model(tmp_path, no_plots):
     from lamm_cl.api import load_results
 
     tiny = {**CONFIG, "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"}}
@@ -314,9 +317,17 @@ def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model
         load_results(root).compare("zeroshot", "lamm")
 
 
-def test_comparable_runs_are_paired_and_the_report_says_the_smallest_p(tmp_path):
+def test_comparable_runs_are_paired_and_the_report_says_the_smallest_p(tmp_path, no_plots):
     root = _three_seed_folder(tmp_path / "toy")
     build_report(root)
+    # every figure asked for once, in the order report.md lists them (test_report_md: the real files)
+    assert [(fig, name, formats) for fig, name, formats in no_plots] == [
+        ("plot_seen_accuracy", "seen_accuracy", ("png",)),
+        ("plot_final_accuracy_forgetting", "final_accuracy_forgetting", ("png",)),
+        ("plot_old_new_accuracy", "old_new_accuracy", ("png",)),
+        ("plot_accuracy_matrices", "accuracy_matrices", ("png",)),
+        ("plot_accuracy_matrix", "accuracy_matrix_zeroshot", ("png",)),
+        ("plot_accuracy_matrix", "accuracy_matrix_lamm", ("png",))]
     md = (root / "report.md").read_text()
     assert "- zeroshot − lamm: Last +15.00 [+15.00, +15.00], p = 0.250, 3 pairs " \
            "(the smallest p 3 pairs can give: 0.250)" in md
@@ -345,18 +356,20 @@ def test_summary_json_naming_another_strategy_or_seed_is_malformed(results):
     assert "malformed" in one_line_error(results, "lamm/seed0/summary.json")
 
 
-def test_baseline_naming_no_strategy_is_exit_2_listing_the_strategies(results, capsys):
+def test_baseline_naming_no_strategy_is_exit_2_listing_the_strategies(results, capsys, no_plots):
     from lamm_cl.cli import main
 
     assert main(["report", str(results), "--baseline", "knn"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--baseline knn" in err and "zeroshot, lamm" in err
     assert not (results / "report.md").exists() and not (results / "plots").exists()
+    assert no_plots == []  # refused before any figure was drawn
     assert main(["report", str(results), "--baseline", "zeroshot"]) == 0
+    assert len(no_plots) == len(PLOTS)
     assert "Each strategy minus `zeroshot`" in (results / "report.md").read_text()
 
 
-def test_one_seed_says_fewer_than_3_pairs_and_the_versions_once(tmp_path):
+def test_one_seed_says_fewer_than_3_pairs_and_the_versions_once(tmp_path, no_plots):
     root = tmp_path / "toy"
     for strategy in ("zeroshot", "lamm", "coop"):
         rec = make_record("lamm" if strategy == "coop" else strategy, 0)
