@@ -69,7 +69,7 @@ def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
 
 
 @pytest.mark.integration
-def test_imagefolder_end_to_end(tmp_path, capsys, tiny_clip):
+def test_imagefolder_end_to_end(tmp_path, capsys, tiny_clip, no_plots):  # test_coop_layout_end_to_end draws
     make_imagefolder(tmp_path / "tree")
     order = _run(tmp_path, {"dataset": "imagefolder", "root": str(tmp_path / "tree"), "n_experiences": 2,
                             "class_order": [1, 0]}, capsys)
