@@ -1,9 +1,11 @@
 """Result files, the report and its determinism, on a results folder written by hand."""
 
 import csv
+import io
 import json
 import math
 
+import matplotlib
 import numpy as np
 import pytest
 
@@ -187,17 +189,23 @@ def test_svg_and_pdf_on_request_and_deterministic(tmp_path):
     rows = {r["seed"]: r for r in csv.DictReader((root / "summary.csv").open())}
     assert rows["std"]["avg_incremental_accuracy"] == ""
     assert float(rows["mean"]["avg_incremental_accuracy"]) == pytest.approx(205 / 3)
-    # The same figure drawn twice gives the same bytes in every format (no dates, fixed SVG ids): SVG and PDF
-    # here, the first SVG being the report's own; PNG in test_report_is_byte_identical_when_rebuilt. (Each
-    # save lays the figure out again from where the last left it: both figures are saved in the same order.)
+    # The same figure drawn twice gives the same bytes in every format (no dates, fixed SVG ids), the SVG
+    # being the report's own too; and save_figure's PNG, drawn once, is the PNG matplotlib's savefig writes
+    # drawing twice (plots._write_png). Each save lays the figure out again from where the last left it:
+    # both figures are saved in the same order.
     groups = {"lamm": [make_record("lamm", 0)]}
-    outputs = []
-    for name in ("a", "b"):
-        fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
-        outputs.append({p.suffix: p.read_bytes() for p in plots.save_figure(fig, tmp_path / name, ("svg", "pdf"))})
-    assert outputs[0][".svg"] == (root / "plots" / "old_new_accuracy.svg").read_bytes()
-    assert outputs[0] == outputs[1]
-    assert outputs[0][".pdf"].startswith(b"%PDF") and b"CreationDate" not in outputs[0][".pdf"]
+    fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
+    ours = {p.suffix[1:]: p.read_bytes() for p in plots.save_figure(fig, tmp_path / "a", plots.FORMATS)}
+    fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
+    theirs = {}
+    for fmt in plots.FORMATS:
+        buf = io.BytesIO()
+        with matplotlib.rc_context(plots._RC):
+            fig.savefig(buf, format=fmt, dpi=plots._DPI, metadata=plots._METADATA[fmt])
+        theirs[fmt] = buf.getvalue()
+    assert ours["svg"] == (root / "plots" / "old_new_accuracy.svg").read_bytes()
+    assert ours == theirs
+    assert ours["pdf"].startswith(b"%PDF") and b"CreationDate" not in ours["pdf"]
 
 
 def test_atomic_writes_leave_no_temp_files(built, tmp_path):
