@@ -157,7 +157,7 @@ def test_compare_rejects_unknown_metric_and_strategy(toy):
 # --------------------------------------------------------------------------- the report's section
 
 
-def test_report_shows_paired_differences_against_the_baseline(toy):
+def test_report_shows_paired_differences_against_the_baseline(toy, no_plots):
     from lamm_cl.cli import main
 
     assert main(["report", str(toy), "--baseline", "b"]) == 0
@@ -181,7 +181,7 @@ def _tiny_config(out: Path) -> dict:
     }
 
 
-def test_run_with_a_dict_matches_the_cli(tmp_path):
+def test_run_with_a_dict_matches_the_cli(tmp_path, no_plots):
     import yaml
 
     from lamm_cl.cli import main
@@ -192,12 +192,14 @@ def test_run_with_a_dict_matches_the_cli(tmp_path):
     res = lamm_cl.run(cfg, progress=False)
     assert repr(cfg) == before  # the caller's dict is not modified
     assert sorted(res.summary.strategy) == ["linear_probe", "zeroshot"] and res.failed == []
-    assert (tmp_path / "api" / "report.md").is_file()
+    # the report rebuilt, its figures recorded (test_quickstart draws a run's for real)
+    assert (tmp_path / "api" / "report.md").is_file() and len(no_plots) == 6  # 4 + one per strategy
 
     cfg["output"] = str(tmp_path / "cli")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path), "--no-progress"]) == 0
+    assert (tmp_path / "cli" / "report.md").is_file() and len(no_plots) == 12
     cli = lamm_cl.load_results(tmp_path / "cli").summary
     cols = ["strategy", "seed", "avg", "last", "forgetting", "bwt"]
     assert res.summary[cols].sort_values("strategy").values.tolist() == cli[cols].sort_values("strategy").values.tolist()

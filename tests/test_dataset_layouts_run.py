@@ -51,7 +51,7 @@ def zero_shot_matrix(clip, images: dict, names: list, template: str, experiences
 
 
 @pytest.mark.integration
-def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
+def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip, no_plots):
     split = make_split_file_dataset(tmp_path / "data", "dtd")
     order = _run(tmp_path, {"dataset": "dtd", "root": str(tmp_path / "data"), "classes_per_experience": [2, 1],
                             "class_order": [2, 0, 1], "shots": 2}, capsys)
@@ -69,7 +69,7 @@ def test_coop_layout_end_to_end(tmp_path, capsys, tiny_clip):
 
 
 @pytest.mark.integration
-def test_imagefolder_end_to_end(tmp_path, capsys, tiny_clip):
+def test_imagefolder_end_to_end(tmp_path, capsys, tiny_clip, no_plots):
     make_imagefolder(tmp_path / "tree")
     order = _run(tmp_path, {"dataset": "imagefolder", "root": str(tmp_path / "tree"), "n_experiences": 2,
                             "class_order": [1, 0]}, capsys)

@@ -25,6 +25,13 @@ def _cfg(**lamm):
     })
 
 
+@pytest.fixture(scope="module")
+def digit_inputs(digits, tiny_clip):
+    """The digits' image features, extracted once for the module's two training tests (frozen CLIP: the
+    same features every time)."""
+    return Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip))
+
+
 def test_label_token_counts(tiny_clip):
     prompts = ClassPrompts(tiny_clip, ["zero", "aquarium fish", "sweet pepper plant"], "a photo of a {}.")
     # CLIP's BPE has one piece for each of these words: "zero" 5848; "aquarium" 16814, "fish" 2759;
@@ -53,10 +60,10 @@ def test_name_init_copies_the_name_embeddings(tiny_clip):
     assert float(rand.vectors["1"].detach().std()) == pytest.approx(0.02, rel=0.6)
 
 
-def test_old_label_vectors_are_bit_identical_after_later_experiences(tiny_clip, digits):
+def test_old_label_vectors_are_bit_identical_after_later_experiences(tiny_clip, digits, digit_inputs):
     cfg = _cfg()
     plan = make_plan(digits, cfg.benchmark, seed=0)
-    inputs = Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip))
+    inputs = digit_inputs
     seed_everything(0)
     ctx = StrategyContext(clip=tiny_clip, class_names=plan.class_names, template=plan.template,
                           device=torch.device("cpu"), seed=0)
@@ -84,10 +91,10 @@ def test_old_label_vectors_are_bit_identical_after_later_experiences(tiny_clip, 
         assert torch.equal(table.vectors[str(c)].detach(), after0[c])
 
 
-def test_old_class_text_features_are_cached_and_equal_fresh_ones(tiny_clip, digits):
+def test_old_class_text_features_are_cached_and_equal_fresh_ones(tiny_clip, digits, digit_inputs):
     cfg = _cfg()
     plan = make_plan(digits, cfg.benchmark, seed=0)
-    inputs = Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip))
+    inputs = digit_inputs
     ctx = StrategyContext(clip=tiny_clip, class_names=plan.class_names, template=plan.template,
                           device=torch.device("cpu"), seed=0)
     scenario = make_streams(plan, inputs.reader("features", "train"), inputs.reader("features", "test"),

@@ -143,17 +143,6 @@ def _record(strategy):
         matrix_task_aware=np.array([[90, nan], [80, 70]]))
 
 
-@pytest.fixture
-def no_plots(monkeypatch):
-    """The report's text and tables without drawing (plots are tested elsewhere and take seconds)."""
-    from lamm_cl import plots
-
-    for name in ("plot_seen_accuracy", "plot_final_accuracy_forgetting", "plot_old_new_accuracy",
-                 "plot_accuracy_matrix"):
-        monkeypatch.setattr(plots, name, lambda *a, **k: None)
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, formats: [])
-
-
 def test_task_aware_matrix_summary_and_report(tmp_path, no_plots):
     write_run(tmp_path / "lamm" / "seed0", _record("lamm"))
     write_run(tmp_path / "coop" / "seed0", _record("coop"))

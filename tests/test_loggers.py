@@ -21,7 +21,7 @@ strategies:
 """
 
 
-def test_csv_tensorboard_and_offline_wandb_loggers_write_their_files(tmp_path, monkeypatch):
+def test_csv_tensorboard_and_offline_wandb_loggers_write_their_files(tmp_path, monkeypatch, no_plots):
     loggers = "[{name: csv}, {name: tensorboard}]"
     if "wandb" not in sys.modules:
         try:

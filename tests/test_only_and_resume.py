@@ -43,7 +43,7 @@ def _under(snap: dict, prefix: str) -> dict:
 
 
 @pytest.mark.integration
-def test_only_reruns_one_strategy_keeps_the_others_and_rebuilds_the_summary(full, tmp_path, capsys):
+def test_only_reruns_one_strategy_keeps_the_others_and_rebuilds_the_summary(full, tmp_path, capsys, no_plots):
     out = _copy(full, tmp_path)
     before = snapshot(out)
     (out / "linear_probe" / "seed0" / "stray.txt").write_text("mine")  # not lamm-cl's: left alone

@@ -1,9 +1,11 @@
 """Result files, the report and its determinism, on a results folder written by hand."""
 
 import csv
+import io
 import json
 import math
 
+import matplotlib
 import numpy as np
 import pytest
 
@@ -175,26 +177,41 @@ def test_report_is_byte_identical_when_rebuilt(built):
     assert all_bytes(root) == first
 
 
-def test_svg_and_pdf_on_request_and_deterministic(tmp_path):
-    # One strategy, one seed: std is undefined, so summary.csv leaves it blank.
+def test_svg_and_pdf_on_request_and_deterministic(tmp_path, monkeypatch):
+    from builders import record_plots
+
+    # One strategy, one seed: std is undefined, so summary.csv leaves it blank. The report's figures are
+    # recorded, not drawn: save_figure writing each format is checked below.
     root = tmp_path / "one"
     write_run(root / "lamm" / "seed0", make_record("lamm", 0))
-    written = build_report(root, formats=("svg",))
+    with monkeypatch.context() as mp:
+        figures = record_plots(mp)
+        written = build_report(root, formats=("svg",))
     assert {p.name for p in written if p.parent.name == "plots"} == {
         "seen_accuracy.svg", "final_accuracy_forgetting.svg", "old_new_accuracy.svg", "accuracy_matrices.svg",
         "accuracy_matrix_lamm.svg"}
+    assert {formats for _, _, formats in figures} == {("svg",)}
     assert "](plots/seen_accuracy.svg)" in (root / "report.md").read_text()
     rows = {r["seed"]: r for r in csv.DictReader((root / "summary.csv").open())}
     assert rows["std"]["avg_incremental_accuracy"] == ""
     assert float(rows["mean"]["avg_incremental_accuracy"]) == pytest.approx(205 / 3)
-    # The same figure saved twice, in every format, gives the same bytes (no dates, fixed SVG ids).
+    # The same figure drawn twice gives the same bytes in every format (no dates, fixed SVG ids); and
+    # save_figure's PNG, drawn once, is the PNG matplotlib's savefig writes drawing twice (plots._write_png).
+    # Each save lays the figure out again from where the last left it: both are saved in the same order.
     groups = {"lamm": [make_record("lamm", 0)]}
-    outputs = []
-    for name in ("a", "b"):
-        fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
-        outputs.append([p.read_bytes() for p in plots.save_figure(fig, tmp_path / name, plots.FORMATS)])
-    assert outputs[0] == outputs[1]
-    assert outputs[0][2].startswith(b"%PDF") and b"CreationDate" not in outputs[0][2]
+    fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
+    paths = plots.save_figure(fig, tmp_path / "a", plots.FORMATS)
+    assert [p.name for p in paths] == ["a.png", "a.svg", "a.pdf"]
+    ours = {p.suffix[1:]: p.read_bytes() for p in paths}
+    fig = plots.plot_old_new_accuracy(groups, plots.strategy_colors(["lamm"]))
+    theirs = {}
+    for fmt in plots.FORMATS:
+        buf = io.BytesIO()
+        with matplotlib.rc_context(plots._RC):
+            fig.savefig(buf, format=fmt, dpi=plots._DPI, metadata=plots._METADATA[fmt])
+        theirs[fmt] = buf.getvalue()
+    assert ours == theirs
+    assert ours["pdf"].startswith(b"%PDF") and b"CreationDate" not in ours["pdf"]
 
 
 def test_atomic_writes_leave_no_temp_files(built, tmp_path):
@@ -284,7 +301,7 @@ def _three_seed_folder(root, lamm_config=CONFIG, lamm_weights=None):
     return root
 
 
-def test_runs_of_another_class_order_are_not_paired(tmp_path):
+def test_runs_of_another_class_order_are_not_paired(tmp_path, no_plots):
     from lamm_cl.api import load_results
 
     seeded = {**CONFIG, "benchmark": {**CONFIG["benchmark"], "order_seed": 7}}
@@ -299,7 +316,7 @@ def test_runs_of_another_class_order_are_not_paired(tmp_path):
         load_results(root).compare("lamm", "zeroshot")
 
 
-def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model(tmp_path):
+def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model(tmp_path, no_plots):
     from lamm_cl.api import load_results
 
     tiny = {**CONFIG, "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"}}
@@ -314,9 +331,17 @@ def test_runs_with_other_weights_are_not_paired_and_the_header_names_every_model
         load_results(root).compare("zeroshot", "lamm")
 
 
-def test_comparable_runs_are_paired_and_the_report_says_the_smallest_p(tmp_path):
+def test_comparable_runs_are_paired_and_the_report_says_the_smallest_p(tmp_path, no_plots):
     root = _three_seed_folder(tmp_path / "toy")
     build_report(root)
+    # every figure asked for once, in the order report.md lists them (test_report_md: the real files)
+    assert [(fig, name, formats) for fig, name, formats in no_plots] == [
+        ("plot_seen_accuracy", "seen_accuracy", ("png",)),
+        ("plot_final_accuracy_forgetting", "final_accuracy_forgetting", ("png",)),
+        ("plot_old_new_accuracy", "old_new_accuracy", ("png",)),
+        ("plot_accuracy_matrices", "accuracy_matrices", ("png",)),
+        ("plot_accuracy_matrix", "accuracy_matrix_zeroshot", ("png",)),
+        ("plot_accuracy_matrix", "accuracy_matrix_lamm", ("png",))]
     md = (root / "report.md").read_text()
     assert "- zeroshot − lamm: Last +15.00 [+15.00, +15.00], p = 0.250, 3 pairs " \
            "(the smallest p 3 pairs can give: 0.250)" in md
@@ -345,18 +370,20 @@ def test_summary_json_naming_another_strategy_or_seed_is_malformed(results):
     assert "malformed" in one_line_error(results, "lamm/seed0/summary.json")
 
 
-def test_baseline_naming_no_strategy_is_exit_2_listing_the_strategies(results, capsys):
+def test_baseline_naming_no_strategy_is_exit_2_listing_the_strategies(results, capsys, no_plots):
     from lamm_cl.cli import main
 
     assert main(["report", str(results), "--baseline", "knn"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--baseline knn" in err and "zeroshot, lamm" in err
     assert not (results / "report.md").exists() and not (results / "plots").exists()
+    assert no_plots == []  # refused before any figure was drawn
     assert main(["report", str(results), "--baseline", "zeroshot"]) == 0
+    assert len(no_plots) == len(PLOTS)
     assert "Each strategy minus `zeroshot`" in (results / "report.md").read_text()
 
 
-def test_one_seed_says_fewer_than_3_pairs_and_the_versions_once(tmp_path):
+def test_one_seed_says_fewer_than_3_pairs_and_the_versions_once(tmp_path, no_plots):
     root = tmp_path / "toy"
     for strategy in ("zeroshot", "lamm", "coop"):
         rec = make_record("lamm" if strategy == "coop" else strategy, 0)

@@ -350,22 +350,37 @@ def test_rapf_options_are_checked():
 # --------------------------------------------------------------------------- through the runner
 
 
+@pytest.fixture(scope="module")
+def peer_runs(tmp_path_factory):
+    """``peer_runs(views)``: the three run through the runner on digits with ``features.train_views: views``,
+    as (records, output folder); each run once per module (the centre-crop run serves both tests below),
+    every run reading one feature cache."""
+    root = tmp_path_factory.mktemp("peers")
+    done = {}
+
+    def runs(views: int):
+        if views not in done:
+            data = {"name": "views", "seeds": [0], "device": "cpu",
+                    "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 8,
+                                  "class_order": "seeded", "order_seed": 0},
+                    "model": {"arch": "lamm-tiny", "pretrained": "none"},
+                    "features": {"cache": True, "cache_dir": str(root / "cache"), "train_views": views},
+                    "strategies": [{"name": "simplecil"}, {"name": "ranpac", "M": 64},
+                                   {"name": "rapf", "epochs": 2, "batch_size": 8}]}
+            out = root / f"out{views}"
+            done[views] = runner.run(config.parse(data), out, progress=False), out
+        return done[views]
+
+    return runs
+
+
 @pytest.mark.integration
-def test_the_three_run_through_the_runner(tmp_path):
-    data = {"name": "peers", "seeds": [0], "device": "cpu",
-            "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 10,
-                          "class_order": "seeded", "order_seed": 0},
-            "model": {"arch": "lamm-tiny", "pretrained": "none"},
-            "features": {"cache": True, "cache_dir": str(tmp_path / "cache")},
-            "strategies": [{"name": "simplecil"}, {"name": "ranpac", "M": 256},
-                           {"name": "rapf", "epochs": 2, "batch_size": 10}]}
-    cfg = config.parse(data)
-    records = runner.run(cfg, tmp_path / "out", progress=False)
+def test_the_three_run_through_the_runner(peer_runs):
+    records, out = peer_runs(0)
     assert [r.strategy for r in records] == ["simplecil", "ranpac", "rapf"]
     for r in records:
         assert np.isfinite(r.matrix[np.tril_indices(2)]).all()
-        print(r.strategy, r.info["seconds"])
-        assert (tmp_path / "out" / r.strategy / "seed0" / "summary.json").is_file()
+        assert (out / r.strategy / "seed0" / "summary.json").is_file()
 
 
 def test_published_figures_of_the_three_carry_their_weights():
@@ -423,7 +438,7 @@ def test_a_checkpoint_after_the_first_experience_continues_bit_identically(tmp_p
 
 
 @pytest.mark.integration
-def test_the_three_read_the_centre_crop_even_with_augmented_views(tmp_path):
+def test_the_three_read_the_centre_crop_even_with_augmented_views(peer_runs):
     """The references take their statistics (and RAPF trains) on un-augmented training images: PILOT's
     SimpleCIL and RanPAC read ``mode="test"`` loaders for the prototypes, RAPF's ``main.py`` reads CLIP's own
     preprocessing for training and for ``analyze_mean_cov``. So ``features.train_views`` must not change
@@ -433,15 +448,7 @@ def test_the_three_read_the_centre_crop_even_with_augmented_views(tmp_path):
     assert get_strategy("linear_probe").augmented_views is True  # the default is untouched
 
     def matrices(views):
-        data = {"name": "views", "seeds": [0], "device": "cpu",
-                "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 8,
-                              "class_order": "seeded", "order_seed": 0},
-                "model": {"arch": "lamm-tiny", "pretrained": "none"},
-                "features": {"cache": True, "cache_dir": str(tmp_path / "cache"), "train_views": views},
-                "strategies": [{"name": "simplecil"}, {"name": "ranpac", "M": 64},
-                               {"name": "rapf", "epochs": 2, "batch_size": 8}]}
-        records = runner.run(config.parse(data), tmp_path / f"out{views}", progress=False)
-        return {r.strategy: (r.matrix, r.per_class_accuracy) for r in records}
+        return {r.strategy: (r.matrix, r.per_class_accuracy) for r in peer_runs(views)[0]}
 
     centre, augmented = matrices(0), matrices(2)
     for name in ("simplecil", "ranpac", "rapf"):

@@ -54,7 +54,7 @@ def test_the_cli_refuses_a_repeated_label_in_one_line_with_status_2(tmp_path, ca
     assert len(err.splitlines()) == 1 and "v listed twice" in err
 
 
-def test_two_lamm_entries_with_different_labels_run_in_one_config(tmp_path):
+def test_two_lamm_entries_with_different_labels_run_in_one_config(tmp_path, no_plots):
     data = {"name": "labels", "seeds": [0], "device": "cpu", "benchmark": BENCH,
             "model": {"arch": "lamm-tiny", "pretrained": "none"},
             "strategies": [{"name": "lamm", "label": "lamm_full", "epochs": 1, "lr": 0.5, "batch_size": 256},
@@ -80,5 +80,9 @@ def test_two_lamm_entries_with_different_labels_run_in_one_config(tmp_path):
 
     run(cfg, out, progress=False, log=lines.append, resume=True)
     assert "  lamm_full seed 0: already finished, kept" in lines and "  lamm_ce seed 0: already finished, kept" in lines
+    # each label's own figure (recorded, not drawn: test_api and test_report draw real ones)
+    assert [name for _, name, _ in no_plots if name.startswith("accuracy_matrix_")] == [
+        "accuracy_matrix_lamm_full", "accuracy_matrix_lamm_ce"]
     # report --baseline takes a label
     assert cli.main(["report", str(out), "--baseline", "lamm_full"]) == 0
+    assert "Each strategy minus `lamm_full`" in (out / "report.md").read_text()
