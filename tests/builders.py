@@ -363,3 +363,36 @@ def under_file_size_limit(limit: int, action, status) -> None:
         status.put(f"done: {action()}")
     except UserError as e:
         status.put(f"error: {e}")
+
+
+# --------------------------------------------------------------------------- reports without drawing
+
+# every figure function build_report calls (lamm_cl/report.py's build_report)
+PLOT_FUNCTIONS = ("plot_seen_accuracy", "plot_final_accuracy_forgetting", "plot_old_new_accuracy",
+                  "plot_accuracy_matrices", "plot_accuracy_matrix", "plot_sequence_matrix")
+
+
+def record_plots(mp: pytest.MonkeyPatch) -> list:
+    """Through ``mp``, make reports draw nothing (each matplotlib figure costs ~0.5 s): every figure function
+    of lamm_cl.plots returns its own name instead of a figure, and ``save_figure`` writes no file; it records
+    ``(figure function, file name, formats)`` and returns the paths it would have written.
+
+    For tests whose claim is report.md, summary.csv or summary.tex: the figures themselves are drawn by
+    test_plots.py and by test_report.py's real builds (every file, byte-identical rebuilds, SVG and PDF).
+
+    Returns:
+        The record, a list that grows with each figure saved, in order.
+    """
+    from lamm_cl import plots
+
+    saved: list = []
+    for name in PLOT_FUNCTIONS:
+        mp.setattr(plots, name, lambda *a, _name=name, **k: _name)
+
+    def save(fig, stem, formats=("png",)):
+        stem = Path(stem)
+        saved.append((fig, stem.name, tuple(formats)))
+        return [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+
+    mp.setattr(plots, "save_figure", save)
+    return saved

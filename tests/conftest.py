@@ -1,6 +1,7 @@
 """Shared fixtures (tests/README.md lists them): the tiny random-weight CLIP and the embedded digits, built
 once per session; a folder of test strategies with a session-wide feature cache for `lamm-cl run` tests;
-no report after in-process runs; and, for the whole session, no network and a private feature cache."""
+no report after in-process runs, or a report without its figures; and, for the whole session, no network
+and a private feature cache."""
 from __future__ import annotations
 
 import warnings
@@ -226,3 +227,12 @@ def no_report(monkeypatch):
     import lamm_cl.report
 
     monkeypatch.setattr(lamm_cl.report, "build_report", lambda *a, **k: [])
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Reports without drawing (builders.record_plots): the report's text and tables are written, no figure
+    is drawn or saved. Returns the record of the figures asked for, ``(figure function, file name, formats)``."""
+    from builders import record_plots
+
+    return record_plots(monkeypatch)

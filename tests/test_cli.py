@@ -56,7 +56,8 @@ def tiny_config(folder: Path, strategies, **top) -> Path:
             "benchmark": {"dataset": "digits", "n_experiences": 2, "class_order": "seeded", "order_seed": 0,
                           "shots": 4},
             "model": {"arch": "lamm-tiny", "pretrained": "none"},
-            "features": {"cache": True, "cache_dir": str(folder / "features")},
+            # one store for the module (beside the plugin file): the runs here share the digits' features
+            "features": {"cache": True, "cache_dir": str(STOPPER_FILE.parent / "features")},
             "strategies": strategies, **top}
     path = folder / "my config.yaml"  # a space: the hint must quote it
     path.write_text(yaml.safe_dump(data, sort_keys=False))
