@@ -26,7 +26,7 @@ from lamm_cl.results import read_run
 from lamm_cl.runner import execute
 from lamm_cl.runner.record import run_config
 
-from builders import (RESUMABLE, dtd_config_data, files_under, forked_command, make_dtd, snapshot,
+from builders import (RESUMABLE, dtd_config_data, files_under, forked_command, make_dtd, record_plots, snapshot,
                       write_digits_config, write_yaml)
 
 
@@ -87,9 +87,12 @@ def uninterrupted(one_torch_thread, run_env, tmp_path_factory):
     """One uninterrupted run of the resumable config (shared by the resume and determinism tests)."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     cfg = write_digits_config(run_env, folder / "config.yaml", RESUMABLE)
-    with capture_final_states([]) as states:
+    # its report is written, without drawing its figures (test_plots.py and test_report.py draw them)
+    with capture_final_states([]) as states, pytest.MonkeyPatch.context() as mp:
+        figures = record_plots(mp)
         assert main(["run", str(cfg), "--output", str(folder / "out"), "--no-progress"]) == 0
     assert (folder / "out" / "report.md").is_file()
+    assert [name for _, name, _ in figures][-2:] == ["accuracy_matrix_zeroshot", "accuracy_matrix_lamm_replay"]
     return folder / "out", states[-1]  # the lamm_replay model after its last experience
 
 
@@ -220,6 +223,7 @@ def test_run_config_ignores_output_seeds_and_other_strategies():
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("no_report")
 def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "out"
     make_dtd(root)
