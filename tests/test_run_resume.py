@@ -92,7 +92,9 @@ def uninterrupted(one_torch_thread, run_env, tmp_path_factory):
         figures = record_plots(mp)
         assert main(["run", str(cfg), "--output", str(folder / "out"), "--no-progress"]) == 0
     assert (folder / "out" / "report.md").is_file()
-    assert [name for _, name, _ in figures][-2:] == ["accuracy_matrix_zeroshot", "accuracy_matrix_lamm_replay"]
+    assert [name for _, name, _ in figures] == ["seen_accuracy", "final_accuracy_forgetting", "old_new_accuracy",
+                                                "accuracy_matrices", "accuracy_matrix_zeroshot",
+                                                "accuracy_matrix_lamm_replay"]
     return folder / "out", states[-1]  # the lamm_replay model after its last experience
 
 
