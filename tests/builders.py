@@ -277,6 +277,78 @@ def child(*args: str, **kwargs) -> subprocess.Popen:
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
+def _command_in_this_child(argv: list, stdout: str, stderr: str) -> None:
+    """The body of :func:`forked_command`'s child: `lamm-cl ARGV` with its output in two files."""
+    import warnings
+
+    import torch
+
+    from lamm_cl.cli import main
+
+    # A forked child has no OpenMP pool of its own (libgomp does not survive fork): one thread, as the
+    # parent's tests that compare numbers with it set for themselves.
+    torch.set_num_threads(1)
+    # Warnings as a fresh `lamm-cl` without PYTHONWARNINGS starts (child() drops it): no -W options and none
+    # of the test session's filters; main() applies the command's own rule.
+    sys.warnoptions.clear()
+    warnings.resetwarnings()
+    for fd, path in ((1, stdout), (2, stderr)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.exit(main(argv))  # multiprocessing makes the status the child's exit code
+
+
+class ForkedCommand:
+    """`lamm-cl ARGS` in a forked child of this process: a real process (its own pid, signals, locks)
+    that starts with everything this one has imported, instead of paying a fresh interpreter's ~10 s of
+    torch/open_clip/Avalanche imports. The bits of :class:`subprocess.Popen` the tests use: ``pid``,
+    ``poll``, ``send_signal``, ``kill``, ``communicate`` and ``returncode`` (-N when signal N ended it).
+
+    What a fresh interpreter would add (import-time noise on stderr, a third-party warning) is not seen
+    here; the test that needs it starts a real `lamm-cl` (:func:`child`).
+    """
+
+    def __init__(self, args: tuple, folder: Path):
+        import multiprocessing
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._out, self._err = folder / "child.stdout", folder / "child.stderr"
+        ctx = multiprocessing.get_context("fork")
+        self._proc = ctx.Process(target=_command_in_this_child, args=(list(args), str(self._out), str(self._err)))
+        self._proc.start()
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self):
+        return self._proc.exitcode
+
+    def poll(self):
+        return self._proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def communicate(self, timeout: float = 300) -> tuple[str, str]:
+        """Wait for the child (killing it after ``timeout`` seconds); its stdout and stderr."""
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            self._proc.kill()
+            self._proc.join()
+            raise subprocess.TimeoutExpired(f"forked lamm-cl (pid {self.pid})", timeout)
+        return self._out.read_text(), self._err.read_text()
+
+
+def forked_command(*args: str, folder: Path) -> ForkedCommand:
+    """`lamm-cl ARGS` in a forked child (see :class:`ForkedCommand`); its output goes to files in ``folder``."""
+    return ForkedCommand(args, folder)
+
+
 def under_file_size_limit(limit: int, action, status) -> None:
     """In a (forked) child: cap the size of any file it writes at ``limit`` bytes, as a full disk would, run
     ``action()`` and put ``"done: <its value>"`` or ``"error: <the UserError's line>"`` on ``status``."""

@@ -19,6 +19,7 @@ from lamm_cl.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 STOPPER_FILE: Path
+FEATURES: Path
 
 STOPPER = '''
 """zeroshot that is interrupted (Ctrl-C, or SIGTERM's Terminated) the first time it is built for seed 1."""
@@ -44,11 +45,13 @@ def build(ctx, opts):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def stopper(tmp_path_factory):
-    """The plugin file, one per module: a file registers its names once per process."""
-    global STOPPER_FILE
+def stopper(tmp_path_factory, run_env):
+    """The plugin file, one per module: a file registers its names once per process. The runs here use the
+    session's digits feature store (conftest's ``run_env``), which the other `lamm-cl run` tests share."""
+    global STOPPER_FILE, FEATURES
     STOPPER_FILE = tmp_path_factory.mktemp("plugin") / "stopper.py"
     STOPPER_FILE.write_text(STOPPER)
+    FEATURES = run_env / "features"
 
 
 def tiny_config(folder: Path, strategies, **top) -> Path:
@@ -56,7 +59,7 @@ def tiny_config(folder: Path, strategies, **top) -> Path:
             "benchmark": {"dataset": "digits", "n_experiences": 2, "class_order": "seeded", "order_seed": 0,
                           "shots": 4},
             "model": {"arch": "lamm-tiny", "pretrained": "none"},
-            "features": {"cache": True, "cache_dir": str(folder / "features")},
+            "features": {"cache": True, "cache_dir": str(FEATURES)},
             "strategies": strategies, **top}
     path = folder / "my config.yaml"  # a space: the hint must quote it
     path.write_text(yaml.safe_dump(data, sort_keys=False))

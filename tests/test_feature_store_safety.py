@@ -9,8 +9,6 @@ import json
 import multiprocessing
 import os
 import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -156,24 +154,17 @@ def test_stale_temporaries_are_swept_and_live_ones_kept(tmp_path):
     assert fresh.exists()
 
 
-EXTRACT = textwrap.dedent('''
-    import os, sys, time
-    from pathlib import Path
-    import numpy as np
-    from lamm_cl.data import load_dataset
-    from lamm_cl.features import FeatureExtractor
-    from lamm_cl.model.clip import build_clip
-
-    store, log, go, out = (Path(a) for a in sys.argv[1:5])
-    clip = build_clip("lamm-tiny", "none", "cpu")
-    samples = load_dataset("digits").train.subset(range(40))
+def _extract_when_told(clip, samples, store, log, go, out) -> None:
+    """In a forked child: wait for ``go``, then ask the store for ``samples``' features; each call of the
+    encoder is logged (this process's pid) and slowed, so that the other process arrives while it runs."""
+    torch.set_num_threads(1)  # a forked child has no OpenMP pool of its own: keep every op on this thread
     ext = FeatureExtractor(clip, cache_dir=store, batch_size=8)
     real = ext._extract
 
     def slow_extract(*args, **kwargs):
         with open(log, "a") as f:
-            f.write(f"{os.getpid()}\\n")
-        time.sleep(1.5)  # long enough for the other process to arrive and wait
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # long enough for the other process to arrive and wait
         return real(*args, **kwargs)
 
     ext._extract = slow_extract
@@ -181,26 +172,37 @@ EXTRACT = textwrap.dedent('''
     while not go.exists():
         time.sleep(0.01)
     np.save(out, ext.features(samples).numpy())
-''')
 
 
 @pytest.mark.integration
-def test_two_processes_extracting_one_entry_run_the_encoder_once(tmp_path):
-    script = tmp_path / "extract.py"
-    script.write_text(EXTRACT)
+def test_two_processes_extracting_one_entry_run_the_encoder_once(tmp_path, tiny_clip, digits):
+    # Two processes, each with its own FeatureExtractor and its own open of the entry's lock file (the
+    # lock is between processes, not objects). Forked from this one: they already hold the tiny CLIP and
+    # the digits, so neither pays a fresh interpreter's imports (seconds) to race for the lock.
     store, log, go = tmp_path / "store", tmp_path / "encoder_runs.txt", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, str(script), str(store), str(log), str(go), str(tmp_path / f"f{i}.npy")],
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    deadline = time.monotonic() + 240
-    while not all((tmp_path / f"f{i}.npy.ready").exists() for i in range(2)):
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    go.touch()  # both ask for the entry at the same moment
+    samples = digits.train.subset(range(40))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_extract_when_told, args=(tiny_clip, samples, store, log, go, tmp_path / f"f{i}.npy"))
+             for i in range(2)]
     for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-    assert len(log.read_text().split()) == 1  # the encoder ran in one process only
+        p.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"f{i}.npy.ready").exists() for i in range(2)):
+            assert all(p.exitcode is None for p in procs), [p.exitcode for p in procs]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        go.touch()  # both ask for the entry at the same moment
+        for p in procs:
+            p.join(timeout=120)
+            assert p.exitcode == 0, p.exitcode  # its traceback, if any, is in the captured stderr
+    finally:
+        for p in procs:
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+    runs = log.read_text().split()
+    assert len(runs) == 1 and int(runs[0]) in {p.pid for p in procs}  # the encoder ran in one child only
     a, b = np.load(tmp_path / "f0.npy"), np.load(tmp_path / "f1.npy")
     assert a.shape == (40, 64) and np.array_equal(a, b)
     assert sorted(p.suffix for p in store.iterdir()) == [".json", ".lock", ".npy"]  # one entry, no temporaries

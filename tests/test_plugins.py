@@ -1,5 +1,7 @@
 """Strategy plugins: files named in a YAML, the built-ins in strategies/, entry points, `lamm-cl list`,
-the error cases, and the README's worked example run end to end (tiny random CLIP on digits)."""
+the error cases, and the README's worked example run end to end (tiny random CLIP on digits). The runs' claims
+are summary.csv and the printed table: their reports are written without drawing the figures (conftest's
+``no_plots``; the figures are drawn by test_plots.py and test_report.py)."""
 from __future__ import annotations
 
 import re
@@ -153,7 +155,7 @@ def test_builtin_options_read_from_source_are_the_registered_ones():
 # (a) a plugin file named in the YAML
 # ---------------------------------------------------------------------------
 
-def test_plugin_file_runs_end_to_end(tmp_path, capsys):
+def test_plugin_file_runs_end_to_end(tmp_path, capsys, no_plots):
     write_plugin(tmp_path, "zs_again.py", ZS_PLUGIN.format(name="zs_again"))
     cfg = write_config(tmp_path, [{"name": "zs_again"}], plugins=["zs_again.py"])
     out = tmp_path / "out"
@@ -162,6 +164,7 @@ def test_plugin_file_runs_end_to_end(tmp_path, capsys):
     assert re.search(r"^zs_again\s+0\s", printed, flags=re.M), printed
     summary = pd.read_csv(out / "summary.csv")
     assert "zs_again" in set(summary["strategy"])
+    assert ("plot_accuracy_matrix", "accuracy_matrix_zs_again", ("png",)) in no_plots  # its figure, not drawn
     spec = registry.get_strategy("zs_again")
     assert spec.source == f"file {(tmp_path / 'zs_again.py').resolve()}"
     assert spec.description == "Zero-shot CLIP again, from a plugin."
@@ -198,7 +201,7 @@ def make_distribution(folder: Path, strategy: str, module: str, body: str) -> No
     (info / "entry_points.txt").write_text(f"[lamm_cl.strategies]\n{strategy} = {module}\n")
 
 
-def test_entry_point_plugin_is_found_lazily(tmp_path, monkeypatch, capsys):
+def test_entry_point_plugin_is_found_lazily(tmp_path, monkeypatch, capsys, no_plots):
     make_distribution(tmp_path, "ep_zeroshot", "myplug_ep", ZS_PLUGIN.format(name="ep_zeroshot"))
     monkeypatch.syspath_prepend(str(tmp_path))  # also invalidates importlib's caches
     registry.get_strategy("zeroshot")  # a known name does not scan entry points
@@ -330,7 +333,7 @@ def code_block(section: str, lang: str) -> str:
     return m.group(1)
 
 
-def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+def test_readme_example_runs(tmp_path, monkeypatch, capsys, no_plots):
     section = readme_section()
     plugin, config = code_block(section, "python"), code_block(section, "yaml")
     command = next(line for line in code_block(section, "bash").splitlines() if line.startswith("lamm-cl run"))

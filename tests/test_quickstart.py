@@ -1,5 +1,6 @@
 """End to end: the quickstart config through the CLI writes every result file."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,9 +10,26 @@ import yaml
 from lamm_cl.cli import main
 from lamm_cl.metrics import summarize
 
+from builders import record_plots
+
+
+def draw_only_seen_accuracy(mp: pytest.MonkeyPatch) -> list:
+    """The report draws its seen-accuracy figure (the one this test opens) and records the other eleven
+    (builders.record_plots; ~0.5 s of matplotlib each, drawn for real by test_plots.py and test_report.py)."""
+    from lamm_cl import plots
+
+    draw, save = plots.plot_seen_accuracy, plots.save_figure
+    figures = record_plots(mp)
+    record = plots.save_figure
+    mp.setattr(plots, "plot_seen_accuracy", draw)
+    mp.setattr(plots, "save_figure", lambda fig, stem, formats=("png",):
+               (save if Path(stem).name == "seen_accuracy" else record)(fig, stem, formats))
+    return figures
+
 
 @pytest.mark.integration
-def test_quickstart_end_to_end(tmp_path, capsys):
+def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
+    figures = draw_only_seen_accuracy(monkeypatch)
     cfg = yaml.safe_load(open("benchmarks/quickstart.yaml"))
     assert cfg["model"] == {"arch": "lamm-tiny", "pretrained": "tinyworld"}
     assert cfg["benchmark"]["dataset"] == "tinyworld"
@@ -38,6 +56,8 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     summary = pd.read_csv(out / "summary.csv")
     assert set(names) <= set(summary["strategy"])
     assert (out / "plots" / "seen_accuracy.png").stat().st_size > 1000
+    assert [name for _, name, _ in figures] == ["final_accuracy_forgetting", "old_new_accuracy", "accuracy_matrices",
+                                                *(f"accuracy_matrix_{n}" for n in names)]
     assert (out / "report.md").is_file()
     # every cell is a count of correct test images over that experience's test images
     counts = np.array(json.loads((out / "zeroshot" / "seed0" / "class_order.json").read_text())["test_counts"])

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import multiprocessing
 import os
 import subprocess
-import time
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -101,35 +103,56 @@ def test_a_run_that_filled_the_folder_meanwhile_is_not_overwritten(tmp_path, cap
     assert snap == snapshot(earlier)
 
 
-def _contend(out: str, stale: bool, barrier, results) -> None:
-    barrier.wait()
-    try:
-        with safe_io.lock_output(Path(out)):
-            start = time.monotonic()
-            time.sleep(0.05)
-            results.put(("held", os.getpid(), start, time.monotonic()))
-    except UserError as e:
-        results.put(("refused", os.getpid(), str(e), 0.0))
+# Three processes contend for each folder's lock at once; they are forked from a small Python that imported
+# only lamm_cl.safe_io (a fork of this test process, torch and all, costs far more per child).
+CONTEND = textwrap.dedent('''
+    import json, multiprocessing, os, sys, time
+    from pathlib import Path
+
+    from lamm_cl import safe_io
+    from lamm_cl.errors import UserError
+
+    def contend(out, barrier, results):
+        barrier.wait()
+        try:
+            with safe_io.lock_output(Path(out)):
+                start = time.monotonic()
+                time.sleep(0.05)
+                results.put(("held", os.getpid(), start, time.monotonic()))
+        except UserError as e:
+            results.put(("refused", os.getpid(), str(e), 0.0))
+
+    ctx = multiprocessing.get_context("fork")
+    trials = []
+    for out in sys.argv[1:]:
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=contend, args=(out, barrier, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        trials.append([results.get(timeout=60) for _ in procs])
+        for p in procs:
+            p.join(timeout=60)
+    print(json.dumps(trials))
+''')
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["fresh", "stale-lock"])
 def test_lock_admits_one_holder_at_a_time(tmp_path, stale):
-    ctx = multiprocessing.get_context("fork")  # the children only touch files
     dead = subprocess.Popen(["true"])
     dead.wait()
-    overlaps = 0
-    for trial in range(15):
-        out = tmp_path / f"out{trial}"
-        if stale:  # a lock left by a process that is gone: every contender may judge it stale at once
+    outs = [tmp_path / f"out{trial}" for trial in range(15)]
+    if stale:  # a lock left by a process that is gone: every contender may judge it stale at once
+        for out in outs:
             out.mkdir()
             (out / safe_io.LOCK_FILE).write_text(f"{dead.pid} {os.uname().nodename}\n")
-        barrier, results = ctx.Barrier(3), ctx.Queue()
-        procs = [ctx.Process(target=_contend, args=(str(out), stale, barrier, results)) for _ in range(3)]
-        for p in procs:
-            p.start()
-        got = [results.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
+    proc = subprocess.run([sys.executable, "-c", CONTEND, *map(str, outs)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    trials = json.loads(proc.stdout)
+    assert len(trials) == len(outs)
+    overlaps = 0
+    for out, got in zip(outs, trials):
+        assert len({g[1] for g in got}) == 3, got  # three processes answered
         held = sorted((g[2], g[3]) for g in got if g[0] == "held")
         assert held, got
         overlaps += sum(b[0] < a[1] for a, b in zip(held, held[1:]))

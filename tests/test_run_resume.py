@@ -4,7 +4,8 @@ refused, a non-finite loss failing one strategy only, and what a checkpoint's co
 
 Runs use the tiny random-weight CLIP on the embedded digits (the quickstart's data and split) few-shot, so
 an experience takes about a second; image features are cached once per session (conftest's ``run_env``).
-The SIGKILL and SIGTERM tests start a `lamm-cl` subprocess; the rest call ``lamm_cl.cli.main`` here.
+The SIGKILL and SIGTERM tests signal a `lamm-cl` child process, forked from this one (builders.forked_command:
+a real process without a fresh interpreter's imports); the rest call ``lamm_cl.cli.main`` here.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from lamm_cl.results import read_run
 from lamm_cl.runner import execute
 from lamm_cl.runner.record import run_config
 
-from builders import RESUMABLE, child, dtd_config_data, files_under, make_dtd, snapshot, write_digits_config, write_yaml
+from builders import (RESUMABLE, dtd_config_data, files_under, forked_command, make_dtd, record_plots, snapshot,
+                      write_digits_config, write_yaml)
 
 
 def matrix(out: Path, strategy: str) -> np.ndarray:
@@ -69,14 +71,30 @@ def capture_final_states(states: list):
         execute.evaluate = evaluate
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for the whole module, with or without xdist: a forked child runs on one thread
+    (builders.forked_command), and the SIGKILL test compares its work, resumed here, bit for bit with the
+    uninterrupted run made here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(run_env, tmp_path_factory):
+def uninterrupted(one_torch_thread, run_env, tmp_path_factory):
     """One uninterrupted run of the resumable config (shared by the resume and determinism tests)."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     cfg = write_digits_config(run_env, folder / "config.yaml", RESUMABLE)
-    with capture_final_states([]) as states:
+    # its report is written, without drawing its figures (test_plots.py and test_report.py draw them)
+    with capture_final_states([]) as states, pytest.MonkeyPatch.context() as mp:
+        figures = record_plots(mp)
         assert main(["run", str(cfg), "--output", str(folder / "out"), "--no-progress"]) == 0
     assert (folder / "out" / "report.md").is_file()
+    assert [name for _, name, _ in figures] == ["seen_accuracy", "final_accuracy_forgetting", "old_new_accuracy",
+                                                "accuracy_matrices", "accuracy_matrix_zeroshot",
+                                                "accuracy_matrix_lamm_replay"]
     return folder / "out", states[-1]  # the lamm_replay model after its last experience
 
 
@@ -86,7 +104,7 @@ def test_sigkill_during_third_experience_then_resume_matches(run_env, tmp_path, 
     cfg = write_digits_config(run_env, tmp_path / "config.yaml", RESUMABLE)
     out = tmp_path / "out"
     ckpt = out / "lamm_replay" / "seed0" / checkpoint.CHECKPOINT_FILE
-    proc = child("run", str(cfg), "--output", str(out), "--no-progress")
+    proc = forked_command("run", str(cfg), "--output", str(out), "--no-progress", folder=tmp_path / "child")
     wait_for_checkpoint(proc, ckpt, experience=1)  # experience 2 of 5 is done: the third is running
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -207,6 +225,7 @@ def test_run_config_ignores_output_seeds_and_other_strategies():
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("no_report")
 def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "out"
     make_dtd(root)
@@ -214,7 +233,7 @@ def test_sigterm_keeps_finished_work_releases_the_lock_and_resume_continues(tmp_
         root, out, strategies=[{"name": "zeroshot"}, {"name": "lamm", "epochs": 30, "batch_size": 2}],
         **{"benchmark.n_experiences": 2}))
     ckpt = out / "lamm" / "seed0" / checkpoint.CHECKPOINT_FILE
-    proc = child("run", str(cfg), "--no-progress")
+    proc = forked_command("run", str(cfg), "--no-progress", folder=tmp_path / "child")
     deadline = time.monotonic() + 240
     while not ckpt.is_file():
         assert proc.poll() is None, proc.communicate()
