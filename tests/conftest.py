@@ -139,6 +139,7 @@ def _group_of(name: str, source: str) -> str | None:
     return name if 'scope="module"' in source or "scope='module'" in source else None
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown under -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     """Under ``--dist loadgroup``, xdist's scheduler with each test's group read from its file (:func:`_xdist_group`
     on the module's name and source) instead of from the ``@group`` suffix xdist 3.8 writes into
