@@ -273,10 +273,22 @@ def quickstart_config(cache_dir, strategies=STRATEGIES, n_experiences=5) -> dict
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
+    """Both strategies through the runner on augmented training views, as the lamm_paper files set
+    features.train_views (test_freeze_after_first_... runs one on the centre crops); the view seeds read."""
     out = tmp_path_factory.mktemp("maple") / "out"
     data = quickstart_config(tmp_path_factory.mktemp("features"))
-    captured, records = run_capturing(data, out)
-    return SimpleNamespace(out=out, captured=captured, records=records)
+    data["features"]["train_views"] = 2
+    reads = []
+    real = AugmentedView.__call__
+
+    def spy(self, image, seed):
+        reads.append(seed)
+        return real(self, image, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AugmentedView, "__call__", spy)
+        captured, records = run_capturing(data, out)
+    return SimpleNamespace(out=out, captured=captured, records=records, reads=reads)
 
 
 @pytest.mark.integration
@@ -491,23 +503,11 @@ def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_
 
 
 @pytest.mark.integration
-def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
+def test_maple_runs_end_to_end_on_augmented_views(e2e):
     # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
-    data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)
-    data["features"]["train_views"] = 2
-    reads = []
-    real = AugmentedView.__call__
-
-    def spy(self, image, seed):
-        reads.append(seed)
-        return real(self, image, seed)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(AugmentedView, "__call__", spy)
-        captured, records = run_capturing(data, tmp_path / "o")
-    assert reads  # training read augmented views ...
-    assert not np.isnan(np.tril(records[0].matrix)).any()
-    after = captured[0].snap.after
+    assert e2e.reads  # training read augmented views ...
+    assert not np.isnan(np.tril(e2e.records[0].matrix)).any()
+    after = e2e.captured[0].snap.after
     assert not torch.equal(after[1]["learner.context"], after[0]["learner.context"])  # ... and trained on them
 
 
