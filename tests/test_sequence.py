@@ -237,7 +237,8 @@ def test_sequence_features_are_stored_under_each_datasets_own_key(tmp_path):
     from lamm_cl.data import load_dataset
     import torch
 
-    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=THREE[1:])).benchmark
+    # shapes (200 test images, not the colours' 500), then digits
+    b = config_mod.parse(_config("x", [{"name": "zeroshot"}], "c", sequence=[THREE[0], THREE[2]])).benchmark
     clip = build_clip("lamm-tiny", "none", torch.device("cpu"))
     cfg = config_mod.FeaturesConfig(cache=True, cache_dir=str(tmp_path))
     own = load_dataset("digits")
@@ -247,7 +248,7 @@ def test_sequence_features_are_stored_under_each_datasets_own_key(tmp_path):
     feats = Inputs(parts, clip, FeatureExtractor.from_config(clip, cfg)).features("test")
     assert torch.equal(feats[len(parts.test.members[0]):], alone)
     after = sorted(p.name for p in tmp_path.glob("*.npy"))
-    assert len(after) == len(before) + 1  # tinyworld's test set only: digits' entry was reused
+    assert len(after) == len(before) + 1  # the shapes' test set only: digits' entry was reused
 
 
 # --------------------------------------------------------------------------- bad input and dry runs
