@@ -126,12 +126,17 @@ def _xdist_group(module) -> str | None:
     import inspect
 
     name = getattr(module, "__name__", "").rpartition(".")[2]
-    if name in XDIST_GROUPS:
-        return XDIST_GROUPS[name]
     try:
         source = inspect.getsource(module)
     except (OSError, TypeError):
-        return None
+        source = ""
+    return _group_of(name, source)
+
+
+def _group_of(name: str, source: str) -> str | None:
+    """:func:`_xdist_group` of the test module ``name`` whose source is ``source``."""
+    if name in XDIST_GROUPS:
+        return XDIST_GROUPS[name]
     return name if 'scope="module"' in source or "scope='module'" in source else None
 
 
@@ -149,6 +154,32 @@ def _long_first(items: list, groups: dict) -> list:
         return item.module in long_modules or item.get_closest_marker("integration") is not None
 
     return [item for item in items if is_long(item)] + [item for item in items if not is_long(item)]
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadgroup``, xdist's scheduler with each test's group read from its file (:func:`_xdist_group`
+    on the module's name and source) instead of from the ``@group`` suffix xdist 3.8 writes into
+    ``item._nodeid``: pytest 9 reads a node's id from ``item._id``, so that suffix is lost, every test is its
+    own group, and a module's module-scoped fixture was built once on each worker (twice the training)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None  # xdist's own schedulers
+    import functools
+    from pathlib import Path
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    @functools.cache
+    def group_of(path: str) -> str | None:
+        file = Path(config.rootpath) / path
+        return _group_of(file.stem, file.read_text()) if file.suffix == ".py" and file.is_file() else None
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            nodeid = nodeid.rpartition("@")[0] or nodeid  # as xdist's own, should the suffix come back
+            return group_of(nodeid.split("::", 1)[0]) or nodeid
+
+    return FileGroups(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks

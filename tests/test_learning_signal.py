@@ -23,7 +23,7 @@ from lamm_cl.registry import get_strategy
 CHANCE = 10.0  # percent: 10 balanced classes
 MARGIN = 10.0  # points a prompt method must gain over zero-shot on its first experience
 FIRST = 5  # classes in the first experience
-PROMPT_EPOCHS = 6
+PROMPT_EPOCHS = 3  # 6 gain a point or three more; 3 keep every margin below (measured, comment above the test)
 
 
 def run_first_experience(strategies: list[dict], out) -> dict:
@@ -88,8 +88,9 @@ def test_zero_shot_is_well_above_chance_and_not_solved():
     assert 2 * CHANCE <= acc <= 80.0, acc
 
 
-# Measured on the shipped weights (classes 0-4 in identity order, 6 epochs, default settings):
-# zero-shot 78.8 % on the five classes, lamm 97.6, coop 97.2, coop_lamm 97.6. On seeded order 0 (blue,
+# Measured on the shipped weights (classes 0-4 in identity order, default settings): zero-shot 78.8 % on the
+# five classes; after 3 epochs lamm 96.8, coop 94.0, coop_lamm 97.2 (6 epochs: 97.6, 97.2, 97.6), and the label
+# vectors' movement held by LAMM's terms 0.75 against 1.12 without them. On seeded order 0 (blue,
 # pink, yellow, white and green first) zero-shot is 79.2 and lamm and coop_lamm gain 18 points too, but
 # coop only 7 in 6 epochs: CoOp's one shared context moves slowly when the errors are class by class,
 # which is what label vectors are for.

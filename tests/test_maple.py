@@ -271,12 +271,27 @@ def quickstart_config(cache_dir, strategies=STRATEGIES, n_experiences=5) -> dict
             "strategies": strategies}
 
 
+E2E_EXPERIENCES = 3  # digits in 4 + 3 + 3 classes: a first, a middle and a last experience
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
+    """Both strategies through the runner on augmented training views, as the lamm_paper files set
+    features.train_views (test_freeze_after_first_... runs one on the centre crops); the view seeds read."""
     out = tmp_path_factory.mktemp("maple") / "out"
-    data = quickstart_config(tmp_path_factory.mktemp("features"))
-    captured, records = run_capturing(data, out)
-    return SimpleNamespace(out=out, captured=captured, records=records)
+    data = quickstart_config(tmp_path_factory.mktemp("features"), n_experiences=E2E_EXPERIENCES)
+    data["features"]["train_views"] = 2
+    reads = []
+    real = AugmentedView.__call__
+
+    def spy(self, image, seed):
+        reads.append(seed)
+        return real(self, image, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AugmentedView, "__call__", spy)
+        captured, records = run_capturing(data, out)
+    return SimpleNamespace(out=out, captured=captured, records=records, reads=reads)
 
 
 @pytest.mark.integration
@@ -285,7 +300,7 @@ def test_both_run_end_to_end(e2e):
     for rec in e2e.records:
         run = e2e.out / rec.strategy / "seed0"
         A = rec.matrix
-        assert A.shape == (5, 5) and np.isnan(A[0, 1]) and not np.isnan(np.tril(A)).any()
+        assert A.shape == (E2E_EXPERIENCES,) * 2 and np.isnan(A[0, 1]) and not np.isnan(np.tril(A)).any()
         counts = np.array(json.loads((run / "class_order.json").read_text())["test_counts"])
         correct = np.tril(A) * counts[None, :] / 100
         assert np.allclose(correct, np.round(correct), atol=1e-6)
@@ -301,7 +316,7 @@ def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e)
     maple, lamm = e2e.captured
     for cap in (maple, lamm):
         after = cap.snap.after
-        for t in range(1, 5):  # the shared prompts and couplings move on every experience
+        for t in range(1, E2E_EXPERIENCES):  # the shared prompts and couplings move on every experience
             for key in ("learner.context", "learner.text_deep.0", "learner.couplings.1.weight"):
                 assert not torch.equal(after[t][key], after[t - 1][key]), (key, t)
     # maple_lamm: a class's label vector trains in its own experience, then stays bit-identical
@@ -310,7 +325,7 @@ def test_clip_is_bit_identical_after_training_and_the_prompts_keep_training(e2e)
     for t, classes in enumerate(order):
         for c in classes:
             assert not torch.equal(after[t][f"labels.vectors.{c}"], after[t][f"labels.m0_{c}"])
-            for later in range(t + 1, 5):
+            for later in range(t + 1, E2E_EXPERIENCES):
                 assert torch.equal(after[later][f"labels.vectors.{c}"], after[t][f"labels.vectors.{c}"])
 
 
@@ -491,23 +506,11 @@ def test_maple_lamm_param_loss_anchors_random_label_vectors_to_their_start(tiny_
 
 
 @pytest.mark.integration
-def test_maple_runs_end_to_end_on_augmented_views(tmp_path):
+def test_maple_runs_end_to_end_on_augmented_views(e2e):
     # the lamm_paper files set features.train_views; an image strategy must run on them through the runner
-    data = quickstart_config(tmp_path / "f", [{"name": "maple", "epochs": 2, "prompt_depth": 1}], n_experiences=2)
-    data["features"]["train_views"] = 2
-    reads = []
-    real = AugmentedView.__call__
-
-    def spy(self, image, seed):
-        reads.append(seed)
-        return real(self, image, seed)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(AugmentedView, "__call__", spy)
-        captured, records = run_capturing(data, tmp_path / "o")
-    assert reads  # training read augmented views ...
-    assert not np.isnan(np.tril(records[0].matrix)).any()
-    after = captured[0].snap.after
+    assert e2e.reads  # training read augmented views ...
+    assert not np.isnan(np.tril(e2e.records[0].matrix)).any()
+    after = e2e.captured[0].snap.after
     assert not torch.equal(after[1]["learner.context"], after[0]["learner.context"])  # ... and trained on them
 
 

@@ -420,9 +420,16 @@ def test_views_are_made_of_the_drawn_few_shot_images_only(tiny_clip, digits, tmp
 # --------------------------------------------------------------------------- 8, 9. the benchmark files
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-FEW_SHOT_FILES = [p for p in sorted((ROOT / "benchmarks").rglob("*.yaml"))
-                  if (__import__("yaml").safe_load(p.read_text()).get("benchmark") or {}).get("shots")]
+# every shipped file read once for the module (PyYAML's pure-Python loader; two tests per file below)
+SHIPPED = {p: __import__("yaml").safe_load(p.read_text()) for p in sorted((ROOT / "benchmarks").rglob("*.yaml"))}
+FEW_SHOT_FILES = [p for p, data in SHIPPED.items() if (data.get("benchmark") or {}).get("shots")]
 LAMM_FAMILY = ("lamm", "coop_lamm", "maple_lamm")
+
+
+@__import__("functools").cache
+def _parsed(path):
+    """The file's data as read and its parsed config (config.parse copies the data; the tests only read)."""
+    return SHIPPED[path], config.parse(SHIPPED[path])
 
 
 def test_there_are_few_shot_benchmark_files():
@@ -431,10 +438,7 @@ def test_there_are_few_shot_benchmark_files():
 
 @pytest.mark.parametrize("path", FEW_SHOT_FILES, ids=lambda p: p.name)
 def test_few_shot_files_cache_a_fresh_view_for_every_epoch(path):
-    import yaml
-
-    data = yaml.safe_load(path.read_text())
-    cfg = config.parse(data)
+    _, cfg = _parsed(path)
     # strategies that read the centre crop (simplecil, ranpac, rapf: augmented_views=False) need no views
     epochs = [e.options.epochs for e in cfg.strategies
               if get_strategy(e.name).inputs == "features" and get_strategy(e.name).augmented_views
@@ -448,10 +452,7 @@ def test_few_shot_files_cache_a_fresh_view_for_every_epoch(path):
 
 @pytest.mark.parametrize("path", FEW_SHOT_FILES, ids=lambda p: p.name)
 def test_few_shot_files_state_epochs_and_lambda_p(path):
-    import yaml
-
-    data = yaml.safe_load(path.read_text())
-    cfg = config.parse(data)
+    data, cfg = _parsed(path)
     shots = cfg.benchmark.shots
     b = cfg.benchmark
     n_exp = len(b.sequence or []) or len(b.classes_per_experience or []) or b.n_experiences  # sequence: per dataset

@@ -24,7 +24,8 @@ OPTIONS = {"maple": {"prompt_depth": 2}}  # lamm-tiny has 2 blocks
 def _data() -> dict:
     return {
         "name": "saved", "seeds": [0], "device": "cpu", "save_model": True,
-        "benchmark": {"dataset": "tinyworld", "n_experiences": 2, "class_order": "seeded", "order_seed": 0,
+        # tinyworld's shapes (200 test images; test_sequence.py keeps their features in the same session store)
+        "benchmark": {"dataset": "tinyworld_shapes", "n_experiences": 2, "class_order": "seeded", "order_seed": 0,
                       "shots": 4},
         "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
         "strategies": [{"name": "zeroshot", "save_model": False},
@@ -40,7 +41,7 @@ def saved(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("saved") / "out"
     run(config.parse(_data()), out, progress=False)
-    test = load_dataset("tinyworld").test
+    test = load_dataset("tinyworld_shapes").test
     clip = lamm_cl.load_model(out / "lamm" / "seed0").clip
     x = torch.stack([clip.preprocess(test.image(i)) for i in range(len(test))])
     return out, test, x, clip

@@ -26,7 +26,8 @@ BYTE_EQUAL = ["class_order.json", "accuracy_matrix.csv", "accuracy_matrix_task_a
 def _data(seeds, cache_dir) -> dict:
     return {
         "name": "views", "seeds": seeds, "device": "cpu",
-        "benchmark": {"dataset": "tinyworld", "n_experiences": 2, "class_order": "identity", "shots": 2},
+        # tinyworld's shapes: 200 test images to encode per store, not the colours' 500
+        "benchmark": {"dataset": "tinyworld_shapes", "n_experiences": 2, "class_order": "identity", "shots": 2},
         "model": {"arch": "lamm-tiny", "pretrained": "tinyworld"},
         "features": {"train_views": 2, "cache_dir": str(cache_dir)},
         # a linear probe on few images, with a large lr: its decision boundaries follow the exact crops
