@@ -800,6 +800,30 @@ def test_a_benchmark_name_that_is_not_one_folder_is_refused(tmp_path, name):
     assert not (tmp_path / "escaped").exists()
 
 
+def test_without_a_gpu_device_file_the_local_launcher_counts_no_gpu_without_torch(monkeypatch):
+    """The driver only orchestrates: on a Linux machine with no /dev/nvidia<N> (nor ROCm's /dev/kfd) it finds
+    no GPU without importing torch; with a device file it asks torch, and CUDA_VISIBLE_DEVICES wins over both."""
+    import glob
+
+    from lamm_cl.sweep import launch_local
+
+    class FakeCuda:  # a torch that would say 2: an answer of none means it was not asked
+        @staticmethod
+        def device_count():
+            return 2
+
+    monkeypatch.setitem(sys.modules, "torch", type("FakeTorch", (), {"cuda": FakeCuda}))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(launch_local.sys, "platform", "linux")
+    monkeypatch.setattr(launch_local.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    assert launch_local.visible_gpus() == []
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidia1"])
+    assert launch_local.visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert launch_local.visible_gpus() == ["3"]
+
+
 def test_slurm_where_there_is_none_is_refused_unless_local_is_asked(tmp_path, monkeypatch):
     import shutil
 

@@ -9,9 +9,11 @@ same way and exits.
 from __future__ import annotations
 
 import contextlib
+import glob
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -39,10 +41,16 @@ def validate(options: Options) -> None:
 
 
 def visible_gpus() -> list[str]:
-    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device."""
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device.
+
+    On Linux a GPU needs its device file (``/dev/nvidia<N>``; ``/dev/kfd`` for ROCm builds of torch): without
+    one the answer is "none" without importing torch, which the driver otherwise never needs (2-3 s).
+    """
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd"):
+        return []
     try:
         import torch
 
