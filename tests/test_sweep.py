@@ -298,8 +298,12 @@ def test_feature_stage_encodes_what_the_jobs_read_views_or_centre_crops_and_noth
       train_views: 2 (it is registered with augmented_views=False), so the feature stage and --dry-run
       count the 1,797 centre crops only.
 
-    The jobs after the stage (in a worker process: the store is read across processes) encode nothing more.
-    One sweep of both files, so one worker runs all four jobs."""
+    The jobs after the stage encode nothing more. They run in this process (the driver's logic without
+    workers, ~10 CPU-s of imports saved): what is counted is what they ask of the store, and a store entry
+    read by another process than the one that wrote it is checked where processes are the claim
+    (tests/test_feature_store_safety.py, and the submitit test, whose job reads the store its test process
+    filled)."""
+    import lamm_cl.sweep.driver as driver
     from lamm_cl.model.clip import FrozenCLIP
     from lamm_cl.sweep import load_sweep
     from lamm_cl.sweep.driver import run_sweep
@@ -321,7 +325,7 @@ def test_feature_stage_encodes_what_the_jobs_read_views_or_centre_crops_and_noth
     out = capsys.readouterr().out
     assert "images to encode once: 1,797 in 1 feature group(s)" in out and "augmented" not in out
 
-    # the stage of each file here, counting encoded images (in this process; in the worker through its initializer)
+    # the stage of each file here, counting encoded images (in this process, where the jobs run too)
     f = _sweep_file(tmp_path, {"name": "local", "workers": 1})
     counter = tmp_path / "encoded.txt"
     monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
@@ -346,7 +350,8 @@ def test_feature_stage_encodes_what_the_jobs_read_views_or_centre_crops_and_noth
         stage[name] = encoded() - before
     assert stage == {"digits_v": 1797 + 2 * 50 * 2, "digits_s": 1797}
 
-    outcome = run_sweep(sweep, launch_kwargs={"initializer": _counting_worker()})
+    monkeypatch.setattr(driver, "get_launcher", lambda name: _in_process_launcher())
+    outcome = run_sweep(sweep)
     assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done"] * 4
     assert encoded() == sum(stage.values())  # the jobs encoded nothing
     for seed in (1, 2):
