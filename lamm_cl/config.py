@@ -696,7 +696,7 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = (), strategy
         ConfigError: naming the key (or the ``--set`` that changes nothing).
     """
     data = load_yaml(path)
-    original = copy.deepcopy(data)
+    original = copy.deepcopy(data) if refuse_no_ops else None  # only the no-op check compares with it
     applied = []
     for o in overrides:
         try:
