@@ -187,6 +187,13 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     assert len(sweep.jobs) == 8  # 2 benchmarks x 2 strategies x 2 seeds
     init = _counting_worker()
 
+    # the reports the driver writes once a benchmark's jobs are done: report.md and summary.csv for real,
+    # their figures recorded, not drawn (seconds of matplotlib; `lamm-cl report` below draws the table's)
+    from builders import record_plots
+
+    figures_mp = pytest.MonkeyPatch()
+    figures = record_plots(figures_mp)
+
     # --status while the jobs run: the sweep runs in a thread, the status is read beside it
     result = {}
     t = threading.Thread(target=lambda: result.setdefault(
@@ -207,9 +214,13 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
             seen_running |= " running " in capsys.readouterr().out
         time.sleep(0.1)
     t.join()
+    figures_mp.undo()
     assert seen_running
     outcome = result["outcome"]
     assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done"] * 8
+    # each benchmark's report asked for its figures once, the table for its plot once
+    assert [name for _, name, _ in figures].count("seen_accuracy") == 2
+    assert [name for _, name, _ in figures].count("last_per_dataset") == 1
 
     # the image encoder ran once per image: digits' 1797 images, shared by both benchmarks
     from lamm_cl.data import load_dataset
