@@ -150,11 +150,13 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                initargs=(slots, stop, threads, initializer))
+    caught: list[int] = []
+    before = _hold_signals(caught, stop)
     try:
         for calls in phases:
             futures = {pool.submit(_run, c): c for c in calls}
             left = set(futures)
-            while left:
+            while left and not caught:
                 # short waits: the main thread wakes to run a signal's handler even when the kernel gave the
                 # signal to one of the pool's threads
                 done, left = wait(left, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -165,11 +167,53 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
                     except Exception as e:  # noqa: BLE001 - a dead worker fails its job, not the sweep
                         result = failed(c, f"worker process died ({type(e).__name__}: {e})")
                     on_done(c, result)
-    except BaseException:  # Ctrl-C, SIGTERM: start nothing more, stop what runs, then report the interrupt
-        stop.set()
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            with contextlib.suppress(OSError):
-                os.kill(proc.pid, signal.SIGTERM)
-        pool.shutdown(wait=True, cancel_futures=True)
+            if caught:
+                break
+    except BaseException:  # an interrupt off the main thread's handlers, or an error: as a signal is handled
+        _stop_workers(pool, stop)
+        _restore_signals(before)
         raise
+    if caught:  # Ctrl-C, SIGTERM: start nothing more, stop what runs, then report the interrupt
+        _stop_workers(pool, stop)
+        _restore_signals(before)
+        signal.raise_signal(caught[0])  # now, from here: the handler the process had (KeyboardInterrupt, ...)
+        return
+    _restore_signals(before)
     pool.shutdown(wait=True)
+
+
+def _hold_signals(caught: list, stop) -> dict:
+    """On the main thread, catch SIGINT and SIGTERM into ``caught`` (and tell the workers to start nothing
+    more) instead of letting them raise wherever the driver happens to be: a ``KeyboardInterrupt`` raised
+    inside the pool's or :func:`concurrent.futures.wait`'s bookkeeping (while it holds a future's lock,
+    say) can leave it unable to shut down; a SIGINT to the whole process group, on a loaded machine, once
+    left the driver hanging. ``launch`` raises the signal again where it is safe, so the process's own
+    handler (Ctrl-C's KeyboardInterrupt, the CLI's SIGTERM) runs as before, after the workers have ended.
+    A signal the process ignores stays ignored. Returns the handlers to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # handlers can only be set on the main thread; a signal then reaches it as before
+
+    def hold(signum, frame):
+        caught.append(signum)
+        stop.set()
+
+    before = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            before[sig] = signal.signal(sig, hold)
+    return before
+
+
+def _restore_signals(before: dict) -> None:
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, stop) -> None:
+    """Start no queued call, send the running ones SIGTERM (each keeps its finished work and last checkpoint)
+    and wait for the workers to end."""
+    stop.set()
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGTERM)
+    pool.shutdown(wait=True, cancel_futures=True)
