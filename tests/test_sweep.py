@@ -1093,6 +1093,15 @@ sys.exit(main(["sweep", {sweep!r}]))
 """
 
 
+def _signal_masks(pid: int) -> str:
+    """The Sig* lines of /proc/<pid>/status (pending, blocked, ignored, caught), or why they are not there."""
+    try:
+        return "; ".join(line.strip() for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                         if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+    except OSError as e:
+        return f"unreadable ({e})"
+
+
 def _started(path: Path) -> list[tuple[str, int]]:
     text = path.read_text() if path.exists() else ""
     return [(line.split()[0], int(line.split()[1])) for line in text.splitlines()]
@@ -1151,6 +1160,9 @@ def test_no_job_starts_after_a_signal_and_workers_end_with_their_driver(tmp_path
             time.sleep(0.2)
         assert len(_started(started)) == 2, p.stderr.read() if p.poll() is not None else "workers did not start"
         t0 = time.monotonic()
+        # the driver's signal masks as the signal goes out, for the failure message: this case has failed a
+        # few times in full runs (the driver never handled the SIGINT its workers got), cause not yet known
+        driver_signals = _signal_masks(p.pid)
         if how == "SIGINT to the group":
             os.killpg(p.pid, signal.SIGINT)
         elif how == "a worker SIGKILLed":
@@ -1159,7 +1171,7 @@ def test_no_job_starts_after_a_signal_and_workers_end_with_their_driver(tmp_path
             p.send_signal(getattr(signal, how))
         out, err = p.communicate(timeout=30)
         if code is not None:
-            assert p.returncode == code, err
+            assert p.returncode == code, f"{err}\ndriver at the signal: {driver_signals}"
             assert time.monotonic() - t0 < 15
         if code in (130, 143):
             assert "no further job was started" in err
