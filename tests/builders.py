@@ -3,6 +3,7 @@ on the path): generated datasets on disk, configs, a run that captures each stra
 `lamm-cl` child processes. Fixtures live in conftest.py; the loss formulas in formulas.py."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -396,3 +397,17 @@ def record_plots(mp: pytest.MonkeyPatch) -> list:
 
     mp.setattr(plots, "save_figure", save)
     return saved
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run this process's torch on ``n`` threads for a while: a reference run made here then reduces floats
+    as a child process (a job, a forked `lamm-cl`) with that many threads does, with or without xdist."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -27,7 +27,7 @@ from lamm_cl.runner import execute
 from lamm_cl.runner.record import run_config
 
 from builders import (RESUMABLE, dtd_config_data, files_under, forked_command, make_dtd, record_plots, snapshot,
-                      write_digits_config, write_yaml)
+                      torch_threads, write_digits_config, write_yaml)
 
 
 def matrix(out: Path, strategy: str) -> np.ndarray:
@@ -76,10 +76,8 @@ def one_torch_thread():
     """One torch thread for the whole module, with or without xdist: a forked child runs on one thread
     (builders.forked_command), and the SIGKILL test compares its work, resumed here, bit for bit with the
     uninterrupted run made here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from builders import torch_threads
 
 from lamm_cl.cli import main
 from sweep_workers import count_encoder_calls  # worker initializers live in a light module
@@ -55,24 +56,10 @@ def _sweep_file(tmp: Path, launcher: dict, **extra) -> Path:
 def _counting_worker():
     """A local-launcher initializer: count encoded images (count_encoder_calls), on one torch thread, as a
     worker of a 2-worker pool on 2 cores has; a reference run in this process is then run on one thread too
-    (:func:`_torch_threads`), so both reduce floats alike, with or without pytest-xdist."""
+    (:func:`torch_threads`), so both reduce floats alike, with or without pytest-xdist."""
     import functools
 
     return functools.partial(count_encoder_calls, threads=1)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run this process's torch on ``n`` threads for a while: a reference run in this process then reduces
-    floats as a job in a child process with that many threads does (with or without pytest-xdist)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _matrix(run_dir: Path) -> np.ndarray:
@@ -239,7 +226,7 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
 
     for name in ("digits_a", "digits_b"):
         alone = tmp_path / "alone" / name
-        with monkeypatch.context() as m, _torch_threads(1):  # the worker's one thread (_counting_worker)
+        with monkeypatch.context() as m, torch_threads(1):  # the worker's one thread (_counting_worker)
             m.setattr(lamm_cl.report, "build_report", lambda *a, **k: [])
             assert main(["run", str(tmp_path / "bench" / f"{name}.yaml"), "--output", str(alone), "--no-progress",
                          "--set", "seeds=[1, 2]", "--set", f"features.cache_dir={tmp_path / 'cache2'}"]) == 0
@@ -437,7 +424,7 @@ def test_ray_launcher_runs_jobs(tmp_path, no_report, digits_store):
         ray.shutdown()
     assert outcome.exit_code == 0 and [s.state for s in outcome.statuses] == ["done", "done"]
     alone = tmp_path / "alone"
-    with _torch_threads(1):  # as many as Ray gives a task of num_cpus: 1 (OMP_NUM_THREADS=1)
+    with torch_threads(1):  # as many as Ray gives a task of num_cpus: 1 (OMP_NUM_THREADS=1)
         assert main(["run", str(tmp_path / "bench" / "digits_a.yaml"), "--output", str(alone), "--no-progress",
                      "--set", "seeds=[1, 2]", "--set", "strategies=[{name: linear_probe, epochs: 1, lr: 0.01}]"]) == 0
     for seed in (1, 2):
@@ -493,7 +480,7 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path, mo
     assert "interrupted" in log and "resuming at experience" in log  # it was stopped, requeued, resumed
     summary = json.loads((job.run_dir / "summary.json").read_text())
     assert summary["info"]["resumed"] is True
-    with _torch_threads(1):
+    with torch_threads(1):
         assert call(("run_job", str(ref.output), ref.jobs[0].id))["state"] == "done"
     np.testing.assert_array_equal(_matrix(job.run_dir), _matrix(ref.jobs[0].run_dir))
 
