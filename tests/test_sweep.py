@@ -165,8 +165,17 @@ def test_local_sweep_matches_single_runs_and_encodes_once(tmp_path, capsys, monk
     from lamm_cl.sweep.driver import run_sweep
 
     _write_benchmarks(tmp_path / "bench", tmp_path / "cache")
-    # one worker runs the feature stage and all 8 jobs (each worker costs ~10 CPU-s of imports; the stage's
-    # store read by jobs in another process is checked by the feature-stage test below)
+    # one worker runs the feature stage and all 8 jobs (the stage's store read by jobs in another process is
+    # checked by the feature-stage test below). It forks from this process, which has torch, Avalanche and
+    # open_clip imported: a spawned worker (the launcher's way, for CUDA) imports them again, ~10 CPU-s; the
+    # signal tests below start spawned workers.
+    import multiprocessing
+    import types
+
+    from lamm_cl.sweep import launch_local
+
+    fork = multiprocessing.get_context("fork")
+    monkeypatch.setattr(launch_local, "mp", types.SimpleNamespace(get_context=lambda _: fork))
     f = _sweep_file(tmp_path, {"name": "local", "workers": 1})
     counter = tmp_path / "encoded.txt"
     monkeypatch.setenv("SWEEP_TEST_ENCODER_LOG", str(counter))
