@@ -174,7 +174,10 @@ def one_line(err: str, culprit: str) -> None:
 
 def write_digits_config(env: Path, path: Path, strategies, **benchmark) -> Path:
     """A quickstart-sized config: digits, 5 experiences of 2 classes, tiny random CLIP, 8 shots, with
-    ``env``'s test strategies (conftest's ``run_env``) and its feature cache."""
+    ``env``'s test strategies (conftest's ``run_env``) and the session's feature store (conftest's
+    ``feature_store``: the default store, under the session's private XDG_CACHE_HOME)."""
+    from lamm_cl.features.store import default_cache_dir
+
     data = {
         "name": "reliability",
         "seeds": [0],
@@ -183,7 +186,7 @@ def write_digits_config(env: Path, path: Path, strategies, **benchmark) -> Path:
         "benchmark": {"dataset": "digits", "n_experiences": 5, "class_order": "seeded", "order_seed": 0,
                       "shots": 8, **benchmark},
         "model": {"arch": "lamm-tiny", "pretrained": "none"},
-        "features": {"cache": True, "cache_dir": str(env / "features")},
+        "features": {"cache": True, "cache_dir": str(default_cache_dir())},
         "strategies": strategies,
     }
     return write_yaml(path, data)

@@ -277,9 +277,20 @@ def build_nan(ctx: StrategyContext, opts):
 
 
 @pytest.fixture(scope="session")
+def feature_store(_private_feature_cache):
+    """The session's feature store: the default one (``$XDG_CACHE_HOME/lamm-cl/features``, under the private
+    folder above). The runs of digits on the tiny CLIP in many modules point at it (their ``features.cache_dir``
+    or the default), so digits' 1,797 images are encoded once per xdist worker, not once per module. A test
+    whose claim is about encoding (counts, locks, keys) keeps a store of its own."""
+    from lamm_cl.features.store import default_cache_dir
+
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
 def run_env(tmp_path_factory):
-    """A folder with the test strategies (:data:`PLUGIN`) and a feature cache shared by every run of the
-    session: builders.write_digits_config points a config at both."""
+    """A folder with the test strategies (:data:`PLUGIN`): builders.write_digits_config points a config at
+    them and at the session's feature store (:func:`feature_store`)."""
     root = tmp_path_factory.mktemp("reliability")
     (root / "test_strategies.py").write_text(PLUGIN)
     return root

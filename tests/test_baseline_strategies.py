@@ -39,8 +39,8 @@ STRATEGIES = [
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("features")
+def cache_dir(feature_store):
+    return feature_store  # the session's: digits on the tiny random CLIP, encoded once per worker
 
 
 @pytest.fixture(scope="module")

@@ -45,13 +45,13 @@ def build(ctx, opts):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def stopper(tmp_path_factory, run_env):
+def stopper(tmp_path_factory, feature_store):
     """The plugin file, one per module: a file registers its names once per process. The runs here use the
-    session's digits feature store (conftest's ``run_env``), which the other `lamm-cl run` tests share."""
+    session's feature store (conftest's ``feature_store``), which the other `lamm-cl run` tests share."""
     global STOPPER_FILE, FEATURES
     STOPPER_FILE = tmp_path_factory.mktemp("plugin") / "stopper.py"
     STOPPER_FILE.write_text(STOPPER)
-    FEATURES = run_env / "features"
+    FEATURES = feature_store
 
 
 def tiny_config(folder: Path, strategies, **top) -> Path:

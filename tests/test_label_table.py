@@ -26,10 +26,10 @@ def _cfg(**lamm):
 
 
 @pytest.fixture(scope="module")
-def digit_inputs(digits, tiny_clip):
-    """The digits' image features, extracted once for the module's two training tests (frozen CLIP: the
-    same features every time)."""
-    return Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip))
+def digit_inputs(digits, tiny_clip, feature_store):
+    """The digits' image features for the module's two training tests, from the session's store (frozen
+    CLIP: the same features every time; encoded here only if no earlier test of this worker did)."""
+    return Inputs(digits, tiny_clip, FeatureExtractor(tiny_clip, cache_dir=feature_store))
 
 
 def test_label_token_counts(tiny_clip):

@@ -23,18 +23,12 @@ BENCHMARK = {"dataset": "digits", "n_experiences": 2}
 MODEL = {"arch": "lamm-tiny", "pretrained": "none"}
 
 
-@pytest.fixture(scope="module")
-def feature_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xdg_cache")
-
-
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, feature_cache):
+def isolated(monkeypatch):
     """The registry is process-global: each test works on a copy and leaves no plugin module behind."""
     registry._load_builtins()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_ENTRY_POINTS_SCANNED", False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(feature_cache))  # the feature store stays out of ~/.cache
     before = set(sys.modules)
     yield
     for name in set(sys.modules) - before:

@@ -351,10 +351,10 @@ def test_rapf_options_are_checked():
 
 
 @pytest.fixture(scope="module")
-def peer_runs(tmp_path_factory):
+def peer_runs(tmp_path_factory, feature_store):
     """``peer_runs(views)``: the three run through the runner on digits with ``features.train_views: views``,
     as (records, output folder); each run once per module (the centre-crop run serves both tests below),
-    every run reading one feature cache."""
+    every run reading the session's feature store."""
     root = tmp_path_factory.mktemp("peers")
     done = {}
 
@@ -364,7 +364,7 @@ def peer_runs(tmp_path_factory):
                     "benchmark": {"dataset": "digits", "n_experiences": 2, "shots": 8,
                                   "class_order": "seeded", "order_seed": 0},
                     "model": {"arch": "lamm-tiny", "pretrained": "none"},
-                    "features": {"cache": True, "cache_dir": str(root / "cache"), "train_views": views},
+                    "features": {"cache": True, "cache_dir": str(feature_store), "train_views": views},
                     "strategies": [{"name": "simplecil"}, {"name": "ranpac", "M": 64},
                                    {"name": "rapf", "epochs": 2, "batch_size": 8}]}
             out = root / f"out{views}"

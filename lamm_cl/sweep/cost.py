@@ -114,7 +114,7 @@ def estimate(sweep: Sweep) -> list[str]:
     from lamm_cl.data import load_dataset
     from lamm_cl.sequence import plan_for
     from lamm_cl.registry import get_strategy
-    from lamm_cl.sweep.job import _config, feature_group, needs_features, reads_views, view_images
+    from lamm_cl.sweep.job import feature_group, job_configs, needs_features, reads_views, view_images
 
     cost = sweep.config.cost
     folders = sorted({j.results for j in sweep.jobs})
@@ -130,8 +130,7 @@ def estimate(sweep: Sweep) -> list[str]:
     unknown_steps: set[str] = set()
     evals: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # sequence jobs: (dataset evaluations, test images)
     plans: dict[tuple, object] = {}
-    for j in sweep.jobs:
-        cfg = _config(j)
+    for j, cfg in job_configs(sweep.jobs):
         b = cfg.benchmark
         key = (b.dataset, b.root, b.download) if b.sequence is None else repr(b.sequence)
         if key not in parts_of and b.describe() not in missing:
