@@ -1078,8 +1078,14 @@ def test_a_job_refused_by_the_lock_leaves_the_state_as_it_was(tmp_path, monkeypa
 # --------------------------------------------------------------------------- signals
 
 
+# The driver starts as from a user's shell, whatever this test process's signal state: SIGINT and SIGTERM
+# unblocked and at their defaults (a blocked or ignored SIGINT is inherited across exec, and the SIGINT case
+# once ended as if the driver never got the signal while its workers did).
 DRIVER = """\
-import functools, sys
+import functools, signal, sys
+signal.pthread_sigmask(signal.SIG_SETMASK, set())
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 sys.path.insert(0, {tests!r})
 import sweep_workers
 import lamm_cl.sweep.launch_local as local
