@@ -92,6 +92,9 @@ def test_report_on_a_shot_sweep_draws_the_curve_from_the_result_files(tmp_path, 
     assert {fig["published_as"][label] for label in published["mean"]} == {
         "zeroshot", "coop", "lamm", "coop_lamm", "maple", "maple_lamm"}
 
+    # `lamm-cl report` draws the curve for real: on two of the datasets (a 12-panel figure is seconds of
+    # matplotlib; the panels' numbers are checked above)
+    out = _synthetic_sweep(tmp_path / "two", datasets=("eurosat", "dtd"))
     assert main(["report", str(out)]) == 0
     assert all((out / "plots" / f"last_per_dataset_shots_{k}.png").is_file() for k in SHOTS)
     png = out / "plots" / "shot_curve.png"

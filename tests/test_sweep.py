@@ -686,11 +686,11 @@ def test_table_one_per_grid_cell_with_published_figures(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def digits_store(tmp_path_factory) -> Path:
-    """A feature store shared by this file's in-process sweeps of digits (each xdist worker has its own):
-    the first encodes digits' 1,797 images, the others read them. Their claims are about jobs, states and
-    files; the tests that count encoded images or compare with `lamm-cl run` keep stores of their own."""
-    return tmp_path_factory.mktemp("sweep-store")
+def digits_store(feature_store) -> Path:
+    """The session's feature store (conftest), for this file's sweeps of digits whose claims are about jobs,
+    states and files: digits' 1,797 images are encoded once per xdist worker, by whichever test of the
+    session comes first. The tests that count encoded images keep stores of their own."""
+    return feature_store
 
 
 def _in_process_launcher():
