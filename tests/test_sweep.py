@@ -483,14 +483,15 @@ def test_submitit_job_killed_mid_experience_is_requeued_and_resumes(tmp_path, mo
         assert time.time() < deadline and not sj.done(), "the job finished or stalled before it could be killed"
         time.sleep(0.02)
     os.kill(sj._process.pid, signal.SIGTERM)  # what SLURM sends on pre-emption (forwarded to the task)
+    # the reference runs here while the job is requeued and resumes (submitit polls it once a second)
+    with torch_threads(1):
+        assert call(("run_job", str(ref.output), ref.jobs[0].id))["state"] == "done"
     result = sj.result()
     assert result["state"] == "done"
     log = (sweep.output / "_jobs" / f"{job.id}.log").read_text()
     assert "interrupted" in log and "resuming at experience" in log  # it was stopped, requeued, resumed
     summary = json.loads((job.run_dir / "summary.json").read_text())
     assert summary["info"]["resumed"] is True
-    with torch_threads(1):
-        assert call(("run_job", str(ref.output), ref.jobs[0].id))["state"] == "done"
     np.testing.assert_array_equal(_matrix(job.run_dir), _matrix(ref.jobs[0].run_dir))
 
 
