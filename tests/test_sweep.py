@@ -417,6 +417,53 @@ def test_init_local_ray_retries_the_startup_timeout_once_and_nothing_else():
     assert (other.calls, other.shutdowns) == (1, 0)
 
 
+def test_a_ray_started_by_the_launcher_keeps_the_processs_sigterm_handler(monkeypatch):
+    """ray.init makes SIGTERM a bare sys.exit(15) in the driver; `lamm-cl sweep` must still answer it as
+    the CLI does (finished work kept, exit 143), during the sweep and after. A Ray that only says what a
+    real one does at init: the launch itself runs no task."""
+    import types
+
+    from lamm_cl.sweep import launch_ray
+
+    ray_exit = lambda signum, frame: sys.exit(signum)  # noqa: E731 - what ray.init installs
+    seen = {}
+
+    class FakeRay(types.ModuleType):
+        initialized = False
+
+        def is_initialized(self):
+            return self.initialized
+
+        def init(self, **kwargs):
+            self.initialized = True
+            signal.signal(signal.SIGTERM, ray_exit)
+
+        def cluster_resources(self):
+            seen["during"] = signal.getsignal(signal.SIGTERM)
+            return {"CPU": 1.0}
+
+        def remote(self, **kwargs):
+            return lambda f: f
+
+        def shutdown(self):
+            self.initialized = False
+
+    ours = lambda signum, frame: None  # noqa: E731 - the handler the process had (the CLI's, say)
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        monkeypatch.setitem(sys.modules, "ray", FakeRay("ray"))
+        launch_ray.launch([], launch_ray.Options(), "out", lambda c, r: None)
+        assert seen["during"] is ours and signal.getsignal(signal.SIGTERM) is ours
+        # a Ray the caller started is the caller's: its handler is left as it is
+        ray = FakeRay("ray")
+        ray.init()
+        monkeypatch.setitem(sys.modules, "ray", ray)
+        launch_ray.launch([], launch_ray.Options(), "out", lambda c, r: None)
+        assert seen["during"] is ray_exit
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @pytest.mark.integration  # starts workers or runs whole jobs: left out of the fast set
 def test_ray_launcher_runs_jobs(tmp_path, no_report, digits_store):
     ray = pytest.importorskip("ray")  # installed by the `test` extra in CI

@@ -3,11 +3,14 @@
 ``address`` is what ``ray.init`` gets: null starts Ray on this machine, ``auto`` joins the
 running cluster, ``ray://host:10001`` a remote one. If Ray is already initialised in this
 process (e.g. ``ray.init(num_cpus=2)`` in a test or a notebook), that session is used. A
-retried task resumes the job from its last per-experience checkpoint.
+retried task resumes the job from its last per-experience checkpoint. A Ray started here leaves the
+process's SIGTERM handler as it was (``ray.init`` would make it a bare exit).
 """
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,9 +45,15 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
     """Run each phase's calls as Ray tasks, reporting each as it finishes."""
     ray = require("ray", "ray", "ray")
     started = False
+    on_main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main else None
     if not ray.is_initialized():
         ray.init(address=options.address, log_to_driver=False)
         started = True
+        if sigterm is not None:
+            # ray.init makes SIGTERM a plain sys.exit(15) in the driver: keep the process's own handler (the
+            # CLI's: finished work kept, "terminated (SIGTERM)", exit status 143), here and after the sweep
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         gpus = options.num_gpus
         if gpus is None:
