@@ -30,7 +30,10 @@ PRECISIONS = ("bf16-autocast", "fp16", "fp32")  # model.precision (see build_cli
 
 
 def _open_clip():
-    import open_clip
+    from lamm_cl.heavy_imports import collector_paused
+
+    with collector_paused():  # a second or so of imports (open_clip, timm) the first time
+        import open_clip
 
     if TINY_ARCH not in open_clip.list_models():
         open_clip.add_model_config(_CONFIG_DIR)

@@ -10,30 +10,14 @@ own strategy.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
+from lamm_cl.heavy_imports import collector_paused
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No garbage collection inside the block (as it was after it). Importing torch, Avalanche and open_clip
-    builds about a million long-lived objects, and the collector walks the growing heap again at each full
-    pass: ~1.3 s of the ~10 s a fresh `lamm-cl run`, sweep worker or cluster task takes to start (measured)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-with _collector_paused():  # the imports that make a run's process start slow
-    import open_clip  # noqa: F401 - lamm_cl.model.clip imports it where a model is built: here it is paid once
+with collector_paused():  # torch and Avalanche (through .execute): what makes a run's process start slow
     import torch
 
     from lamm_cl import safe_io
