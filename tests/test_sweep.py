@@ -91,6 +91,22 @@ def test_sweep_file_is_validated_and_expanded(tmp_path, capsys):
     job = next(j for j in sweep.jobs if j.benchmark == "digits_b" and j.cell == "order_seed=3" and j.seed == 2)
     assert job.run_dir == tmp_path / "out" / "digits_b" / "order_seed=3" / "linear_probe" / "seed2"
     assert job.run_overrides() == ["benchmark.order_seed=3", "seeds=[2]"]
+    # what a dry run and the feature stage read: each (file, grid cell) loaded once, every job's config
+    # the one its own file gives it with its cell's overrides and its seed (sweep.job.job_configs)
+    from lamm_cl import config as config_mod
+    from lamm_cl.sweep.job import job_configs
+
+    loads = []
+    real_load = config_mod.load
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(config_mod, "load", lambda path, overrides=(): loads.append(path) or real_load(path, overrides))
+        pairs = list(job_configs(sweep.jobs))
+    assert len(loads) == 4  # 2 files x 2 cells, for 8 jobs
+    for j, cfg in pairs:
+        alone = real_load(j.config, j.run_overrides())
+        alone.strategies = [e for e in alone.strategies if e.run_label == j.strategy]
+        assert cfg.to_dict() == alone.to_dict() and cfg.seeds == [j.seed], j.id
+    assert {(j.seed, cfg.benchmark.order_seed) for j, cfg in pairs} == {(1, 0), (2, 0), (1, 3), (2, 3)}
 
     def error(**changes) -> str:
         bad = yaml.safe_load(f.read_text())
