@@ -59,20 +59,37 @@ def visible_gpus() -> list[str]:
         return []
 
 
-_stop = None  # in a worker: the pool's "start no more jobs" event
-_busy = threading.Event()  # in a worker: a job is running
+# A signal handler may run between any two bytecodes of the code it interrupts, so nothing the handlers here touch
+# takes a lock: the handler would wait forever for a lock the code it interrupted holds. The pool's stop flag
+# was a multiprocessing Event, whose every read and write takes one lock shared by the driver and all workers:
+# a SIGTERM landing while a worker's main thread read the flag hung that worker on its own lock, and then the
+# driver (shutting the pool down) and every other worker with it (seen as a sweep that never ended after
+# Ctrl-C). The flag is now one lock-free shared byte, and the worker's other state plain module globals.
+_stop = None  # in a worker: the pool's "start no more jobs" flag (see :func:`_stop_flag`)
+_busy = False  # in a worker: a job is running
 _raised = False  # in a worker: the running job has been sent its KeyboardInterrupt
 PARENT_POLL_S = 0.5  # how often a worker looks whether its driver still lives and whether it must stop
 UNWIND_S = 20.0  # how long a worker whose driver died gives its job to record itself interrupted
 
 
+def _stop_flag(ctx):
+    """The flag that tells the workers to start no more jobs: one byte of shared memory, without a lock (one
+    byte is written whole), so a signal handler can set or read it whatever the code it interrupted holds."""
+    return ctx.RawValue("b", 0)
+
+
+def _stopped() -> bool:
+    return _stop is not None and bool(_stop.value)
+
+
 def _interrupt(signum, frame):
     """SIGINT and SIGTERM end the running job the way Ctrl-C does (finished work and the last checkpoint kept),
-    once: a second signal must not cut short the job's own clean-up. The worker then starts no job."""
+    once: a second signal must not cut short the job's own clean-up. The worker then starts no job.
+    Takes no lock (see the note above :data:`_stop`)."""
     global _raised
     if _stop is not None:
-        _stop.set()
-    if _busy.is_set() and not _raised:
+        _stop.value = 1
+    if _busy and not _raised:
         _raised = True
         raise KeyboardInterrupt
 
@@ -88,12 +105,12 @@ def _watch(driver: int, main: int) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     while os.getppid() == driver:
         time.sleep(PARENT_POLL_S)
-        if _stop is not None and _stop.is_set() and _busy.is_set() and not _raised:
+        if _stopped() and _busy and not _raised:
             signal.pthread_kill(main, signal.SIGTERM)
     if _stop is not None:
-        _stop.set()
+        _stop.value = 1
     deadline = time.monotonic() + UNWIND_S
-    while _busy.is_set() and time.monotonic() < deadline:
+    while _busy and time.monotonic() < deadline:
         if not _raised:
             signal.pthread_kill(main, signal.SIGTERM)
         time.sleep(0.1)
@@ -118,15 +135,16 @@ def _worker_init(slots, stop, threads: int, user_init: Optional[Callable[[], Non
 
 
 def _run(c: Call) -> dict:
-    if _stop is not None and _stop.is_set():  # queued before the sweep was stopped: never starts
+    global _busy
+    if _stopped():  # queued before the sweep was stopped: never starts
         return {"job": c[2], "state": "pending", "message": "not started: the sweep was stopped"}
-    _busy.set()
-    try:
+    try:  # busy only inside the try: the handler's KeyboardInterrupt must land where it is caught
+        _busy = True
         return call(c)
     except KeyboardInterrupt:
         return {"job": c[2], "state": "interrupted", "message": "interrupted (Ctrl-C or SIGTERM)"}
     finally:
-        _busy.clear()
+        _busy = False
 
 
 def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnDone,
@@ -144,7 +162,7 @@ def launch(phases: list[list[Call]], options: Options, output: str, on_done: OnD
     workers = options.workers if options.workers is not None else max(1, len(gpus))
     ctx = mp.get_context("spawn")
     slots = ctx.Queue()
-    stop = ctx.Event()
+    stop = _stop_flag(ctx)
     for i in range(workers):
         slots.put(gpus[i % len(gpus)] if gpus else None)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -193,9 +211,9 @@ def _hold_signals(caught: list, stop) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}  # handlers can only be set on the main thread; a signal then reaches it as before
 
-    def hold(signum, frame):
+    def hold(signum, frame):  # takes no lock (see the note above _stop)
         caught.append(signum)
-        stop.set()
+        stop.value = 1
 
     before = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -212,7 +230,7 @@ def _restore_signals(before: dict) -> None:
 def _stop_workers(pool: ProcessPoolExecutor, stop) -> None:
     """Start no queued call, send the running ones SIGTERM (each keeps its finished work and last checkpoint)
     and wait for the workers to end."""
-    stop.set()
+    stop.value = 1
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         with contextlib.suppress(OSError):
             os.kill(proc.pid, signal.SIGTERM)
