@@ -293,7 +293,9 @@ def load_model(run_dir: Union[str, Path], device: str = "cpu", clip: Optional[Fr
 
     Args:
         device: where to build CLIP and put the model.
-        clip: a CLIP already built with the same weights (saves building it again).
+        clip: a CLIP already built with the same weights (saves building it again). It scores at its own
+            ``precision``; without it CLIP is built at the precision the run trained with, which reproduces
+            the run's last evaluation exactly.
 
     Raises:
         UserError: no saved model there, an unreadable one, CLIP's weights not found or not the ones the

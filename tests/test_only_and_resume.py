@@ -88,6 +88,32 @@ def test_resume_reruns_only_the_run_whose_config_changed(full, tmp_path, capsys)
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
+def test_resume_with_save_model_keeps_runs_made_without_it_and_says_how_to_get_the_model(full, tmp_path, capsys):
+    out = _copy(full, tmp_path)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["run", str(full[0]), "--output", str(out), "--no-progress", "--resume", "--set", "save_model=true"]) == 0
+    log = capsys.readouterr().out.splitlines()
+    for name in ("zeroshot", "linear_probe"):  # kept (the model changes no number), and the line says so
+        assert (f"  {name} seed 0: already finished, kept (without a saved model: it ran without save_model; "
+                f"--only {name} runs it again to keep one)") in log
+    assert snapshot(out) == before
+    # as the line says: --only reruns that one, now with its model; the next --resume keeps it, plainly
+    assert main(["run", str(full[0]), "--output", str(out), "--no-progress", "--only", "linear_probe",
+                 "--set", "save_model=true"]) == 0
+    assert (out / "linear_probe" / "seed0" / "model.pt").is_file()
+    capsys.readouterr()
+    assert main(["run", str(full[0]), "--output", str(out), "--no-progress", "--resume", "--set", "save_model=true"]) == 0
+    log = capsys.readouterr().out.splitlines()
+    assert "  linear_probe seed 0: already finished, kept" in log
+    assert any(line.startswith("  zeroshot seed 0: already finished, kept (without a saved model") for line in log)
+    # without save_model the line is the plain one
+    assert main(["run", str(full[0]), "--output", str(out), "--no-progress", "--resume"]) == 0
+    assert "without a saved model" not in capsys.readouterr().out
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("no_report")
 def test_a_checkpoint_of_another_config_starts_over(full, tmp_path, capsys):
     out = tmp_path / "out"
     run_dir = out / "linear_probe" / "seed0"

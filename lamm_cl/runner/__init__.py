@@ -29,6 +29,7 @@ with collector_paused():  # torch and Avalanche (through .execute): what makes a
     from lamm_cl.runner.validate import (EarlierRuns, check_images, check_request, check_under_lock,
                                          earlier_runs, replaced_runs, selected)
     from lamm_cl.runner.validate import check_strategy_options
+    from lamm_cl.saved_model import MODEL_FILE
 
 
 def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = True,
@@ -91,7 +92,7 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
             for entry in selected(cfg, only):
                 run_dir = out / entry.run_label / f"seed{seed}"
                 if (entry.run_label, seed) in earlier.done:
-                    log(f"  {entry.run_label} seed {seed}: already finished, kept")
+                    log(f"  {entry.run_label} seed {seed}: already finished, kept{_no_model_note(cfg, entry, run_dir)}")
                     records.append(earlier.done[entry.run_label, seed])
                     continue
                 with safe_io.lock_run(run_dir):  # the per-run lock a sweep job takes too
@@ -102,6 +103,14 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
                                    log=log, warn=warn or log,
                                    resume_from=earlier.checkpoints.get((entry.run_label, seed)))
     return records
+
+
+def _no_model_note(cfg: Config, entry, run_dir: Path) -> str:
+    """What to add to "already finished, kept" when the config keeps models but the kept run has none (it ran
+    without ``save_model``, which changes no number, so ``--resume`` keeps it): how to get the model."""
+    if not entry.saves_model(cfg) or (run_dir / MODEL_FILE).is_file():
+        return ""
+    return f" (without a saved model: it ran without save_model; --only {entry.run_label} runs it again to keep one)"
 
 
 def _run_and_write(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, dev: torch.device, run_dir: Path,
