@@ -103,6 +103,11 @@ def test_resume_with_save_model_keeps_runs_made_without_it_and_says_how_to_get_t
     log = _run_lines(full, out, capsys, "--resume", "--set", "save_model=true")
     assert "  linear_probe seed 0: already finished, kept" in log
     assert any(line.startswith("  zeroshot seed 0: already finished, kept (without a saved model") for line in log)
+    # a run made with save_model whose model.pt is gone since is named for what it is
+    (out / "linear_probe" / "seed0" / "model.pt").unlink()
+    log = _run_lines(full, out, capsys, "--resume", "--set", "save_model=true")
+    assert ("  linear_probe seed 0: already finished, kept (without a saved model: its model.pt is not there; "
+            "--only linear_probe runs it again to keep one)") in log
     # without save_model the line is the plain one
     log = _run_lines(full, out, capsys, "--resume")
     assert "  zeroshot seed 0: already finished, kept" in log

@@ -25,7 +25,7 @@ with collector_paused():  # torch and Avalanche (through .execute): what makes a
     from lamm_cl.config import Config
     from lamm_cl.runner.execute import Log, deterministic, run_strategy
     from lamm_cl.runner.inputs import Inputs, few_shot_images, prepare_inputs
-    from lamm_cl.runner.record import RunRecords, clear_results, clear_run, write_fewshot
+    from lamm_cl.runner.record import RunRecords, clear_results, clear_run, config_entry, write_fewshot
     from lamm_cl.runner.validate import (EarlierRuns, check_images, check_request, check_under_lock,
                                          earlier_runs, replaced_runs, selected)
     from lamm_cl.runner.validate import check_strategy_options
@@ -92,8 +92,9 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
             for entry in selected(cfg, only):
                 run_dir = out / entry.run_label / f"seed{seed}"
                 if (entry.run_label, seed) in earlier.done:
-                    log(f"  {entry.run_label} seed {seed}: already finished, kept{_no_model_note(cfg, entry, run_dir)}")
-                    records.append(earlier.done[entry.run_label, seed])
+                    kept = earlier.done[entry.run_label, seed]
+                    log(f"  {entry.run_label} seed {seed}: already finished, kept{_no_model_note(cfg, entry, kept, run_dir)}")
+                    records.append(kept)
                     continue
                 with safe_io.lock_run(run_dir):  # the per-run lock a sweep job takes too
                     if (entry.run_label, seed) in earlier.rerun:
@@ -105,12 +106,16 @@ def run(cfg: Config, out: Path, device: Optional[str] = None, progress: bool = T
     return records
 
 
-def _no_model_note(cfg: Config, entry, run_dir: Path) -> str:
-    """What to add to "already finished, kept" when the config keeps models but the kept run has none (it ran
-    without ``save_model``, which changes no number, so ``--resume`` keeps it): how to get the model."""
+def _no_model_note(cfg: Config, entry, kept, run_dir: Path) -> str:
+    """What to add to "already finished, kept" when the config keeps models but the kept run (its record
+    ``kept``) has none: it ran without ``save_model`` (which changes no number, so ``--resume`` keeps it),
+    or its model could not be saved (its log said why), or the file was deleted since."""
     if not entry.saves_model(cfg) or (run_dir / MODEL_FILE).is_file():
         return ""
-    return f" (without a saved model: it ran without save_model; --only {entry.run_label} runs it again to keep one)"
+    then = config_entry(kept.config, entry.run_label) or {}
+    asked = kept.config.get("save_model", False) if then.get("save_model") is None else then["save_model"]
+    why = "its model.pt is not there" if asked else "it ran without save_model"
+    return f" (without a saved model: {why}; --only {entry.run_label} runs it again to keep one)"
 
 
 def _run_and_write(cfg: Config, entry, seed: int, plan: Plan, inputs: Inputs, dev: torch.device, run_dir: Path,

@@ -50,10 +50,16 @@ def run_config(config: dict, strategy: str) -> dict:
     view["features"] = {k: v for k, v in (config.get("features") or {}).items() if k not in ("cache", "cache_dir")}
     if isinstance(view.get("model"), dict):  # runs from before model.precision existed ran its default
         view["model"] = {"precision": "bf16-autocast", **view["model"]}
-    entry = next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy), None)
+    entry = config_entry(config, strategy)
     # whether the trained model is kept changes no number: keeping it too must not rerun a finished run
     view["strategy"] = None if entry is None else {k: v for k, v in entry.items() if k != "save_model"}
     return yaml_data(yaml.safe_dump(plain(view), sort_keys=True))
+
+
+def config_entry(config: dict, strategy: str) -> Optional[dict]:
+    """The ``strategies`` entry labelled ``strategy`` (its name when it has no ``label``) of a resolved config
+    (as a run records it), or None."""
+    return next((s for s in config.get("strategies") or [] if (s.get("label") or s.get("name")) == strategy), None)
 
 
 def make_record(cfg: Config, *, strategy: str, source: str, seed: int, plan: Plan, matrix: np.ndarray,

@@ -204,8 +204,7 @@ def _hold_signals(caught: list, stop) -> dict:
     """On the main thread, catch SIGINT and SIGTERM into ``caught`` (and tell the workers to start nothing
     more) instead of letting them raise wherever the driver happens to be: a ``KeyboardInterrupt`` raised
     inside the pool's or :func:`concurrent.futures.wait`'s bookkeeping (while it holds a future's lock,
-    say) can leave it unable to shut down; a SIGINT to the whole process group, on a loaded machine, once
-    left the driver hanging. ``launch`` raises the signal again where it is safe, so the process's own
+    say) can leave it unable to shut down. ``launch`` raises the signal again where it is safe, so the process's own
     handler (Ctrl-C's KeyboardInterrupt, the CLI's SIGTERM) runs as before, after the workers have ended.
     A signal the process ignores stays ignored. Returns the handlers to put back."""
     if threading.current_thread() is not threading.main_thread():
