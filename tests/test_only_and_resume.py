@@ -32,10 +32,12 @@ def full(run_env, tmp_path_factory):
     return cfg, root / "out"
 
 
-def _copy(full, tmp_path):
+@pytest.fixture
+def copied(full, tmp_path):
+    """A copy of the module's complete run (its output folder) and the copy's snapshot, before a test changes it."""
     out = tmp_path / "out"
     shutil.copytree(full[1], out)
-    return out
+    return out, snapshot(out)
 
 
 def _under(snap: dict, prefix: str) -> dict:
@@ -43,9 +45,8 @@ def _under(snap: dict, prefix: str) -> dict:
 
 
 @pytest.mark.integration
-def test_only_reruns_one_strategy_keeps_the_others_and_rebuilds_the_summary(full, tmp_path, capsys, no_plots):
-    out = _copy(full, tmp_path)
-    before = snapshot(out)
+def test_only_reruns_one_strategy_keeps_the_others_and_rebuilds_the_summary(full, copied, capsys, no_plots):
+    out, before = copied
     (out / "linear_probe" / "seed0" / "stray.txt").write_text("mine")  # not lamm-cl's: left alone
     capsys.readouterr()
     assert main(["run", str(full[0]), "--output", str(out), "--no-progress", "--only", "linear_probe"]) == 0
@@ -71,9 +72,8 @@ def _run_lines(full, out, capsys, *args: str) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
-def test_resume_reruns_only_the_run_whose_config_changed(full, tmp_path, capsys):
-    out = _copy(full, tmp_path)
-    before = snapshot(out)
+def test_resume_reruns_only_the_run_whose_config_changed(full, copied, capsys):
+    out, before = copied
     log = _run_lines(full, out, capsys, "--resume", "--set", "strategies.linear_probe.lr=0.5")
     assert "  zeroshot seed 0: already finished, kept" in log
     assert ("  linear_probe seed 0: its config changed since it ran (strategy.lr: 0.5 now, 0.01 there); "
@@ -89,9 +89,8 @@ def test_resume_reruns_only_the_run_whose_config_changed(full, tmp_path, capsys)
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("no_report")
-def test_resume_with_save_model_keeps_runs_made_without_it_and_says_how_to_get_the_model(full, tmp_path, capsys):
-    out = _copy(full, tmp_path)
-    before = snapshot(out)
+def test_resume_with_save_model_keeps_runs_made_without_it_and_says_how_to_get_the_model(full, copied, capsys):
+    out, before = copied
     log = _run_lines(full, out, capsys, "--resume", "--set", "save_model=true")
     for name in ("zeroshot", "linear_probe"):  # kept (the model changes no number), and the line says so
         assert (f"  {name} seed 0: already finished, kept (without a saved model: it ran without save_model; "
