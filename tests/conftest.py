@@ -86,10 +86,16 @@ def _offline_only() -> None:
     offline (no dataset or weight download, whatever a bug in the code under test asks for). Loopback
     and Unix sockets (Ray, submitit, wandb's offline service) stay open; UDP ``connect`` sends nothing
     (Ray uses it to learn its own address) and is left alone."""
+    import os
     import socket
 
     socket.socket.connect = offline_guard(socket.socket.connect)
     socket.socket.connect_ex = offline_guard(socket.socket.connect_ex)
+    # The guard lives in this process only. A Ray the tests start runs its own daemons, and even without the
+    # dashboard one of them (UsageStatsHead) posts usage data to https://usage-stats.ray.io/ a minute after
+    # start, unless this variable, which its daemons inherit, says no (ray/_common/usage/usage_lib.py,
+    # _usage_stats_enabledness): a slow machine keeps the Ray test's cluster up that long.
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 _offline_only()

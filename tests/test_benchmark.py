@@ -255,6 +255,7 @@ def test_the_suite_cannot_reach_the_network(monkeypatch):
 
     The off-machine attempts below never reach a real connect: conftest's guard is checked wrapped
     around a stand-in that only records, so even a broken guard sends nothing."""
+    import os
     import socket
     import urllib.request
 
@@ -287,6 +288,8 @@ def test_the_suite_cannot_reach_the_network(monkeypatch):
         server.listen(1)
         client.connect(server.getsockname())  # loopback stays open (Ray, submitit)
     assert passed == ["127.0.0.1"]
+    # what the guard cannot reach, a Ray's daemons, is told not to report usage (conftest)
+    assert os.environ.get("RAY_USAGE_STATS_ENABLED") == "0"
 
 
 def test_a_dry_run_never_asks_the_loader_to_download(tmp_path, monkeypatch):
